@@ -1,0 +1,238 @@
+//! The `/auth` hot path, top to bottom: credential → checksum → cache → (miss: store, sign,
+//! fill) → answer. DESIGN.md's `/auth` contract is implemented here and nowhere else.
+//!
+//! Only 200, 401, 403 and 503 ever leave this module; identity headers only on 200. A store
+//! failure is 503 (fail closed), never a 200. Nothing here logs per request above debug, and
+//! nothing here ever logs a token.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc;
+
+use crate::cache::{CacheKey, Entry, FillError, SessionCache};
+use crate::config::{Anonymous, ServeArgs};
+use crate::credential::{self, CredentialError, Method, TokenHash};
+use crate::metrics::{AuthMethod, Metrics, Outcome};
+use crate::signer::Signer;
+use crate::store::{SessionStore, Store};
+
+pub type Body = Full<Bytes>;
+
+pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+
+const REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\"");
+const REALM_INVALID: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Why a request was refused; each has a fixed JSON body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Missing,
+    Malformed,
+    Scheme,
+    Invalid,
+    Unknown,
+    Unavailable,
+}
+
+impl Refusal {
+    fn body(self) -> &'static [u8] {
+        match self {
+            Refusal::Missing => br#"{"reason":"missing credential"}"#,
+            Refusal::Malformed => br#"{"reason":"malformed authorization header"}"#,
+            Refusal::Scheme => br#"{"reason":"unsupported authorization scheme"}"#,
+            Refusal::Invalid => br#"{"reason":"invalid token"}"#,
+            Refusal::Unknown => br#"{"reason":"unknown, expired or revoked session"}"#,
+            Refusal::Unavailable => br#"{"reason":"session store unavailable"}"#,
+        }
+    }
+}
+
+/// Everything `/auth` needs, built once at start and shared by every connection.
+pub struct Gateway {
+    pub store: Store,
+    pub cache: SessionCache,
+    pub signer: Signer,
+    pub metrics: Metrics,
+    cookie_name: String,
+    anonymous: bool,
+    cache_ttl: Duration,
+    jwt_ttl: Duration,
+    shutting_down: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(args: &ServeArgs, store: Store, signer: Signer, metrics: Metrics) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            store,
+            cache: SessionCache::new(args.cache_capacity),
+            signer,
+            metrics,
+            cookie_name: args.cookie_name.clone(),
+            anonymous: args.anonymous == Anonymous::Allow,
+            cache_ttl: args.cache_ttl,
+            jwt_ttl: args.jwt_ttl,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Follows the store's revocations for as long as the gateway lives.
+    pub fn start_background(self: &Arc<Self>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        self.store.watch_invalidations(tx);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(inv) = rx.recv().await {
+                let Some(gw) = weak.upgrade() else { return };
+                let n = gw.cache.apply(inv).await;
+                gw.metrics.sessions_revoked.inc_by(n);
+            }
+        });
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Answers one `/auth` request.
+    pub async fn auth(&self, headers: &HeaderMap) -> Response<Body> {
+        let start = Instant::now();
+        let (response, outcome, method) = self.decide(headers).await;
+        self.metrics.auth(outcome, method).inc();
+        self.metrics.auth_duration.observe(start.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn decide(&self, headers: &HeaderMap) -> (Response<Body>, Outcome, AuthMethod) {
+        let (method, token) = match credential::extract(headers, &self.cookie_name) {
+            Ok(Some(c)) => c,
+            Ok(None) if self.anonymous => return (anonymous(), Outcome::Allow, AuthMethod::Anonymous),
+            Ok(None) => return (refuse(Refusal::Missing, false), Outcome::Deny, AuthMethod::None),
+            Err(CredentialError::Malformed) => {
+                return (refuse(Refusal::Malformed, true), Outcome::Deny, AuthMethod::Bearer)
+            }
+            Err(CredentialError::UnsupportedScheme) => {
+                return (refuse(Refusal::Scheme, false), Outcome::Deny, AuthMethod::None)
+            }
+        };
+        let label = match method {
+            Method::Bearer => AuthMethod::Bearer,
+            Method::Cookie => AuthMethod::Session,
+        };
+        let bearer = method == Method::Bearer;
+        // Garbage is refused here, before any hashing, cache or store work.
+        if credential::check(token).is_none() {
+            return (refuse(Refusal::Invalid, bearer), Outcome::Deny, label);
+        }
+        let key = CacheKey {
+            hash: TokenHash::of(token),
+            method,
+        };
+        if let Some(entry) = self.cache.get(&key).await {
+            self.metrics.cache_hit.inc();
+            return (allow(&entry), Outcome::Allow, label);
+        }
+        if self.cache.is_known_missing(&key.hash).await {
+            self.metrics.cache_negative.inc();
+            return (refuse(Refusal::Unknown, bearer), Outcome::Deny, label);
+        }
+        self.metrics.cache_miss.inc();
+        match self.cache.get_or_fill(key, self.fill(key)).await {
+            Ok(entry) => (allow(&entry), Outcome::Allow, label),
+            Err(e) => match *e {
+                FillError::NotFound => (refuse(Refusal::Unknown, bearer), Outcome::Deny, label),
+                FillError::Store(ref err) => {
+                    tracing::warn!(error = %err, "session store failed; answering 503");
+                    (refuse(Refusal::Unavailable, false), Outcome::Error, label)
+                }
+                FillError::Sign(ref err) => {
+                    tracing::error!(error = %err, "signing failed; answering 503");
+                    (refuse(Refusal::Unavailable, false), Outcome::Error, label)
+                }
+            },
+        }
+    }
+
+    /// A cache miss: one store read, one signature.
+    async fn fill(&self, key: CacheKey) -> Result<Arc<Entry>, FillError> {
+        let start = Instant::now();
+        let result = self.store.get(&key.hash).await;
+        self.metrics
+            .store_request("get", result.is_ok(), start.elapsed().as_secs_f64());
+        let session = result?.ok_or(FillError::NotFound)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let minted = self
+            .signer
+            .mint(&session, &key.hash.sid(), key.method, now.as_secs())
+            .map_err(|e| FillError::Sign(e.to_string()))?;
+        self.metrics.jwt_signed(self.signer.kid());
+        // Serve the JWT for 4/5 of its life, so the upstream always receives one with at least
+        // a fifth of --jwt-ttl left; never past the session or --cache-ttl.
+        let refresh = self.jwt_ttl.mul_f64(0.8);
+        let until_session_end = Duration::from_secs(session.expires_at).saturating_sub(now);
+        let ttl = refresh.min(until_session_end).min(self.cache_ttl);
+        let authorization = HeaderValue::try_from(format!("Bearer {}", minted.jwt))
+            .map_err(|e| FillError::Sign(e.to_string()))?;
+        Ok(Arc::new(Entry {
+            user: header_value(session.display_user()),
+            email: session.email.as_deref().map(header_value),
+            authorization,
+            session,
+            ttl,
+        }))
+    }
+}
+
+/// A header value from user data; bytes a header cannot carry become `?`.
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| {
+        let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("?"))
+    })
+}
+
+fn allow(entry: &Entry) -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    let h = r.headers_mut();
+    h.insert(AUTHORIZATION, entry.authorization.clone());
+    h.insert(X_AUTH_REQUEST_USER, entry.user.clone());
+    if let Some(email) = &entry.email {
+        h.insert(X_AUTH_REQUEST_EMAIL, email.clone());
+    }
+    h.insert(CACHE_CONTROL, NO_STORE);
+    r
+}
+
+fn anonymous() -> Response<Body> {
+    let mut r = Response::new(Body::default());
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    r
+}
+
+fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(why.body())));
+    *r.status_mut() = if why == Refusal::Unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, JSON);
+    h.insert(CACHE_CONTROL, NO_STORE);
+    if why != Refusal::Unavailable {
+        h.insert(WWW_AUTHENTICATE, if bearer && why != Refusal::Missing { REALM_INVALID } else { REALM });
+    }
+    r
+}

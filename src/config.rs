@@ -1,0 +1,333 @@
+//! Command line and environment: one clap-derive tree, every flag also `GATEHOUSE_<FLAG>`.
+//!
+//! Values are parsed and checked here, before any socket opens. A bad value is a
+//! [`ConfigError`] naming the flag; `main` turns it into exit code 64.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::secret::Secret;
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "Authentication gateway for NGINX auth_request")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<ServeArgs>),
+    /// Create, revoke and list sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `gatehouse=debug`.
+    #[arg(long, env = "GATEHOUSE_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where sessions live. The same for every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Redis URL: redis://, rediss://, redis+sentinel://h:p,h:p/service, redis+cluster://h:p,h:p.
+    /// Without it, the embedded store in --data-dir is used.
+    #[arg(long, env = "GATEHOUSE_REDIS_URL")]
+    pub redis_url: Option<Secret<String>>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "GATEHOUSE_REDIS_PREFIX", default_value = "gh:")]
+    pub redis_prefix: String,
+    /// Directory of the embedded store (and of the keys, unless --keys-dir says otherwise).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
+    pub data_dir: PathBuf,
+    /// Deadline of every store call.
+    #[arg(long, env = "GATEHOUSE_STORE_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub store_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Anonymous {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum JwtAlg {
+    #[value(name = "EdDSA", alias = "eddsa")]
+    EdDsa,
+    #[value(name = "ES256", alias = "es256")]
+    Es256,
+    #[value(name = "RS256", alias = "rs256")]
+    Rs256,
+    #[value(name = "HS256", alias = "hs256")]
+    Hs256,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// Directory of PEM signing keys [default: <data-dir>/keys].
+    #[arg(long, env = "GATEHOUSE_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the main listener (/auth, JWKS).
+    #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEHOUSE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Name of the session cookie.
+    #[arg(long, env = "GATEHOUSE_COOKIE_NAME", default_value = "gatehouse_session")]
+    pub cookie_name: String,
+    /// The `iss` claim of minted JWTs.
+    #[arg(long, env = "GATEHOUSE_ISSUER", default_value = "gatehouse")]
+    pub issuer: String,
+    /// The `aud` claim of minted JWTs (omitted when unset).
+    #[arg(long, env = "GATEHOUSE_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Signing algorithm.
+    #[arg(long, env = "GATEHOUSE_JWT_ALG", value_enum, default_value = "EdDSA")]
+    pub jwt_alg: JwtAlg,
+    /// Lifetime of minted JWTs (never past the session's expiry).
+    #[arg(long, env = "GATEHOUSE_JWT_TTL", default_value = "300s", value_parser = parse_duration)]
+    pub jwt_ttl: Duration,
+    /// Shared secret for HS256 (at least 32 bytes).
+    #[arg(long, env = "GATEHOUSE_JWT_SECRET")]
+    pub jwt_secret: Option<Secret<String>>,
+    /// Longest time a session stays in the in-process cache.
+    #[arg(long, env = "GATEHOUSE_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub cache_ttl: Duration,
+    /// Most sessions held in the in-process cache.
+    #[arg(long, env = "GATEHOUSE_CACHE_CAPACITY", default_value = "100000")]
+    pub cache_capacity: u64,
+    /// Answer requests without a credential with 200 (allow) or 401 (deny).
+    #[arg(long, env = "GATEHOUSE_ANONYMOUS", value_enum, default_value = "deny")]
+    pub anonymous: Anonymous,
+    /// A client that has not sent its request headers within this time is disconnected.
+    #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// On SIGTERM, how long /readyz answers 503 while requests are still served, so that load
+    /// balancers stop sending before the listener closes.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// On SIGTERM, the deadline for in-flight requests once the listener has closed.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Create a session and print its token on stdout.
+    Create(SessionCreateArgs),
+    /// Revoke one session (by token) or all sessions of a user (--sub).
+    Revoke(SessionRevokeArgs),
+    /// List a user's sessions.
+    List(SessionListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SessionCreateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A granted scope; repeat for more.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// A role; repeat for more.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    /// Lifetime of the session.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Print the whole record as JSON (with the token) instead of the token alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionRevokeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The session token.
+    #[arg(required_unless_present = "sub", conflicts_with = "sub")]
+    pub token: Option<Secret<String>>,
+    /// Revoke every session of this user.
+    #[arg(long)]
+    pub sub: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long)]
+    pub sub: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new signing key into --keys-dir.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[arg(long, value_enum, default_value = "EdDSA")]
+    pub alg: JwtAlg,
+}
+
+impl KeyArgs {
+    pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.keys_dir.clone().unwrap_or_else(|| data_dir.join("keys"))
+    }
+}
+
+/// Bad configuration: exit code 64, one line naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Checks what clap's per-value parsing cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cookie_name.is_empty()
+            || !self
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(ConfigError::new("--cookie-name", "must be a non-empty cookie token"));
+        }
+        if self.issuer.is_empty() {
+            return Err(ConfigError::new("--issuer", "must not be empty"));
+        }
+        if self.jwt_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("--jwt-ttl", "must be at least 1s"));
+        }
+        if self.cache_ttl.is_zero() {
+            return Err(ConfigError::new("--cache-ttl", "must be more than 0"));
+        }
+        if self.cache_capacity == 0 {
+            return Err(ConfigError::new("--cache-capacity", "must be more than 0"));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(ConfigError::new("--header-timeout", "must be more than 0"));
+        }
+        match (&self.jwt_alg, &self.jwt_secret) {
+            (JwtAlg::Hs256, None) => {
+                return Err(ConfigError::new("--jwt-secret", "is required with --jwt-alg HS256"))
+            }
+            (JwtAlg::Hs256, Some(s)) if s.expose().len() < 32 => {
+                return Err(ConfigError::new("--jwt-secret", "must be at least 32 bytes"))
+            }
+            _ => {}
+        }
+        self.store.validate()
+    }
+}
+
+impl StoreArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::new("--store-timeout", "must be more than 0"));
+        }
+        if let Some(url) = &self.redis_url {
+            crate::store::redis::parse_url(url.expose())?;
+        }
+        Ok(())
+    }
+}
+
+/// `250ms`, `10s`, `5m`, `2h`, `30d`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 10s, 5m)"))?;
+    let per = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 years").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

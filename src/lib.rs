@@ -1,0 +1,133 @@
+//! gatehouse: an authentication gateway for NGINX `auth_request` and forward-auth proxies.
+//!
+//! A request's way through the code: `main.rs` parses [`config`] and calls [`run`];
+//! [`server`] accepts connections and routes `/auth` to [`auth::Gateway::auth`], which reads
+//! the [`credential`], looks in the [`cache`], and on a miss asks the [`store`] and the
+//! [`signer`]. [`metrics`] and [`telemetry`] observe; [`cli`] administers the same store.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod credential;
+pub mod metrics;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod signer;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Command, ConfigError, ServeArgs};
+use crate::store::{OpenError, SessionStore, StoreError};
+
+/// Why a command failed, classified by exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Exit 64: bad configuration; the message names the flag.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Exit 69: the session store cannot be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Exit 1: anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 64,
+            Failure::Store(_) => 69,
+            Failure::Other(_) => 1,
+        }
+    }
+}
+
+impl From<OpenError> for Failure {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Config(c) => Failure::Config(c),
+            OpenError::Store(s) => Failure::Store(s),
+        }
+    }
+}
+
+/// Runs one subcommand to completion.
+pub async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(args) => serve_until_signal(*args).await,
+        Command::Session(cmd) => cli::session(cmd).await,
+        Command::Keys(cmd) => cli::keys(cmd),
+    }
+}
+
+/// Builds everything `/auth` needs from the flags: store, keys, cache, metrics.
+pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failure> {
+    args.validate()?;
+    let store = store::Store::open(&args.store, None).await?;
+    let signer = signer::Signer::load(
+        &args.keys.dir(&args.store.data_dir),
+        args.jwt_alg,
+        args.jwt_secret.as_ref(),
+        signer::TokenSettings {
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            ttl_secs: args.jwt_ttl.as_secs(),
+        },
+    )?;
+    let gateway = auth::Gateway::new(args, store, signer, metrics::Metrics::new());
+    gateway.start_background();
+    Ok(gateway)
+}
+
+pub fn server_settings(args: &ServeArgs) -> server::ServerSettings {
+    server::ServerSettings {
+        header_timeout: args.header_timeout,
+        shutdown_delay: args.shutdown_delay,
+        shutdown_timeout: args.shutdown_timeout,
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &'static str) -> Result<TcpListener, Failure> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::new(flag, format!("cannot listen on {addr}: {e}")).into())
+}
+
+async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
+    args.validate()?;
+    let main = bind(args.listen, "--listen").await?;
+    let admin = bind(args.admin_listen, "--admin-listen").await?;
+    let gateway = build_gateway(&args).await?;
+    if let Err(e) = gateway.store.ping().await {
+        tracing::warn!(error = %e, "session store unreachable; /readyz answers 503 until it answers");
+    }
+    tracing::info!(
+        listen = %args.listen,
+        admin = %args.admin_listen,
+        store = gateway.store.kind(),
+        kid = gateway.signer.kid(),
+        "gatehouse serving"
+    );
+    server::serve(main, admin, gateway, server_settings(&args), shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

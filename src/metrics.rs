@@ -1,0 +1,217 @@
+//! Prometheus metrics (prometheus-client), passed around explicitly; no global registry.
+//!
+//! Names are DESIGN.md's, prefixed `gatehouse_`. Labels are bounded enums, never a user, a
+//! path or a token. The `/auth` counters are resolved once at start, so the hot path only
+//! increments an atomic.
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Outcome of one `/auth` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allow = 0,
+    Deny = 1,
+    Forbid = 2,
+    Error = 3,
+}
+
+/// How the caller presented itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Session = 0,
+    Bearer = 1,
+    Anonymous = 2,
+    None = 3,
+}
+
+const OUTCOMES: [&str; 4] = ["allow", "deny", "forbid", "error"];
+const METHODS: [&str; 4] = ["session", "bearer", "anonymous", "none"];
+
+type Labels = [(&'static str, &'static str); 2];
+
+/// Buckets from 25 µs to 1 s: a cache hit is a few microseconds, a miss a Redis round trip.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ]
+    .into_iter()
+}
+
+pub struct Metrics {
+    registry: Registry,
+    process: Registry,
+    auth: Vec<Counter>,
+    pub auth_duration: Histogram,
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
+    pub cache_negative: Counter,
+    store_requests: Family<Labels, Counter>,
+    pub store_duration: Histogram,
+    jwt_signed: Family<[(&'static str, String); 1], Counter>,
+    pub sessions_revoked: Counter,
+    pub cache_entries: Gauge,
+    rss: Gauge,
+    cpu: Counter<f64, std::sync::atomic::AtomicU64>,
+    open_fds: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let auth_family = Family::<Labels, Counter>::default();
+        registry.register("auth_requests", "Answers of /auth by result and credential method", auth_family.clone());
+        let mut auth = Vec::with_capacity(16);
+        for o in OUTCOMES {
+            for m in METHODS {
+                auth.push(auth_family.get_or_create(&[("result", o), ("method", m)]).clone());
+            }
+        }
+        let auth_duration = Histogram::new(latency_buckets());
+        registry.register_with_unit("auth_request_duration", "Time to answer /auth", Unit::Seconds, auth_duration.clone());
+        let cache = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register("cache_lookups", "In-process cache lookups by result", cache.clone());
+        let cache_hit = cache.get_or_create(&[("result", "hit")]).clone();
+        let cache_miss = cache.get_or_create(&[("result", "miss")]).clone();
+        let cache_negative = cache.get_or_create(&[("result", "negative")]).clone();
+        let store_requests = Family::<Labels, Counter>::default();
+        registry.register("store_requests", "Session store calls by operation and result", store_requests.clone());
+        let store_duration = Histogram::new(latency_buckets());
+        registry.register_with_unit("store_request_duration", "Time of session store calls", Unit::Seconds, store_duration.clone());
+        let jwt_signed = Family::default();
+        registry.register("jwt_signed", "JWTs minted by key id", jwt_signed.clone());
+        let sessions_revoked = Counter::default();
+        registry.register("sessions_revoked", "Sessions dropped from this instance's cache by revocation", sessions_revoked.clone());
+        let cache_entries = Gauge::default();
+        registry.register("cache_entries", "Sessions held in the in-process cache", cache_entries.clone());
+
+        let mut process = Registry::with_prefix("process");
+        let rss = Gauge::default();
+        process.register_with_unit("resident_memory", "Resident memory size", Unit::Bytes, rss.clone());
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        process.register_with_unit("cpu", "User and system CPU time spent", Unit::Seconds, cpu.clone());
+        let open_fds = Gauge::default();
+        process.register("open_fds", "Open file descriptors", open_fds.clone());
+        let start_time: Gauge = Gauge::default();
+        process.register_with_unit("start_time", "Start time since the Unix epoch", Unit::Seconds, start_time.clone());
+        start_time.set(crate::session::unix_now() as i64);
+
+        Metrics {
+            registry,
+            process,
+            auth,
+            auth_duration,
+            cache_hit,
+            cache_miss,
+            cache_negative,
+            store_requests,
+            store_duration,
+            jwt_signed,
+            sessions_revoked,
+            cache_entries,
+            rss,
+            cpu,
+            open_fds,
+        }
+    }
+
+    #[inline]
+    pub fn auth(&self, outcome: Outcome, method: AuthMethod) -> &Counter {
+        &self.auth[outcome as usize * 4 + method as usize]
+    }
+
+    pub fn store_request(&self, op: &'static str, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.store_requests.get_or_create(&[("op", op), ("result", result)]).inc();
+        self.store_duration.observe(seconds);
+    }
+
+    pub fn jwt_signed(&self, kid: &str) {
+        self.jwt_signed.get_or_create(&[("kid", kid.to_string())]).inc();
+    }
+
+    /// The text exposition, with process metrics read now.
+    pub fn encode(&self) -> String {
+        self.read_process();
+        let mut out = String::with_capacity(8192);
+        encode_registry(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.process).expect("writing to a String cannot fail");
+        encode_eof(&mut out).expect("writing to a String cannot fail");
+        out
+    }
+
+    fn read_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            {
+                self.rss.set(kb * 1024);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may contain spaces) start at ") ".
+            if let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split(' ').collect();
+                // utime and stime are fields 14 and 15 of stat, 12 and 13 here, in clock
+                // ticks (100 per second on Linux).
+                if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                    if let (Ok(u), Ok(s)) = (u.parse::<f64>(), s.parse::<f64>()) {
+                        let now = (u + s) / 100.0;
+                        let before = self.cpu.get();
+                        if now > before {
+                            self.cpu.inc_by(now - before);
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_designed_names() {
+        let m = Metrics::new();
+        m.auth(Outcome::Allow, AuthMethod::Session).inc();
+        m.auth_duration.observe(0.0001);
+        m.cache_hit.inc();
+        m.store_request("get", true, 0.001);
+        m.jwt_signed("kid1");
+        let text = m.encode();
+        for name in [
+            "gatehouse_auth_requests_total{result=\"allow\",method=\"session\"} 1",
+            "gatehouse_auth_request_duration_seconds_bucket",
+            "gatehouse_cache_lookups_total{result=\"hit\"} 1",
+            "gatehouse_store_requests_total{op=\"get\",result=\"ok\"} 1",
+            "gatehouse_store_request_duration_seconds_count",
+            "gatehouse_jwt_signed_total{kid=\"kid1\"} 1",
+            "gatehouse_sessions_revoked_total",
+            "gatehouse_cache_entries",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

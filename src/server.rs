@@ -1,0 +1,179 @@
+//! The two listeners and their routes, and Kubernetes-shaped shutdown.
+//!
+//! Main listener: `/auth` and `/.well-known/jwks.json`. Admin listener: `/healthz`,
+//! `/readyz`, `/metrics` — kept apart so probes and scrapes never share a port or a code path
+//! with authentication. `serve` takes already-bound listeners, so tests bind port 0.
+//!
+//! Shutdown: `/readyz` turns 503 at once; requests are still served for `--shutdown-delay`
+//! (load balancers need a moment to notice); then the main listener closes and in-flight
+//! requests get `--shutdown-timeout` to finish; then the admin listener closes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{Body, Gateway};
+use crate::store::SessionStore;
+
+/// Largest request head accepted (hyper's read buffer); nginx's default for large headers is
+/// 4 × 8 KiB, and `/auth` requests carry only headers.
+const MAX_HEAD: usize = 32 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub header_timeout: Duration,
+    pub shutdown_delay: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+pub async fn serve(
+    main: TcpListener,
+    admin: TcpListener,
+    gateway: Arc<Gateway>,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD);
+
+    let (stop_main, main_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+
+    let gw = gateway.clone();
+    let main_task = tokio::spawn(accept_loop(
+        main,
+        http.clone(),
+        main_stopped,
+        settings.shutdown_timeout,
+        move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(route_main(&gw, req).await) }
+        },
+    ));
+    let gw = gateway.clone();
+    let admin_task = tokio::spawn(accept_loop(
+        admin,
+        http,
+        admin_stopped,
+        Duration::from_secs(1),
+        move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(route_admin(&gw, req).await) }
+        },
+    ));
+
+    shutdown.await;
+    gateway.begin_shutdown();
+    tracing::info!(delay = ?settings.shutdown_delay, "shutting down: readiness is 503");
+    tokio::time::sleep(settings.shutdown_delay).await;
+    let _ = stop_main.send(true);
+    let _ = main_task.await;
+    let _ = stop_admin.send(true);
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    http: http1::Builder,
+    mut stop: watch::Receiver<bool>,
+    drain_deadline: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = http.serve_connection(TokioIo::new(stream), service_fn(handler.clone()));
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain_deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(deadline = ?drain_deadline, "connections still open at the drain deadline");
+    }
+}
+
+async fn route_main(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/auth" => gw.auth(req.headers()).await,
+        "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
+            let mut r = Response::new(Body::new(gw.signer.jwks()));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn route_admin(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if gw.is_shutting_down() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match gw.store.ping().await {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "not ready");
+                    text(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable\n")
+                }
+            }
+        }
+        "/metrics" => {
+            gw.metrics.cache_entries.set(gw.cache.entry_count() as i64);
+            let mut r = Response::new(Body::new(Bytes::from(gw.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}

@@ -1,0 +1,426 @@
+//! Signing keys and JWT minting.
+//!
+//! Keys are PEM files in `--keys-dir` (PKCS#8 Ed25519, P-256 or RSA); on first run with no
+//! key for the configured algorithm, one is generated there. Several instances starting at
+//! once on an empty directory end up with one key: the new key is written to a temporary file
+//! and hard-linked into place, which fails for every instance but the first.
+//!
+//! Every asymmetric key in the directory is published in the JWKS (a retired key stays
+//! there until its file is removed, which should be no sooner than `--jwt-ttl` after it last
+//! signed). The newest key of the configured algorithm signs. HS256 keys are never published.
+//! This module must never log key material.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use aws_lc_rs::digest;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+use crate::config::{ConfigError, JwtAlg};
+use crate::credential::Method;
+use crate::secret::Secret;
+use crate::session::Session;
+
+impl JwtAlg {
+    pub fn algorithm(self) -> Algorithm {
+        match self {
+            JwtAlg::EdDsa => Algorithm::EdDSA,
+            JwtAlg::Es256 => Algorithm::ES256,
+            JwtAlg::Rs256 => Algorithm::RS256,
+            JwtAlg::Hs256 => Algorithm::HS256,
+        }
+    }
+
+    fn file_stem(self) -> &'static str {
+        match self {
+            JwtAlg::EdDsa => "ed25519",
+            JwtAlg::Es256 => "es256",
+            JwtAlg::Rs256 => "rs256",
+            JwtAlg::Hs256 => "hs256",
+        }
+    }
+}
+
+/// Settings of minted tokens.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: Option<String>,
+    pub ttl_secs: u64,
+}
+
+struct SigningKey {
+    header: Header,
+    key: EncodingKey,
+}
+
+pub struct Signer {
+    signing: SigningKey,
+    kid: String,
+    jwks: Bytes,
+    settings: TokenSettings,
+}
+
+/// A minted JWT.
+pub struct Minted {
+    pub jwt: String,
+    /// Unix seconds.
+    pub exp: u64,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    sub: &'a str,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+    sid: &'a str,
+    scope: String,
+    roles: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preferred_username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    auth_method: &'static str,
+}
+
+/// A key file found in the keys directory.
+struct LoadedKey {
+    path: PathBuf,
+    modified: SystemTime,
+    alg: Algorithm,
+    key: EncodingKey,
+    jwk: Jwk,
+}
+
+impl Signer {
+    /// Loads (or on first run creates) the keys. Errors name `--keys-dir` or `--jwt-secret`.
+    pub fn load(
+        keys_dir: &Path,
+        alg: JwtAlg,
+        secret: Option<&Secret<String>>,
+        settings: TokenSettings,
+    ) -> Result<Signer, ConfigError> {
+        let mut keys = load_dir(keys_dir)?;
+        if alg != JwtAlg::Hs256 && !keys.iter().any(|k| k.alg == alg.algorithm()) {
+            generate_into(keys_dir, alg, Some(&format!("{}-0", alg.file_stem())))?;
+            keys = load_dir(keys_dir)?;
+        }
+        let jwks = {
+            let set = JwkSet {
+                keys: keys.iter().map(|k| k.jwk.clone()).collect(),
+            };
+            Bytes::from(serde_json::to_vec(&set).expect("a JWK set always serialises"))
+        };
+        let (kid, key) = match (alg, secret) {
+            (JwtAlg::Hs256, Some(secret)) => {
+                let d = digest::digest(&digest::SHA256, secret.expose().as_bytes());
+                let kid = format!("hs256-{}", URL_SAFE_NO_PAD.encode(&d.as_ref()[..6]));
+                (kid, EncodingKey::from_secret(secret.expose().as_bytes()))
+            }
+            (JwtAlg::Hs256, None) => {
+                return Err(ConfigError::new("--jwt-secret", "is required with --jwt-alg HS256"))
+            }
+            _ => {
+                let newest = keys
+                    .into_iter()
+                    .filter(|k| k.alg == alg.algorithm())
+                    .max_by(|a, b| a.modified.cmp(&b.modified).then(a.path.cmp(&b.path)))
+                    .ok_or_else(|| ConfigError::new("--keys-dir", "holds no usable key"))?;
+                let kid = newest.jwk.common.key_id.clone().unwrap_or_default();
+                (kid, newest.key)
+            }
+        };
+        let mut header = Header::new(alg.algorithm());
+        header.kid = Some(kid.clone());
+        Ok(Signer {
+            signing: SigningKey { header, key },
+            kid,
+            jwks,
+            settings,
+        })
+    }
+
+    /// The `kid` of the key that signs.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The JWKS document (`application/json`).
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    /// Mints a JWT for `session`, valid from `now` for `--jwt-ttl`, never past the session.
+    pub fn mint(&self, session: &Session, sid: &str, method: Method, now: u64) -> Result<Minted, jsonwebtoken::errors::Error> {
+        let exp = (now + self.settings.ttl_secs).min(session.expires_at);
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).expect("the OS random number generator failed");
+        let claims = Claims {
+            iss: &self.settings.issuer,
+            aud: self.settings.audience.as_deref(),
+            sub: &session.sub,
+            iat: now,
+            nbf: now,
+            exp,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            sid,
+            scope: session.scopes.join(" "),
+            roles: &session.roles,
+            preferred_username: session.username.as_deref(),
+            email: session.email.as_deref(),
+            name: session.name.as_deref(),
+            client_id: session.client_id.as_deref(),
+            auth_method: match method {
+                Method::Cookie => "session",
+                Method::Bearer => "bearer",
+            },
+        };
+        let jwt = jsonwebtoken::encode(&self.signing.header, &claims, &self.signing.key)?;
+        Ok(Minted { jwt, exp })
+    }
+}
+
+fn keys_dir_error(dir: &Path, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::new("--keys-dir", format!("{}: {what}", dir.display()))
+}
+
+fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(keys_dir_error(dir, e)),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| keys_dir_error(dir, e))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let pem = std::fs::read(&path).map_err(|e| keys_dir_error(&path, e))?;
+        let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let (alg, key) = parse_pem(&pem).ok_or_else(|| {
+            keys_dir_error(&path, "not a PKCS#8 Ed25519, P-256 or RSA private key in PEM")
+        })?;
+        let mut jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| keys_dir_error(&path, e))?;
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| keys_dir_error(&path, e))?;
+        jwk.common.key_id = Some(kid);
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        keys.push(LoadedKey {
+            path,
+            modified,
+            alg,
+            key,
+            jwk,
+        });
+    }
+    Ok(keys)
+}
+
+fn parse_pem(pem: &[u8]) -> Option<(Algorithm, EncodingKey)> {
+    if let Ok(k) = EncodingKey::from_ed_pem(pem) {
+        return Some((Algorithm::EdDSA, k));
+    }
+    if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+        return Some((Algorithm::ES256, k));
+    }
+    if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+        return Some((Algorithm::RS256, k));
+    }
+    None
+}
+
+/// Writes a new private key for `alg` into `dir` as `<name>.pem` (default: algorithm and
+/// time). Returns the path, or the existing file's path if another process won the race to
+/// the same name.
+pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<PathBuf, ConfigError> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let der: Vec<u8> = match alg {
+        // PKCS#8 v1: the form jsonwebtoken reads for Ed25519.
+        JwtAlg::EdDsa => Ed25519KeyPair::generate_pkcs8v1(&rng).map(|d| d.as_ref().to_vec()),
+        JwtAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map(|d| d.as_ref().to_vec()),
+        JwtAlg::Rs256 => aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .and_then(|k| k.as_der().map(|d| d.as_ref().to_vec())),
+        JwtAlg::Hs256 => {
+            return Err(ConfigError::new("--alg", "HS256 uses --jwt-secret, not a key file"))
+        }
+    }
+    .map_err(|_| keys_dir_error(dir, "key generation failed"))?;
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in STANDARD.encode(&der).as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+
+    std::fs::create_dir_all(dir).map_err(|e| keys_dir_error(dir, e))?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            format!("{}-{}", alg.file_stem(), t.as_millis())
+        }
+    };
+    let path = dir.join(format!("{name}.pem"));
+    let mut rand = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut rand).map_err(|_| keys_dir_error(dir, "no randomness"))?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", URL_SAFE_NO_PAD.encode(rand)));
+    write_private(&tmp, pem.as_bytes()).map_err(|e| keys_dir_error(&tmp, e))?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), alg = ?alg, "generated a signing key");
+            Ok(path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+        Err(e) => Err(keys_dir_error(&path, e)),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn settings() -> TokenSettings {
+        TokenSettings {
+            issuer: "https://gh.test".into(),
+            audience: Some("api".into()),
+            ttl_secs: 300,
+        }
+    }
+
+    fn session(expires_at: u64) -> Session {
+        Session {
+            sub: "u1".into(),
+            username: Some("alice".into()),
+            email: Some("a@example.org".into()),
+            name: None,
+            scopes: vec!["read".into(), "write".into()],
+            roles: vec!["admin".into()],
+            kind: Default::default(),
+            client_id: None,
+            created_at: 0,
+            expires_at,
+            last_seen: None,
+            ip: None,
+            user_agent: None,
+        }
+    }
+
+    fn verify_with_jwks(signer: &Signer, jwt: &str, alg: Algorithm) -> serde_json::Value {
+        let set: JwkSet = serde_json::from_slice(&signer.jwks()).unwrap();
+        let jwk = set.find(signer.kid()).expect("the signing key is published");
+        let key = DecodingKey::from_jwk(jwk).unwrap();
+        let mut v = Validation::new(alg);
+        v.set_audience(&["api"]);
+        v.set_issuer(&["https://gh.test"]);
+        jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v).unwrap().claims
+    }
+
+    #[test]
+    fn every_asymmetric_algorithm_signs_and_verifies_against_its_jwks() {
+        for alg in [JwtAlg::EdDsa, JwtAlg::Es256, JwtAlg::Rs256] {
+            let dir = tempfile::tempdir().unwrap();
+            let signer = Signer::load(dir.path(), alg, None, settings()).unwrap();
+            let now = crate::session::unix_now();
+            let minted = signer.mint(&session(now + 1000), "sid1", Method::Cookie, now).unwrap();
+            let claims = verify_with_jwks(&signer, &minted.jwt, alg.algorithm());
+            assert_eq!(claims["sub"], "u1");
+            assert_eq!(claims["exp"], now + 300);
+            assert_eq!(claims["scope"], "read write");
+            assert_eq!(claims["auth_method"], "session");
+            let header = jsonwebtoken::decode_header(&minted.jwt).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(signer.kid()));
+            assert_eq!(header.typ.as_deref(), Some("JWT"));
+        }
+    }
+
+    #[test]
+    fn jwt_never_outlives_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        let now = crate::session::unix_now();
+        let minted = signer.mint(&session(now + 10), "s", Method::Bearer, now).unwrap();
+        assert_eq!(minted.exp, now + 10);
+    }
+
+    #[test]
+    fn restart_reuses_the_generated_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        let b = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        assert_eq!(a.kid(), b.kid());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_first_runs_end_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kids: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap().kid().to_string()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(kids.iter().all(|k| k == &kids[0]));
+        let pems = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
+            e.as_ref().unwrap().path().extension().and_then(|x| x.to_str()) == Some("pem")
+        });
+        assert_eq!(pems.count(), 1);
+    }
+
+    #[test]
+    fn hs256_signs_with_the_secret_and_publishes_nothing_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new("x".repeat(32));
+        let signer = Signer::load(dir.path(), JwtAlg::Hs256, Some(&secret), settings()).unwrap();
+        let now = crate::session::unix_now();
+        let minted = signer.mint(&session(now + 100), "s", Method::Cookie, now).unwrap();
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&["api"]);
+        jsonwebtoken::decode::<serde_json::Value>(&minted.jwt, &DecodingKey::from_secret(secret.expose().as_bytes()), &v).unwrap();
+        assert!(!String::from_utf8_lossy(&signer.jwks()).contains(&URL_SAFE_NO_PAD.encode(secret.expose())));
+    }
+
+    #[test]
+    fn a_bad_key_file_names_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
+        let e = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).err().unwrap();
+        assert_eq!(e.flag, "--keys-dir");
+    }
+}

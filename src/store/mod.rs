@@ -1,0 +1,133 @@
+//! Session stores behind one small trait: Redis (shared by many gatehouse instances) or the
+//! embedded SQLite file (a single host, no other service to run).
+//!
+//! A store keeps sessions by [`TokenHash`], never by token, and tells every running instance
+//! about revocations through [`Invalidation`]s so that caches drop revoked sessions. Every
+//! call has a deadline; a store that cannot answer in time is [`StoreError::Unavailable`],
+//! which `/auth` turns into 503, never into a 200.
+
+pub mod embedded;
+pub mod redis;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, StoreArgs};
+use crate::credential::TokenHash;
+use crate::session::Session;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time or at all: a dependency fault (503).
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something that is not a session record: a bug or a foreign
+    /// writer. Also fails closed.
+    #[error("corrupt session record: {0}")]
+    Corrupt(String),
+}
+
+/// What a cache must drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// One session was revoked.
+    Key(TokenHash),
+    /// Revocations may have been missed (channel lost) or many sessions went at once.
+    All,
+}
+
+/// The operations every store offers. Implementations must bound every call by the store
+/// timeout and must never log a token.
+pub trait SessionStore: Send + Sync {
+    /// The live session for `key`, if any. The read path: never writes.
+    fn get(&self, key: &TokenHash) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+    /// Stores a session until its expiry and indexes it under its user.
+    fn put(&self, key: &TokenHash, session: &Session) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes one session and tells every instance. `true` when it existed.
+    fn revoke(&self, key: &TokenHash) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Deletes every session of a user ("log out everywhere"); the number deleted.
+    fn revoke_user(&self, sub: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// A user's live sessions with their store keys.
+    fn list_user(&self, sub: &str) -> impl Future<Output = Result<Vec<(TokenHash, Session)>, StoreError>> + Send;
+    /// Whether the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Starts delivering revocations (from every instance) to `tx`.
+    fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>);
+}
+
+/// The configured store. An enum rather than a trait object: the hot path's store call is a
+/// plain match, and both arms are visible from here.
+#[derive(Clone)]
+pub enum Store {
+    Redis(redis::RedisStore),
+    Embedded(embedded::EmbeddedStore),
+}
+
+impl Store {
+    /// Opens the store named by the flags. `connect_timeout` bounds the first connection;
+    /// `Err(StoreError)` then means the store is unreachable (exit 69 for the CLI).
+    pub async fn open(args: &StoreArgs, wait: Option<Duration>) -> Result<Store, OpenError> {
+        match &args.redis_url {
+            Some(url) => Ok(Store::Redis(redis::RedisStore::connect(args, url.expose(), wait).await?)),
+            None => Ok(Store::Embedded(embedded::EmbeddedStore::open(args).await?)),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Redis(_) => "redis",
+            Store::Embedded(_) => "embedded",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Redis($s) => $e,
+            Store::Embedded($s) => $e,
+        }
+    };
+}
+
+impl SessionStore for Store {
+    async fn get(&self, key: &TokenHash) -> Result<Option<Session>, StoreError> {
+        dispatch!(self, s => s.get(key).await)
+    }
+    async fn put(&self, key: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put(key, session).await)
+    }
+    async fn revoke(&self, key: &TokenHash) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke(key).await)
+    }
+    async fn revoke_user(&self, sub: &str) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.revoke_user(sub).await)
+    }
+    async fn list_user(&self, sub: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
+        dispatch!(self, s => s.list_user(sub).await)
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+    fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>) {
+        dispatch!(self, s => s.watch_invalidations(tx))
+    }
+}
+
+fn decode(raw: &[u8]) -> Result<Session, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode(session: &Session) -> String {
+    serde_json::to_string(session).expect("a session always serialises")
+}

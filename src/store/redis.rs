@@ -1,0 +1,306 @@
+//! Redis store through `fred`: one pooled, reconnecting client created at start (never a
+//! connection per request), a deadline on every call, and revocations broadcast on a pub/sub
+//! channel so that every instance drops its cached copy.
+//!
+//! Layout (prefix `--redis-prefix`, default `gh:`):
+//! - `gh:s:<hash>` — the session record (JSON), TTL = its remaining lifetime;
+//! - `gh:u:<sub>` — the set of a user's session hashes ("log out everywhere");
+//! - channel `gh:revoked` — one message per revoked hash, `*` for "drop everything".
+//!
+//! Every command touches one key, so the layout works unchanged on Redis Cluster (no
+//! cross-slot command is ever sent, so no hash tags are needed) and on Sentinel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{ExpireOptions, Expiration};
+use tokio::sync::mpsc;
+
+use super::{decode, encode, Invalidation, SessionStore, StoreError};
+use crate::config::{ConfigError, StoreArgs};
+use crate::credential::TokenHash;
+use crate::session::{unix_now, Session};
+
+const POOL_SIZE: usize = 4;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    builder: Arc<Builder>,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+/// Turns gatehouse's URL forms into a fred configuration.
+///
+/// `redis+cluster://[auth@]h:p,h:p` and `redis+sentinel://[auth@]h:p,h:p/service[/db]` list
+/// their nodes with commas, as DESIGN.md says; fred wants `?node=` parameters instead.
+pub fn parse_url(url: &str) -> Result<Config, ConfigError> {
+    let bad = |why: &str| ConfigError::new("--redis-url", why.to_string());
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("is not a URL (expected redis://host:port)"))?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((auth, rest)) => (format!("{auth}@"), rest),
+        None => (String::new(), rest),
+    };
+    let (hosts, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, p),
+        None => (rest, ""),
+    };
+    let mut nodes = hosts.split(',').filter(|n| !n.is_empty());
+    let first = nodes.next().ok_or_else(|| bad("names no host"))?;
+    let others: Vec<String> = nodes.map(|n| format!("node={n}")).collect();
+    let fred_url = match scheme {
+        "redis" | "rediss" => {
+            if !others.is_empty() {
+                return Err(bad("lists several hosts; use redis+cluster:// or redis+sentinel://"));
+            }
+            url.to_string()
+        }
+        "redis+cluster" | "rediss+cluster" => {
+            let base = scheme.trim_end_matches("+cluster");
+            format!("{base}-cluster://{auth}{first}?{}", others.join("&"))
+        }
+        "redis+sentinel" | "rediss+sentinel" => {
+            let base = scheme.trim_end_matches("+sentinel");
+            let (service, db) = match path.split_once('/') {
+                Some((s, d)) => (s, d),
+                None => (path, ""),
+            };
+            if service.is_empty() {
+                return Err(bad("redis+sentinel:// needs a service name: redis+sentinel://h:p,h:p/service"));
+            }
+            let mut query = others;
+            query.push(format!("sentinelServiceName={service}"));
+            format!("{base}-sentinel://{auth}{first}/{db}?{}", query.join("&"))
+        }
+        _ => return Err(bad("has an unsupported scheme (use redis://, rediss://, redis+sentinel://, redis+cluster://)")),
+    };
+    // fred's error text describes the syntax problem; it does not echo the URL (which may hold
+    // a password).
+    Config::from_url(&fred_url).map_err(|e| bad(&format!("is not a valid Redis URL: {}", e.details())))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Builds the pool and starts connecting. With `wait`, waits that long for the first
+    /// connection and fails if it does not come (the CLI); without, returns at once and lets
+    /// the pool keep reconnecting in the background (the server, which reports readiness).
+    pub async fn connect(args: &StoreArgs, url: &str, wait: Option<Duration>) -> Result<Self, super::OpenError> {
+        let config = parse_url(url)?;
+        let timeout = args.store_timeout;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            })
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout.max(Duration::from_secs(1));
+                c.internal_command_timeout = timeout.max(Duration::from_secs(1));
+                // One attempt: a failed command is answered at once with 503, not retried
+                // behind the caller's back past its deadline.
+                c.max_command_attempts = 1;
+            })
+            .set_policy({
+                // Reconnect forever with backoff (50 ms doubling to 2 s, jittered), so that a
+                // Redis restart is a short blip and never a connection storm.
+                let mut p = ReconnectPolicy::new_exponential(0, 50, 2_000, 2);
+                p.set_jitter(50);
+                p
+            });
+        let pool = builder.build_pool(POOL_SIZE).map_err(unavailable)?;
+        pool.connect_pool();
+        let store = RedisStore {
+            pool,
+            builder: Arc::new(builder),
+            prefix: args.redis_prefix.clone().into(),
+            timeout,
+        };
+        if let Some(wait) = wait {
+            match tokio::time::timeout(wait, store.pool.wait_for_connect()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(unavailable(e).into()),
+                Err(_) => return Err(unavailable(format!("no connection within {wait:?}")).into()),
+            }
+        }
+        Ok(store)
+    }
+
+    fn session_key(&self, key: &TokenHash) -> String {
+        format!("{}s:{}", self.prefix, key.encode())
+    }
+
+    fn user_key(&self, sub: &str) -> String {
+        format!("{}u:{}", self.prefix, sub)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+
+    /// Runs one command under the store deadline.
+    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    async fn load(&self, key: &TokenHash) -> Result<Option<Session>, StoreError> {
+        let raw: Option<Bytes> = self.call(self.pool.get(self.session_key(key))).await?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => Ok(Some(decode(&raw)?)),
+        }
+    }
+
+    async fn delete_and_publish(&self, key: &TokenHash) -> Result<bool, StoreError> {
+        let deleted: i64 = self.call(self.pool.del(self.session_key(key))).await?;
+        let _: i64 = self.call(self.pool.next().publish(self.channel(), key.encode())).await?;
+        Ok(deleted > 0)
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &TokenHash) -> Result<Option<Session>, StoreError> {
+        let now = unix_now();
+        Ok(self.load(key).await?.filter(|s| s.is_live(now)))
+    }
+
+    async fn put(&self, key: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        let ttl = session.expires_at.saturating_sub(unix_now()) as i64;
+        if ttl <= 0 {
+            return Ok(());
+        }
+        let user_key = self.user_key(&session.sub);
+        let _: () = self
+            .call(self.pool.set(self.session_key(key), encode(session), Some(Expiration::EX(ttl)), None, false))
+            .await?;
+        let _: i64 = self.call(self.pool.sadd(&user_key, key.encode())).await?;
+        // The index lives as long as its longest session: set a TTL if it has none, and
+        // lengthen it if this session outlives it.
+        let _: i64 = self.call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::NX))).await?;
+        let _: i64 = self.call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::GT))).await?;
+        Ok(())
+    }
+
+    async fn revoke(&self, key: &TokenHash) -> Result<bool, StoreError> {
+        let session = self.load(key).await.ok().flatten();
+        let existed = self.delete_and_publish(key).await?;
+        if let Some(s) = session {
+            let _: i64 = self.call(self.pool.srem(self.user_key(&s.sub), key.encode())).await?;
+        }
+        Ok(existed)
+    }
+
+    async fn revoke_user(&self, sub: &str) -> Result<u64, StoreError> {
+        let user_key = self.user_key(sub);
+        let members: Vec<String> = self.call(self.pool.smembers(&user_key)).await?;
+        let mut n = 0;
+        for m in members.iter().filter_map(|m| TokenHash::decode(m)) {
+            if self.delete_and_publish(&m).await? {
+                n += 1;
+            }
+        }
+        let _: i64 = self.call(self.pool.del(&user_key)).await?;
+        Ok(n)
+    }
+
+    async fn list_user(&self, sub: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
+        let members: Vec<String> = self.call(self.pool.smembers(self.user_key(sub))).await?;
+        let now = unix_now();
+        let mut out = Vec::new();
+        for m in members.iter().filter_map(|m| TokenHash::decode(m)) {
+            if let Some(s) = self.load(&m).await?.filter(|s| s.is_live(now)) {
+                out.push((m, s));
+            }
+        }
+        out.sort_by_key(|(_, s)| s.created_at);
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(self.pool.ping::<()>(None)).await
+    }
+
+    fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>) {
+        let builder = self.builder.clone();
+        let channel = self.channel();
+        tokio::spawn(async move {
+            if let Err(e) = watch(&builder, channel, tx).await {
+                tracing::error!(error = %e, "revocation channel could not start; caching is not safe");
+            }
+        });
+    }
+}
+
+/// Follows the revocation channel. Whenever the subscriber connection breaks or comes back,
+/// revocations may have been missed, so the whole cache is flushed rather than trusted.
+async fn watch(builder: &Builder, channel: String, tx: mpsc::Sender<Invalidation>) -> Result<(), Error> {
+    let subscriber = builder.build_subscriber_client()?;
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    let mut errors = subscriber.error_rx();
+    subscriber.connect();
+    subscriber.wait_for_connect().await?;
+    subscriber.subscribe(channel.clone()).await?;
+    // Re-subscribes after every reconnection.
+    let _manager = subscriber.manage_subscriptions();
+    tracing::info!(%channel, "following the revocation channel");
+    loop {
+        let event = tokio::select! {
+            m = messages.recv() => match m {
+                Ok(m) => match m.value.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
+                    Some("*") => Invalidation::All,
+                    Some(s) => match TokenHash::decode(s) {
+                        Some(h) => Invalidation::Key(h),
+                        None => continue,
+                    },
+                    None => continue,
+                },
+                // Lagging behind the broadcast buffer means messages were lost.
+                Err(_) => Invalidation::All,
+            },
+            r = reconnects.recv() => {
+                if r.is_ok() {
+                    tracing::info!("revocation channel reconnected; cache flushed");
+                }
+                Invalidation::All
+            }
+            e = errors.recv() => {
+                if let Ok((e, _)) = e {
+                    tracing::warn!(error = %e, "revocation channel broke; cache flushed");
+                }
+                Invalidation::All
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert!(parse_url("redis://127.0.0.1:6379").unwrap().server.is_centralized());
+        let c = parse_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002").unwrap();
+        assert!(c.server.is_clustered());
+        assert_eq!(c.server.hosts().len(), 3);
+        let s = parse_url("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster").unwrap();
+        assert!(s.server.is_sentinel());
+        assert_eq!(parse_url("http://x").unwrap_err().flag, "--redis-url");
+        assert!(parse_url("redis+sentinel://127.0.0.1:26379").is_err());
+        assert!(parse_url("nonsense").is_err());
+        assert!(parse_url("redis://a:1,b:2").is_err());
+    }
+}
