@@ -1,0 +1,109 @@
+//! The command line contract: exit codes (64 bad configuration naming the flag, 69 store
+//! unreachable, 2 usage) and `session create` printing only the token.
+
+mod support;
+
+use support::*;
+
+fn run(a: &[&str]) -> (i32, String, String) {
+    let out = gatehouse_cli(a);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
+    let data = TempDir::new("data");
+    let d = data.path().to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--listen", "not-an-address"], "--listen"),
+        (&["serve", "--data-dir", d, "--store-timeout", "soon"], "--store-timeout"),
+        (&["serve", "--data-dir", d, "--jwt-alg", "HS256"], "--jwt-secret"),
+        (&["serve", "--data-dir", d, "--jwt-alg", "HS256", "--jwt-secret", "short"], "--jwt-secret"),
+        (&["serve", "--data-dir", d, "--redis-url", "http://example.org"], "--redis-url"),
+        (&["serve", "--data-dir", d, "--cache-capacity", "0"], "--cache-capacity"),
+        (&["serve", "--data-dir", d, "--anonymous", "maybe"], "--anonymous"),
+        (&["serve", "--data-dir", d, "--cookie-name", "a b"], "--cookie-name"),
+        (&["session", "create", "--data-dir", d, "--sub", "x", "--ttl", "forever"], "--ttl"),
+    ];
+    for (a, flag) in cases {
+        let (code, _, stderr) = run(a);
+        assert_eq!(code, 64, "{a:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{a:?}: one line, got {stderr:?}");
+        assert!(stderr.contains(flag), "{a:?}: {stderr:?} should name {flag}");
+    }
+    // A key file that is not a key.
+    let keys = TempDir::new("keys");
+    std::fs::write(keys.path().join("broken.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    let (code, _, stderr) = run(&["serve", "--data-dir", d, "--keys-dir", keys.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--keys-dir"), "{stderr}");
+}
+
+#[test]
+fn a_secret_in_a_bad_configuration_is_never_printed() {
+    let (code, _, stderr) = run(&["serve", "--redis-url", "http://user:hunter2hunter2@example.org"]);
+    assert_eq!(code, 64);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn unreachable_store_exits_69() {
+    let port = free_port(); // nothing listens there
+    let url = format!("redis://127.0.0.1:{port}");
+    let (code, stdout, stderr) = run(&["session", "create", "--redis-url", &url, "--sub", "x"]);
+    assert_eq!(code, 69, "{stderr}");
+    assert_eq!(stdout, "", "nothing on stdout when no token was made");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, _) = run(&["session", "create"]); // --sub missing
+    assert_eq!(code, 2);
+    let (code, _, _) = run(&["no-such-command"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn session_create_prints_only_the_token_and_json_on_request() {
+    let data = TempDir::new("data");
+    let d = data.path().to_str().unwrap();
+    let (code, stdout, _) = run(&["session", "create", "--data-dir", d, "--sub", "erin"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.lines().count(), 1);
+    let token = stdout.trim();
+    assert!(token.starts_with("gts_"), "{token}");
+    assert!(gatehouse::credential::check(token).is_some());
+
+    let (code, stdout, _) = run(&["session", "create", "--data-dir", d, "--sub", "erin", "--email", "e@example.org", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("gts_"));
+    assert_eq!(v["session"]["email"], "e@example.org");
+
+    let (code, listed, _) = run(&["session", "list", "--data-dir", d, "--sub", "erin"]);
+    assert_eq!(code, 0);
+    assert_eq!(listed.lines().count(), 2);
+    assert!(!listed.contains("gts_"), "list never shows tokens");
+}
+
+#[test]
+fn keys_generate_writes_a_key_the_server_publishes() {
+    let data = TempDir::new("data");
+    let d = data.path().to_str().unwrap();
+    for alg in ["EdDSA", "ES256", "RS256"] {
+        let (code, stdout, stderr) = run(&["keys", "generate", "--data-dir", d, "--alg", alg]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(std::path::Path::new(stdout.trim()).exists());
+    }
+    let gh = Gatehouse::spawn(&args(&["--data-dir", d, "--jwt-alg", "ES256"]));
+    let jwks: serde_json::Value = serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
+    let algs: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap()).collect();
+    assert_eq!(algs.len(), 3, "{jwks}");
+    for alg in ["EdDSA", "ES256", "RS256"] {
+        assert!(algs.contains(&alg), "{alg} missing from {jwks}");
+    }
+}
