@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
@@ -28,7 +31,8 @@ pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-requ
 pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
 
 const REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\"");
-const REALM_INVALID: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"");
+const REALM_INVALID: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -111,20 +115,38 @@ impl Gateway {
         let start = Instant::now();
         let (response, outcome, method) = self.decide(headers).await;
         self.metrics.auth(outcome, method).inc();
-        self.metrics.auth_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .auth_duration
+            .observe(start.elapsed().as_secs_f64());
         response
     }
 
     async fn decide(&self, headers: &HeaderMap) -> (Response<Body>, Outcome, AuthMethod) {
         let (method, token) = match credential::extract(headers, &self.cookie_name) {
             Ok(Some(c)) => c,
-            Ok(None) if self.anonymous => return (anonymous(), Outcome::Allow, AuthMethod::Anonymous),
-            Ok(None) => return (refuse(Refusal::Missing, false), Outcome::Deny, AuthMethod::None),
+            Ok(None) if self.anonymous => {
+                return (anonymous(), Outcome::Allow, AuthMethod::Anonymous)
+            }
+            Ok(None) => {
+                return (
+                    refuse(Refusal::Missing, false),
+                    Outcome::Deny,
+                    AuthMethod::None,
+                )
+            }
             Err(CredentialError::Malformed) => {
-                return (refuse(Refusal::Malformed, true), Outcome::Deny, AuthMethod::Bearer)
+                return (
+                    refuse(Refusal::Malformed, true),
+                    Outcome::Deny,
+                    AuthMethod::Bearer,
+                )
             }
             Err(CredentialError::UnsupportedScheme) => {
-                return (refuse(Refusal::Scheme, false), Outcome::Deny, AuthMethod::None)
+                return (
+                    refuse(Refusal::Scheme, false),
+                    Outcome::Deny,
+                    AuthMethod::None,
+                )
             }
         };
         let label = match method {
@@ -172,7 +194,9 @@ impl Gateway {
         self.metrics
             .store_request("get", result.is_ok(), start.elapsed().as_secs_f64());
         let session = result?.ok_or(FillError::NotFound)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let minted = self
             .signer
             .mint(&session, &key.hash.sid(), key.method, now.as_secs())
@@ -198,7 +222,10 @@ impl Gateway {
 /// A header value from user data; bytes a header cannot carry become `?`.
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| {
-        let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let clean: String = s
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("?"))
     })
 }
@@ -232,7 +259,14 @@ fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CACHE_CONTROL, NO_STORE);
     if why != Refusal::Unavailable {
-        h.insert(WWW_AUTHENTICATE, if bearer && why != Refusal::Missing { REALM_INVALID } else { REALM });
+        h.insert(
+            WWW_AUTHENTICATE,
+            if bearer && why != Refusal::Missing {
+                REALM_INVALID
+            } else {
+                REALM
+            },
+        );
     }
     r
 }

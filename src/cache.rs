@@ -48,7 +48,12 @@ pub struct Entry {
 struct PerEntry;
 
 impl Expiry<CacheKey, Arc<Entry>> for PerEntry {
-    fn expire_after_create(&self, _: &CacheKey, value: &Arc<Entry>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -74,7 +79,10 @@ pub struct SessionCache {
 impl SessionCache {
     pub fn new(capacity: u64) -> Self {
         SessionCache {
-            entries: Cache::builder().max_capacity(capacity).expire_after(PerEntry).build(),
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(PerEntry)
+                .build(),
             negative: Cache::builder()
                 .max_capacity(NEGATIVE_CAPACITY.min(capacity))
                 .time_to_live(NEGATIVE_TTL)

@@ -48,7 +48,8 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
             store.put(&hash, &session).await?;
             let mut out = std::io::stdout().lock();
             if a.json {
-                let record = json!({ "token": token.expose(), "sid": hash.sid(), "session": session });
+                let record =
+                    json!({ "token": token.expose(), "sid": hash.sid(), "session": session });
                 writeln!(out, "{record}")
             } else {
                 writeln!(out, "{}", token.expose())
@@ -63,10 +64,21 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
                 eprintln!("revoked {n} session(s) of {sub}");
             } else if let Some(token) = a.token {
                 if credential::check(token.expose()).is_none() {
-                    return Err(crate::config::ConfigError::new("TOKEN", "is not a gatehouse token").into());
+                    return Err(crate::config::ConfigError::new(
+                        "TOKEN",
+                        "is not a gatehouse token",
+                    )
+                    .into());
                 }
                 let existed = store.revoke(&TokenHash::of(token.expose())).await?;
-                eprintln!("{}", if existed { "revoked" } else { "no such session (already expired or revoked)" });
+                eprintln!(
+                    "{}",
+                    if existed {
+                        "revoked"
+                    } else {
+                        "no such session (already expired or revoked)"
+                    }
+                );
             }
             Ok(())
         }

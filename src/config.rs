@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::secret::Secret;
 
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about = "Authentication gateway for NGINX auth_request")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Authentication gateway for NGINX auth_request"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -35,10 +39,21 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format.
-    #[arg(long, env = "GATEHOUSE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `gatehouse=debug`.
-    #[arg(long, env = "GATEHOUSE_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     pub log_level: String,
 }
 
@@ -104,7 +119,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
     /// Name of the session cookie.
-    #[arg(long, env = "GATEHOUSE_COOKIE_NAME", default_value = "gatehouse_session")]
+    #[arg(
+        long,
+        env = "GATEHOUSE_COOKIE_NAME",
+        default_value = "gatehouse_session"
+    )]
     pub cookie_name: String,
     /// The `iss` claim of minted JWTs.
     #[arg(long, env = "GATEHOUSE_ISSUER", default_value = "gatehouse")]
@@ -217,7 +236,9 @@ pub struct KeysGenerateArgs {
 
 impl KeyArgs {
     pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
-        self.keys_dir.clone().unwrap_or_else(|| data_dir.join("keys"))
+        self.keys_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("keys"))
     }
 }
 
@@ -247,7 +268,10 @@ impl ServeArgs {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
-            return Err(ConfigError::new("--cookie-name", "must be a non-empty cookie token"));
+            return Err(ConfigError::new(
+                "--cookie-name",
+                "must be a non-empty cookie token",
+            ));
         }
         if self.issuer.is_empty() {
             return Err(ConfigError::new("--issuer", "must not be empty"));
@@ -266,10 +290,16 @@ impl ServeArgs {
         }
         match (&self.jwt_alg, &self.jwt_secret) {
             (JwtAlg::Hs256, None) => {
-                return Err(ConfigError::new("--jwt-secret", "is required with --jwt-alg HS256"))
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "is required with --jwt-alg HS256",
+                ))
             }
             (JwtAlg::Hs256, Some(s)) if s.expose().len() < 32 => {
-                return Err(ConfigError::new("--jwt-secret", "must be at least 32 bytes"))
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "must be at least 32 bytes",
+                ))
             }
             _ => {}
         }

@@ -232,8 +232,14 @@ mod tests {
 
     #[test]
     fn bearer_wins_over_cookie_and_malformed_never_falls_back() {
-        let h = headers(&[("authorization", "Bearer abc"), ("cookie", "gatehouse_session=xyz")]);
-        assert_eq!(extract(&h, "gatehouse_session"), Ok(Some((Method::Bearer, "abc"))));
+        let h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "gatehouse_session=xyz"),
+        ]);
+        assert_eq!(
+            extract(&h, "gatehouse_session"),
+            Ok(Some((Method::Bearer, "abc")))
+        );
         let h = headers(&[("authorization", "bEaReR   abc  ")]);
         assert_eq!(extract(&h, "s"), Ok(Some((Method::Bearer, "abc"))));
         for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer\tabc"] {

@@ -117,7 +117,14 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
         kid = gateway.signer.kid(),
         "gatehouse serving"
     );
-    server::serve(main, admin, gateway, server_settings(&args), shutdown_signal()).await;
+    server::serve(
+        main,
+        admin,
+        gateway,
+        server_settings(&args),
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 

@@ -11,9 +11,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // A bad value of a known flag is bad configuration (64), with clap's first line,
         // which names the flag; other usage errors keep clap's own exit code (2).
-        Err(e) if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
             let rendered = e.render().to_string();
-            eprintln!("gatehouse: {}", rendered.lines().next().unwrap_or("invalid value").trim_start_matches("error: "));
+            eprintln!(
+                "gatehouse: {}",
+                rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid value")
+                    .trim_start_matches("error: ")
+            );
             return ExitCode::from(64);
         }
         Err(e) => e.exit(),
@@ -22,7 +34,10 @@ fn main() -> ExitCode {
         eprintln!("gatehouse: {e}");
         return ExitCode::from(64);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gatehouse: cannot start the runtime: {e}");

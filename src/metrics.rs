@@ -37,7 +37,8 @@ type Labels = [(&'static str, &'static str); 2];
 /// Buckets from 25 µs to 1 s: a cache hit is a few microseconds, a miss a Redis round trip.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
-        0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5, 1.0,
     ]
     .into_iter()
 }
@@ -70,40 +71,89 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gatehouse");
         let auth_family = Family::<Labels, Counter>::default();
-        registry.register("auth_requests", "Answers of /auth by result and credential method", auth_family.clone());
+        registry.register(
+            "auth_requests",
+            "Answers of /auth by result and credential method",
+            auth_family.clone(),
+        );
         let mut auth = Vec::with_capacity(16);
         for o in OUTCOMES {
             for m in METHODS {
-                auth.push(auth_family.get_or_create(&[("result", o), ("method", m)]).clone());
+                auth.push(
+                    auth_family
+                        .get_or_create(&[("result", o), ("method", m)])
+                        .clone(),
+                );
             }
         }
         let auth_duration = Histogram::new(latency_buckets());
-        registry.register_with_unit("auth_request_duration", "Time to answer /auth", Unit::Seconds, auth_duration.clone());
+        registry.register_with_unit(
+            "auth_request_duration",
+            "Time to answer /auth",
+            Unit::Seconds,
+            auth_duration.clone(),
+        );
         let cache = Family::<[(&'static str, &'static str); 1], Counter>::default();
-        registry.register("cache_lookups", "In-process cache lookups by result", cache.clone());
+        registry.register(
+            "cache_lookups",
+            "In-process cache lookups by result",
+            cache.clone(),
+        );
         let cache_hit = cache.get_or_create(&[("result", "hit")]).clone();
         let cache_miss = cache.get_or_create(&[("result", "miss")]).clone();
         let cache_negative = cache.get_or_create(&[("result", "negative")]).clone();
         let store_requests = Family::<Labels, Counter>::default();
-        registry.register("store_requests", "Session store calls by operation and result", store_requests.clone());
+        registry.register(
+            "store_requests",
+            "Session store calls by operation and result",
+            store_requests.clone(),
+        );
         let store_duration = Histogram::new(latency_buckets());
-        registry.register_with_unit("store_request_duration", "Time of session store calls", Unit::Seconds, store_duration.clone());
+        registry.register_with_unit(
+            "store_request_duration",
+            "Time of session store calls",
+            Unit::Seconds,
+            store_duration.clone(),
+        );
         let jwt_signed = Family::default();
         registry.register("jwt_signed", "JWTs minted by key id", jwt_signed.clone());
         let sessions_revoked = Counter::default();
-        registry.register("sessions_revoked", "Sessions dropped from this instance's cache by revocation", sessions_revoked.clone());
+        registry.register(
+            "sessions_revoked",
+            "Sessions dropped from this instance's cache by revocation",
+            sessions_revoked.clone(),
+        );
         let cache_entries = Gauge::default();
-        registry.register("cache_entries", "Sessions held in the in-process cache", cache_entries.clone());
+        registry.register(
+            "cache_entries",
+            "Sessions held in the in-process cache",
+            cache_entries.clone(),
+        );
 
         let mut process = Registry::with_prefix("process");
         let rss = Gauge::default();
-        process.register_with_unit("resident_memory", "Resident memory size", Unit::Bytes, rss.clone());
+        process.register_with_unit(
+            "resident_memory",
+            "Resident memory size",
+            Unit::Bytes,
+            rss.clone(),
+        );
         let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
-        process.register_with_unit("cpu", "User and system CPU time spent", Unit::Seconds, cpu.clone());
+        process.register_with_unit(
+            "cpu",
+            "User and system CPU time spent",
+            Unit::Seconds,
+            cpu.clone(),
+        );
         let open_fds = Gauge::default();
         process.register("open_fds", "Open file descriptors", open_fds.clone());
         let start_time: Gauge = Gauge::default();
-        process.register_with_unit("start_time", "Start time since the Unix epoch", Unit::Seconds, start_time.clone());
+        process.register_with_unit(
+            "start_time",
+            "Start time since the Unix epoch",
+            Unit::Seconds,
+            start_time.clone(),
+        );
         start_time.set(crate::session::unix_now() as i64);
 
         Metrics {
@@ -132,12 +182,16 @@ impl Metrics {
 
     pub fn store_request(&self, op: &'static str, ok: bool, seconds: f64) {
         let result = if ok { "ok" } else { "error" };
-        self.store_requests.get_or_create(&[("op", op), ("result", result)]).inc();
+        self.store_requests
+            .get_or_create(&[("op", op), ("result", result)])
+            .inc();
         self.store_duration.observe(seconds);
     }
 
     pub fn jwt_signed(&self, kid: &str) {
-        self.jwt_signed.get_or_create(&[("kid", kid.to_string())]).inc();
+        self.jwt_signed
+            .get_or_create(&[("kid", kid.to_string())])
+            .inc();
     }
 
     /// The text exposition, with process metrics read now.

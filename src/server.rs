@@ -123,7 +123,10 @@ async fn accept_loop<F, Fut>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain_deadline, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain_deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(deadline = ?drain_deadline, "connections still open at the drain deadline");
     }
 }
@@ -133,9 +136,12 @@ async fn route_main(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
         "/auth" => gw.auth(req.headers()).await,
         "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
             let mut r = Response::new(Body::new(gw.signer.jwks()));
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r.headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -153,7 +159,10 @@ async fn route_admin(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
                 Err(e) => {
                     tracing::debug!(error = %e, "not ready");
-                    text(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable\n")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "session store unavailable\n",
+                    )
                 }
             }
         }
@@ -162,7 +171,9 @@ async fn route_admin(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             let mut r = Response::new(Body::new(Bytes::from(gw.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -173,7 +184,9 @@ async fn route_admin(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

@@ -132,7 +132,10 @@ impl Signer {
                 (kid, EncodingKey::from_secret(secret.expose().as_bytes()))
             }
             (JwtAlg::Hs256, None) => {
-                return Err(ConfigError::new("--jwt-secret", "is required with --jwt-alg HS256"))
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "is required with --jwt-alg HS256",
+                ))
             }
             _ => {
                 let newest = keys
@@ -169,7 +172,13 @@ impl Signer {
     }
 
     /// Mints a JWT for `session`, valid from `now` for `--jwt-ttl`, never past the session.
-    pub fn mint(&self, session: &Session, sid: &str, method: Method, now: u64) -> Result<Minted, jsonwebtoken::errors::Error> {
+    pub fn mint(
+        &self,
+        session: &Session,
+        sid: &str,
+        method: Method,
+        now: u64,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
         let exp = (now + self.settings.ttl_secs).min(session.expires_at);
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).expect("the OS random number generator failed");
@@ -216,12 +225,20 @@ fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
             continue;
         }
         let pem = std::fs::read(&path).map_err(|e| keys_dir_error(&path, e))?;
-        let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let (alg, key) = parse_pem(&pem).ok_or_else(|| {
-            keys_dir_error(&path, "not a PKCS#8 Ed25519, P-256 or RSA private key in PEM")
+            keys_dir_error(
+                &path,
+                "not a PKCS#8 Ed25519, P-256 or RSA private key in PEM",
+            )
         })?;
         let mut jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| keys_dir_error(&path, e))?;
-        let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| keys_dir_error(&path, e))?;
+        let kid = jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|e| keys_dir_error(&path, e))?;
         jwk.common.key_id = Some(kid);
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         keys.push(LoadedKey {
@@ -258,11 +275,15 @@ pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<Path
     let der: Vec<u8> = match alg {
         // PKCS#8 v1: the form jsonwebtoken reads for Ed25519.
         JwtAlg::EdDsa => Ed25519KeyPair::generate_pkcs8v1(&rng).map(|d| d.as_ref().to_vec()),
-        JwtAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map(|d| d.as_ref().to_vec()),
+        JwtAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map(|d| d.as_ref().to_vec()),
         JwtAlg::Rs256 => aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
             .and_then(|k| k.as_der().map(|d| d.as_ref().to_vec())),
         JwtAlg::Hs256 => {
-            return Err(ConfigError::new("--alg", "HS256 uses --jwt-secret, not a key file"))
+            return Err(ConfigError::new(
+                "--alg",
+                "HS256 uses --jwt-secret, not a key file",
+            ))
         }
     }
     .map_err(|_| keys_dir_error(dir, "key generation failed"))?;
@@ -277,7 +298,9 @@ pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<Path
     let name = match name {
         Some(n) => n.to_string(),
         None => {
-            let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let t = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
             format!("{}-{}", alg.file_stem(), t.as_millis())
         }
     };
@@ -343,12 +366,16 @@ mod tests {
 
     fn verify_with_jwks(signer: &Signer, jwt: &str, alg: Algorithm) -> serde_json::Value {
         let set: JwkSet = serde_json::from_slice(&signer.jwks()).unwrap();
-        let jwk = set.find(signer.kid()).expect("the signing key is published");
+        let jwk = set
+            .find(signer.kid())
+            .expect("the signing key is published");
         let key = DecodingKey::from_jwk(jwk).unwrap();
         let mut v = Validation::new(alg);
         v.set_audience(&["api"]);
         v.set_issuer(&["https://gh.test"]);
-        jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v).unwrap().claims
+        jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
+            .unwrap()
+            .claims
     }
 
     #[test]
@@ -357,7 +384,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let signer = Signer::load(dir.path(), alg, None, settings()).unwrap();
             let now = crate::session::unix_now();
-            let minted = signer.mint(&session(now + 1000), "sid1", Method::Cookie, now).unwrap();
+            let minted = signer
+                .mint(&session(now + 1000), "sid1", Method::Cookie, now)
+                .unwrap();
             let claims = verify_with_jwks(&signer, &minted.jwt, alg.algorithm());
             assert_eq!(claims["sub"], "u1");
             assert_eq!(claims["exp"], now + 300);
@@ -374,7 +403,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let signer = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
         let now = crate::session::unix_now();
-        let minted = signer.mint(&session(now + 10), "s", Method::Bearer, now).unwrap();
+        let minted = signer
+            .mint(&session(now + 10), "s", Method::Bearer, now)
+            .unwrap();
         assert_eq!(minted.exp, now + 10);
     }
 
@@ -392,13 +423,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kids: Vec<String> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap().kid().to_string()))
+                .map(|_| {
+                    s.spawn(|| {
+                        Signer::load(dir.path(), JwtAlg::EdDsa, None, settings())
+                            .unwrap()
+                            .kid()
+                            .to_string()
+                    })
+                })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(kids.iter().all(|k| k == &kids[0]));
         let pems = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
-            e.as_ref().unwrap().path().extension().and_then(|x| x.to_str()) == Some("pem")
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .and_then(|x| x.to_str())
+                == Some("pem")
         });
         assert_eq!(pems.count(), 1);
     }
@@ -409,18 +452,28 @@ mod tests {
         let secret = Secret::new("x".repeat(32));
         let signer = Signer::load(dir.path(), JwtAlg::Hs256, Some(&secret), settings()).unwrap();
         let now = crate::session::unix_now();
-        let minted = signer.mint(&session(now + 100), "s", Method::Cookie, now).unwrap();
+        let minted = signer
+            .mint(&session(now + 100), "s", Method::Cookie, now)
+            .unwrap();
         let mut v = Validation::new(Algorithm::HS256);
         v.set_audience(&["api"]);
-        jsonwebtoken::decode::<serde_json::Value>(&minted.jwt, &DecodingKey::from_secret(secret.expose().as_bytes()), &v).unwrap();
-        assert!(!String::from_utf8_lossy(&signer.jwks()).contains(&URL_SAFE_NO_PAD.encode(secret.expose())));
+        jsonwebtoken::decode::<serde_json::Value>(
+            &minted.jwt,
+            &DecodingKey::from_secret(secret.expose().as_bytes()),
+            &v,
+        )
+        .unwrap();
+        assert!(!String::from_utf8_lossy(&signer.jwks())
+            .contains(&URL_SAFE_NO_PAD.encode(secret.expose())));
     }
 
     #[test]
     fn a_bad_key_file_names_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.pem"), "not a key").unwrap();
-        let e = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).err().unwrap();
+        let e = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings())
+            .err()
+            .unwrap();
         assert_eq!(e.flag, "--keys-dir");
     }
 }

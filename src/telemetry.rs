@@ -18,7 +18,11 @@ pub fn init(args: &LogArgs) -> Result<(), ConfigError> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     // Already initialised (several in-process servers in one test binary): keep the first.
     let _ = result;

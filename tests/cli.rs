@@ -20,32 +20,104 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
     let d = data.path().to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["serve", "--listen", "not-an-address"], "--listen"),
-        (&["serve", "--data-dir", d, "--store-timeout", "soon"], "--store-timeout"),
-        (&["serve", "--data-dir", d, "--jwt-alg", "HS256"], "--jwt-secret"),
-        (&["serve", "--data-dir", d, "--jwt-alg", "HS256", "--jwt-secret", "short"], "--jwt-secret"),
-        (&["serve", "--data-dir", d, "--redis-url", "http://example.org"], "--redis-url"),
-        (&["serve", "--data-dir", d, "--cache-capacity", "0"], "--cache-capacity"),
-        (&["serve", "--data-dir", d, "--anonymous", "maybe"], "--anonymous"),
-        (&["serve", "--data-dir", d, "--cookie-name", "a b"], "--cookie-name"),
-        (&["session", "create", "--data-dir", d, "--sub", "x", "--ttl", "forever"], "--ttl"),
+        (
+            &["serve", "--data-dir", d, "--store-timeout", "soon"],
+            "--store-timeout",
+        ),
+        (
+            &["serve", "--data-dir", d, "--jwt-alg", "HS256"],
+            "--jwt-secret",
+        ),
+        (
+            &[
+                "serve",
+                "--data-dir",
+                d,
+                "--jwt-alg",
+                "HS256",
+                "--jwt-secret",
+                "short",
+            ],
+            "--jwt-secret",
+        ),
+        (
+            &[
+                "serve",
+                "--data-dir",
+                d,
+                "--redis-url",
+                "http://example.org",
+            ],
+            "--redis-url",
+        ),
+        (
+            &["serve", "--data-dir", d, "--cache-capacity", "0"],
+            "--cache-capacity",
+        ),
+        (
+            &["serve", "--data-dir", d, "--anonymous", "maybe"],
+            "--anonymous",
+        ),
+        (
+            &["serve", "--data-dir", d, "--cookie-name", "a b"],
+            "--cookie-name",
+        ),
+        (
+            &[
+                "session",
+                "create",
+                "--data-dir",
+                d,
+                "--sub",
+                "x",
+                "--ttl",
+                "forever",
+            ],
+            "--ttl",
+        ),
     ];
     for (a, flag) in cases {
         let (code, _, stderr) = run(a);
         assert_eq!(code, 64, "{a:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{a:?}: one line, got {stderr:?}");
-        assert!(stderr.contains(flag), "{a:?}: {stderr:?} should name {flag}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{a:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains(flag),
+            "{a:?}: {stderr:?} should name {flag}"
+        );
     }
     // A key file that is not a key.
     let keys = TempDir::new("keys");
-    std::fs::write(keys.path().join("broken.pem"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
-    let (code, _, stderr) = run(&["serve", "--data-dir", d, "--keys-dir", keys.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    std::fs::write(
+        keys.path().join("broken.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--data-dir",
+        d,
+        "--keys-dir",
+        keys.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--keys-dir"), "{stderr}");
 }
 
 #[test]
 fn a_secret_in_a_bad_configuration_is_never_printed() {
-    let (code, _, stderr) = run(&["serve", "--redis-url", "http://user:hunter2hunter2@example.org"]);
+    let (code, _, stderr) = run(&[
+        "serve",
+        "--redis-url",
+        "http://user:hunter2hunter2@example.org",
+    ]);
     assert_eq!(code, 64);
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
@@ -78,7 +150,17 @@ fn session_create_prints_only_the_token_and_json_on_request() {
     assert!(token.starts_with("gts_"), "{token}");
     assert!(gatehouse::credential::check(token).is_some());
 
-    let (code, stdout, _) = run(&["session", "create", "--data-dir", d, "--sub", "erin", "--email", "e@example.org", "--json"]);
+    let (code, stdout, _) = run(&[
+        "session",
+        "create",
+        "--data-dir",
+        d,
+        "--sub",
+        "erin",
+        "--email",
+        "e@example.org",
+        "--json",
+    ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(v["token"].as_str().unwrap().starts_with("gts_"));
@@ -100,8 +182,14 @@ fn keys_generate_writes_a_key_the_server_publishes() {
         assert!(std::path::Path::new(stdout.trim()).exists());
     }
     let gh = Gatehouse::spawn(&args(&["--data-dir", d, "--jwt-alg", "ES256"]));
-    let jwks: serde_json::Value = serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
-    let algs: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["alg"].as_str().unwrap()).collect();
+    let jwks: serde_json::Value =
+        serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
+    let algs: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["alg"].as_str().unwrap())
+        .collect();
     assert_eq!(algs.len(), 3, "{jwks}");
     for alg in ["EdDSA", "ES256", "RS256"] {
         assert!(algs.contains(&alg), "{alg} missing from {jwks}");

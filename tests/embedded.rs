@@ -12,7 +12,16 @@ fn sessions_survive_a_restart_and_cli_revocation_reaches_the_server() {
     let data = TempDir::new("data");
     let data_dir = data.path().to_str().unwrap().to_string();
     let mut gh = Gatehouse::spawn(&args(&["--data-dir", &data_dir, "--cache-ttl", "300s"]));
-    let token = cli_stdout(&gatehouse_cli(&["session", "create", "--data-dir", &data_dir, "--sub", "dana", "--username", "dana"]));
+    let token = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--data-dir",
+        &data_dir,
+        "--sub",
+        "dana",
+        "--username",
+        "dana",
+    ]));
     let cookie = format!("gatehouse_session={token}");
     let first = http_get(gh.addr(), "/auth", &[("Cookie", &cookie)]);
     assert_eq!(first.status, 200, "{first:?}");
@@ -21,22 +30,47 @@ fn sessions_survive_a_restart_and_cli_revocation_reaches_the_server() {
 
     gh.restart();
     let again = http_get(gh.addr(), "/auth", &[("Cookie", &cookie)]);
-    assert_eq!(again.status, 200, "the session survives a restart: {again:?}");
-    assert_eq!(jwks_kids(&gh), kid_before, "the generated key survives a restart too");
+    assert_eq!(
+        again.status, 200,
+        "the session survives a restart: {again:?}"
+    );
+    assert_eq!(
+        jwks_kids(&gh),
+        kid_before,
+        "the generated key survives a restart too"
+    );
 
     // Revoke with the CLI while the server runs; the cache TTL is 300 s, so only the
     // revocation log can make this a 401.
-    cli_stdout(&gatehouse_cli(&["session", "revoke", "--data-dir", &data_dir, &token]));
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "revoke",
+        "--data-dir",
+        &data_dir,
+        &token,
+    ]));
     let revoked_at = Instant::now();
     while http_get(gh.addr(), "/auth", &[("Cookie", &cookie)]).status != 401 {
-        assert!(revoked_at.elapsed() < Duration::from_secs(10), "revocation never reached the server");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(10),
+            "revocation never reached the server"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("embedded: revoked session refused {:?} after the CLI returned", revoked_at.elapsed());
+    println!(
+        "embedded: revoked session refused {:?} after the CLI returned",
+        revoked_at.elapsed()
+    );
 }
 
 fn jwks_kids(gh: &Gatehouse) -> String {
     let body = http_get(gh.addr(), "/.well-known/jwks.json", &[]).body;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect::<Vec<_>>().join(",")
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -61,7 +61,8 @@ fn auth(gh: &Gatehouse, headers: &[(&str, &str)]) -> Response {
 
 /// Verifies `jwt` against the JWKS served by the same process and returns its claims.
 fn verify(gh: &Gatehouse, jwt: &str) -> serde_json::Value {
-    let jwks: JwkSet = serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
+    let jwks: JwkSet =
+        serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
     let header = jsonwebtoken::decode_header(jwt).unwrap();
     assert_eq!(header.alg, Algorithm::EdDSA);
     assert_eq!(header.typ.as_deref(), Some("JWT"));
@@ -87,7 +88,12 @@ fn store_calls(store: &dyn Store) -> u64 {
     store
         .commandstats()
         .iter()
-        .filter(|(cmd, _)| !(cmd.starts_with("info") || cmd.starts_with("config") || cmd.starts_with("cluster") || *cmd == "ping"))
+        .filter(|(cmd, _)| {
+            !(cmd.starts_with("info")
+                || cmd.starts_with("config")
+                || cmd.starts_with("cluster")
+                || *cmd == "ping")
+        })
         .map(|(_, n)| *n)
         .sum()
 }
@@ -96,15 +102,30 @@ fn allow_and_verify(store: &dyn Store) {
     let s = Setup::new(store);
     let gh = s.serve(&[]);
     let token = s.create(&[
-        "--sub", "u-42", "--username", "alice", "--email", "alice@example.org", "--name", "Alice Liddell",
-        "--scope", "read", "--scope", "write", "--role", "admin",
+        "--sub",
+        "u-42",
+        "--username",
+        "alice",
+        "--email",
+        "alice@example.org",
+        "--name",
+        "Alice Liddell",
+        "--scope",
+        "read",
+        "--scope",
+        "write",
+        "--role",
+        "admin",
     ]);
 
     let cookie = format!("gatehouse_session={token}");
     let by_cookie = auth(&gh, &[("Cookie", &cookie)]);
     assert_eq!(by_cookie.status, 200, "{by_cookie:?}");
     assert_eq!(by_cookie.header("x-auth-request-user"), Some("alice"));
-    assert_eq!(by_cookie.header("x-auth-request-email"), Some("alice@example.org"));
+    assert_eq!(
+        by_cookie.header("x-auth-request-email"),
+        Some("alice@example.org")
+    );
     assert_eq!(by_cookie.header("cache-control"), Some("no-store"));
     let claims = verify(&gh, &jwt_of(&by_cookie));
     assert_eq!(claims["iss"], ISSUER);
@@ -118,8 +139,15 @@ fn allow_and_verify(store: &dyn Store) {
     assert_eq!(claims["auth_method"], "session");
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
     let sid = claims["sid"].as_str().expect("sid");
-    assert!(!sid.is_empty() && !token.contains(sid), "sid is a handle, never (part of) the token");
-    let (iat, nbf, exp) = (claims["iat"].as_u64().unwrap(), claims["nbf"].as_u64().unwrap(), claims["exp"].as_u64().unwrap());
+    assert!(
+        !sid.is_empty() && !token.contains(sid),
+        "sid is a handle, never (part of) the token"
+    );
+    let (iat, nbf, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["nbf"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
     assert_eq!(iat, nbf);
     assert_eq!(exp - iat, 300, "--jwt-ttl defaults to 300 s");
 
@@ -137,7 +165,12 @@ fn allow_and_verify(store: &dyn Store) {
         assert_eq!(again.status, 200);
         assert_eq!(jwt_of(&again), first_jwt);
     }
-    assert_eq!(store_calls(store), before, "cache hits must not touch the store: {:?}", store.commandstats());
+    assert_eq!(
+        store_calls(store),
+        before,
+        "cache hits must not touch the store: {:?}",
+        store.commandstats()
+    );
 }
 
 fn refusals(store: &dyn Store) {
@@ -148,30 +181,62 @@ fn refusals(store: &dyn Store) {
     let revoked = s.create(&["--sub", "u1"]);
     let revoked_bearer = bearer(&revoked);
     assert_eq!(auth(&gh, &[("Authorization", &revoked_bearer)]).status, 200);
-    cli_stdout(&gatehouse_cli(&["session", "revoke", "--redis-url", &s.url, &revoked]));
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "revoke",
+        "--redis-url",
+        &s.url,
+        &revoked,
+    ]));
     std::thread::sleep(Duration::from_millis(2100)); // let the 1 s session expire
     let cookie = format!("gatehouse_session={token}");
     let short_bearer = bearer(&short);
     let garbage = bearer("gts_this-is-not-a-real-token");
     // Right shape and checksum, unknown to the store.
-    let unknown = bearer(gatehouse::credential::generate(gatehouse::credential::TokenKind::Session).expose());
+    let unknown =
+        bearer(gatehouse::credential::generate(gatehouse::credential::TokenKind::Session).expose());
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("no credential", vec![]),
         ("garbage bearer", vec![("Authorization", &garbage)]),
-        ("garbage cookie", vec![("Cookie", "gatehouse_session=nonsense")]),
+        (
+            "garbage cookie",
+            vec![("Cookie", "gatehouse_session=nonsense")],
+        ),
         ("expired", vec![("Authorization", &short_bearer)]),
         ("revoked", vec![("Authorization", &revoked_bearer)]),
         ("unknown", vec![("Authorization", &unknown)]),
-        ("Basic scheme", vec![("Authorization", "Basic YWxpY2U6c2VjcmV0"), ("Cookie", &cookie)]),
-        ("empty bearer", vec![("Authorization", "Bearer "), ("Cookie", &cookie)]),
-        ("malformed header", vec![("Authorization", "Bearer a b c"), ("Cookie", &cookie)]),
-        ("scheme only", vec![("Authorization", "Bearer"), ("Cookie", &cookie)]),
+        (
+            "Basic scheme",
+            vec![
+                ("Authorization", "Basic YWxpY2U6c2VjcmV0"),
+                ("Cookie", &cookie),
+            ],
+        ),
+        (
+            "empty bearer",
+            vec![("Authorization", "Bearer "), ("Cookie", &cookie)],
+        ),
+        (
+            "malformed header",
+            vec![("Authorization", "Bearer a b c"), ("Cookie", &cookie)],
+        ),
+        (
+            "scheme only",
+            vec![("Authorization", "Bearer"), ("Cookie", &cookie)],
+        ),
     ];
     for (name, headers) in &cases {
         let r = auth(&gh, headers);
         assert_eq!(r.status, 401, "{name}: {r:?}");
-        assert!(r.header("www-authenticate").is_some_and(|w| w.starts_with("Bearer realm=\"gatehouse\"")), "{name}");
-        assert!(r.header("x-auth-request-user").is_none() && r.header("authorization").is_none(), "{name}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|w| w.starts_with("Bearer realm=\"gatehouse\"")),
+            "{name}"
+        );
+        assert!(
+            r.header("x-auth-request-user").is_none() && r.header("authorization").is_none(),
+            "{name}"
+        );
         assert!(r.body.contains("\"reason\""), "{name}: {}", r.body);
     }
     // The valid cookie itself still works: the refusals above were about the header.
@@ -180,8 +245,16 @@ fn refusals(store: &dyn Store) {
     let anon = s.serve(&["--anonymous", "allow"]);
     let r = auth(&anon, &[]);
     assert_eq!(r.status, 200);
-    assert!(r.header("authorization").is_none() && r.header("x-auth-request-user").is_none() && r.header("x-auth-request-email").is_none());
-    assert_eq!(auth(&anon, &[("Authorization", &garbage)]).status, 401, "a bad credential is never anonymous");
+    assert!(
+        r.header("authorization").is_none()
+            && r.header("x-auth-request-user").is_none()
+            && r.header("x-auth-request-email").is_none()
+    );
+    assert_eq!(
+        auth(&anon, &[("Authorization", &garbage)]).status,
+        401,
+        "a bad credential is never anonymous"
+    );
 }
 
 fn revocation_reaches_every_instance(store: &dyn Store) {
@@ -196,7 +269,13 @@ fn revocation_reaches_every_instance(store: &dyn Store) {
         assert_eq!(auth(gh, &[("Authorization", &h)]).status, 200);
         assert_eq!(auth(gh, &[("Authorization", &h_other)]).status, 200);
     }
-    cli_stdout(&gatehouse_cli(&["session", "revoke", "--redis-url", &s.url, &token]));
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "revoke",
+        "--redis-url",
+        &s.url,
+        &token,
+    ]));
     let revoked_at = Instant::now();
     for (name, gh) in [("a", &a), ("b", &b)] {
         // The cache TTL is 300 s, so only the broadcast can turn this into a 401.
@@ -205,22 +284,50 @@ fn revocation_reaches_every_instance(store: &dyn Store) {
             if auth(gh, &[("Authorization", &h)]).status == 401 {
                 break;
             }
-            assert!(Instant::now() < deadline, "instance {name} still accepts a revoked token");
+            assert!(
+                Instant::now() < deadline,
+                "instance {name} still accepts a revoked token"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
-        println!("{} instance {name}: revoked token refused {:?} after the CLI returned", store.kind(), revoked_at.elapsed());
-        assert_eq!(auth(gh, &[("Authorization", &h_other)]).status, 200, "other sessions stay");
+        println!(
+            "{} instance {name}: revoked token refused {:?} after the CLI returned",
+            store.kind(),
+            revoked_at.elapsed()
+        );
+        assert_eq!(
+            auth(gh, &[("Authorization", &h_other)]).status,
+            200,
+            "other sessions stay"
+        );
     }
     // Log out everywhere.
-    cli_stdout(&gatehouse_cli(&["session", "revoke", "--redis-url", &s.url, "--sub", "bob"]));
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "revoke",
+        "--redis-url",
+        &s.url,
+        "--sub",
+        "bob",
+    ]));
     for gh in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while auth(gh, &[("Authorization", &h_other)]).status != 401 {
-            assert!(Instant::now() < deadline, "revoke --sub did not reach an instance");
+            assert!(
+                Instant::now() < deadline,
+                "revoke --sub did not reach an instance"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let listed = cli_stdout(&gatehouse_cli(&["session", "list", "--redis-url", &s.url, "--sub", "bob"]));
+    let listed = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "list",
+        "--redis-url",
+        &s.url,
+        "--sub",
+        "bob",
+    ]));
     assert_eq!(listed, "", "no sessions left");
 }
 
@@ -263,21 +370,38 @@ fn redis_down_fails_closed_and_recovers_without_restart() {
     redis.kill();
 
     let r = auth(&gh, &[("Authorization", &bearer(&uncached))]);
-    assert_eq!(r.status, 503, "an uncached credential with the store down: {r:?}");
+    assert_eq!(
+        r.status, 503,
+        "an uncached credential with the store down: {r:?}"
+    );
     assert!(r.header("x-auth-request-user").is_none());
     assert_eq!(http_get(gh.admin_addr(), "/readyz", &[]).status, 503);
-    assert_eq!(http_get(gh.admin_addr(), "/healthz", &[]).status, 200, "alive, just not ready");
+    assert_eq!(
+        http_get(gh.admin_addr(), "/healthz", &[]).status,
+        200,
+        "alive, just not ready"
+    );
     let metrics = http_get(gh.admin_addr(), "/metrics", &[]).body;
-    assert!(metrics.contains("gatehouse_auth_requests_total{result=\"error\",method=\"bearer\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("gatehouse_auth_requests_total{result=\"error\",method=\"bearer\"} 1"),
+        "{metrics}"
+    );
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     while http_get(gh.admin_addr(), "/readyz", &[]).status != 200 {
-        assert!(Instant::now() < deadline, "not ready again after Redis came back:\n{}", gh.logs());
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after Redis came back:\n{}",
+            gh.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The restarted Redis kept nothing (no persistence in the test), so create anew.
     let fresh = s.create(&["--sub", "carol"]);
     assert_eq!(auth(&gh, &[("Authorization", &bearer(&fresh))]).status, 200);
-    assert_eq!(auth(&gh, &[("Authorization", &bearer(&uncached))]).status, 401);
+    assert_eq!(
+        auth(&gh, &[("Authorization", &bearer(&uncached))]).status,
+        401
+    );
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use tokio::sync::mpsc;
 
@@ -50,16 +52,24 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     pub async fn open(args: &StoreArgs) -> Result<Self, super::OpenError> {
         let dir = &args.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ConfigError::new("--data-dir", format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ConfigError::new(
+                "--data-dir",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
         let pool = Self::open_file(&dir.join("gatehouse.db"))
             .await
-            .map_err(|e| ConfigError::new("--data-dir", format!("cannot open the store in {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                ConfigError::new(
+                    "--data-dir",
+                    format!("cannot open the store in {}: {e}", dir.display()),
+                )
+            })?;
         for stmt in SCHEMA {
-            sqlx::query(*stmt)
-                .execute(&pool)
-                .await
-                .map_err(|e| ConfigError::new("--data-dir", format!("cannot prepare the store: {e}")))?;
+            sqlx::query(*stmt).execute(&pool).await.map_err(|e| {
+                ConfigError::new("--data-dir", format!("cannot prepare the store: {e}"))
+            })?;
         }
         Ok(EmbeddedStore {
             pool,
@@ -82,10 +92,16 @@ impl EmbeddedStore {
             .await
     }
 
-    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -106,14 +122,23 @@ impl EmbeddedStore {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(unavailable)?,
+                    r.try_get(1).map_err(unavailable)?,
+                ))
+            })
             .collect()
     }
 
     async fn prune(&self) -> Result<(), StoreError> {
         let now = unix_now() as i64;
-        self.call(sqlx::query("DELETE FROM sessions WHERE expires_at <= ?").bind(now).execute(&self.pool))
-            .await?;
+        self.call(
+            sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&self.pool),
+        )
+        .await?;
         self.call(
             sqlx::query("DELETE FROM revocations WHERE at < ?")
                 .bind(now - REVOCATION_RETENTION_SECS)
@@ -189,7 +214,10 @@ impl SessionStore for EmbeddedStore {
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?;
-            sqlx::query("DELETE FROM sessions WHERE sub = ?").bind(sub).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM sessions WHERE sub = ?")
+                .bind(sub)
+                .execute(&mut *tx)
+                .await?;
             for key in &keys {
                 sqlx::query("INSERT INTO revocations (key, at) VALUES (?, ?)")
                     .bind(key)
@@ -225,7 +253,9 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
+        self.call(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
     }
 
     fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>) {

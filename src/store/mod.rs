@@ -42,15 +42,25 @@ pub enum Invalidation {
 /// timeout and must never log a token.
 pub trait SessionStore: Send + Sync {
     /// The live session for `key`, if any. The read path: never writes.
-    fn get(&self, key: &TokenHash) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+    fn get(
+        &self,
+        key: &TokenHash,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
     /// Stores a session until its expiry and indexes it under its user.
-    fn put(&self, key: &TokenHash, session: &Session) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put(
+        &self,
+        key: &TokenHash,
+        session: &Session,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes one session and tells every instance. `true` when it existed.
     fn revoke(&self, key: &TokenHash) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Deletes every session of a user ("log out everywhere"); the number deleted.
     fn revoke_user(&self, sub: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// A user's live sessions with their store keys.
-    fn list_user(&self, sub: &str) -> impl Future<Output = Result<Vec<(TokenHash, Session)>, StoreError>> + Send;
+    fn list_user(
+        &self,
+        sub: &str,
+    ) -> impl Future<Output = Result<Vec<(TokenHash, Session)>, StoreError>> + Send;
     /// Whether the store answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Starts delivering revocations (from every instance) to `tx`.
@@ -70,7 +80,9 @@ impl Store {
     /// `Err(StoreError)` then means the store is unreachable (exit 69 for the CLI).
     pub async fn open(args: &StoreArgs, wait: Option<Duration>) -> Result<Store, OpenError> {
         match &args.redis_url {
-            Some(url) => Ok(Store::Redis(redis::RedisStore::connect(args, url.expose(), wait).await?)),
+            Some(url) => Ok(Store::Redis(
+                redis::RedisStore::connect(args, url.expose(), wait).await?,
+            )),
             None => Ok(Store::Embedded(embedded::EmbeddedStore::open(args).await?)),
         }
     }

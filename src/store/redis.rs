@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{ExpireOptions, Expiration};
+use fred::types::{Expiration, ExpireOptions};
 use tokio::sync::mpsc;
 
 use super::{decode, encode, Invalidation, SessionStore, StoreError};
@@ -81,7 +81,8 @@ pub fn parse_url(url: &str) -> Result<Config, ConfigError> {
     };
     // fred's error text describes the syntax problem; it does not echo the URL (which may hold
     // a password).
-    Config::from_url(&fred_url).map_err(|e| bad(&format!("is not a valid Redis URL: {}", e.details())))
+    Config::from_url(&fred_url)
+        .map_err(|e| bad(&format!("is not a valid Redis URL: {}", e.details())))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -92,7 +93,11 @@ impl RedisStore {
     /// Builds the pool and starts connecting. With `wait`, waits that long for the first
     /// connection and fails if it does not come (the CLI); without, returns at once and lets
     /// the pool keep reconnecting in the background (the server, which reports readiness).
-    pub async fn connect(args: &StoreArgs, url: &str, wait: Option<Duration>) -> Result<Self, super::OpenError> {
+    pub async fn connect(
+        args: &StoreArgs,
+        url: &str,
+        wait: Option<Duration>,
+    ) -> Result<Self, super::OpenError> {
         let config = parse_url(url)?;
         let timeout = args.store_timeout;
         let mut builder = Builder::from_config(config);
@@ -145,10 +150,16 @@ impl RedisStore {
     }
 
     /// Runs one command under the store deadline.
-    async fn call<T>(&self, fut: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -162,7 +173,9 @@ impl RedisStore {
 
     async fn delete_and_publish(&self, key: &TokenHash) -> Result<bool, StoreError> {
         let deleted: i64 = self.call(self.pool.del(self.session_key(key))).await?;
-        let _: i64 = self.call(self.pool.next().publish(self.channel(), key.encode())).await?;
+        let _: i64 = self
+            .call(self.pool.next().publish(self.channel(), key.encode()))
+            .await?;
         Ok(deleted > 0)
     }
 }
@@ -180,13 +193,23 @@ impl SessionStore for RedisStore {
         }
         let user_key = self.user_key(&session.sub);
         let _: () = self
-            .call(self.pool.set(self.session_key(key), encode(session), Some(Expiration::EX(ttl)), None, false))
+            .call(self.pool.set(
+                self.session_key(key),
+                encode(session),
+                Some(Expiration::EX(ttl)),
+                None,
+                false,
+            ))
             .await?;
         let _: i64 = self.call(self.pool.sadd(&user_key, key.encode())).await?;
         // The index lives as long as its longest session: set a TTL if it has none, and
         // lengthen it if this session outlives it.
-        let _: i64 = self.call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::NX))).await?;
-        let _: i64 = self.call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::GT))).await?;
+        let _: i64 = self
+            .call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::NX)))
+            .await?;
+        let _: i64 = self
+            .call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::GT)))
+            .await?;
         Ok(())
     }
 
@@ -194,7 +217,9 @@ impl SessionStore for RedisStore {
         let session = self.load(key).await.ok().flatten();
         let existed = self.delete_and_publish(key).await?;
         if let Some(s) = session {
-            let _: i64 = self.call(self.pool.srem(self.user_key(&s.sub), key.encode())).await?;
+            let _: i64 = self
+                .call(self.pool.srem(self.user_key(&s.sub), key.encode()))
+                .await?;
         }
         Ok(existed)
     }
@@ -242,7 +267,11 @@ impl SessionStore for RedisStore {
 
 /// Follows the revocation channel. Whenever the subscriber connection breaks or comes back,
 /// revocations may have been missed, so the whole cache is flushed rather than trusted.
-async fn watch(builder: &Builder, channel: String, tx: mpsc::Sender<Invalidation>) -> Result<(), Error> {
+async fn watch(
+    builder: &Builder,
+    channel: String,
+    tx: mpsc::Sender<Invalidation>,
+) -> Result<(), Error> {
     let subscriber = builder.build_subscriber_client()?;
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
@@ -292,7 +321,10 @@ mod tests {
 
     #[test]
     fn url_forms() {
-        assert!(parse_url("redis://127.0.0.1:6379").unwrap().server.is_centralized());
+        assert!(parse_url("redis://127.0.0.1:6379")
+            .unwrap()
+            .server
+            .is_centralized());
         let c = parse_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002").unwrap();
         assert!(c.server.is_clustered());
         assert_eq!(c.server.hosts().len(), 3);

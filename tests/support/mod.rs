@@ -61,7 +61,9 @@ fn pick_port(accept: impl Fn(u16) -> bool) -> u16 {
         port != 0 && port < MAX_PORT && !handed.contains(&port) && accept(port)
     };
     for _ in 0..200 {
-        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else { continue };
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
         let port = listener.local_addr().unwrap().port();
         drop(listener);
         if ok(port, &handed) {
@@ -107,7 +109,10 @@ pub fn port_closed(port: u16) -> bool {
 
 fn unique_suffix() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     (COUNTER.fetch_add(1, Ordering::Relaxed) << 32) | u64::from(nanos)
 }
 
@@ -119,7 +124,11 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        let name = format!("gatehouse-test-{label}-{}-{:x}", std::process::id(), unique_suffix());
+        let name = format!(
+            "gatehouse-test-{label}-{}-{:x}",
+            std::process::id(),
+            unique_suffix()
+        );
         let path = std::env::temp_dir().join(name);
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
@@ -164,7 +173,9 @@ fn kill_and_reap(child: &mut Child) {
 
 /// Exit code of `status`, or 128 + signal number when a signal ended it (as shells report).
 fn exit_code(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Waits up to `timeout` for `child` to exit; returns its exit code (128 + signal if killed).
@@ -190,7 +201,9 @@ fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> Output {
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap());
     let program = format!("{cmd:?}");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let Some(_) = wait_child(&mut child, timeout) else {
         kill_and_reap(&mut child);
         panic!("{program} did not finish within {timeout:?}");
@@ -210,7 +223,12 @@ fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> Output {
 /// usually lacks (Debian installs nginx as /usr/sbin/nginx).
 pub fn find_program(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/local/nginx/sbin"];
+    let extra = [
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/sbin",
+        "/usr/local/nginx/sbin",
+    ];
     std::env::split_paths(&path)
         .chain(extra.iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
@@ -248,7 +266,11 @@ impl Reply {
             Reply::Status(s) | Reply::Error(s) | Reply::Bulk(s) => s.clone(),
             Reply::Int(n) => n.to_string(),
             Reply::Nil => String::new(),
-            Reply::Array(items) => items.iter().map(Reply::to_text).collect::<Vec<_>>().join("\n"),
+            Reply::Array(items) => items
+                .iter()
+                .map(Reply::to_text)
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 
@@ -277,14 +299,25 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
     let mut line = Vec::new();
     r.read_until(b'\n', &mut line)?;
     if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated RESP reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated RESP reply",
+        ));
     }
     let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
     let number = || {
-        text.parse::<i64>()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad RESP length {text:?}")))
+        text.parse::<i64>().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad RESP length {text:?}"),
+            )
+        })
     };
-    let read_items = |r: &mut _, n: i64| (0..n).map(|_| read_reply(r)).collect::<io::Result<Vec<_>>>();
+    let read_items = |r: &mut _, n: i64| {
+        (0..n)
+            .map(|_| read_reply(r))
+            .collect::<io::Result<Vec<_>>>()
+    };
     Ok(match line[0] {
         b'+' | b',' | b'(' => Reply::Status(text),
         b'-' => Reply::Error(text),
@@ -300,9 +333,17 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
             r.read_exact(&mut buf)?;
             buf.truncate(n as usize);
             // A RESP3 verbatim string starts with a 4-byte "txt:" format tag.
-            let body = if line[0] == b'=' && buf.len() >= 4 { &buf[4..] } else { &buf[..] };
+            let body = if line[0] == b'=' && buf.len() >= 4 {
+                &buf[4..]
+            } else {
+                &buf[..]
+            };
             let s = String::from_utf8_lossy(body).into_owned();
-            if line[0] == b'!' { Reply::Error(s) } else { Reply::Bulk(s) }
+            if line[0] == b'!' {
+                Reply::Error(s)
+            } else {
+                Reply::Bulk(s)
+            }
         }
         b'*' | b'~' | b'>' => match number()? {
             n if n < 0 => Reply::Nil,
@@ -382,24 +423,49 @@ impl RedisServer {
                 Err(why) if attempt < 3 && server.logs().contains("Address already in use") => {
                     eprintln!("redis-server on {} failed ({why}); retrying", server.port);
                 }
-                Err(why) => panic!("redis-server on {} failed: {why}\n{}", server.port, server.logs()),
+                Err(why) => panic!(
+                    "redis-server on {} failed: {why}\n{}",
+                    server.port,
+                    server.logs()
+                ),
             }
         }
         unreachable!()
     }
 
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut cmd = Command::new(find_program("redis-server"));
         cmd.args(["--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--daemonize", "no"])
-            .args(["--dir", &self.dir.path().display().to_string(), "--logfile", ""])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "no",
+            ])
+            .args([
+                "--dir",
+                &self.dir.path().display().to_string(),
+                "--logfile",
+                "",
+            ])
             .args(&self.extra_args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        self.child = Some(cmd.spawn().map_err(|e| format!("spawn redis-server: {e}"))?);
+        self.child = Some(
+            cmd.spawn()
+                .map_err(|e| format!("spawn redis-server: {e}"))?,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Reply::Status(pong)) = resp(self.addr(), &["PING"]) {
@@ -407,7 +473,11 @@ impl RedisServer {
                     return Ok(());
                 }
             }
-            if let Some(code) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(code) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(format!("exited with {}", exit_code(code)));
             }
             if Instant::now() >= deadline {
@@ -459,7 +529,11 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         if let Err(why) = self.spawn_and_wait() {
-            panic!("redis-server restart on {} failed: {why}\n{}", self.port, self.logs());
+            panic!(
+                "redis-server restart on {} failed: {why}\n{}",
+                self.port,
+                self.logs()
+            );
         }
     }
 
@@ -467,18 +541,26 @@ impl RedisServer {
     /// answered — the "hung server" case, unlike `kill` which refuses connections.
     pub fn stop_process(&mut self) {
         let child = self.child.as_mut().expect("redis-server not started");
-        assert!(signal_child(child, libc::SIGSTOP), "SIGSTOP redis-server failed");
+        assert!(
+            signal_child(child, libc::SIGSTOP),
+            "SIGSTOP redis-server failed"
+        );
     }
 
     /// SIGCONT after `stop_process`.
     pub fn cont_process(&mut self) {
         let child = self.child.as_mut().expect("redis-server not started");
-        assert!(signal_child(child, libc::SIGCONT), "SIGCONT redis-server failed");
+        assert!(
+            signal_child(child, libc::SIGCONT),
+            "SIGCONT redis-server failed"
+        );
     }
 
     /// Whether the process is alive (stopped counts as alive).
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// One command, reply flattened to text (see `Reply::to_text`); panics on I/O errors.
@@ -489,7 +571,8 @@ impl RedisServer {
 
     /// One command, structured reply; panics on I/O errors (use `try_query` to expect them).
     pub fn query(&self, args: &[&str]) -> Reply {
-        self.try_query(args).unwrap_or_else(|e| panic!("redis {} {args:?}: {e}", self.port))
+        self.try_query(args)
+            .unwrap_or_else(|e| panic!("redis {} {args:?}: {e}", self.port))
     }
 
     pub fn try_query(&self, args: &[&str]) -> io::Result<Reply> {
@@ -541,7 +624,12 @@ impl RedisCluster {
     pub fn start_with_args(extra_args: &[&str]) -> RedisCluster {
         let nodes = (0..3)
             .map(|_| {
-                let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"];
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ];
                 args.extend_from_slice(extra_args);
                 RedisServer::start_retrying(free_cluster_port, &args)
             })
@@ -549,7 +637,12 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         let mut cmd = Command::new(find_program("redis-cli"));
         cmd.arg("--cluster").arg("create");
-        cmd.args(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
+        cmd.args(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port())),
+        );
         cmd.args(["--cluster-replicas", "0", "--cluster-yes"]);
         let out = run_with_timeout(cmd, cluster.nodes[0].dir(), Duration::from_secs(60));
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -568,21 +661,32 @@ impl RedisCluster {
     pub fn wait_ok(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let healthy = |info: &str| {
-            ["cluster_state:ok", "cluster_slots_ok:16384", "cluster_known_nodes:3"]
-                .iter()
-                .all(|want| info.lines().any(|l| l.trim() == *want))
+            [
+                "cluster_state:ok",
+                "cluster_slots_ok:16384",
+                "cluster_known_nodes:3",
+            ]
+            .iter()
+            .all(|want| info.lines().any(|l| l.trim() == *want))
         };
         loop {
             let infos: Vec<String> = self
                 .nodes
                 .iter()
-                .map(|n| n.try_query(&["CLUSTER", "INFO"]).map(|r| r.to_text()).unwrap_or_default())
+                .map(|n| {
+                    n.try_query(&["CLUSTER", "INFO"])
+                        .map(|r| r.to_text())
+                        .unwrap_or_default()
+                })
                 .collect();
             if infos.iter().all(|i| healthy(i)) {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!("cluster not ok after {timeout:?}:\n{}", infos.join("\n---\n"));
+                panic!(
+                    "cluster not ok after {timeout:?}:\n{}",
+                    infos.join("\n---\n")
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -599,7 +703,11 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3` (gatehouse's own scheme).
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
 
@@ -607,9 +715,20 @@ impl RedisCluster {
     /// test can read or write any key without knowing its slot. Returns trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(find_program("redis-cli"));
-        cmd.args(["-c", "-h", "127.0.0.1", "-p", &self.nodes[0].port().to_string()]).args(args);
+        cmd.args([
+            "-c",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.nodes[0].port().to_string(),
+        ])
+        .args(args);
         let out = run_with_timeout(cmd, self.nodes[0].dir(), Duration::from_secs(10));
-        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -656,7 +775,9 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> String {
     }
     let leftover = out.replace("{{DIR}}", "");
     if let Some(start) = leftover.find("{{") {
-        let end = leftover[start..].find("}}").map_or(leftover.len(), |e| start + e + 2);
+        let end = leftover[start..]
+            .find("}}")
+            .map_or(leftover.len(), |e| start + e + 2);
         panic!("unfilled placeholder {} in template", &leftover[start..end]);
     }
     out
@@ -679,8 +800,16 @@ impl Nginx {
     pub fn start(http_body: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let body = http_body.replace("{{DIR}}", &dir.path().display().to_string());
-        fs::write(dir.path().join("nginx.conf"), full_nginx_conf(dir.path(), &body)).unwrap();
-        let mut nginx = Nginx { ports: listen_ports(&body), dir, child: None };
+        fs::write(
+            dir.path().join("nginx.conf"),
+            full_nginx_conf(dir.path(), &body),
+        )
+        .unwrap();
+        let mut nginx = Nginx {
+            ports: listen_ports(&body),
+            dir,
+            child: None,
+        };
         let log = File::create(nginx.dir.path().join("stderr.log")).unwrap();
         let conf = nginx.conf_path();
         let child = Command::new(find_program("nginx"))
@@ -701,7 +830,10 @@ impl Nginx {
                     panic!("nginx exited with {status}:\n{}", nginx.logs());
                 }
                 if Instant::now() >= deadline {
-                    panic!("nginx did not listen on {port} within 10 s:\n{}", nginx.logs());
+                    panic!(
+                        "nginx did not listen on {port} within 10 s:\n{}",
+                        nginx.logs()
+                    );
                 }
             }
         }
@@ -717,8 +849,13 @@ impl Nginx {
         let mut cmd = Command::new(find_program("nginx"));
         cmd.arg("-t").arg("-p").arg(dir.path()).arg("-c").arg(&conf);
         let out = run_with_timeout(cmd, dir.path(), Duration::from_secs(20));
-        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &read_tail(&dir.path().join("error.log"), 16 * 1024);
-        if out.status.success() { Ok(()) } else { Err(text) }
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &read_tail(&dir.path().join("error.log"), 16 * 1024);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text)
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -772,8 +909,11 @@ impl Nginx {
     /// reap its workers (their pids therefore cannot be recycled), SIGKILL the workers, then
     /// the master, and reap it.
     pub fn stop(&mut self) {
-        let Some(child) = self.child.as_mut() else { return };
-        if signal_child(child, libc::SIGTERM) && wait_child(child, Duration::from_secs(5)).is_some() {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if signal_child(child, libc::SIGTERM) && wait_child(child, Duration::from_secs(5)).is_some()
+        {
             return;
         }
         if signal_child(child, libc::SIGSTOP) {
@@ -797,7 +937,9 @@ impl Drop for Nginx {
 /// Pids whose parent is `pid`, from /proc (field 4 of /proc/<pid>/stat, read after the
 /// parenthesised command name, which may itself contain spaces or parentheses).
 fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|candidate| {
@@ -890,12 +1032,19 @@ impl Response {
 
 /// First value of `name` in `headers`, case-insensitively.
 pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// All values of `name` in `headers`, case-insensitively, in order.
 pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 /// `GET path` at `addr` (anything that prints as `host:port`, e.g. a `SocketAddr`).
@@ -907,7 +1056,13 @@ pub fn http_get(addr: impl Display, path: &str, headers: &[(&str, &str)]) -> Res
 }
 
 /// Any method, with an optional body (sent with `Content-Length`).
-pub fn http_request(method: &str, addr: impl Display, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn http_request(
+    method: &str,
+    addr: impl Display,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let addr = addr.to_string();
     try_http_request(method, &addr, path, headers, body, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
@@ -954,7 +1109,12 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 fn parse_response(mut raw: &[u8], head_only: bool) -> io::Result<Response> {
     loop {
-        let end = find(raw, b"\r\n\r\n").ok_or_else(|| invalid(format!("no header end in {:?}", String::from_utf8_lossy(raw))))?;
+        let end = find(raw, b"\r\n\r\n").ok_or_else(|| {
+            invalid(format!(
+                "no header end in {:?}",
+                String::from_utf8_lossy(raw)
+            ))
+        })?;
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
         let rest = &raw[end + 4..];
         let mut lines = head.split("\r\n");
@@ -974,15 +1134,25 @@ fn parse_response(mut raw: &[u8], head_only: bool) -> io::Result<Response> {
         }
         let body = if head_only || status == 204 || status == 304 {
             Vec::new()
-        } else if header_value(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        } else if header_value(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        {
             decode_chunked(rest)?
         } else if let Some(len) = header_value(&headers, "content-length") {
-            let len: usize = len.parse().map_err(|_| invalid(format!("bad content-length {len:?}")))?;
-            rest.get(..len).ok_or_else(|| invalid("body shorter than content-length"))?.to_vec()
+            let len: usize = len
+                .parse()
+                .map_err(|_| invalid(format!("bad content-length {len:?}")))?;
+            rest.get(..len)
+                .ok_or_else(|| invalid("body shorter than content-length"))?
+                .to_vec()
         } else {
             rest.to_vec()
         };
-        return Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() });
+        return Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
 }
 
@@ -996,13 +1166,16 @@ fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
         let line_end = find(data, b"\r\n").ok_or_else(|| invalid("truncated chunk size"))?;
         let size_text = String::from_utf8_lossy(&data[..line_end]);
         let size_hex = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| invalid(format!("bad chunk size {size_hex:?}")))?;
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| invalid(format!("bad chunk size {size_hex:?}")))?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Ok(body); // trailers, if any, are ignored
         }
         body.extend_from_slice(data.get(..size).ok_or_else(|| invalid("truncated chunk"))?);
-        data = data.get(size + 2..).ok_or_else(|| invalid("truncated chunk"))?;
+        data = data
+            .get(size + 2..)
+            .ok_or_else(|| invalid("truncated chunk"))?;
     }
 }
 
@@ -1041,7 +1214,12 @@ impl EchoServer {
                 thread::spawn(move || echo_one(stream, &seen));
             }
         });
-        EchoServer { port, requests, stop, thread: Some(thread) }
+        EchoServer {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -1089,7 +1267,9 @@ fn echo_one(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
-    let want = header_value(&lines, "content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let want = header_value(&lines, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let mut have = raw.len() - head_end - 4;
     while have < want {
         match stream.read(&mut buf) {
@@ -1203,8 +1383,16 @@ impl Gatehouse {
             if attempt < 3 && exited && gh.logs().to_ascii_lowercase().contains("in use") {
                 continue;
             }
-            let why = if exited { "exited" } else { "not ready after 20 s" };
-            panic!("gatehouse {why} (exit {:?}):\n{}", gh.wait_exit(Duration::ZERO), gh.logs());
+            let why = if exited {
+                "exited"
+            } else {
+                "not ready after 20 s"
+            };
+            panic!(
+                "gatehouse {why} (exit {:?}):\n{}",
+                gh.wait_exit(Duration::ZERO),
+                gh.logs()
+            );
         }
         unreachable!()
     }
@@ -1220,7 +1408,10 @@ impl Gatehouse {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             extra_args: extra_args.to_vec(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir: TempDir::new("gatehouse"),
             child: None,
             starts: 0,
@@ -1232,7 +1423,11 @@ impl Gatehouse {
     fn start_process(&mut self) {
         self.starts += 1;
         let open = |name: &str| {
-            let mut f = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).unwrap();
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap();
             if self.starts > 1 {
                 let _ = writeln!(f, "=== harness: start #{} ===", self.starts);
             }
@@ -1241,12 +1436,20 @@ impl Gatehouse {
         let (stdout, stderr) = (open("stdout.log"), open("stderr.log"));
         let mut cmd = gatehouse_command(self.dir.path());
         cmd.arg("serve")
-            .args(["--listen", &self.listen.to_string(), "--admin-listen", &self.admin.to_string()])
+            .args([
+                "--listen",
+                &self.listen.to_string(),
+                "--admin-listen",
+                &self.admin.to_string(),
+            ])
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(stdout)
             .stderr(stderr);
-        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", gatehouse_bin().display())));
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", gatehouse_bin().display())),
+        );
     }
 
     /// Polls `GET /readyz` on the admin port until it answers 200 (true), the process exits
@@ -1299,7 +1502,9 @@ impl Gatehouse {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Everything the process printed, over all its starts.
@@ -1314,7 +1519,10 @@ impl Gatehouse {
     /// SIGTERM: begins a graceful shutdown. Follow with `wait_exit`.
     pub fn sigterm(&mut self) {
         let child = self.child.as_mut().expect("not started");
-        assert!(signal_child(child, libc::SIGTERM), "gatehouse is not running");
+        assert!(
+            signal_child(child, libc::SIGTERM),
+            "gatehouse is not running"
+        );
     }
 
     /// Sends any signal (e.g. `libc::SIGHUP` to reload keys); false if it is not running.
@@ -1342,7 +1550,11 @@ impl Gatehouse {
         self.kill();
         self.start_process();
         if !self.wait_ready(READY_TIMEOUT) {
-            panic!("gatehouse not ready after restart (exit {:?}):\n{}", self.wait_exit(Duration::ZERO), self.logs());
+            panic!(
+                "gatehouse not ready after restart (exit {:?}):\n{}",
+                self.wait_exit(Duration::ZERO),
+                self.logs()
+            );
         }
     }
 
