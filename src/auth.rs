@@ -171,7 +171,9 @@ impl Gateway {
             return (refuse(Refusal::Unknown, bearer), Outcome::Deny, label);
         }
         self.metrics.cache_miss.inc();
-        match self.cache.get_or_fill(key, self.fill(key)).await {
+        // Boxed: the miss path's future (moka's loader around a store call) is many kilobytes,
+        // and inline it would make every hit's future that large too, copied on each call.
+        match Box::pin(self.cache.get_or_fill(key, self.fill(key))).await {
             Ok(entry) => (allow(&entry), Outcome::Allow, label),
             Err(e) => match *e {
                 FillError::NotFound => (refuse(Refusal::Unknown, bearer), Outcome::Deny, label),
