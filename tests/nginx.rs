@@ -1,0 +1,194 @@
+//! The whole stack as users run it: real nginx with the shipped `nginx/` snippets, gatehouse,
+//! redis-server, and an upstream that echoes what it receives.
+
+mod support;
+
+use support::*;
+
+const HTTP: &str = r#"
+upstream gatehouse {
+    server 127.0.0.1:{{GATEHOUSE}};
+    keepalive 8;
+    keepalive_timeout 5s;
+}
+upstream app {
+    server 127.0.0.1:{{APP}};
+}
+server {
+    listen 127.0.0.1:{{PORT}};
+    set $gatehouse_login_url https://login.example.test/login;
+    include {{NGINX}}/gatehouse-auth.conf;
+    location / {
+        include {{NGINX}}/gatehouse-protect.conf;
+        proxy_pass http://app;
+    }
+}
+"#;
+
+struct Stack {
+    _redis: RedisServer,
+    url: String,
+    gatehouse: Gatehouse,
+    app: EchoServer,
+    nginx: Nginx,
+}
+
+fn stack() -> Stack {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gatehouse = Gatehouse::spawn(&args(&["--redis-url", &url]));
+    let app = EchoServer::start();
+    let conf = render(
+        HTTP,
+        &[
+            ("GATEHOUSE", gatehouse.addr().port().to_string()),
+            ("APP", app.port().to_string()),
+            ("PORT", free_port().to_string()),
+            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
+        ],
+    );
+    let nginx = Nginx::start(&conf);
+    Stack {
+        _redis: redis,
+        url,
+        gatehouse,
+        app,
+        nginx,
+    }
+}
+
+/// The request head the upstream received for the request whose path was `path`.
+fn received(s: &Stack, path: &str) -> String {
+    s.app
+        .requests()
+        .into_iter()
+        .find(|r| r.lines().next().is_some_and(|l| l.contains(path)))
+        .unwrap_or_else(|| {
+            panic!(
+                "the upstream never saw {path}; it saw {:?}",
+                s.app.requests()
+            )
+        })
+}
+
+fn header_lines<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+#[test]
+fn upstream_receives_the_jwt_and_only_gatehouse_identity() {
+    let s = stack();
+    let token = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        &s.url,
+        "--sub",
+        "u7",
+        "--username",
+        "alice",
+        "--email",
+        "alice@example.org",
+    ]));
+    let cookie = format!("gatehouse_session={token}");
+    let r = http_get(
+        s.nginx.addr(),
+        "/app/one",
+        &[
+            ("Cookie", &cookie),
+            ("X-Auth-Request-User", "mallory"),
+            ("X_Auth_Request_User", "mallory"),
+            ("X-Auth-Request-Email", "mallory@evil.test"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.nginx.error_log());
+    let head = received(&s, "/app/one");
+    assert!(
+        !head.contains("mallory"),
+        "a client-sent identity reached the upstream:\n{head}"
+    );
+    assert_eq!(header_lines(&head, "x-auth-request-user"), vec!["alice"]);
+    assert_eq!(
+        header_lines(&head, "x-auth-request-email"),
+        vec!["alice@example.org"]
+    );
+    let auth = header_lines(&head, "authorization");
+    assert_eq!(auth.len(), 1, "{head}");
+    let jwt = auth[0].strip_prefix("Bearer ").expect("a Bearer JWT");
+    // It is the JWT gatehouse minted for this session (the same one a direct call returns,
+    // from the cache).
+    let direct = http_get(s.gatehouse.addr(), "/auth", &[("Cookie", &cookie)]);
+    assert_eq!(direct.header("authorization"), Some(auth[0]));
+    assert_eq!(
+        jsonwebtoken::decode_header(jwt).unwrap().alg,
+        jsonwebtoken::Algorithm::EdDSA
+    );
+}
+
+#[test]
+fn no_credential_is_redirected_to_login_and_never_reaches_the_upstream() {
+    let s = stack();
+    let r = http_get(
+        s.nginx.addr(),
+        "/private/page?x=1",
+        &[("X-Auth-Request-User", "mallory")],
+    );
+    assert_eq!(r.status, 302, "{r:?}");
+    let location = r.header("location").expect("Location");
+    assert!(
+        location.starts_with("https://login.example.test/login?rd="),
+        "{location}"
+    );
+    assert!(location.contains("/private/page"), "{location}");
+    assert!(
+        s.app.requests().is_empty(),
+        "the upstream must not be reached: {:?}",
+        s.app.requests()
+    );
+
+    // A bad bearer token is an API client: the 401 itself, not a redirect.
+    let r = http_get(
+        s.nginx.addr(),
+        "/api",
+        &[("Authorization", "Bearer gts_nonsense")],
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(s.app.requests().is_empty());
+}
+
+#[test]
+fn revoked_session_is_refused_through_nginx() {
+    let s = stack();
+    let token = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        &s.url,
+        "--sub",
+        "u8",
+    ]));
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        http_get(s.nginx.addr(), "/a", &[("Authorization", &bearer)]).status,
+        200
+    );
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "revoke",
+        "--redis-url",
+        &s.url,
+        &token,
+    ]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_get(s.nginx.addr(), "/b", &[("Authorization", &bearer)]).status != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revocation never reached nginx's answers"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
