@@ -282,9 +282,14 @@ impl Reply {
 /// Sends one command to the Redis at `addr` over a fresh connection and reads one reply.
 /// Times out (an `Err`) after 5 s, e.g. when the server is SIGSTOPped.
 pub fn resp(addr: SocketAddr, args: &[&str]) -> io::Result<Reply> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    resp_timeout(addr, args, Duration::from_secs(5))
+}
+
+/// `resp` with a custom timeout for connecting and for each read and write.
+pub fn resp_timeout(addr: SocketAddr, args: &[&str], timeout: Duration) -> io::Result<Reply> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -575,8 +580,14 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {} {args:?}: {e}", self.port))
     }
 
+    /// One command; I/O errors (refused, or no answer within 5 s) come back as `Err`.
     pub fn try_query(&self, args: &[&str]) -> io::Result<Reply> {
         resp(self.addr(), args)
+    }
+
+    /// `try_query` with a custom timeout, e.g. a short one to show a stopped server is mute.
+    pub fn try_query_timeout(&self, args: &[&str], timeout: Duration) -> io::Result<Reply> {
+        resp_timeout(self.addr(), args, timeout)
     }
 
     pub fn commandstats(&self) -> HashMap<String, u64> {
@@ -881,6 +892,11 @@ impl Nginx {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Pids of the worker processes (children of the master), from /proc.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pid().map(children_of).unwrap_or_default()
+    }
+
     /// nginx's error.log (level info) — e.g. "client sent invalid header line".
     pub fn error_log(&self) -> String {
         read_tail(&self.dir.path().join("error.log"), 256 * 1024)
@@ -907,7 +923,7 @@ impl Nginx {
     /// Stops nginx and its worker. SIGTERM first (fast shutdown: the master stops its worker
     /// and exits). If that takes too long: SIGSTOP the master so it can neither respawn nor
     /// reap its workers (their pids therefore cannot be recycled), SIGKILL the workers, then
-    /// the master, and reap it.
+    /// the master, and reap it. (The killed workers are then reaped by init, not by us.)
     pub fn stop(&mut self) {
         let Some(child) = self.child.as_mut() else {
             return;
