@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// A client that has not sent its request headers within this time is disconnected.
     #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Runtime worker threads; 0 means one per CPU. On a small machine shared with nginx,
+    /// fewer workers than cores can be faster (see README, Performance).
+    #[arg(long, env = "GATEHOUSE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// On SIGTERM, how long /readyz answers 503 while requests are still served, so that load
     /// balancers stop sending before the listener closes.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]

@@ -65,6 +65,18 @@ pub fn generate(kind: TokenKind) -> Secret<String> {
     Secret::new(token)
 }
 
+/// The bytes of the URL-safe base64 alphabet.
+static BASE64URL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        c += 1;
+    }
+    t
+};
+
 /// Checks the shape and checksum of a token without any lookup; `None` for garbage.
 pub fn check(token: &str) -> Option<TokenKind> {
     let b = token.as_bytes();
@@ -82,7 +94,7 @@ pub fn check(token: &str) -> Option<TokenKind> {
     // The body must be base64url; the CRC alone would let other bytes through.
     if !b[PREFIX_LEN..PREFIX_LEN + BODY_LEN]
         .iter()
-        .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        .all(|&c| BASE64URL[c as usize])
     {
         return None;
     }
@@ -90,8 +102,19 @@ pub fn check(token: &str) -> Option<TokenKind> {
 }
 
 /// SHA-256 of a token: the only form in which the store and the cache know it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TokenHash(pub [u8; 32]);
+
+/// Feeds the hasher 8 of the 32 bytes: they are already uniformly distributed, and the
+/// cache's hasher is keyed per process, so hashing all 32 costs time and buys nothing.
+/// Equality still compares all 32.
+impl std::hash::Hash for TokenHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
 
 impl TokenHash {
     pub fn of(token: &str) -> Self {
@@ -162,7 +185,8 @@ pub fn extract<'a>(
             return Err(CredentialError::UnsupportedScheme);
         }
         let token = rest.trim_matches(' ');
-        if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace()) {
+        // `to_str` admitted only visible ASCII, space and tab.
+        if token.is_empty() || token.bytes().any(|b| b == b' ' || b == b'\t') {
             return Err(CredentialError::Malformed);
         }
         return Ok(Some((Method::Bearer, token)));

@@ -34,10 +34,13 @@ fn main() -> ExitCode {
         eprintln!("gatehouse: {e}");
         return ExitCode::from(64);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let gatehouse::config::Command::Serve(args) = &cli.command {
+        if args.workers > 0 {
+            runtime.worker_threads(args.workers);
+        }
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gatehouse: cannot start the runtime: {e}");

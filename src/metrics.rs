@@ -5,11 +5,15 @@
 //! increments an atomic.
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Outcome of one `/auth` request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,25 +38,102 @@ const METHODS: [&str; 4] = ["session", "bearer", "anonymous", "none"];
 
 type Labels = [(&'static str, &'static str); 2];
 
-/// Buckets from 25 µs to 1 s: a cache hit is a few microseconds, a miss a Redis round trip.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-        0.25, 0.5, 1.0,
-    ]
-    .into_iter()
+/// Bucket bounds from 25 µs to 1 s, in nanoseconds: a cache hit is a few microseconds, a
+/// miss a Redis round trip.
+const LATENCY_BOUNDS_NS: [u64; 15] = [
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// A latency histogram in seconds whose `observe` is three relaxed atomic adds and no lock.
+///
+/// prometheus-client's own `Histogram` takes a mutex on every observation, which the
+/// runtime's worker threads would contend for on every `/auth` answer. Buckets are stored
+/// per bucket (not cumulative); the sum is kept in whole nanoseconds.
+#[derive(Clone, Default)]
+pub struct LatencyHistogram(Arc<HistogramInner>);
+
+#[derive(Default)]
+struct HistogramInner {
+    /// One per bound, then +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far (for tests and benches).
+    pub fn count(&self) -> u64 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder takes per-bucket counts and accumulates them itself. The count is the
+        // total of the buckets read, so a scrape racing an observation stays consistent.
+        let mut count = 0;
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_NS.len() + 1);
+        for (i, n) in self.0.buckets.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_NS
+                .get(i)
+                .map_or(f64::INFINITY, |&b| b as f64 / 1e9);
+            buckets.push((bound, n));
+        }
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 pub struct Metrics {
     registry: Registry,
     process: Registry,
     auth: Vec<Counter>,
-    pub auth_duration: Histogram,
+    pub auth_duration: LatencyHistogram,
     pub cache_hit: Counter,
     pub cache_miss: Counter,
     pub cache_negative: Counter,
     store_requests: Family<Labels, Counter>,
-    pub store_duration: Histogram,
+    pub store_duration: LatencyHistogram,
     jwt_signed: Family<[(&'static str, String); 1], Counter>,
     pub sessions_revoked: Counter,
     pub cache_entries: Gauge,
@@ -86,7 +167,7 @@ impl Metrics {
                 );
             }
         }
-        let auth_duration = Histogram::new(latency_buckets());
+        let auth_duration = LatencyHistogram::default();
         registry.register_with_unit(
             "auth_request_duration",
             "Time to answer /auth",
@@ -108,7 +189,7 @@ impl Metrics {
             "Session store calls by operation and result",
             store_requests.clone(),
         );
-        let store_duration = Histogram::new(latency_buckets());
+        let store_duration = LatencyHistogram::default();
         registry.register_with_unit(
             "store_request_duration",
             "Time of session store calls",
@@ -180,12 +261,12 @@ impl Metrics {
         &self.auth[outcome as usize * 4 + method as usize]
     }
 
-    pub fn store_request(&self, op: &'static str, ok: bool, seconds: f64) {
+    pub fn store_request(&self, op: &'static str, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "error" };
         self.store_requests
             .get_or_create(&[("op", op), ("result", result)])
             .inc();
-        self.store_duration.observe(seconds);
+        self.store_duration.observe(took);
     }
 
     pub fn jwt_signed(&self, kid: &str) {
@@ -245,9 +326,9 @@ mod tests {
     fn exposition_has_the_designed_names() {
         let m = Metrics::new();
         m.auth(Outcome::Allow, AuthMethod::Session).inc();
-        m.auth_duration.observe(0.0001);
+        m.auth_duration.observe(Duration::from_micros(100));
         m.cache_hit.inc();
-        m.store_request("get", true, 0.001);
+        m.store_request("get", true, Duration::from_millis(1));
         m.jwt_signed("kid1");
         let text = m.encode();
         for name in [
@@ -267,5 +348,56 @@ mod tests {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn latency_histogram_buckets_are_cumulative_and_in_seconds() {
+        let m = Metrics::new();
+        for d in [
+            Duration::from_micros(30),
+            Duration::from_micros(30),
+            Duration::from_millis(3),
+            Duration::from_secs(2),
+        ] {
+            m.auth_duration.observe(d);
+        }
+        let text = m.encode();
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("gatehouse_auth_request_duration_seconds_bucket{le=\""))
+            .map(|l| {
+                let (le, n) = l.split_once("\"} ").unwrap();
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, n.trim().parse().unwrap())
+            })
+            .collect();
+        let at = |le: f64| {
+            buckets
+                .iter()
+                .find(|b| b.0 == le || (b.0 - le).abs() < 1e-12)
+                .unwrap()
+                .1
+        };
+        assert_eq!(at(0.000025), 0);
+        assert_eq!(at(0.00005), 2);
+        assert_eq!(at(0.0025), 2);
+        assert_eq!(at(0.005), 3);
+        assert_eq!(at(1.0), 3);
+        assert_eq!(at(f64::INFINITY), 4);
+        assert!(
+            text.contains("gatehouse_auth_request_duration_seconds_count 4"),
+            "{text}"
+        );
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("gatehouse_auth_request_duration_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 2.00306).abs() < 1e-9, "sum {sum}");
     }
 }
