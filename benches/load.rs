@@ -29,7 +29,7 @@ use gatehouse::session::{unix_now, Session};
 use serde::Serialize;
 use support::*;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SECONDS: u32 = 3;
 const CONNECTIONS: u32 = 16;
 const MISS_SESSIONS: usize = 100_000;

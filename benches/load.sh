@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The side-by-side load benchmark in one command: installs wrk, nginx and redis-server when
-# missing (as .ci/run does), then runs it. Loopback only; takes about 6 minutes; prints a
+# missing (as .ci/run does), then runs it. Loopback only; takes about 8 minutes; prints a
 # Markdown table and writes target/load/report.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
