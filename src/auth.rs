@@ -18,8 +18,9 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
+use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
-use crate::config::{Anonymous, ServeArgs};
+use crate::config::{Anonymous, Compat, ServeArgs};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome};
 use crate::signer::Signer;
@@ -68,6 +69,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     cookie_name: String,
     anonymous: bool,
+    /// `--compat arxiv`: arXiv's records instead of gatehouse's sessions.
+    arxiv: Option<Arxiv>,
     cache_ttl: Duration,
     jwt_ttl: Duration,
     shutting_down: AtomicBool,
@@ -80,8 +83,19 @@ impl Gateway {
             cache: SessionCache::new(args.cache_capacity),
             signer,
             metrics,
-            cookie_name: args.cookie_name.clone(),
-            anonymous: args.anonymous == Anonymous::Allow,
+            cookie_name: match args.compat {
+                // arXiv's cookie, unless another name was asked for.
+                Some(Compat::Arxiv) if args.cookie_name == crate::config::DEFAULT_COOKIE => {
+                    crate::arxiv::COOKIE.to_string()
+                }
+                _ => args.cookie_name.clone(),
+            },
+            // arXiv's authenticator let requests without a credential through, anonymous.
+            anonymous: args.anonymous == Anonymous::Allow || args.compat == Some(Compat::Arxiv),
+            arxiv: match (args.compat, &args.jwt_secret) {
+                (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
+                _ => None,
+            },
             cache_ttl: args.cache_ttl,
             jwt_ttl: args.jwt_ttl,
             shutting_down: AtomicBool::new(false),
@@ -152,6 +166,11 @@ impl Gateway {
             Method::Cookie => AuthMethod::Session,
         };
         let bearer = method == Method::Bearer;
+        if let Some(arxiv) = &self.arxiv {
+            // Boxed for the same reason as the miss below: keep the hit path's future small.
+            let (response, outcome) = Box::pin(self.decide_arxiv(arxiv, method, token)).await;
+            return (response, outcome, label);
+        }
         // Garbage is refused here, before any hashing, cache or store work.
         if credential::check(token).is_none() {
             return (refuse(Refusal::Invalid, bearer), Outcome::Deny, label);
@@ -184,6 +203,45 @@ impl Gateway {
                     (refuse(Refusal::Unavailable, false), Outcome::Error, label)
                 }
             },
+        }
+    }
+
+    /// `--compat arxiv`: one store read per request, never cached (see `arxiv`).
+    #[cold]
+    async fn decide_arxiv(
+        &self,
+        arxiv: &Arxiv,
+        method: Method,
+        token: &str,
+    ) -> (Response<Body>, Outcome) {
+        let bearer = method == Method::Bearer;
+        let Some(redis) = self.store.redis() else {
+            // Refused at start by the configuration check; never a 200 if it were not.
+            return (refuse(Refusal::Unavailable, false), Outcome::Error);
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let start = Instant::now();
+        let result = match method {
+            Method::Cookie => arxiv.check_cookie(token, redis, now).await,
+            Method::Bearer => arxiv.check_bearer(token, redis, now).await,
+        };
+        let store_ok = !matches!(result, Err(ArxivError::Store(_)));
+        self.metrics.store_request("get", store_ok, start.elapsed());
+        match result {
+            Ok(a) => {
+                let user = a.user.as_deref().map(header_value);
+                let email = a.email.as_deref().map(header_value);
+                (allow_headers(a.authorization, user, email), Outcome::Allow)
+            }
+            Err(ArxivError::Invalid) => (refuse(Refusal::Invalid, bearer), Outcome::Deny),
+            Err(ArxivError::Unknown) => (refuse(Refusal::Unknown, bearer), Outcome::Deny),
+            Err(ArxivError::Store(err)) => {
+                tracing::warn!(error = %err, "session store failed; answering 503");
+                (refuse(Refusal::Unavailable, false), Outcome::Error)
+            }
         }
     }
 
@@ -231,14 +289,28 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 fn allow(entry: &Entry) -> Response<Body> {
+    allow_headers(
+        entry.authorization.clone(),
+        Some(entry.user.clone()),
+        entry.email.clone(),
+    )
+}
+
+fn allow_headers(
+    authorization: HeaderValue,
+    user: Option<HeaderValue>,
+    email: Option<HeaderValue>,
+) -> Response<Body> {
     let mut r = Response::new(Body::default());
     let h = r.headers_mut();
     // Sized once for the four headers rather than grown on the first insert.
     h.reserve(4);
-    h.insert(AUTHORIZATION, entry.authorization.clone());
-    h.insert(X_AUTH_REQUEST_USER, entry.user.clone());
-    if let Some(email) = &entry.email {
-        h.insert(X_AUTH_REQUEST_EMAIL, email.clone());
+    h.insert(AUTHORIZATION, authorization);
+    if let Some(user) = user {
+        h.insert(X_AUTH_REQUEST_USER, user);
+    }
+    if let Some(email) = email {
+        h.insert(X_AUTH_REQUEST_EMAIL, email);
     }
     h.insert(CACHE_CONTROL, NO_STORE);
     r

@@ -87,7 +87,16 @@ pub enum Anonymous {
     Deny,
 }
 
+/// The default of `--cookie-name`.
+pub const DEFAULT_COOKIE: &str = "gatehouse_session";
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Compat {
+    /// arXiv's authenticator: `ARXIVNG_SESSION_ID` cookie, HS256 session records.
+    Arxiv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum JwtAlg {
     #[value(name = "EdDSA", alias = "eddsa")]
     EdDsa,
@@ -122,7 +131,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "GATEHOUSE_COOKIE_NAME",
-        default_value = "gatehouse_session"
+        default_value = DEFAULT_COOKIE
     )]
     pub cookie_name: String,
     /// The `iss` claim of minted JWTs.
@@ -152,6 +161,11 @@ pub struct ServeArgs {
     /// A client that has not sent its request headers within this time is disconnected.
     #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Drop-in compatibility with another system's sessions: `arxiv` reads arXiv's
+    /// `ARXIVNG_SESSION_ID` cookie and session records in its Redis (needs --redis-url and
+    /// --jwt-secret, arXiv's JWT secret).
+    #[arg(long, env = "GATEHOUSE_COMPAT", value_enum)]
+    pub compat: Option<Compat>,
     /// Runtime worker threads; 0 means one per CPU. On a small machine shared with nginx,
     /// fewer workers than cores can be faster (see README, Performance).
     #[arg(long, env = "GATEHOUSE_WORKERS", default_value_t = 0)]
@@ -291,6 +305,25 @@ impl ServeArgs {
         }
         if self.header_timeout.is_zero() {
             return Err(ConfigError::new("--header-timeout", "must be more than 0"));
+        }
+        if self.compat == Some(Compat::Arxiv) {
+            if self.store.redis_url.is_none() {
+                return Err(ConfigError::new(
+                    "--compat",
+                    "arxiv needs --redis-url (arXiv's Redis)",
+                ));
+            }
+            if self
+                .jwt_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+            {
+                return Err(ConfigError::new(
+                    "--jwt-secret",
+                    "is required with --compat arxiv (arXiv's JWT secret)",
+                ));
+            }
+            return self.store.validate();
         }
         match (&self.jwt_alg, &self.jwt_secret) {
             (JwtAlg::Hs256, None) => {

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod arxiv;
 pub mod auth;
 pub mod cache;
 pub mod cli;

@@ -87,6 +87,14 @@ impl Store {
         }
     }
 
+    /// The Redis store, when that is the one configured.
+    pub fn redis(&self) -> Option<&redis::RedisStore> {
+        match self {
+            Store::Redis(r) => Some(r),
+            Store::Embedded(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Redis(_) => "redis",

@@ -163,6 +163,11 @@ impl RedisStore {
         }
     }
 
+    /// `GET key` verbatim, with no prefix: for reading another system's records (`--compat`).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.call(self.pool.get(key)).await
+    }
+
     async fn load(&self, key: &TokenHash) -> Result<Option<Session>, StoreError> {
         let raw: Option<Bytes> = self.call(self.pool.get(self.session_key(key))).await?;
         match raw {

@@ -392,6 +392,8 @@ pub trait Store {
     fn config_resetstat(&self);
     /// "standalone" or "cluster", for assertion messages.
     fn kind(&self) -> &'static str;
+    /// One command on whichever node holds its key; the reply as text.
+    fn command(&self, args: &[&str]) -> String;
 }
 
 /// One `redis-server` process (no persistence, loopback only) in its own temp dir.
@@ -618,6 +620,9 @@ impl Store for RedisServer {
     fn kind(&self) -> &'static str {
         "standalone"
     }
+    fn command(&self, args: &[&str]) -> String {
+        self.cmd(args)
+    }
 }
 
 /// A 3-master Redis Cluster (no replicas), created with `redis-cli --cluster create` and
@@ -770,6 +775,9 @@ impl Store for RedisCluster {
     }
     fn kind(&self) -> &'static str {
         "cluster"
+    }
+    fn command(&self, args: &[&str]) -> String {
+        self.cli(args)
     }
 }
 
