@@ -68,7 +68,7 @@ pub enum LogFormat {
 pub struct StoreArgs {
     /// Redis URL: redis://, rediss://, redis+sentinel://h:p,h:p/service, redis+cluster://h:p,h:p.
     /// Without it, the embedded store in --data-dir is used.
-    #[arg(long, env = "GATEHOUSE_REDIS_URL")]
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret<String>>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "GATEHOUSE_REDIS_PREFIX", default_value = "gh:")]
@@ -147,7 +147,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_JWT_TTL", default_value = "300s", value_parser = parse_duration)]
     pub jwt_ttl: Duration,
     /// Shared secret for HS256 (at least 32 bytes).
-    #[arg(long, env = "GATEHOUSE_JWT_SECRET")]
+    #[arg(long, env = "GATEHOUSE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret<String>>,
     /// Longest time a session stays in the in-process cache.
     #[arg(long, env = "GATEHOUSE_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]

@@ -189,6 +189,10 @@ impl Metrics {
             "Session store calls by operation and result",
             store_requests.clone(),
         );
+        // Both results exist from the start, so that a rate() of errors is 0, not absent.
+        for result in ["ok", "error"] {
+            let _ = store_requests.get_or_create(&[("op", "get"), ("result", result)]);
+        }
         let store_duration = LatencyHistogram::default();
         registry.register_with_unit(
             "store_request_duration",
