@@ -71,6 +71,8 @@ pub struct Gateway {
     anonymous: bool,
     /// `--compat arxiv`: arXiv's records instead of gatehouse's sessions.
     arxiv: Option<Arxiv>,
+    /// `--login-url`, for `/auth/redirect`.
+    login_url: Option<String>,
     cache_ttl: Duration,
     jwt_ttl: Duration,
     shutting_down: AtomicBool,
@@ -92,6 +94,7 @@ impl Gateway {
             },
             // arXiv's authenticator let requests without a credential through, anonymous.
             anonymous: args.anonymous == Anonymous::Allow || args.compat == Some(Compat::Arxiv),
+            login_url: args.login_url.clone(),
             arxiv: match (args.compat, &args.jwt_secret) {
                 (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
                 _ => None,
@@ -131,6 +134,31 @@ impl Gateway {
         self.metrics.auth(outcome, method).inc();
         self.metrics.auth_duration.observe(start.elapsed());
         response
+    }
+
+    /// `/auth/redirect`, for proxies that hand any non-2xx answer to the client (Traefik,
+    /// Caddy): `/auth`'s answer, except that a browser refused with 401 is sent to
+    /// `--login-url` with `rd` set to the page it asked for.
+    pub async fn auth_redirect(&self, headers: &HeaderMap) -> Response<Body> {
+        let response = self.auth(headers).await;
+        match &self.login_url {
+            Some(login)
+                if response.status() == StatusCode::UNAUTHORIZED
+                    && crate::forward::wants_html(headers) =>
+            {
+                let location = crate::forward::login_location(
+                    login,
+                    crate::forward::original_url(headers).as_deref(),
+                );
+                let mut r = Response::new(Body::default());
+                *r.status_mut() = StatusCode::FOUND;
+                let h = r.headers_mut();
+                h.insert(hyper::header::LOCATION, header_value(&location));
+                h.insert(CACHE_CONTROL, NO_STORE);
+                r
+            }
+            _ => response,
+        }
     }
 
     async fn decide(&self, headers: &HeaderMap) -> (Response<Body>, Outcome, AuthMethod) {

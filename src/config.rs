@@ -161,6 +161,10 @@ pub struct ServeArgs {
     /// A client that has not sent its request headers within this time is disconnected.
     #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Login page for `/auth/redirect` (Traefik, Caddy forward auth): a browser that is
+    /// refused there is sent to this URL with `rd` set to the page it asked for.
+    #[arg(long, env = "GATEHOUSE_LOGIN_URL")]
+    pub login_url: Option<String>,
     /// Drop-in compatibility with another system's sessions: `arxiv` reads arXiv's
     /// `ARXIVNG_SESSION_ID` cookie and session records in its Redis (needs --redis-url and
     /// --jwt-secret, arXiv's JWT secret).
@@ -305,6 +309,10 @@ impl ServeArgs {
         }
         if self.header_timeout.is_zero() {
             return Err(ConfigError::new("--header-timeout", "must be more than 0"));
+        }
+        if let Some(url) = &self.login_url {
+            crate::forward::check_login_url(url)
+                .map_err(|why| ConfigError::new("--login-url", why))?;
         }
         if self.compat == Some(Compat::Arxiv) {
             if self.store.redis_url.is_none() {

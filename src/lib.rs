@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credential;
+pub mod forward;
 pub mod metrics;
 pub mod secret;
 pub mod server;

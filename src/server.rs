@@ -134,6 +134,7 @@ async fn accept_loop<F, Fut>(
 async fn route_main(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/auth" => gw.auth(req.headers()).await,
+        "/auth/redirect" => gw.auth_redirect(req.headers()).await,
         "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
             let mut r = Response::new(Body::new(gw.signer.jwks()));
             r.headers_mut()
