@@ -19,6 +19,8 @@ use gatehouse::signer::{Signer, TokenSettings};
 use gatehouse::store::SessionStore;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, COOKIE};
 
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn session() -> Session {
     let now = unix_now();
     Session {
@@ -106,7 +108,7 @@ fn handler(c: &mut Criterion) {
     );
     let garbage = headers(AUTHORIZATION, &format!("Bearer gts_{}", "A".repeat(50)));
     for h in [&bearer, &cookie] {
-        assert_eq!(runtime.block_on(gateway.auth(h)).status(), 200);
+        assert_eq!(runtime.block_on(gateway.auth(h, LOOPBACK)).status(), 200);
     }
 
     let mut g = c.benchmark_group("handler");
@@ -133,13 +135,13 @@ fn handler(c: &mut Criterion) {
         })
     });
     g.bench_function("/auth cache hit, bearer", |b| {
-        b.iter(|| runtime.block_on(gateway.auth(black_box(&bearer))))
+        b.iter(|| runtime.block_on(gateway.auth(black_box(&bearer), LOOPBACK)))
     });
     g.bench_function("/auth cache hit, cookie", |b| {
-        b.iter(|| runtime.block_on(gateway.auth(black_box(&cookie))))
+        b.iter(|| runtime.block_on(gateway.auth(black_box(&cookie), LOOPBACK)))
     });
     g.bench_function("/auth refused, bad checksum", |b| {
-        b.iter(|| runtime.block_on(gateway.auth(black_box(&garbage))))
+        b.iter(|| runtime.block_on(gateway.auth(black_box(&garbage), LOOPBACK)))
     });
     g.finish();
 }

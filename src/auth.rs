@@ -5,6 +5,7 @@
 //! failure is 503 (fail closed), never a 200. Nothing here logs per request above debug, and
 //! nothing here ever logs a token.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,9 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
-use crate::config::{Anonymous, Compat, ServeArgs};
+use crate::config::{Anonymous, Cidr, Compat, ServeArgs};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome};
+use crate::policy::{self, Grants, Policy, Requirement, TargetError};
 use crate::signer::Signer;
 use crate::store::{SessionStore, Store};
 
@@ -46,6 +48,10 @@ enum Refusal {
     Invalid,
     Unknown,
     Unavailable,
+    /// With a policy: no usable original request (missing, untrusted peer, no canonical form).
+    Target,
+    /// The policy asks for scopes or roles the session lacks (403).
+    Forbidden,
 }
 
 impl Refusal {
@@ -57,6 +63,8 @@ impl Refusal {
             Refusal::Invalid => br#"{"reason":"invalid token"}"#,
             Refusal::Unknown => br#"{"reason":"unknown, expired or revoked session"}"#,
             Refusal::Unavailable => br#"{"reason":"session store unavailable"}"#,
+            Refusal::Target => br#"{"reason":"invalid original request"}"#,
+            Refusal::Forbidden => br#"{"reason":"insufficient scope or role"}"#,
         }
     }
 }
@@ -73,13 +81,22 @@ pub struct Gateway {
     arxiv: Option<Arxiv>,
     /// `--login-url`, for `/auth/redirect`.
     login_url: Option<String>,
+    /// `--policy`, loaded at start.
+    policy: Option<Policy>,
+    trusted_proxies: Vec<Cidr>,
     cache_ttl: Duration,
     jwt_ttl: Duration,
     shutting_down: AtomicBool,
 }
 
 impl Gateway {
-    pub fn new(args: &ServeArgs, store: Store, signer: Signer, metrics: Metrics) -> Arc<Gateway> {
+    pub fn new(
+        args: &ServeArgs,
+        store: Store,
+        signer: Signer,
+        metrics: Metrics,
+        policy: Option<Policy>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             store,
             cache: SessionCache::new(args.cache_capacity),
@@ -95,6 +112,8 @@ impl Gateway {
             // arXiv's authenticator let requests without a credential through, anonymous.
             anonymous: args.anonymous == Anonymous::Allow || args.compat == Some(Compat::Arxiv),
             login_url: args.login_url.clone(),
+            policy,
+            trusted_proxies: args.trusted_proxies.clone(),
             arxiv: match (args.compat, &args.jwt_secret) {
                 (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
                 _ => None,
@@ -128,9 +147,11 @@ impl Gateway {
     }
 
     /// Answers one `/auth` request.
-    pub async fn auth(&self, headers: &HeaderMap) -> Response<Body> {
+    /// Answers one `/auth` request from `peer` (whose proxy headers count only if it is in
+    /// `--trusted-proxies`).
+    pub async fn auth(&self, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
         let start = Instant::now();
-        let (response, outcome, method) = self.decide(headers).await;
+        let (response, outcome, method) = self.decide(headers, peer).await;
         self.metrics.auth(outcome, method).inc();
         self.metrics.auth_duration.observe(start.elapsed());
         response
@@ -139,8 +160,8 @@ impl Gateway {
     /// `/auth/redirect`, for proxies that hand any non-2xx answer to the client (Traefik,
     /// Caddy): `/auth`'s answer, except that a browser refused with 401 is sent to
     /// `--login-url` with `rd` set to the page it asked for.
-    pub async fn auth_redirect(&self, headers: &HeaderMap) -> Response<Body> {
-        let response = self.auth(headers).await;
+    pub async fn auth_redirect(&self, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
+        let response = self.auth(headers, peer).await;
         match &self.login_url {
             Some(login)
                 if response.status() == StatusCode::UNAUTHORIZED
@@ -161,10 +182,36 @@ impl Gateway {
         }
     }
 
-    async fn decide(&self, headers: &HeaderMap) -> (Response<Body>, Outcome, AuthMethod) {
+    async fn decide(
+        &self,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> (Response<Body>, Outcome, AuthMethod) {
+        // With a policy, the rule of the original request; without the request, no answer.
+        let rule = match &self.policy {
+            None => None,
+            Some(policy) => {
+                let target = if self.trusted_proxies.iter().any(|c| c.contains(peer)) {
+                    policy::target(headers)
+                } else {
+                    Err(TargetError::Missing)
+                };
+                match target {
+                    Ok(t) => Some(policy.requirement(&t)),
+                    Err(_) => {
+                        return (
+                            refuse(Refusal::Target, false),
+                            Outcome::Deny,
+                            AuthMethod::None,
+                        )
+                    }
+                }
+            }
+        };
+        let anonymous_ok = rule.map_or(self.anonymous, |r| r.anonymous);
         let (method, token) = match credential::extract(headers, &self.cookie_name) {
             Ok(Some(c)) => c,
-            Ok(None) if self.anonymous => {
+            Ok(None) if anonymous_ok => {
                 return (anonymous(), Outcome::Allow, AuthMethod::Anonymous)
             }
             Ok(None) => {
@@ -196,7 +243,7 @@ impl Gateway {
         let bearer = method == Method::Bearer;
         if let Some(arxiv) = &self.arxiv {
             // Boxed for the same reason as the miss below: keep the hit path's future small.
-            let (response, outcome) = Box::pin(self.decide_arxiv(arxiv, method, token)).await;
+            let (response, outcome) = Box::pin(self.decide_arxiv(arxiv, method, token, rule)).await;
             return (response, outcome, label);
         }
         // Garbage is refused here, before any hashing, cache or store work.
@@ -209,7 +256,7 @@ impl Gateway {
         };
         if let Some(entry) = self.cache.get(&key).await {
             self.metrics.cache_hit.inc();
-            return (allow(&entry), Outcome::Allow, label);
+            return admit(rule, &entry, label);
         }
         if self.cache.is_known_missing(&key.hash).await {
             self.metrics.cache_negative.inc();
@@ -219,7 +266,7 @@ impl Gateway {
         // Boxed: the miss path's future (moka's loader around a store call) is many kilobytes,
         // and inline it would make every hit's future that large too, copied on each call.
         match Box::pin(self.cache.get_or_fill(key, self.fill(key))).await {
-            Ok(entry) => (allow(&entry), Outcome::Allow, label),
+            Ok(entry) => admit(rule, &entry, label),
             Err(e) => match *e {
                 FillError::NotFound => (refuse(Refusal::Unknown, bearer), Outcome::Deny, label),
                 FillError::Store(ref err) => {
@@ -241,6 +288,7 @@ impl Gateway {
         arxiv: &Arxiv,
         method: Method,
         token: &str,
+        rule: Option<&Requirement>,
     ) -> (Response<Body>, Outcome) {
         let bearer = method == Method::Bearer;
         let Some(redis) = self.store.redis() else {
@@ -259,6 +307,16 @@ impl Gateway {
         let store_ok = !matches!(result, Err(ArxivError::Store(_)));
         self.metrics.store_request("get", store_ok, start.elapsed());
         match result {
+            Ok(a)
+                if rule.is_some_and(|r| {
+                    !r.admits(&Grants {
+                        scopes: &a.scopes,
+                        roles: &[],
+                    })
+                }) =>
+            {
+                (refuse(Refusal::Forbidden, false), Outcome::Forbid)
+            }
             Ok(a) => {
                 let user = a.user.as_deref().map(header_value);
                 let email = a.email.as_deref().map(header_value);
@@ -316,6 +374,25 @@ fn header_value(s: &str) -> HeaderValue {
     })
 }
 
+/// A valid session: allowed, unless the matching rule asks for scopes or roles it lacks.
+/// Checked on every request, hit or miss; no decision is cached.
+fn admit(
+    rule: Option<&Requirement>,
+    entry: &Entry,
+    label: AuthMethod,
+) -> (Response<Body>, Outcome, AuthMethod) {
+    if let Some(rule) = rule {
+        let grants = Grants {
+            scopes: &entry.session.scopes,
+            roles: &entry.session.roles,
+        };
+        if !rule.admits(&grants) {
+            return (refuse(Refusal::Forbidden, false), Outcome::Forbid, label);
+        }
+    }
+    (allow(entry), Outcome::Allow, label)
+}
+
 fn allow(entry: &Entry) -> Response<Body> {
     allow_headers(
         entry.authorization.clone(),
@@ -352,15 +429,15 @@ fn anonymous() -> Response<Body> {
 
 fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::from_static(why.body())));
-    *r.status_mut() = if why == Refusal::Unavailable {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::UNAUTHORIZED
+    *r.status_mut() = match why {
+        Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Forbidden => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
     };
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CACHE_CONTROL, NO_STORE);
-    if why != Refusal::Unavailable {
+    if why != Refusal::Unavailable && why != Refusal::Forbidden {
         h.insert(
             WWW_AUTHENTICATE,
             if bearer && why != Refusal::Missing {

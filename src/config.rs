@@ -161,6 +161,14 @@ pub struct ServeArgs {
     /// A client that has not sent its request headers within this time is disconnected.
     #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Route policy (TOML): rules by host, path prefix and method that require scopes or
+    /// roles, or let requests through anonymously. See README, "Route policy".
+    #[arg(long, env = "GATEHOUSE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Peers whose X-Original-* / X-Forwarded-* headers are believed (CIDRs, comma-separated).
+    /// From any other peer they are ignored, and with --policy such a request is refused.
+    #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Cidr>,
     /// Login page for `/auth/redirect` (Traefik, Caddy forward auth): a browser that is
     /// refused there is sent to this URL with `rd` set to the page it asked for.
     #[arg(long, env = "GATEHOUSE_LOGIN_URL")]
@@ -310,6 +318,15 @@ impl ServeArgs {
         if self.header_timeout.is_zero() {
             return Err(ConfigError::new("--header-timeout", "must be more than 0"));
         }
+        if self.policy.is_some() && self.anonymous == Anonymous::Allow {
+            return Err(ConfigError::new(
+                "--anonymous",
+                "cannot be combined with --policy (say anonymous = true in the policy's rules or [default])",
+            ));
+        }
+        if let Some(path) = &self.policy {
+            crate::policy::Policy::load(path).map_err(|why| ConfigError::new("--policy", why))?;
+        }
         if let Some(url) = &self.login_url {
             crate::forward::check_login_url(url)
                 .map_err(|why| ConfigError::new("--login-url", why))?;
@@ -362,6 +379,57 @@ impl StoreArgs {
         }
         Ok(())
     }
+}
+
+/// An IP network, e.g. `10.0.0.0/8` or `::1/128`; a bare address is a single host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match (self.addr, ip) {
+            // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            (V4(_), V6(v6)) => v6.to_ipv4_mapped().map_or(ip, V4),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let s = s.trim();
+    let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP network"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
+    };
+    Ok(Cidr { addr, prefix })
 }
 
 /// `250ms`, `10s`, `5m`, `2h`, `30d`; a bare number is seconds.

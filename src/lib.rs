@@ -15,6 +15,7 @@ pub mod config;
 pub mod credential;
 pub mod forward;
 pub mod metrics;
+pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod session;
@@ -85,7 +86,13 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
             ttl_secs: args.jwt_ttl.as_secs(),
         },
     )?;
-    let gateway = auth::Gateway::new(args, store, signer, metrics::Metrics::new());
+    let policy = match &args.policy {
+        None => None,
+        Some(path) => Some(
+            policy::Policy::load(path).map_err(|why| config::ConfigError::new("--policy", why))?,
+        ),
+    };
+    let gateway = auth::Gateway::new(args, store, signer, metrics::Metrics::new(), policy);
     gateway.start_background();
     Ok(gateway)
 }

@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +62,9 @@ pub async fn serve(
         http.clone(),
         main_stopped,
         settings.shutdown_timeout,
-        move |req| {
+        move |req, peer| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(route_main(&gw, req).await) }
+            async move { Ok::<_, Infallible>(route_main(&gw, req, peer).await) }
         },
     ));
     let gw = gateway.clone();
@@ -72,7 +73,7 @@ pub async fn serve(
         http,
         admin_stopped,
         Duration::from_secs(1),
-        move |req| {
+        move |req, _peer| {
             let gw = gw.clone();
             async move { Ok::<_, Infallible>(route_admin(&gw, req).await) }
         },
@@ -96,16 +97,18 @@ async fn accept_loop<F, Fut>(
     drain_deadline: Duration,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, IpAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = http.serve_connection(TokioIo::new(stream), service_fn(handler.clone()));
+                    let handler = handler.clone();
+                    let peer = peer.ip();
+                    let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req, peer)));
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
@@ -131,10 +134,10 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-async fn route_main(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+async fn route_main(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     match req.uri().path() {
-        "/auth" => gw.auth(req.headers()).await,
-        "/auth/redirect" => gw.auth_redirect(req.headers()).await,
+        "/auth" => gw.auth(req.headers(), peer).await,
+        "/auth/redirect" => gw.auth_redirect(req.headers(), peer).await,
         "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
             let mut r = Response::new(Body::new(gw.signer.jwks()));
             r.headers_mut()

@@ -1,0 +1,678 @@
+//! Route policy (`--policy FILE`): which requests need which scopes or roles, and which may
+//! pass anonymously.
+//!
+//! ```toml
+//! [[rule]]
+//! host = "admin.example.org"   # optional: exact, or "*.example.org" for any subdomain
+//! path = "/admin"              # prefix, on segment boundaries: /admin, /admin/x, not /adminx
+//! methods = ["POST", "PUT"]    # optional
+//! roles = ["staff"]            # any one of them
+//! scopes = ["admin"]           # all of them
+//!
+//! [[rule]]
+//! path = "/public"
+//! anonymous = true             # no credential needed (a bad credential is still refused)
+//!
+//! [default]                    # every other request; default: a valid credential
+//! anonymous = false
+//! ```
+//!
+//! The first matching rule wins. Matching sees only the canonical form of the original
+//! request (see [`canonical_path`]): host lower-cased without default port, path
+//! percent-decoded where that is safe, dot segments and repeated slashes removed, query and
+//! fragment dropped. Input that has no canonical form is refused before any rule is looked
+//! at. The decision is made per request from the session; nothing caches it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use hyper::header::HeaderMap;
+use serde::Deserialize;
+
+/// What a rule asks of the caller.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Requirement {
+    #[serde(default)]
+    pub anonymous: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    host: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    anonymous: bool,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    rule: Vec<RawRule>,
+    #[serde(default)]
+    default: Requirement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.org`: stored as `.example.org`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    host: Option<HostPattern>,
+    /// Canonical, without trailing slash; "" matches everything.
+    path: String,
+    methods: Option<HashSet<String>>,
+    requirement: Requirement,
+}
+
+/// A loaded policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    default: Requirement,
+}
+
+/// The request being authorised, canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub path: String,
+    pub method: String,
+}
+
+/// Why the original request could not be read; the caller's fault (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("no original request URI")]
+    Missing,
+    #[error("original request header sent twice")]
+    Duplicate,
+    #[error("original request URI has no canonical form")]
+    Invalid,
+}
+
+/// What the caller has, for [`Requirement::admits`].
+pub struct Grants<'a> {
+    pub scopes: &'a [String],
+    pub roles: &'a [String],
+}
+
+impl Requirement {
+    /// Whether an authenticated caller with `grants` may pass.
+    pub fn admits(&self, grants: &Grants<'_>) -> bool {
+        self.scopes.iter().all(|s| grants.scopes.contains(s))
+            && (self.roles.is_empty() || self.roles.iter().any(|r| grants.roles.contains(r)))
+    }
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Policy::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            });
+            format!("line {line}: {}", e.message().trim())
+        })?;
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for (i, r) in raw.rule.into_iter().enumerate() {
+            let n = i + 1;
+            let requirement = Requirement {
+                anonymous: r.anonymous,
+                scopes: r.scopes,
+                roles: r.roles,
+            };
+            let host = match r.host.as_deref() {
+                None => None,
+                Some(h) => {
+                    let (wild, rest) = match h.strip_prefix("*.") {
+                        Some(rest) => (true, rest),
+                        None => (false, h),
+                    };
+                    let c = canonical_host(rest)
+                        .map_err(|_| format!("rule {n}: invalid host {h:?}"))?;
+                    Some(if wild {
+                        HostPattern::Suffix(format!(".{c}"))
+                    } else {
+                        HostPattern::Exact(c)
+                    })
+                }
+            };
+            let path = match r.path.as_deref() {
+                None => String::new(),
+                Some(p) => {
+                    if !p.starts_with('/') || p.contains(['?', '#']) {
+                        return Err(format!(
+                            "rule {n}: path {p:?} must start with / and have no query"
+                        ));
+                    }
+                    let c =
+                        canonical_path(p).map_err(|_| format!("rule {n}: invalid path {p:?}"))?;
+                    if c.trim_end_matches('/') != p.trim_end_matches('/') {
+                        return Err(format!(
+                            "rule {n}: path {p:?} is not canonical (write {c:?})"
+                        ));
+                    }
+                    c.trim_end_matches('/').to_string()
+                }
+            };
+            let methods = match r.methods {
+                None => None,
+                Some(m) if m.is_empty() => return Err(format!("rule {n}: methods is empty")),
+                Some(m) => Some(
+                    m.iter()
+                        .map(|m| {
+                            let u = m.to_ascii_uppercase();
+                            if u.is_empty() || !u.bytes().all(|b| b.is_ascii_uppercase()) {
+                                Err(format!("rule {n}: invalid method {m:?}"))
+                            } else {
+                                Ok(u)
+                            }
+                        })
+                        .collect::<Result<HashSet<_>, _>>()?,
+                ),
+            };
+            if requirement.anonymous
+                && (!requirement.scopes.is_empty() || !requirement.roles.is_empty())
+            {
+                return Err(format!(
+                    "rule {n}: anonymous = true cannot also require scopes or roles"
+                ));
+            }
+            rules.push(Rule {
+                host,
+                path,
+                methods,
+                requirement,
+            });
+        }
+        if raw.default.anonymous
+            && (!raw.default.scopes.is_empty() || !raw.default.roles.is_empty())
+        {
+            return Err("default: anonymous = true cannot also require scopes or roles".into());
+        }
+        Ok(Policy {
+            rules,
+            default: raw.default,
+        })
+    }
+
+    /// The requirement of the first rule that matches `t`, else the default.
+    pub fn requirement(&self, t: &Target) -> &Requirement {
+        self.rules
+            .iter()
+            .find(|r| r.matches(t))
+            .map_or(&self.default, |r| &r.requirement)
+    }
+}
+
+impl Rule {
+    fn matches(&self, t: &Target) -> bool {
+        let host_ok = match &self.host {
+            None => true,
+            Some(HostPattern::Exact(h)) => *h == t.host,
+            Some(HostPattern::Suffix(s)) => t.host.ends_with(s.as_str()) && t.host.len() > s.len(),
+        };
+        let path_ok = self.path.is_empty()
+            || (t.path.starts_with(&self.path)
+                && matches!(t.path.as_bytes().get(self.path.len()), None | Some(b'/')));
+        let method_ok = self.methods.as_ref().is_none_or(|m| m.contains(&t.method));
+        host_ok && path_ok && method_ok
+    }
+}
+
+fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, TargetError> {
+    let mut all = headers.get_all(name).iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(TargetError::Duplicate);
+    }
+    v.to_str().map(Some).map_err(|_| TargetError::Invalid)
+}
+
+/// The original request from the proxy's headers: `X-Original-URI`/`-Method`/`-Host`
+/// (nginx), `X-Original-URL` (ingress-nginx) or `X-Forwarded-Uri`/`-Method`/`-Host`
+/// (Traefik, Caddy). Call only for requests from a trusted proxy.
+pub fn target(headers: &HeaderMap) -> Result<Target, TargetError> {
+    let (uri, host, method) = if let Some(uri) = one(headers, "x-original-uri")? {
+        (
+            uri.to_string(),
+            one(headers, "x-original-host")?,
+            one(headers, "x-original-method")?,
+        )
+    } else if let Some(url) = one(headers, "x-original-url")? {
+        let rest = strip_scheme(url).ok_or(TargetError::Invalid)?;
+        let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (host, path) = rest.split_at(split);
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        (path, Some(host), one(headers, "x-original-method")?)
+    } else if let Some(uri) = one(headers, "x-forwarded-uri")? {
+        (
+            uri.to_string(),
+            one(headers, "x-forwarded-host")?,
+            one(headers, "x-forwarded-method")?,
+        )
+    } else {
+        return Err(TargetError::Missing);
+    };
+    let host = match host {
+        None => String::new(),
+        Some(h) => canonical_host(h)?,
+    };
+    let method = method.unwrap_or("GET").trim().to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(TargetError::Invalid);
+    }
+    Ok(Target {
+        host,
+        path: canonical_path(&uri)?,
+        method,
+    })
+}
+
+fn strip_scheme(url: &str) -> Option<&str> {
+    let lower = url
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if lower.starts_with("https://") {
+        Some(&url[8..])
+    } else if lower.starts_with("http://") {
+        Some(&url[7..])
+    } else {
+        None
+    }
+}
+
+/// Host lower-cased, without a trailing dot or a default port (80, 443).
+pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
+    let h = raw.trim().to_ascii_lowercase();
+    let h = h
+        .strip_suffix(":80")
+        .or_else(|| h.strip_suffix(":443"))
+        .unwrap_or(&h);
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty()
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+    {
+        return Err(TargetError::Invalid);
+    }
+    Ok(h.to_string())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The canonical path of a request target: query and fragment dropped; percent-encoded
+/// unreserved characters decoded and other escapes upper-cased (so `%2e%2e` is `..` and
+/// `%2F` and `%5C` are refused); `;parameters` dropped from every segment;
+/// repeated slashes merged; `.` and `..` segments resolved (never above the root).
+/// Control characters, NUL (also as `%00`), non-ASCII, backslashes and escaped slashes, a
+/// path that does not start with `/`, and invalid percent-encoding have no canonical form.
+pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let raw = &raw.as_bytes()[..end];
+    if raw.first() != Some(&b'/') {
+        return Err(TargetError::Invalid);
+    }
+    // Decode what is safe to decode; keep the rest escaped, in one spelling.
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if !(0x20..0x7f).contains(&b) || b == b'\\' {
+            return Err(TargetError::Invalid);
+        }
+        if b == b'%' {
+            let (hi, lo) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            );
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(TargetError::Invalid);
+            };
+            let c = hi << 4 | lo;
+            // Control characters, and escaped separators: upstreams disagree on whether
+            // `%2F` or `%5C` split segments, so no reading of them is safe to match on.
+            if c < 0x20 || c == 0x7f || c == b'/' || c == b'\\' {
+                return Err(TargetError::Invalid);
+            }
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                decoded.push(c);
+            } else {
+                decoded.extend_from_slice(format!("%{c:02X}").as_bytes());
+            }
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| TargetError::Invalid)?;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for s in &out {
+        path.push('/');
+        path.push_str(s);
+    }
+    // A trailing slash is kept: /dir/ and /dir may be different resources upstream.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if path.is_empty() || (trailing && !out.is_empty()) {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    #[test]
+    fn canonical_paths() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//admin", "/admin"),
+            ("/a/../admin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/%2E%2E/%61dmin", "/admin"),
+            ("/admin;jsessionid=1/x", "/admin/x"),
+            ("/public;/../admin", "/admin"),
+            ("/admin?x=/public", "/admin"),
+            ("/public?/../admin", "/public"),
+            ("/a/./b/../../../c", "/c"),
+            ("/a#frag", "/a"),
+            ("/a/..", "/"),
+            ("/a%20b", "/a%20b"),
+        ] {
+            assert_eq!(canonical_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        for bad in [
+            "",
+            "admin",
+            "/a%",
+            "/a%zz",
+            "/a%0",
+            "/a%00",
+            "/a\u{1}",
+            "/a%0d%0a",
+            "/\u{e9}",
+            "*",
+            "/public/..%2fadmin",
+            "/a%5Cb",
+            "/a\\..\\b",
+        ] {
+            assert_eq!(canonical_path(bad), Err(TargetError::Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            canonical_host("App.Example.ORG:443").as_deref(),
+            Ok("app.example.org")
+        );
+        assert_eq!(
+            canonical_host("app.example.org.:80").as_deref(),
+            Ok("app.example.org")
+        );
+        assert_eq!(
+            canonical_host("app.example.org:8443").as_deref(),
+            Ok("app.example.org:8443")
+        );
+        assert!(canonical_host("a/b").is_err());
+        assert!(canonical_host("").is_err());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn targets_from_each_proxy() {
+        let want = Target {
+            host: "app.example.org".into(),
+            path: "/admin".into(),
+            method: "POST".into(),
+        };
+        let nginx = headers(&[
+            ("x-original-uri", "/x/../admin?q"),
+            ("x-original-host", "APP.example.org"),
+            ("x-original-method", "post"),
+        ]);
+        assert_eq!(target(&nginx), Ok(want.clone()));
+        let ingress = headers(&[
+            ("x-original-url", "https://app.example.org:443//admin?q=1"),
+            ("x-original-method", "POST"),
+        ]);
+        assert_eq!(target(&ingress), Ok(want.clone()));
+        let traefik = headers(&[
+            ("x-forwarded-uri", "/%61dmin"),
+            ("x-forwarded-host", "app.example.org"),
+            ("x-forwarded-method", "POST"),
+        ]);
+        assert_eq!(target(&traefik), Ok(want));
+        assert_eq!(target(&headers(&[])), Err(TargetError::Missing));
+        let twice = headers(&[("x-original-uri", "/a"), ("x-original-uri", "/admin")]);
+        assert_eq!(target(&twice), Err(TargetError::Duplicate));
+        assert_eq!(
+            target(&headers(&[("x-original-url", "javascript:x")])),
+            Err(TargetError::Invalid)
+        );
+        assert_eq!(
+            target(&headers(&[("x-original-uri", "/a%00")])),
+            Err(TargetError::Invalid)
+        );
+    }
+
+    const POLICY: &str = r#"
+        [[rule]]
+        host = "admin.example.org"
+        roles = ["staff", "ops"]
+
+        [[rule]]
+        path = "/admin"
+        scopes = ["admin", "write"]
+
+        [[rule]]
+        path = "/api"
+        methods = ["POST", "delete"]
+        scopes = ["write"]
+
+        [[rule]]
+        host = "*.public.example.org"
+        anonymous = true
+
+        [[rule]]
+        path = "/public/"
+        anonymous = true
+
+        [default]
+        scopes = ["read"]
+    "#;
+
+    fn t(host: &str, path: &str, method: &str) -> Target {
+        Target {
+            host: host.into(),
+            path: canonical_path(path).unwrap(),
+            method: method.into(),
+        }
+    }
+
+    #[test]
+    fn first_match_wins_on_segment_boundaries() {
+        let p = Policy::parse(POLICY).unwrap();
+        let req = |host, path, method| p.requirement(&t(host, path, method)).clone();
+        assert_eq!(
+            req("admin.example.org", "/public/x", "GET").roles,
+            ["staff", "ops"]
+        );
+        assert_eq!(
+            req("a.example.org", "/admin", "GET").scopes,
+            ["admin", "write"]
+        );
+        assert_eq!(
+            req("a.example.org", "/admin/users", "GET").scopes,
+            ["admin", "write"]
+        );
+        assert_eq!(
+            req("a.example.org", "/administrator", "GET").scopes,
+            ["read"],
+            "not a segment prefix"
+        );
+        assert_eq!(req("a.example.org", "/api/x", "POST").scopes, ["write"]);
+        assert_eq!(req("a.example.org", "/api/x", "DELETE").scopes, ["write"]);
+        assert_eq!(req("a.example.org", "/api/x", "GET").scopes, ["read"]);
+        assert!(req("x.public.example.org", "/anything", "GET").anonymous);
+        assert!(
+            !req("public.example.org", "/anything", "GET").anonymous,
+            "*. needs a subdomain"
+        );
+        assert!(req("a.example.org", "/public", "GET").anonymous);
+        assert!(req("a.example.org", "/public/a", "GET").anonymous);
+        // Every spelling of /admin gets /admin's rule.
+        for spelling in [
+            "/admin",
+            "//admin",
+            "/public/../admin",
+            "/%2e%2e/admin",
+            "/%61dmin",
+            "/admin;x=1",
+            "/./admin/",
+        ] {
+            assert_eq!(
+                req("a.example.org", spelling, "GET").scopes,
+                ["admin", "write"],
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
+    fn requirements_admit() {
+        let r = Requirement {
+            anonymous: false,
+            scopes: vec!["a".into(), "b".into()],
+            roles: vec!["x".into(), "y".into()],
+        };
+        let g = |s: &[&str], r: &[&str]| {
+            (
+                s.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                r.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let (s, ro) = g(&["a", "b", "c"], &["y"]);
+        assert!(r.admits(&Grants {
+            scopes: &s,
+            roles: &ro
+        }));
+        let (s, ro) = g(&["a"], &["y"]);
+        assert!(
+            !r.admits(&Grants {
+                scopes: &s,
+                roles: &ro
+            }),
+            "all scopes"
+        );
+        let (s, ro) = g(&["a", "b"], &[]);
+        assert!(
+            !r.admits(&Grants {
+                scopes: &s,
+                roles: &ro
+            }),
+            "one role"
+        );
+        assert!(Requirement::default().admits(&Grants {
+            scopes: &[],
+            roles: &[]
+        }));
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_rule_named() {
+        for (text, says) in [
+            ("[[rule]]\npath = \"admin\"", "rule 1"),
+            ("[[rule]]\npath = \"/a/../b\"", "not canonical"),
+            ("[[rule]]\npath = \"/a?x\"", "rule 1"),
+            ("[[rule]]\nhost = \"a/b\"", "invalid host"),
+            ("[[rule]]\nmethods = []", "methods is empty"),
+            ("[[rule]]\nmethods = [\"G T\"]", "invalid method"),
+            ("[[rule]]\nanonymous = true\nscopes = [\"x\"]", "anonymous"),
+            ("[[rule]]\nscope = [\"x\"]", "unknown field"),
+            ("[[rule]\n", ""),
+        ] {
+            let err = Policy::parse(text).unwrap_err();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn canonicalisation_is_idempotent_and_never_climbs(raw in "/[a-zA-Z0-9./%;_~-]{0,40}") {
+            if let Ok(c) = canonical_path(&raw) {
+                prop_assert_eq!(canonical_path(&c), Ok(c.clone()));
+                prop_assert!(c.starts_with('/'));
+                prop_assert!(!c.split('/').any(|s| s == ".." || s == "."));
+                prop_assert!(!c.contains("//"));
+            }
+        }
+
+        #[test]
+        fn parsing_never_panics(raw in "\\PC{0,60}") {
+            let _ = canonical_path(&raw);
+            let _ = canonical_host(&raw);
+        }
+    }
+}

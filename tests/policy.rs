@@ -1,0 +1,300 @@
+//! Route policy end to end: real nginx with the shipped snippets, gatehouse with `--policy`,
+//! redis-server, an echoing upstream. Every spelling of a protected path gets the same
+//! decision, the query never takes part, a cached session is re-checked per route, and
+//! proxy headers count only from trusted peers.
+
+mod support;
+
+use support::*;
+
+const HTTP: &str = r#"
+upstream gatehouse {
+    server 127.0.0.1:{{GATEHOUSE}};
+    keepalive 8;
+    keepalive_timeout 5s;
+}
+upstream app {
+    server 127.0.0.1:{{APP}};
+}
+server {
+    listen 127.0.0.1:{{PORT}};
+    set $gatehouse_login_url https://login.example.test/login;
+    include {{NGINX}}/gatehouse-auth.conf;
+    location / {
+        include {{NGINX}}/gatehouse-protect.conf;
+        proxy_pass http://app;
+    }
+}
+"#;
+
+const POLICY: &str = r#"
+[[rule]]
+path = "/admin"
+scopes = ["admin"]
+
+[[rule]]
+path = "/public"
+anonymous = true
+
+[[rule]]
+path = "/api"
+methods = ["POST", "DELETE"]
+roles = ["writer", "editor"]
+
+[default]
+scopes = ["read"]
+"#;
+
+struct Stack {
+    _redis: RedisServer,
+    _dir: TempDir,
+    gatehouse: Gatehouse,
+    app: EchoServer,
+    nginx: Nginx,
+    alice: String,
+    bob: String,
+}
+
+fn stack(extra: &[&str]) -> Stack {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = TempDir::new("policy");
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut a = args(&["--redis-url", &url, "--policy", &policy]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let gatehouse = Gatehouse::spawn(&a);
+    let app = EchoServer::start();
+    let conf = render(
+        HTTP,
+        &[
+            ("GATEHOUSE", gatehouse.addr().port().to_string()),
+            ("APP", app.port().to_string()),
+            ("PORT", free_port().to_string()),
+            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
+        ],
+    );
+    let nginx = Nginx::start(&conf);
+    let create = |sub: &str, extra: &[&str]| {
+        let mut a = vec!["session", "create", "--redis-url", &url, "--sub", sub];
+        a.extend_from_slice(extra);
+        cli_stdout(&gatehouse_cli(&a))
+    };
+    let alice = create("alice", &["--scope", "read"]);
+    let bob = create(
+        "bob",
+        &["--scope", "read", "--scope", "admin", "--role", "editor"],
+    );
+    Stack {
+        _redis: redis,
+        _dir: dir,
+        gatehouse,
+        app,
+        nginx,
+        alice,
+        bob,
+    }
+}
+
+fn cookie(token: &str) -> String {
+    format!("gatehouse_session={token}")
+}
+
+/// Through nginx, as an API client (no login redirect).
+fn via_nginx(s: &Stack, method: &str, path: &str, token: Option<&str>) -> Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Accept", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b));
+    }
+    http_request(method, s.nginx.addr(), path, &headers, b"")
+}
+
+/// Straight to gatehouse, as a proxy on loopback would ask.
+fn direct(s: &Stack, method: &str, uri: &str, token: &str) -> Response {
+    http_get(
+        s.gatehouse.addr(),
+        "/auth",
+        &[
+            ("Cookie", &cookie(token)),
+            ("X-Original-URI", uri),
+            ("X-Original-Method", method),
+            ("X-Original-Host", "app.example.test"),
+        ],
+    )
+}
+
+fn upstream_saw(s: &Stack, marker: &str) -> bool {
+    s.app.requests().iter().any(|r| r.contains(marker))
+}
+
+#[test]
+fn rules_decide_through_nginx() {
+    let s = stack(&[]);
+    // Anonymous rule: no credential needed, and no identity reaches the upstream.
+    let r = via_nginx(&s, "GET", "/public/page?m=pub1", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(upstream_saw(&s, "m=pub1"));
+    // Default rule: a credential with `read`.
+    // (Without a bearer token, nginx's snippet turns gatehouse's 401 into the login redirect.)
+    assert_eq!(via_nginx(&s, "GET", "/home?m=home0", None).status, 302);
+    assert_eq!(
+        via_nginx(&s, "GET", "/home?m=home1", Some(&s.alice)).status,
+        200
+    );
+    // Scope rule: alice lacks `admin` → 403, and the upstream never sees the request.
+    let r = via_nginx(&s, "GET", "/admin/users?m=adm1", Some(&s.alice));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        !upstream_saw(&s, "m=adm1"),
+        "a forbidden request reached the upstream"
+    );
+    assert_eq!(
+        via_nginx(&s, "GET", "/admin/users?m=adm2", Some(&s.bob)).status,
+        200
+    );
+    assert!(upstream_saw(&s, "m=adm2"));
+    // Method rule: POST needs a role; GET falls through to the default.
+    assert_eq!(
+        via_nginx(&s, "POST", "/api/items?m=api1", Some(&s.alice)).status,
+        403
+    );
+    assert!(!upstream_saw(&s, "m=api1"));
+    assert_eq!(
+        via_nginx(&s, "POST", "/api/items?m=api2", Some(&s.bob)).status,
+        200
+    );
+    assert_eq!(
+        via_nginx(&s, "GET", "/api/items?m=api3", Some(&s.alice)).status,
+        200
+    );
+    // The session is cached by now; the next route is still checked on its own.
+    assert_eq!(
+        via_nginx(&s, "GET", "/admin?m=adm3", Some(&s.alice)).status,
+        403
+    );
+    assert_eq!(
+        via_nginx(&s, "GET", "/home?m=home2", Some(&s.alice)).status,
+        200
+    );
+    // A query that looks like a path never takes part.
+    let r = via_nginx(&s, "GET", "/admin?next=/public/x&m=adm4", Some(&s.alice));
+    assert_eq!(r.status, 403);
+    let r = via_nginx(&s, "GET", "/admin?m=adm5&/public", None);
+    assert_ne!(r.status, 200);
+    assert!(!upstream_saw(&s, "m=adm4") && !upstream_saw(&s, "m=adm5"));
+
+    // Every spelling of /admin through nginx: never 200 for alice, never at the upstream.
+    for (i, spelling) in [
+        "//admin",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/%2e%2e/admin",
+        "/%61dmin",
+        "/admin;x=1",
+        "/./admin/",
+        "/public/..%2Fadmin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("m=sp{i}");
+        let r = via_nginx(&s, "GET", &format!("{spelling}?{marker}"), Some(&s.alice));
+        assert_ne!(r.status, 200, "{spelling} let alice through: {}", r.body);
+        assert!(
+            !upstream_saw(&s, &marker),
+            "{spelling} reached the upstream"
+        );
+    }
+}
+
+#[test]
+fn every_spelling_gets_the_same_decision_directly() {
+    let s = stack(&[]);
+    for spelling in [
+        "/admin",
+        "//admin",
+        "///admin//users",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/%2E%2E/admin",
+        "/%61dmin",
+        "/admin;jsessionid=x",
+        "/public;x/../admin",
+        "/./admin/",
+        "/admin?next=/public",
+        "/admin#/public",
+    ] {
+        let r = direct(&s, "GET", spelling, &s.alice);
+        assert_eq!(r.status, 403, "alice, {spelling}: {}", r.body);
+        let r = direct(&s, "GET", spelling, &s.bob);
+        assert_eq!(r.status, 200, "bob, {spelling}: {}", r.body);
+    }
+    // No canonical form, or no original request at all: 401, never 200. An escaped slash or
+    // backslash is refused: upstreams disagree on whether it separates segments.
+    for bad in [
+        "/admin%00",
+        "/a%zz",
+        "/a%",
+        "admin",
+        "/%0d%0aX-Evil:%201",
+        "/public/..%2Fadmin",
+        "/public/..%5cadmin",
+        "/public\\..\\admin",
+    ] {
+        let r = direct(&s, "GET", bad, &s.bob);
+        assert_eq!(r.status, 401, "{bad:?}: {}", r.body);
+        assert_eq!(r.header("authorization"), None);
+    }
+    let r = http_get(s.gatehouse.addr(), "/auth", &[("Cookie", &cookie(&s.bob))]);
+    assert_eq!(r.status, 401, "no X-Original-URI with a policy");
+    let twice = http_get(
+        s.gatehouse.addr(),
+        "/auth",
+        &[
+            ("Cookie", &cookie(&s.bob)),
+            ("X-Original-URI", "/public"),
+            ("X-Original-URI", "/admin"),
+        ],
+    );
+    assert_eq!(twice.status, 401, "an ambiguous original request");
+}
+
+#[test]
+fn proxy_headers_count_only_from_trusted_peers() {
+    // Only 10.0.0.0/8 may speak for the original request; nginx here is on loopback.
+    let s = stack(&["--trusted-proxies", "10.0.0.0/8"]);
+    for (path, token) in [
+        ("/public/x?m=u1", None),
+        ("/home?m=u2", Some(s.bob.as_str())),
+    ] {
+        let r = via_nginx(&s, "GET", path, token);
+        assert_ne!(
+            r.status, 200,
+            "{path}: an untrusted proxy's X-Original-URI was believed"
+        );
+    }
+    assert!(!upstream_saw(&s, "m=u1") && !upstream_saw(&s, "m=u2"));
+    let r = direct(&s, "GET", "/home", &s.bob);
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn bad_policy_exits_64_naming_the_flag() {
+    let dir = TempDir::new("bad-policy");
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, "[[rule]]\npath = \"admin\"\n").unwrap();
+    let out = gatehouse_cli(&["serve", "--data-dir", &dir.join("data"), "--policy", &path]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--policy") && err.contains("rule 1"), "{err}");
+    let out = gatehouse_cli(&[
+        "serve",
+        "--data-dir",
+        &dir.join("data"),
+        "--policy",
+        &dir.join("missing.toml"),
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+}
