@@ -6,10 +6,12 @@
 //! nothing here ever logs a token.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
@@ -21,10 +23,11 @@ use tokio::sync::mpsc;
 
 use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
-use crate::config::{Anonymous, Cidr, Compat, ServeArgs};
+use crate::config::{Anonymous, Cidr, Compat, JwtAlg, ServeArgs};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome};
 use crate::policy::{self, Grants, Policy, Requirement, TargetError};
+use crate::secret::Secret;
 use crate::signer::Signer;
 use crate::store::{SessionStore, Store};
 
@@ -73,7 +76,8 @@ impl Refusal {
 pub struct Gateway {
     pub store: Store,
     pub cache: SessionCache,
-    pub signer: Signer,
+    /// Swapped whole on SIGHUP ([`Gateway::reload`]).
+    pub signer: ArcSwap<Signer>,
     pub metrics: Metrics,
     cookie_name: String,
     anonymous: bool,
@@ -81,8 +85,12 @@ pub struct Gateway {
     arxiv: Option<Arxiv>,
     /// `--login-url`, for `/auth/redirect`.
     login_url: Option<String>,
-    /// `--policy`, loaded at start.
-    policy: Option<Policy>,
+    /// `--policy`, loaded at start and swapped whole on SIGHUP.
+    policy: ArcSwapOption<Policy>,
+    policy_path: Option<PathBuf>,
+    keys_dir: PathBuf,
+    jwt_alg: JwtAlg,
+    jwt_secret: Option<Secret<String>>,
     trusted_proxies: Vec<Cidr>,
     cache_ttl: Duration,
     jwt_ttl: Duration,
@@ -98,9 +106,9 @@ impl Gateway {
         policy: Option<Policy>,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
+            signer: ArcSwap::from_pointee(signer),
             store,
             cache: SessionCache::new(args.cache_capacity),
-            signer,
             metrics,
             cookie_name: match args.compat {
                 // arXiv's cookie, unless another name was asked for.
@@ -112,7 +120,11 @@ impl Gateway {
             // arXiv's authenticator let requests without a credential through, anonymous.
             anonymous: args.anonymous == Anonymous::Allow || args.compat == Some(Compat::Arxiv),
             login_url: args.login_url.clone(),
-            policy,
+            policy: ArcSwapOption::from(policy.map(Arc::new)),
+            policy_path: args.policy.clone(),
+            keys_dir: args.keys.dir(&args.store.data_dir),
+            jwt_alg: args.jwt_alg,
+            jwt_secret: args.jwt_secret.clone(),
             trusted_proxies: args.trusted_proxies.clone(),
             arxiv: match (args.compat, &args.jwt_secret) {
                 (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
@@ -122,6 +134,39 @@ impl Gateway {
             jwt_ttl: args.jwt_ttl,
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Re-reads the policy file and the keys directory (SIGHUP). Each is swapped in whole
+    /// when it loads; when it does not, the error is logged and the old one stays. Requests
+    /// in flight finish with what they started with.
+    pub fn reload(&self) {
+        if let Some(path) = &self.policy_path {
+            match Policy::load(path) {
+                Ok(p) => {
+                    self.policy.store(Some(Arc::new(p)));
+                    tracing::info!(path = %path.display(), "policy reloaded");
+                }
+                Err(why) => {
+                    tracing::error!(path = %path.display(), error = %why, "policy not reloaded; the previous one stays");
+                }
+            }
+        }
+        let settings = self.signer.load().settings().clone();
+        match Signer::load(
+            &self.keys_dir,
+            self.jwt_alg,
+            self.jwt_secret.as_ref(),
+            settings,
+        ) {
+            Ok(signer) => {
+                let kid = signer.kid().to_string();
+                self.signer.store(Arc::new(signer));
+                tracing::info!(kid, "keys reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "keys not reloaded; the previous ones stay");
+            }
+        }
     }
 
     /// Follows the store's revocations for as long as the gateway lives.
@@ -188,7 +233,8 @@ impl Gateway {
         peer: IpAddr,
     ) -> (Response<Body>, Outcome, AuthMethod) {
         // With a policy, the rule of the original request; without the request, no answer.
-        let rule = match &self.policy {
+        let policy = self.policy.load();
+        let rule = match policy.as_deref() {
             None => None,
             Some(policy) => {
                 let target = if self.trusted_proxies.iter().any(|c| c.contains(peer)) {
@@ -341,11 +387,11 @@ impl Gateway {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let minted = self
-            .signer
+        let signer = self.signer.load();
+        let minted = signer
             .mint(&session, &key.hash.sid(), key.method, now.as_secs())
             .map_err(|e| FillError::Sign(e.to_string()))?;
-        self.metrics.jwt_signed(self.signer.kid());
+        self.metrics.jwt_signed(signer.kid());
         // Serve the JWT for 4/5 of its life, so the upstream always receives one with at least
         // a fifth of --jwt-ttl left; never past the session or --cache-ttl.
         let refresh = self.jwt_ttl.mul_f64(0.8);

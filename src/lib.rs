@@ -123,9 +123,21 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
         listen = %args.listen,
         admin = %args.admin_listen,
         store = gateway.store.kind(),
-        kid = gateway.signer.kid(),
+        kid = gateway.signer.load().kid(),
         "gatehouse serving"
     );
+    // SIGHUP: re-read the policy and the keys, off the request threads.
+    let reloading = gateway.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let gw = reloading.clone();
+            let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
+        }
+    });
     server::serve(
         main,
         admin,

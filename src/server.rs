@@ -139,7 +139,7 @@ async fn route_main(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Respo
         "/auth" => gw.auth(req.headers(), peer).await,
         "/auth/redirect" => gw.auth_redirect(req.headers(), peer).await,
         "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
-            let mut r = Response::new(Body::new(gw.signer.jwks()));
+            let mut r = Response::new(Body::new(gw.signer.load().jwks()));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r.headers_mut().insert(

@@ -298,3 +298,85 @@ fn bad_policy_exits_64_naming_the_flag() {
     ]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn jwks_kids(s: &Stack) -> usize {
+    let body = http_get(s.gatehouse.addr(), "/.well-known/jwks.json", &[]).body;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["keys"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
+    let keys = TempDir::new("reload-keys");
+    let keys_dir = keys.path().to_str().unwrap().to_string();
+    let s = stack(&["--keys-dir", &keys_dir]);
+    let pid = s.gatehouse.pid();
+    let policy = s._dir.join("policy.toml");
+    assert_eq!(direct(&s, "GET", "/admin", &s.alice).status, 403);
+    assert_eq!(jwks_kids(&s), 1);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (served, failed) = std::thread::scope(|scope| {
+        // Requests that every policy version allows, all through the reloads.
+        let load = scope.spawn(|| {
+            let (mut served, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = direct(&s, "GET", "/home", &s.bob);
+                served += 1;
+                if r.status != 200 {
+                    failed.push(r.status);
+                }
+            }
+            (served, failed)
+        });
+
+        // A new policy: /admin now needs only `read`.
+        std::fs::write(
+            &policy,
+            POLICY.replacen("scopes = [\"admin\"]", "scopes = [\"read\"]", 1),
+        )
+        .unwrap();
+        assert!(send_signal(pid, libc::SIGHUP));
+        wait_until("the new policy", || {
+            direct(&s, "GET", "/admin", &s.alice).status == 200
+        });
+
+        // A broken one is refused, logged, and the previous one stays.
+        std::fs::write(&policy, "[[rule]]\npath = \"no-slash\"\n").unwrap();
+        assert!(send_signal(pid, libc::SIGHUP));
+        wait_until("the refusal in the log", || {
+            s.gatehouse.logs().contains("policy not reloaded")
+        });
+        assert_eq!(direct(&s, "GET", "/admin", &s.alice).status, 200);
+
+        // A new key: published in the JWKS after SIGHUP.
+        cli_stdout(&gatehouse_cli(&[
+            "keys",
+            "generate",
+            "--keys-dir",
+            &keys_dir,
+        ]));
+        assert!(send_signal(pid, libc::SIGHUP));
+        wait_until("the new key in the JWKS", || jwks_kids(&s) == 2);
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    assert!(served > 10, "the load thread barely ran ({served})");
+    assert!(
+        failed.is_empty(),
+        "{} of {served} requests failed during reloads: {failed:?}",
+        failed.len()
+    );
+}

@@ -153,7 +153,7 @@ impl Drop for TempDir {
 /// Sends `sig` to `pid`. The only `unsafe` in the harness: kill(2) takes two integers and
 /// touches none of our memory. Callers only signal children they have not yet reaped, so the
 /// pid cannot have been recycled for another process.
-fn send_signal(pid: u32, sig: i32) -> bool {
+pub fn send_signal(pid: u32, sig: i32) -> bool {
     // SAFETY: plain syscall on integers; no pointers are involved.
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }
