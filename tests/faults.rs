@@ -1,0 +1,248 @@
+//! Faults against a real `redis-server`: a frozen Redis, revocation latency over many
+//! revocations between two instances (measured and printed, never a timed assertion),
+//! revocation racing cache fills, and a flood of random tokens.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gatehouse::config::{Cli, Command, StoreArgs};
+use gatehouse::credential::{self, TokenHash, TokenKind};
+use gatehouse::session::{unix_now, Session};
+use gatehouse::store::SessionStore;
+use support::*;
+
+fn store_args(url: &str) -> StoreArgs {
+    let cli = Cli::parse_from(["gatehouse", "serve", "--redis-url", url]);
+    let Command::Serve(args) = cli.command else {
+        unreachable!()
+    };
+    args.store
+}
+
+fn session(sub: &str) -> Session {
+    let now = unix_now();
+    Session {
+        sub: sub.into(),
+        username: Some(sub.into()),
+        email: None,
+        name: None,
+        scopes: vec![],
+        roles: vec![],
+        kind: Default::default(),
+        client_id: None,
+        created_at: now,
+        expires_at: now + 3600,
+        last_seen: None,
+        ip: None,
+        user_agent: None,
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn auth(gh: &Gatehouse, token: &str) -> Response {
+    http_get(gh.addr(), "/auth", &[("Authorization", &bearer(token))])
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A Redis that stops answering (SIGSTOP): nothing hangs. Uncached credentials get 503
+/// within about `--store-timeout`; cached ones keep working; it recovers on SIGCONT.
+#[test]
+fn frozen_redis_answers_within_the_deadline() {
+    let mut redis = RedisServer::start();
+    let gh = Gatehouse::spawn(&args(&[
+        "--redis-url",
+        &redis.url(),
+        "--store-timeout",
+        "200ms",
+    ]));
+    let create = |sub: &str| {
+        cli_stdout(&gatehouse_cli(&[
+            "session",
+            "create",
+            "--redis-url",
+            &redis.url(),
+            "--sub",
+            sub,
+        ]))
+    };
+    let cached = create("cached");
+    let uncached = create("uncached");
+    assert_eq!(auth(&gh, &cached).status, 200);
+
+    redis.stop_process();
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = auth(&gh, &uncached);
+        took.push(t.elapsed());
+        assert_eq!(r.status, 503, "uncached with Redis frozen: {}", r.body);
+        // Negative results are not remembered for errors: each request tries again.
+    }
+    assert_eq!(
+        auth(&gh, &cached).status,
+        200,
+        "a cached session keeps working"
+    );
+    let ready = http_get(gh.admin_addr(), "/readyz", &[]);
+    assert_eq!(ready.status, 503, "not ready while Redis is frozen");
+    took.sort();
+    println!(
+        "frozen Redis, --store-timeout 200ms: 503 after {:?} (median), {:?} (max)",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+
+    redis.cont_process();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while auth(&gh, &uncached).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after SIGCONT:\n{}",
+            gh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two instances on one Redis; 1,000 sessions each cached by both, revoked through the
+/// store (the code path of `session revoke`); the time until both refuse is printed as
+/// p50/p99/max.
+#[test]
+fn revocation_reaches_the_other_instance_p99_over_1000() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
+    let b = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(gatehouse::store::Store::open(
+            &store_args(&url),
+            Some(Duration::from_secs(5)),
+        ))
+        .expect("store");
+    const N: usize = 1000;
+    let mut latencies = Vec::with_capacity(N);
+    for i in 0..N {
+        let token = credential::generate(TokenKind::Session);
+        let hash = TokenHash::of(token.expose());
+        rt.block_on(store.put(&hash, &session(&format!("user-{i}"))))
+            .unwrap();
+        // Both instances have it cached before the revocation.
+        assert_eq!(auth(&a, token.expose()).status, 200);
+        assert_eq!(auth(&b, token.expose()).status, 200);
+        let t = Instant::now();
+        assert!(rt.block_on(store.revoke(&hash)).unwrap());
+        // The time until both instances refuse it.
+        for (name, gh) in [("B", &b), ("A", &a)] {
+            while auth(gh, token.expose()).status != 401 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "revocation {i} never reached instance {name}"
+                );
+            }
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "revocation seen by the other instance over {N}: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[N - 1]
+    );
+    let _ = rt.block_on(store.ping());
+}
+
+/// A revocation that lands while the session is being loaded into the cache: the revoked
+/// session must never be served afterwards, whatever the interleaving.
+#[test]
+fn revocation_racing_a_cache_fill_never_brings_the_session_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gh = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(gatehouse::store::Store::open(
+            &store_args(&url),
+            Some(Duration::from_secs(5)),
+        ))
+        .unwrap();
+    for round in 0..200 {
+        let token = credential::generate(TokenKind::Session);
+        let hash = TokenHash::of(token.expose());
+        rt.block_on(store.put(&hash, &session("race"))).unwrap();
+        // Several concurrent first requests (cache fills) while the revocation is issued.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| auth(&gh, token.expose()));
+            }
+            rt.block_on(store.revoke(&hash)).unwrap();
+        });
+        // After the revocation has been published, no request may be allowed again.
+        std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..3 {
+            let r = auth(&gh, token.expose());
+            assert_eq!(r.status, 401, "round {round}: revoked session served again");
+        }
+    }
+}
+
+/// A flood of random well-formed tokens (valid checksum, unknown to the store): each costs
+/// at most one store read, the negative cache stays bounded, memory does not grow with it.
+#[test]
+fn random_tokens_cost_one_read_each_and_bounded_memory() {
+    let redis = RedisServer::start();
+    let gh = Gatehouse::spawn(&args(&["--redis-url", &redis.url()]));
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", gh.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    redis.config_resetstat();
+    const N: usize = 20_000;
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..N / 4 {
+                    let token = credential::generate(TokenKind::Session);
+                    assert_eq!(auth(&gh, token.expose()).status, 401);
+                }
+            });
+        }
+    });
+    let gets = redis.commandstats().get("get").copied().unwrap_or(0);
+    let grown_kib = rss().saturating_sub(before);
+    println!("{N} random well-formed tokens: {gets} store reads, RSS +{grown_kib} KiB");
+    assert!(
+        gets as usize <= N,
+        "more than one store read per unknown token: {gets}"
+    );
+    // The negative cache holds at most 65,536 entries of ~100 bytes: well under 16 MiB,
+    // whatever the number of tokens. (A bound on memory, not on time.)
+    assert!(grown_kib < 16 * 1024, "memory grew by {grown_kib} KiB");
+    // Garbage (bad checksum) never reaches the store at all.
+    redis.config_resetstat();
+    for i in 0..2_000 {
+        let garbage = format!("gts_{:0>49}", i);
+        assert_eq!(auth(&gh, &garbage).status, 401);
+    }
+    assert_eq!(redis.commandstats().get("get").copied().unwrap_or(0), 0);
+}
