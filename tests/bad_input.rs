@@ -1,0 +1,325 @@
+//! Bad input, sent as raw bytes straight to gatehouse and through real nginx with the shipped
+//! snippets: every answer is a refusal (never a 200 for bad input, never a crash), identity
+//! headers reach the upstream only from gatehouse, and a header read that never finishes is
+//! cut off after `--header-timeout`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const HTTP: &str = r#"
+upstream gatehouse {
+    server 127.0.0.1:{{GATEHOUSE}};
+    keepalive 8;
+    keepalive_timeout 5s;
+}
+upstream app {
+    server 127.0.0.1:{{APP}};
+}
+server {
+    listen 127.0.0.1:{{PORT}};
+    set $gatehouse_login_url https://login.example.test/login;
+    include {{NGINX}}/gatehouse-auth.conf;
+    location / {
+        include {{NGINX}}/gatehouse-protect.conf;
+        proxy_pass http://app;
+    }
+}
+"#;
+
+struct Stack {
+    _redis: RedisServer,
+    gatehouse: Gatehouse,
+    app: EchoServer,
+    nginx: Nginx,
+    token: String,
+}
+
+fn stack() -> Stack {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gatehouse = Gatehouse::spawn(&args(&["--redis-url", &url, "--header-timeout", "1s"]));
+    let app = EchoServer::start();
+    let nginx = Nginx::start(&render(
+        HTTP,
+        &[
+            ("GATEHOUSE", gatehouse.addr().port().to_string()),
+            ("APP", app.port().to_string()),
+            ("PORT", free_port().to_string()),
+            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
+        ],
+    ));
+    let token = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        &url,
+        "--sub",
+        "alice",
+        "--username",
+        "alice",
+    ]));
+    Stack {
+        _redis: redis,
+        gatehouse,
+        app,
+        nginx,
+        token,
+    }
+}
+
+/// Sends `head` (the request line and headers, CRLF-separated, without the final blank
+/// line) and returns the status code, or 0 when the server closed without answering.
+fn raw(addr: SocketAddr, head: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = head.to_vec();
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(&req);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn head(path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut h = format!("GET {path} HTTP/1.1\r\nHost: app.example.test").into_bytes();
+    for (name, value) in headers {
+        h.extend_from_slice(b"\r\n");
+        h.extend_from_slice(name.as_bytes());
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value);
+    }
+    h
+}
+
+/// The bad requests, each with the credential of a valid session somewhere in it or not:
+/// none may be answered 200.
+fn bad_requests(token: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let cookie = format!("gatehouse_session={token}");
+    let bearer = format!("Bearer {token}");
+    let many_cookies: String = (0..300).map(|i| format!("c{i}=v{i}; ")).collect();
+    vec![
+        ("no credential", head("/", &[])),
+        (
+            "two Authorization headers",
+            head(
+                "/",
+                &[
+                    ("Authorization", bearer.as_bytes()),
+                    ("Authorization", b"Bearer x"),
+                ],
+            ),
+        ),
+        (
+            "Basic scheme",
+            head("/", &[("Authorization", b"Basic YWxpY2U6cGFzcw==")]),
+        ),
+        (
+            "bearer with NUL escape",
+            head(
+                "/",
+                &[("Authorization", format!("Bearer {token}%00").as_bytes())],
+            ),
+        ),
+        (
+            "4 KiB cookie",
+            head(
+                "/",
+                &[(
+                    "Cookie",
+                    format!("gatehouse_session={}", "A".repeat(4096)).as_bytes(),
+                )],
+            ),
+        ),
+        (
+            "300 cookies, none ours",
+            head("/", &[("Cookie", many_cookies.as_bytes())]),
+        ),
+        (
+            "invalid UTF-8 cookie",
+            head("/", &[("Cookie", b"gatehouse_session=\xff\xfe\xfd")]),
+        ),
+        (
+            "oversized header",
+            head("/", &[("X-Big", "b".repeat(40 * 1024).as_bytes())]),
+        ),
+        (
+            "NUL in a header",
+            head("/", &[("Cookie", format!("{cookie}\0x").as_bytes())]),
+        ),
+        (
+            "bare CR in a header",
+            head("/", &[("X-A", b"a\rb"), ("Cookie", cookie.as_bytes())]),
+        ),
+        (
+            "token of another session with a valid shape",
+            head(
+                "/",
+                &[(
+                    "Authorization",
+                    format!("Bearer {}", flip(token)).as_bytes(),
+                )],
+            ),
+        ),
+        (
+            "identity sent by the client, no credential",
+            head(
+                "/",
+                &[
+                    ("X-Auth-Request-User", b"admin"),
+                    ("X_Auth_Request_User", b"admin"),
+                ],
+            ),
+        ),
+    ]
+}
+
+/// The token with one body character changed: a different, unknown session.
+fn flip(token: &str) -> String {
+    let mut b = token.as_bytes().to_vec();
+    b[10] = if b[10] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap()
+}
+
+#[test]
+fn bad_requests_are_never_allowed_directly_or_through_nginx() {
+    let s = stack();
+    for (what, req) in bad_requests(&s.token) {
+        // Straight to /auth: a refusal (or the HTTP layer's 400/431 for malformed HTTP).
+        let direct = raw(s.gatehouse.addr(), &replace_path(&req, "/auth"));
+        assert!(
+            [400, 401, 403, 431].contains(&direct),
+            "{what}: gatehouse answered {direct}"
+        );
+        // Through nginx: refused or redirected to login, and the upstream never sees it.
+        let marker = format!("/bad-{}", what.replace(' ', "-"));
+        let through = raw(s.nginx.addr(), &replace_path(&req, &marker));
+        assert_ne!(through, 200, "{what}: nginx let it through");
+        assert!(
+            !s.app.requests().iter().any(|r| r.contains(&marker)),
+            "{what}: reached the upstream"
+        );
+    }
+    // gatehouse is still there and still answers the valid session.
+    let r = http_get(
+        s.gatehouse.addr(),
+        "/auth",
+        &[("Authorization", &format!("Bearer {}", s.token))],
+    );
+    assert_eq!(r.status, 200);
+}
+
+fn replace_path(head: &[u8], path: &str) -> Vec<u8> {
+    let rest = &head[b"GET / ".len()..];
+    let mut h = format!("GET {path} ").into_bytes();
+    h.extend_from_slice(rest);
+    h
+}
+
+#[test]
+fn identity_headers_reach_the_upstream_only_from_gatehouse() {
+    let s = stack();
+    let cookie = format!("gatehouse_session={}", s.token);
+    for (i, spoof) in [
+        vec![("X-Auth-Request-User", &b"admin"[..])],
+        vec![("X_Auth_Request_User", &b"admin"[..])],
+        vec![
+            ("x-auth-request-user", &b"admin"[..]),
+            ("X-Auth-Request-Email", &b"admin@evil"[..]),
+        ],
+        vec![("Connection", &b"x-auth-request-user"[..])],
+        vec![
+            ("X-Auth-Request-User", &b"admin"[..]),
+            ("X-Auth-Request-User", &b"root"[..]),
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut headers = spoof.clone();
+        headers.push(("Cookie", cookie.as_bytes()));
+        let path = format!("/spoof-{i}");
+        let status = raw(s.nginx.addr(), &head(&path, &headers));
+        assert_eq!(status, 200, "spoof {i}");
+        let seen = s
+            .app
+            .requests()
+            .into_iter()
+            .find(|r| r.contains(&path))
+            .expect("the upstream saw the request");
+        let users: Vec<_> = parse_head_headers(&seen)
+            .into_iter()
+            .filter(|(n, _)| {
+                n.eq_ignore_ascii_case("x-auth-request-user")
+                    || n.eq_ignore_ascii_case("x_auth_request_user")
+            })
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(users, ["alice"], "spoof {i}: the upstream saw {seen}");
+        assert!(
+            !seen.contains("admin@evil") && !seen.contains("root"),
+            "spoof {i}: {seen}"
+        );
+    }
+}
+
+#[test]
+fn a_header_read_that_never_finishes_is_cut_off() {
+    let s = stack();
+    let mut conn = TcpStream::connect(s.gatehouse.addr()).unwrap();
+    conn.write_all(b"GET /auth HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let start = Instant::now();
+    // Trickle a byte now and then, never finishing the header.
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(12) {
+        if conn.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                // An answer (408) followed by the close is fine too.
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    println!(
+        "slow header cut off after {:?} (--header-timeout 1s)",
+        start.elapsed()
+    );
+    assert!(
+        closed,
+        "a connection trickling its header was kept open for 12 s"
+    );
+    // Others are still served.
+    let r = http_get(
+        s.gatehouse.addr(),
+        "/auth",
+        &[("Authorization", &format!("Bearer {}", s.token))],
+    );
+    assert_eq!(r.status, 200);
+}
