@@ -246,3 +246,41 @@ fn random_tokens_cost_one_read_each_and_bounded_memory() {
     }
     assert_eq!(redis.commandstats().get("get").copied().unwrap_or(0), 0);
 }
+
+/// The invalidation channel drops (Redis kills the subscriber connection): a revocation
+/// may have been missed meanwhile, so the cache is flushed and nothing stale is served.
+#[test]
+fn a_dropped_invalidation_channel_flushes_the_cache() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let gh = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
+    let token = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        &url,
+        "--sub",
+        "dana",
+    ]));
+    assert_eq!(auth(&gh, &token).status, 200);
+    // Deleted behind gatehouse's back, with no broadcast: the cached entry is now stale.
+    let key = format!("gh:s:{}", TokenHash::of(&token).encode());
+    assert_eq!(redis.cmd(&["DEL", &key]), "1");
+    assert_eq!(
+        auth(&gh, &token).status,
+        200,
+        "served from the cache, as designed"
+    );
+    // Drop the channel: gatehouse must not trust its cache any more.
+    let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_ne!(killed, "0", "no subscriber connection to kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auth(&gh, &token).status != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "stale entry still served after the channel dropped:\n{}",
+            gh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
