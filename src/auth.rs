@@ -55,6 +55,8 @@ enum Refusal {
     Target,
     /// The policy asks for scopes or roles the session lacks (403).
     Forbidden,
+    /// The request carries another spelling of an identity header.
+    Spoofed,
 }
 
 impl Refusal {
@@ -68,6 +70,7 @@ impl Refusal {
             Refusal::Unavailable => br#"{"reason":"session store unavailable"}"#,
             Refusal::Target => br#"{"reason":"invalid original request"}"#,
             Refusal::Forbidden => br#"{"reason":"insufficient scope or role"}"#,
+            Refusal::Spoofed => br#"{"reason":"identity header in another spelling"}"#,
         }
     }
 }
@@ -233,6 +236,15 @@ impl Gateway {
         peer: IpAddr,
     ) -> (Response<Body>, Outcome, AuthMethod) {
         // With a policy, the rule of the original request; without the request, no answer.
+        // Another spelling of an identity header (X_Auth_Request_User, X.Auth.Request.User…):
+        // proxies pass it on, and CGI, WSGI and PHP upstreams read it as the real one.
+        if has_identity_alias(headers) {
+            return (
+                refuse(Refusal::Spoofed, false),
+                Outcome::Deny,
+                AuthMethod::None,
+            );
+        }
         let policy = self.policy.load();
         let rule = match policy.as_deref() {
             None => None,
@@ -420,6 +432,24 @@ fn header_value(s: &str) -> HeaderValue {
     })
 }
 
+/// Whether a header name means X-Auth-Request-User or -Email to a CGI-style upstream
+/// (upper-cased, every non-alphanumeric byte read as `_`) without being spelled that way.
+/// Only names of those two lengths are looked at, so the usual request costs a length
+/// comparison per header.
+fn has_identity_alias(headers: &HeaderMap) -> bool {
+    const NAMES: [&[u8]; 2] = [b"x-auth-request-user", b"x-auth-request-email"];
+    headers.keys().any(|name| {
+        let n = name.as_str().as_bytes(); // already lower-case
+        NAMES.iter().any(|real| {
+            n.len() == real.len()
+                && n != *real
+                && n.iter()
+                    .zip(real.iter())
+                    .all(|(&a, &b)| a == b || (b == b'-' && !a.is_ascii_alphanumeric()))
+        })
+    })
+}
+
 /// A valid session: allowed, unless the matching rule asks for scopes or roles it lacks.
 /// Checked on every request, hit or miss; no decision is cached.
 fn admit(
@@ -494,4 +524,39 @@ fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
         );
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderName;
+
+    #[test]
+    fn identity_aliases_are_spotted() {
+        let with = |name: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("x"),
+            );
+            has_identity_alias(&h)
+        };
+        for alias in [
+            "X_Auth_Request_User",
+            "x.auth.request.email",
+            "X~Auth~Request~Email",
+            "X-Auth_Request-User",
+        ] {
+            assert!(with(alias), "{alias}");
+        }
+        for fine in [
+            "X-Auth-Request-User",
+            "X-Auth-Request-Email",
+            "Cookie",
+            "X-Auth-Request-Usex",
+            "X_Auth_Request_Users",
+        ] {
+            assert!(!with(fine), "{fine}");
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! Ports stay below 55535 because a Redis Cluster node also listens on port + 10000.
 //! Helpers never touch the process environment: tests run in parallel threads.
 #![allow(dead_code)]
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::fmt::Display;
