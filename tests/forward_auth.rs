@@ -552,3 +552,21 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8(out).expect("rd decodes to UTF-8")
 }
+
+/// The README's "Deploy" section shows exactly the configurations tested here.
+#[test]
+fn readme_shows_the_tested_snippets() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (name, snippet) in [
+        ("Traefik entry point", TRAEFIK_ENTRY_POINT),
+        ("Traefik dynamic", TRAEFIK_DYNAMIC),
+        ("Caddy site", CADDY_SITE),
+    ] {
+        let body = snippet.trim_start_matches('\n');
+        assert!(
+            readme.contains(body),
+            "README.md does not show the tested {name} snippet:\n{body}"
+        );
+    }
+}
