@@ -310,13 +310,25 @@ fn strip_scheme(url: &str) -> Option<&str> {
 
 /// Host lower-cased, without a trailing dot or a default port (80, 443).
 pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
-    let h = raw.trim().to_ascii_lowercase();
-    let h = h
-        .strip_suffix(":80")
-        .or_else(|| h.strip_suffix(":443"))
-        .unwrap_or(&h);
-    let h = h.strip_suffix('.').unwrap_or(h);
+    let lower = raw.trim().to_ascii_lowercase();
+    // Until nothing changes, so that the result is its own canonical form ("a.:80." is "a").
+    if lower.contains("..") {
+        return Err(TargetError::Invalid);
+    }
+    let mut h = lower.as_str();
+    loop {
+        let stripped = h.strip_suffix('.').unwrap_or(h);
+        let stripped = stripped
+            .strip_suffix(":80")
+            .or_else(|| stripped.strip_suffix(":443"))
+            .unwrap_or(stripped);
+        if stripped == h {
+            break;
+        }
+        h = stripped;
+    }
     if h.is_empty()
+        || h.starts_with('.')
         || !h
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
@@ -466,6 +478,21 @@ mod tests {
             Ok("app.example.org:8443")
         );
         assert!(canonical_host("a/b").is_err());
+        // Its own canonical form, whatever the spelling (found by fuzzing).
+        for raw in [
+            "app..",
+            "app.",
+            "a:80.",
+            "a.:443.",
+            "A.Example.org.:80",
+            "a:80:80",
+        ] {
+            if let Ok(c) = canonical_host(raw) {
+                assert_eq!(canonical_host(&c).as_deref(), Ok(c.as_str()), "{raw}");
+            }
+        }
+        assert_eq!(canonical_host("a:80.").as_deref(), Ok("a"));
+        assert!(canonical_host("app..").is_err());
         assert!(canonical_host("").is_err());
     }
 

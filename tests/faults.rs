@@ -285,6 +285,14 @@ fn a_dropped_invalidation_channel_flushes_the_cache() {
     }
 }
 
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
     redis
         .cmd(&["INFO", section])
@@ -294,15 +302,23 @@ fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
 }
 
-/// `kill -9` of Redis while two instances are under load: every answer is 200 or 503 (never
-/// anything else, never a hang), and when Redis returns both recover with no restart and
-/// without a connection storm (connections counted by Redis).
+/// `kill -9` of Redis while two instances are under load: every answer is 200 (cached),
+/// 503 (not cached) or, once Redis is back empty, 401 — never anything else, never a hang;
+/// both recover with no restart and without a connection storm (counted by Redis).
 #[test]
 fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let a = Gatehouse::spawn(&args(&["--redis-url", &url, "--store-timeout", "200ms"]));
     let b = Gatehouse::spawn(&args(&["--redis-url", &url, "--store-timeout", "200ms"]));
+    let never_cached = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        &url,
+        "--sub",
+        "never",
+    ]));
     let tokens: Vec<String> = (0..20)
         .map(|i| {
             cli_stdout(&gatehouse_cli(&[
@@ -336,11 +352,19 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
                 }
             });
         }
+        // Ends the load even if an assertion below fails (a scope waits for its threads).
+        let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(500));
         redis.kill();
-        std::thread::sleep(Duration::from_secs(2));
-        let before_restart = counts.lock().unwrap()[1];
-        assert!(before_restart > 0, "no 503 while Redis was down");
+        // Cached sessions keep being served; one never asked for before gets 503.
+        std::thread::sleep(Duration::from_millis(500));
+        let r = auth(&a, &never_cached);
+        assert_eq!(
+            r.status, 503,
+            "an uncached session with Redis down: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(1500));
         redis.restart();
         let restarted = Instant::now();
         for gh in [&a, &b] {
@@ -372,5 +396,62 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
     assert!(
         connections <= 30,
         "connection storm: {connections} connections after restart"
+    );
+}
+
+/// Redis crashes: cached sessions keep working until their entries expire (`--cache-ttl`),
+/// and not a moment longer; uncached ones get 503 at once.
+#[test]
+fn cached_sessions_outlive_a_redis_crash_until_they_expire() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let gh = Gatehouse::spawn(&args(&[
+        "--redis-url",
+        &url,
+        "--cache-ttl",
+        "4s",
+        "--store-timeout",
+        "200ms",
+    ]));
+    let create = |sub: &str| {
+        cli_stdout(&gatehouse_cli(&[
+            "session",
+            "create",
+            "--redis-url",
+            &url,
+            "--sub",
+            sub,
+        ]))
+    };
+    let cached = create("cached");
+    let uncached = create("uncached");
+    assert_eq!(auth(&gh, &cached).status, 200);
+    let cached_at = Instant::now();
+    redis.kill();
+    assert_eq!(auth(&gh, &uncached).status, 503);
+    let r = auth(&gh, &cached);
+    if cached_at.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            r.status, 200,
+            "a cached session stopped working when Redis crashed"
+        );
+    }
+    loop {
+        // When it was sent, not when it came back: a slow answer must not look like a late one.
+        let sent = cached_at.elapsed();
+        let r = auth(&gh, &cached);
+        if r.status == 503 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            sent < Duration::from_millis(4_250),
+            "a cached session was served {sent:?} after it was cached, past its --cache-ttl of 4s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "cached session served for {:?} after Redis crashed (--cache-ttl 4s)",
+        cached_at.elapsed()
     );
 }

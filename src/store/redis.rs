@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::{Expiration, ExpireOptions};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::{decode, encode, Invalidation, SessionStore, StoreError};
@@ -270,8 +271,15 @@ impl SessionStore for RedisStore {
     }
 }
 
-/// Follows the revocation channel. Whenever the subscriber connection breaks or comes back,
-/// revocations may have been missed, so the whole cache is flushed rather than trusted.
+/// Follows the revocation channel.
+///
+/// When the subscriber connection breaks, cached sessions are still served until their
+/// entries expire (at most `--cache-ttl`): while Redis is unreachable nobody can revoke
+/// through it, and a Redis outage should not log everyone out. When the connection comes
+/// back, revocations may have been missed in between, so the channel is subscribed again
+/// and only then the whole cache is flushed: nothing cached before the gap is trusted after
+/// it. (A partition that cuts this instance off while others still reach Redis is the one
+/// case where a revoked session can be served, for at most `--cache-ttl`.)
 async fn watch(
     builder: &Builder,
     channel: String,
@@ -299,20 +307,28 @@ async fn watch(
                     None => continue,
                 },
                 // Lagging behind the broadcast buffer means messages were lost.
-                Err(_) => Invalidation::All,
+                Err(RecvError::Lagged(_)) => Invalidation::All,
+                Err(RecvError::Closed) => return Ok(()),
             },
             r = reconnects.recv() => {
-                if r.is_ok() {
-                    tracing::info!("revocation channel reconnected; cache flushed");
+                if matches!(r, Err(RecvError::Closed)) {
+                    return Ok(());
                 }
+                // Listening again before flushing, so that no revocation falls between.
+                if let Err(e) = subscriber.subscribe(channel.clone()).await {
+                    tracing::warn!(error = %e, "revocation channel: subscribing again failed");
+                }
+                tracing::info!("revocation channel reconnected; cache flushed");
                 Invalidation::All
             }
-            e = errors.recv() => {
-                if let Ok((e, _)) = e {
-                    tracing::warn!(error = %e, "revocation channel broke; cache flushed");
+            e = errors.recv() => match e {
+                Ok((e, _)) => {
+                    tracing::warn!(error = %e, "revocation channel broke; cached sessions are served until they expire, the cache is flushed when it is back");
+                    continue;
                 }
-                Invalidation::All
-            }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return Ok(()),
+            },
         };
         if tx.send(event).await.is_err() {
             return Ok(());
