@@ -245,8 +245,9 @@ impl Gateway {
                 AuthMethod::None,
             );
         }
-        let policy = self.policy.load();
-        let rule = match policy.as_deref() {
+        // Without --policy there is nothing to load: no atomics on the hot path for it.
+        let policy = self.policy_path.as_ref().map(|_| self.policy.load());
+        let rule = match policy.as_ref().and_then(|p| p.as_deref()) {
             None => None,
             Some(policy) => {
                 let target = if self.trusted_proxies.iter().any(|c| c.contains(peer)) {
@@ -363,7 +364,7 @@ impl Gateway {
             Method::Bearer => arxiv.check_bearer(token, redis, now).await,
         };
         let store_ok = !matches!(result, Err(ArxivError::Store(_)));
-        self.metrics.store_request("get", store_ok, start.elapsed());
+        self.metrics.store_get(store_ok, start.elapsed());
         match result {
             Ok(a)
                 if rule.is_some_and(|r| {
@@ -393,8 +394,7 @@ impl Gateway {
     async fn fill(&self, key: CacheKey) -> Result<Arc<Entry>, FillError> {
         let start = Instant::now();
         let result = self.store.get(&key.hash).await;
-        self.metrics
-            .store_request("get", result.is_ok(), start.elapsed());
+        self.metrics.store_get(result.is_ok(), start.elapsed());
         let session = result?.ok_or(FillError::NotFound)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -43,13 +43,13 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
+/// A single, non-empty header value; `None` when absent, sent twice or not text.
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut all = headers.get_all(name).iter();
-    let value = all.next()?;
-    if all.next().is_some() {
-        return None; // ambiguous: sent twice
-    }
-    value.to_str().ok().map(str::trim).filter(|v| !v.is_empty())
+    crate::policy::one(headers, name)
+        .ok()
+        .flatten()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 fn scheme(headers: &HeaderMap) -> Option<&str> {

@@ -132,7 +132,8 @@ pub struct Metrics {
     pub cache_hit: Counter,
     pub cache_miss: Counter,
     pub cache_negative: Counter,
-    store_requests: Family<Labels, Counter>,
+    /// `store_requests_total{op="get"}`, resolved once: [ok, error].
+    store_get: [Counter; 2],
     pub store_duration: LatencyHistogram,
     jwt_signed: Family<[(&'static str, String); 1], Counter>,
     pub sessions_revoked: Counter,
@@ -189,10 +190,13 @@ impl Metrics {
             "Session store calls by operation and result",
             store_requests.clone(),
         );
-        // Both results exist from the start, so that a rate() of errors is 0, not absent.
-        for result in ["ok", "error"] {
-            let _ = store_requests.get_or_create(&[("op", "get"), ("result", result)]);
-        }
+        // Both results exist from the start, so that a rate() of errors is 0, not absent; and
+        // the store path only increments an atomic, as /auth's own counters do.
+        let store_get = ["ok", "error"].map(|r| {
+            store_requests
+                .get_or_create(&[("op", "get"), ("result", r)])
+                .clone()
+        });
         let store_duration = LatencyHistogram::default();
         registry.register_with_unit(
             "store_request_duration",
@@ -249,7 +253,7 @@ impl Metrics {
             cache_hit,
             cache_miss,
             cache_negative,
-            store_requests,
+            store_get,
             store_duration,
             jwt_signed,
             sessions_revoked,
@@ -265,11 +269,9 @@ impl Metrics {
         &self.auth[outcome as usize * 4 + method as usize]
     }
 
-    pub fn store_request(&self, op: &'static str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
-        self.store_requests
-            .get_or_create(&[("op", op), ("result", result)])
-            .inc();
+    /// One session read from the store (the only store call on the /auth path).
+    pub fn store_get(&self, ok: bool, took: Duration) {
+        self.store_get[usize::from(!ok)].inc();
         self.store_duration.observe(took);
     }
 
@@ -332,7 +334,7 @@ mod tests {
         m.auth(Outcome::Allow, AuthMethod::Session).inc();
         m.auth_duration.observe(Duration::from_micros(100));
         m.cache_hit.inc();
-        m.store_request("get", true, Duration::from_millis(1));
+        m.store_get(true, Duration::from_millis(1));
         m.jwt_signed("kid1");
         let text = m.encode();
         for name in [

@@ -241,7 +241,9 @@ impl Rule {
     }
 }
 
-fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, TargetError> {
+/// The value of a header that must appear at most once; `Duplicate` when it is sent twice
+/// (which copy a proxy or upstream believes is anyone's guess).
+pub(crate) fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, TargetError> {
     let mut all = headers.get_all(name).iter();
     let Some(v) = all.next() else { return Ok(None) };
     if all.next().is_some() {

@@ -11,26 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const HTTP: &str = r#"
-upstream gatehouse {
-    server 127.0.0.1:{{GATEHOUSE}};
-    keepalive 8;
-    keepalive_timeout 5s;
-}
-upstream app {
-    server 127.0.0.1:{{APP}};
-}
-server {
-    listen 127.0.0.1:{{PORT}};
-    set $gatehouse_login_url https://login.example.test/login;
-    include {{NGINX}}/gatehouse-auth.conf;
-    location / {
-        include {{NGINX}}/gatehouse-protect.conf;
-        proxy_pass http://app;
-    }
-}
-"#;
-
 struct Stack {
     _redis: RedisServer,
     gatehouse: Gatehouse,
@@ -44,15 +24,7 @@ fn stack() -> Stack {
     let url = redis.url();
     let gatehouse = Gatehouse::spawn(&args(&["--redis-url", &url, "--header-timeout", "1s"]));
     let app = EchoServer::start();
-    let nginx = Nginx::start(&render(
-        HTTP,
-        &[
-            ("GATEHOUSE", gatehouse.addr().port().to_string()),
-            ("APP", app.port().to_string()),
-            ("PORT", free_port().to_string()),
-            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
-        ],
-    ));
+    let nginx = protected_site(gatehouse.addr().port(), app.port());
     let token = cli_stdout(&gatehouse_cli(&[
         "session",
         "create",

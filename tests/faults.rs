@@ -40,6 +40,18 @@ fn session(sub: &str) -> Session {
     }
 }
 
+/// A new session through the CLI, as users create them; its token.
+fn create_session(url: &str, sub: &str) -> String {
+    cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--redis-url",
+        url,
+        "--sub",
+        sub,
+    ]))
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -63,16 +75,7 @@ fn frozen_redis_answers_within_the_deadline() {
         "--store-timeout",
         "200ms",
     ]));
-    let create = |sub: &str| {
-        cli_stdout(&gatehouse_cli(&[
-            "session",
-            "create",
-            "--redis-url",
-            &redis.url(),
-            "--sub",
-            sub,
-        ]))
-    };
+    let create = |sub: &str| create_session(&redis.url(), sub);
     let cached = create("cached");
     let uncached = create("uncached");
     assert_eq!(auth(&gh, &cached).status, 200);
@@ -254,14 +257,7 @@ fn a_dropped_invalidation_channel_flushes_the_cache() {
     let redis = RedisServer::start();
     let url = redis.url();
     let gh = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
-    let token = cli_stdout(&gatehouse_cli(&[
-        "session",
-        "create",
-        "--redis-url",
-        &url,
-        "--sub",
-        "dana",
-    ]));
+    let token = create_session(&url, "dana");
     assert_eq!(auth(&gh, &token).status, 200);
     // Deleted behind gatehouse's back, with no broadcast: the cached entry is now stale.
     let key = format!("gh:s:{}", TokenHash::of(&token).encode());
@@ -311,25 +307,9 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
     let url = redis.url();
     let a = Gatehouse::spawn(&args(&["--redis-url", &url, "--store-timeout", "200ms"]));
     let b = Gatehouse::spawn(&args(&["--redis-url", &url, "--store-timeout", "200ms"]));
-    let never_cached = cli_stdout(&gatehouse_cli(&[
-        "session",
-        "create",
-        "--redis-url",
-        &url,
-        "--sub",
-        "never",
-    ]));
+    let never_cached = create_session(&url, "never");
     let tokens: Vec<String> = (0..20)
-        .map(|i| {
-            cli_stdout(&gatehouse_cli(&[
-                "session",
-                "create",
-                "--redis-url",
-                &url,
-                "--sub",
-                &format!("u{i}"),
-            ]))
-        })
+        .map(|i| create_session(&url, &format!("u{i}")))
         .collect();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let unexpected = std::sync::Mutex::new(Vec::new());
@@ -413,16 +393,7 @@ fn cached_sessions_outlive_a_redis_crash_until_they_expire() {
         "--store-timeout",
         "200ms",
     ]));
-    let create = |sub: &str| {
-        cli_stdout(&gatehouse_cli(&[
-            "session",
-            "create",
-            "--redis-url",
-            &url,
-            "--sub",
-            sub,
-        ]))
-    };
+    let create = |sub: &str| create_session(&url, sub);
     let cached = create("cached");
     let uncached = create("uncached");
     assert_eq!(auth(&gh, &cached).status, 200);

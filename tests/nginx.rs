@@ -5,26 +5,6 @@ mod support;
 
 use support::*;
 
-const HTTP: &str = r#"
-upstream gatehouse {
-    server 127.0.0.1:{{GATEHOUSE}};
-    keepalive 8;
-    keepalive_timeout 5s;
-}
-upstream app {
-    server 127.0.0.1:{{APP}};
-}
-server {
-    listen 127.0.0.1:{{PORT}};
-    set $gatehouse_login_url https://login.example.test/login;
-    include {{NGINX}}/gatehouse-auth.conf;
-    location / {
-        include {{NGINX}}/gatehouse-protect.conf;
-        proxy_pass http://app;
-    }
-}
-"#;
-
 struct Stack {
     _redis: RedisServer,
     url: String,
@@ -38,16 +18,7 @@ fn stack() -> Stack {
     let url = redis.url();
     let gatehouse = Gatehouse::spawn(&args(&["--redis-url", &url]));
     let app = EchoServer::start();
-    let conf = render(
-        HTTP,
-        &[
-            ("GATEHOUSE", gatehouse.addr().port().to_string()),
-            ("APP", app.port().to_string()),
-            ("PORT", free_port().to_string()),
-            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
-        ],
-    );
-    let nginx = Nginx::start(&conf);
+    let nginx = protected_site(gatehouse.addr().port(), app.port());
     Stack {
         _redis: redis,
         url,

@@ -7,26 +7,6 @@ mod support;
 
 use support::*;
 
-const HTTP: &str = r#"
-upstream gatehouse {
-    server 127.0.0.1:{{GATEHOUSE}};
-    keepalive 8;
-    keepalive_timeout 5s;
-}
-upstream app {
-    server 127.0.0.1:{{APP}};
-}
-server {
-    listen 127.0.0.1:{{PORT}};
-    set $gatehouse_login_url https://login.example.test/login;
-    include {{NGINX}}/gatehouse-auth.conf;
-    location / {
-        include {{NGINX}}/gatehouse-protect.conf;
-        proxy_pass http://app;
-    }
-}
-"#;
-
 const POLICY: &str = r#"
 [[rule]]
 path = "/admin"
@@ -65,16 +45,7 @@ fn stack(extra: &[&str]) -> Stack {
     a.extend(extra.iter().map(|s| s.to_string()));
     let gatehouse = Gatehouse::spawn(&a);
     let app = EchoServer::start();
-    let conf = render(
-        HTTP,
-        &[
-            ("GATEHOUSE", gatehouse.addr().port().to_string()),
-            ("APP", app.port().to_string()),
-            ("PORT", free_port().to_string()),
-            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
-        ],
-    );
-    let nginx = Nginx::start(&conf);
+    let nginx = protected_site(gatehouse.addr().port(), app.port());
     let create = |sub: &str, extra: &[&str]| {
         let mut a = vec!["session", "create", "--redis-url", &url, "--sub", sub];
         a.extend_from_slice(extra);

@@ -803,6 +803,42 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
+/// The site every end-to-end test puts in front of an upstream: the shipped `nginx/`
+/// snippets, unmodified, with gatehouse over a keepalive pool.
+const PROTECTED_SITE: &str = r#"
+upstream gatehouse {
+    server 127.0.0.1:{{GATEHOUSE}};
+    keepalive 8;
+    keepalive_timeout 5s;
+}
+upstream app {
+    server 127.0.0.1:{{APP}};
+}
+server {
+    listen 127.0.0.1:{{PORT}};
+    set $gatehouse_login_url https://login.example.test/login;
+    include {{NGINX}}/gatehouse-auth.conf;
+    location / {
+        include {{NGINX}}/gatehouse-protect.conf;
+        proxy_pass http://app;
+    }
+}
+"#;
+
+/// Real nginx serving `PROTECTED_SITE`: gatehouse on `gatehouse_port`, the application on
+/// `app_port`, nginx itself on a free port.
+pub fn protected_site(gatehouse_port: u16, app_port: u16) -> Nginx {
+    Nginx::start(&render(
+        PROTECTED_SITE,
+        &[
+            ("GATEHOUSE", gatehouse_port.to_string()),
+            ("APP", app_port.to_string()),
+            ("PORT", free_port().to_string()),
+            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
+        ],
+    ))
+}
+
 /// An `nginx` master + one worker, running from its own temp dir so it needs neither root
 /// nor anything in /etc or /var.
 pub struct Nginx {
