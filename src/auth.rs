@@ -317,7 +317,7 @@ impl Gateway {
             self.metrics.cache_hit.inc();
             return admit(rule, &entry, label);
         }
-        if self.cache.is_known_missing(&key.hash).await {
+        if self.cache.is_known_missing(&key.hash) {
             self.metrics.cache_negative.inc();
             return (refuse(Refusal::Unknown, bearer), Outcome::Deny, label);
         }

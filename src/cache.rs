@@ -24,7 +24,8 @@ use crate::store::Invalidation;
 
 /// Unknown tokens are remembered this long, so that replaying one costs no store call.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
-const NEGATIVE_CAPACITY: u64 = 65_536;
+/// Slots of the negative table: 65,536 × 16 B = 1 MiB, allocated once.
+const NEGATIVE_SLOTS: usize = 1 << 16;
 
 /// The same token may arrive as a cookie or as a bearer token; the JWT says which
 /// (`auth_method`), so the two are cached apart.
@@ -71,7 +72,7 @@ pub enum FillError {
 
 pub struct SessionCache {
     entries: Cache<CacheKey, Arc<Entry>>,
-    negative: Cache<TokenHash, ()>,
+    negative: NegativeTable,
     /// Bumped by every invalidation; a fill that saw it change may hold a revoked session.
     epoch: AtomicU64,
 }
@@ -83,10 +84,7 @@ impl SessionCache {
                 .max_capacity(capacity)
                 .expire_after(PerEntry)
                 .build(),
-            negative: Cache::builder()
-                .max_capacity(NEGATIVE_CAPACITY.min(capacity))
-                .time_to_live(NEGATIVE_TTL)
-                .build(),
+            negative: NegativeTable::new(),
             epoch: AtomicU64::new(0),
         }
     }
@@ -96,8 +94,9 @@ impl SessionCache {
         self.entries.get(key).await
     }
 
-    pub async fn is_known_missing(&self, hash: &TokenHash) -> bool {
-        self.negative.contains_key(hash)
+    #[inline]
+    pub fn is_known_missing(&self, hash: &TokenHash) -> bool {
+        self.negative.contains(hash)
     }
 
     /// Loads `key` with `fill` unless another request is already loading it, in which case
@@ -114,7 +113,7 @@ impl SessionCache {
         }
         if let Err(e) = &result {
             if matches!(**e, FillError::NotFound) {
-                self.negative.insert(key.hash, ()).await;
+                self.negative.insert(&key.hash);
             }
         }
         result
@@ -128,7 +127,7 @@ impl SessionCache {
                 for method in [Method::Bearer, Method::Cookie] {
                     self.entries.invalidate(&CacheKey { hash, method }).await;
                 }
-                self.negative.invalidate(&hash).await;
+                self.negative.forget(&hash);
                 1
             }
             Invalidation::All => {
@@ -140,5 +139,120 @@ impl SessionCache {
 
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
+    }
+}
+
+/// Tokens the store did not know, each remembered for [`NEGATIVE_TTL`]: a fixed table indexed
+/// by 16 bits of the token hash, each slot holding 64 other bits of it and when it was
+/// stored. Lossy on purpose: a newer unknown token takes the slot of an older one. So a flood
+/// of random tokens allocates nothing, its memory is fixed (1 MiB) whatever the number of
+/// tokens, and each token costs at most one store read.
+///
+/// Slots are two relaxed atomics, so a reader may see one slot's tag with its neighbour
+/// write's time. Both belong to tokens the store reported missing within the last
+/// `NEGATIVE_TTL` or so; the worst case is a missing token reported missing a little
+/// longer, or a store read that could have been saved. A known session is never reported
+/// missing unless its 80 bits collide with a missing token's (2^-80).
+struct NegativeTable {
+    slots: Box<[NegativeSlot]>,
+    origin: Instant,
+}
+
+#[derive(Default)]
+struct NegativeSlot {
+    tag: AtomicU64,
+    /// Milliseconds since `origin` when stored, plus one; 0 is an empty slot.
+    at: AtomicU64,
+}
+
+impl NegativeTable {
+    fn new() -> Self {
+        NegativeTable {
+            slots: (0..NEGATIVE_SLOTS)
+                .map(|_| NegativeSlot::default())
+                .collect(),
+            origin: Instant::now(),
+        }
+    }
+
+    /// The slot and tag of a hash: the bytes are uniformly distributed already.
+    fn locate(&self, hash: &TokenHash) -> (&NegativeSlot, u64) {
+        let b = &hash.0;
+        let index = u16::from_le_bytes([b[0], b[1]]) as usize % NEGATIVE_SLOTS;
+        let tag = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        (&self.slots[index], tag)
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64 + 1
+    }
+
+    fn contains(&self, hash: &TokenHash) -> bool {
+        let (slot, tag) = self.locate(hash);
+        if slot.tag.load(Ordering::Relaxed) != tag {
+            return false;
+        }
+        let at = slot.at.load(Ordering::Relaxed);
+        at != 0 && self.now().saturating_sub(at) < NEGATIVE_TTL.as_millis() as u64
+    }
+
+    fn insert(&self, hash: &TokenHash) {
+        let (slot, tag) = self.locate(hash);
+        slot.at.store(self.now(), Ordering::Relaxed);
+        slot.tag.store(tag, Ordering::Relaxed);
+    }
+
+    /// The store now knows this token: forget it was missing.
+    fn forget(&self, hash: &TokenHash) {
+        let (slot, tag) = self.locate(hash);
+        if slot.tag.load(Ordering::Relaxed) == tag {
+            slot.at.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> TokenHash {
+        TokenHash::of(&format!("gts_token_{n}"))
+    }
+
+    #[test]
+    fn the_negative_table_remembers_forgets_and_never_grows() {
+        let table = NegativeTable::new();
+        assert_eq!(table.slots.len(), NEGATIVE_SLOTS);
+        let (a, b) = (hash(1), hash(2));
+        assert!(!table.contains(&a));
+        table.insert(&a);
+        assert!(table.contains(&a));
+        assert!(!table.contains(&b));
+        table.forget(&b); // another tag: leaves a alone
+        assert!(table.contains(&a));
+        table.forget(&a);
+        assert!(!table.contains(&a));
+        // Two hashes sharing a slot: the newer one takes it, the older is simply unknown.
+        let mut c = a;
+        c.0[8] ^= 1; // same index bytes, another tag
+        table.insert(&a);
+        table.insert(&c);
+        assert!(table.contains(&c));
+        assert!(!table.contains(&a));
+        for n in 0..=255 {
+            table.insert(&hash(n));
+        }
+        assert_eq!(table.slots.len(), NEGATIVE_SLOTS);
+    }
+
+    #[test]
+    fn a_negative_entry_expires() {
+        let mut table = NegativeTable::new();
+        let a = hash(3);
+        table.insert(&a);
+        // Move the origin back instead of sleeping: the entry is now older than the TTL.
+        assert!(table.contains(&a));
+        table.origin -= NEGATIVE_TTL;
+        assert!(!table.contains(&a));
     }
 }
