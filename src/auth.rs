@@ -163,8 +163,19 @@ impl Gateway {
         ) {
             Ok(signer) => {
                 let kid = signer.kid().to_string();
-                self.signer.store(Arc::new(signer));
-                tracing::info!(kid, "keys reloaded");
+                let previous = self.signer.swap(Arc::new(signer));
+                if previous.kid() == kid {
+                    tracing::info!(kid, "keys reloaded");
+                } else {
+                    // Cached entries carry JWTs of the previous key, which may be on its way
+                    // out of the directory: they are minted again on their next request.
+                    self.cache.flush();
+                    tracing::info!(
+                        kid,
+                        previous = previous.kid(),
+                        "keys reloaded; a new key signs, cached tokens are minted again"
+                    );
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "keys not reloaded; the previous ones stay");

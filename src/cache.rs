@@ -137,6 +137,12 @@ impl SessionCache {
         }
     }
 
+    /// Drops every entry (each is filled again from the store on its next request).
+    pub fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
     }

@@ -7,7 +7,11 @@
 //!
 //! Every asymmetric key in the directory is published in the JWKS (a retired key stays
 //! there until its file is removed, which should be no sooner than `--jwt-ttl` after it last
-//! signed). The newest key of the configured algorithm signs. HS256 keys are never published.
+//! signed). Of the keys of the configured algorithm, the one whose file name ends in the
+//! highest number signs: `keys generate` names keys `<alg>-<unix milliseconds>.pem`, so that
+//! is the newest. The order comes from the names, not from file times, so every replica
+//! that reads the same directory (a Kubernetes Secret volume, whose file times are whatever
+//! the kubelet made them) picks the same key. HS256 keys are never published.
 //! This module must never log key material.
 
 use std::path::{Path, PathBuf};
@@ -100,7 +104,6 @@ struct Claims<'a> {
 /// A key file found in the keys directory.
 struct LoadedKey {
     path: PathBuf,
-    modified: SystemTime,
     alg: Algorithm,
     key: EncodingKey,
     jwk: Jwk,
@@ -141,7 +144,7 @@ impl Signer {
                 let newest = keys
                     .into_iter()
                     .filter(|k| k.alg == alg.algorithm())
-                    .max_by(|a, b| a.modified.cmp(&b.modified).then(a.path.cmp(&b.path)))
+                    .max_by_key(|k| signing_order(&k.path))
                     .ok_or_else(|| ConfigError::new("--keys-dir", "holds no usable key"))?;
                 let kid = newest.jwk.common.key_id.clone().unwrap_or_default();
                 (kid, newest.key)
@@ -225,10 +228,6 @@ fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
             continue;
         }
         let pem = std::fs::read(&path).map_err(|e| keys_dir_error(&path, e))?;
-        let modified = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
         let (alg, key) = parse_pem(&pem).ok_or_else(|| {
             keys_dir_error(
                 &path,
@@ -243,13 +242,21 @@ fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         keys.push(LoadedKey {
             path,
-            modified,
             alg,
             key,
             jwk,
         });
     }
     Ok(keys)
+}
+
+/// Which key signs: the highest number at the end of the file stem (`ed25519-1764000000000`),
+/// then the name. A stem without a trailing number counts as 0.
+fn signing_order(path: &Path) -> (u128, String) {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let number = stem[stem.len() - digits..].parse().unwrap_or(0);
+    (number, stem.to_string())
 }
 
 fn parse_pem(pem: &[u8]) -> Option<(Algorithm, EncodingKey)> {
@@ -465,6 +472,38 @@ mod tests {
         .unwrap();
         assert!(!String::from_utf8_lossy(&signer.jwks())
             .contains(&URL_SAFE_NO_PAD.encode(secret.expose())));
+    }
+
+    #[test]
+    fn the_key_named_last_signs_whatever_the_file_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer =
+            generate_into(dir.path(), JwtAlg::EdDsa, Some("ed25519-1764000000000")).unwrap();
+        let older = generate_into(dir.path(), JwtAlg::EdDsa, Some("ed25519-999")).unwrap();
+        generate_into(dir.path(), JwtAlg::EdDsa, Some("imported")).unwrap();
+        // File times say the opposite of the names, as a Secret volume may.
+        let past = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&newer)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let signer = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        let kid_of = |path: &Path| {
+            let key = parse_pem(&std::fs::read(path).unwrap()).unwrap().1;
+            Jwk::from_encoding_key(&key, Algorithm::EdDSA)
+                .unwrap()
+                .thumbprint(ThumbprintHash::SHA256)
+                .unwrap()
+        };
+        assert_eq!(signer.kid(), kid_of(&newer));
+        assert_ne!(signer.kid(), kid_of(&older));
+        assert_eq!(signing_order(Path::new("a/ed25519-10.pem")).0, 10);
+        assert!(
+            signing_order(Path::new("ed25519-10.pem")) > signing_order(Path::new("ed25519-9.pem"))
+        );
+        assert_eq!(signing_order(Path::new("imported.pem")).0, 0);
     }
 
     #[test]

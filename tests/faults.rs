@@ -235,14 +235,6 @@ fn a_dropped_invalidation_channel_flushes_the_cache() {
     }
 }
 
-struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 fn info_field(redis: &RedisServer, section: &str, field: &str) -> u64 {
     redis
         .cmd(&["INFO", section])

@@ -287,6 +287,21 @@ fn jwks_kids(s: &Stack) -> usize {
     v["keys"].as_array().map_or(0, Vec::len)
 }
 
+/// The `kid` in the header of the JWT that gatehouse answered with.
+fn jwt_kid(r: &Response) -> String {
+    use base64::Engine;
+    let jwt = r
+        .header("Authorization")
+        .expect("no Authorization")
+        .trim_start_matches("Bearer ");
+    let header = jwt.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    v["kid"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
     let keys = TempDir::new("reload-keys");
@@ -312,6 +327,7 @@ fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
             (served, failed)
         });
 
+        let stop_guard = StopOnDrop(&stop);
         // A new policy: /admin now needs only `read`.
         std::fs::write(
             &policy,
@@ -331,7 +347,9 @@ fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
         });
         assert_eq!(direct(&s, "GET", "/admin", &s.alice).status, 200);
 
-        // A new key: published in the JWKS after SIGHUP.
+        // A new key: published in the JWKS after SIGHUP, and it signs from then on, cached
+        // sessions included (their tokens are minted again).
+        let old_kid = jwt_kid(&direct(&s, "GET", "/home", &s.bob));
         cli_stdout(&gatehouse_cli(&[
             "keys",
             "generate",
@@ -340,8 +358,15 @@ fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
         ]));
         assert!(send_signal(pid, libc::SIGHUP));
         wait_until("the new key in the JWKS", || jwks_kids(&s) == 2);
+        let new_kid = jwt_kid(&direct(&s, "GET", "/home", &s.bob));
+        assert_ne!(
+            new_kid, old_kid,
+            "a cached session still carries the old key's token"
+        );
+        let jwks = http_get(s.gatehouse.addr(), "/.well-known/jwks.json", &[]).body;
+        assert!(jwks.contains(&new_kid) && jwks.contains(&old_kid));
 
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stop_guard);
         load.join().unwrap()
     });
     assert!(served > 10, "the load thread barely ran ({served})");

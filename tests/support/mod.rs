@@ -1164,6 +1164,16 @@ pub fn try_http_request(
     parse_response(&raw, method == "HEAD")
 }
 
+/// Sets the flag when dropped, also when a test panics: a load thread that loops until the
+/// flag is set then ends, instead of keeping a panicking `thread::scope` open forever.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One keep-alive connection that pipelines requests: a batch is written at once and its
 /// responses are read back in order. For driving many requests through a debug build
 /// without paying a connection per request. Only for servers that answer with
