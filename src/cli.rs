@@ -106,7 +106,7 @@ pub fn keys(cmd: KeysCommand) -> Result<(), Failure> {
     match cmd {
         KeysCommand::Generate(a) => {
             let dir = a.keys.dir(&a.data_dir);
-            let path = crate::signer::generate_into(&dir, a.alg, None)?;
+            let path = crate::signer::generate_scheduled(&dir, a.alg, a.activate_in)?;
             println!("{}", path.display());
             Ok(())
         }

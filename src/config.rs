@@ -262,6 +262,10 @@ pub struct KeysGenerateArgs {
     pub keys: KeyArgs,
     #[arg(long, value_enum, default_value = "EdDSA")]
     pub alg: JwtAlg,
+    /// Publish the key at once but sign with it only from this long after now (e.g. `1h`),
+    /// so that every replica publishes it before any signs with it
+    #[arg(long, env = "GATEHOUSE_ACTIVATE_IN", default_value = "0s", value_parser = parse_duration)]
+    pub activate_in: std::time::Duration,
 }
 
 impl KeyArgs {

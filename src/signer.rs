@@ -61,11 +61,15 @@ pub struct TokenSettings {
 struct SigningKey {
     header: Header,
     key: EncodingKey,
+    kid: String,
+    /// Unix seconds from which it signs.
+    from: u64,
 }
 
 pub struct Signer {
-    signing: SigningKey,
-    kid: String,
+    /// The keys of the configured algorithm in signing order; the last whose `from` has come
+    /// signs (the first, if none has).
+    signing: Vec<SigningKey>,
     jwks: Bytes,
     settings: TokenSettings,
 }
@@ -128,11 +132,21 @@ impl Signer {
             };
             Bytes::from(serde_json::to_vec(&set).expect("a JWK set always serialises"))
         };
-        let (kid, key) = match (alg, secret) {
+        let header = |kid: &str| {
+            let mut h = Header::new(alg.algorithm());
+            h.kid = Some(kid.to_string());
+            h
+        };
+        let signing = match (alg, secret) {
             (JwtAlg::Hs256, Some(secret)) => {
                 let d = digest::digest(&digest::SHA256, secret.expose().as_bytes());
                 let kid = format!("hs256-{}", URL_SAFE_NO_PAD.encode(&d.as_ref()[..6]));
-                (kid, EncodingKey::from_secret(secret.expose().as_bytes()))
+                vec![SigningKey {
+                    header: header(&kid),
+                    key: EncodingKey::from_secret(secret.expose().as_bytes()),
+                    kid,
+                    from: 0,
+                }]
             }
             (JwtAlg::Hs256, None) => {
                 return Err(ConfigError::new(
@@ -141,28 +155,47 @@ impl Signer {
                 ))
             }
             _ => {
-                let newest = keys
+                let mut candidates: Vec<_> = keys
                     .into_iter()
                     .filter(|k| k.alg == alg.algorithm())
-                    .max_by_key(|k| signing_order(&k.path))
-                    .ok_or_else(|| ConfigError::new("--keys-dir", "holds no usable key"))?;
-                let kid = newest.jwk.common.key_id.clone().unwrap_or_default();
-                (kid, newest.key)
+                    .collect();
+                candidates.sort_by_key(|k| signing_order(&k.path));
+                candidates
+                    .into_iter()
+                    .map(|k| {
+                        let kid = k.jwk.common.key_id.clone().unwrap_or_default();
+                        SigningKey {
+                            header: header(&kid),
+                            from: activation(&k.path),
+                            key: k.key,
+                            kid,
+                        }
+                    })
+                    .collect()
             }
         };
-        let mut header = Header::new(alg.algorithm());
-        header.kid = Some(kid.clone());
+        if signing.is_empty() {
+            return Err(ConfigError::new("--keys-dir", "holds no usable key"));
+        }
         Ok(Signer {
-            signing: SigningKey { header, key },
-            kid,
+            signing,
             jwks,
             settings,
         })
     }
 
-    /// The `kid` of the key that signs.
+    /// The key that signs at `now` (Unix seconds).
+    fn current(&self, now: u64) -> &SigningKey {
+        self.signing
+            .iter()
+            .rev()
+            .find(|k| k.from <= now)
+            .unwrap_or(&self.signing[0])
+    }
+
+    /// The `kid` of the key that signs now.
     pub fn kid(&self) -> &str {
-        &self.kid
+        &self.current(crate::session::unix_now()).kid
     }
 
     /// The JWKS document (`application/json`).
@@ -205,7 +238,8 @@ impl Signer {
                 Method::Bearer => "bearer",
             },
         };
-        let jwt = jsonwebtoken::encode(&self.signing.header, &claims, &self.signing.key)?;
+        let signing = self.current(now);
+        let jwt = jsonwebtoken::encode(&signing.header, &claims, &signing.key)?;
         Ok(Minted { jwt, exp })
     }
 }
@@ -250,6 +284,15 @@ fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
     Ok(keys)
 }
 
+/// From when a key signs (Unix seconds): a number at the end of its name that reads as Unix
+/// milliseconds (`keys generate --activate-in` names keys by a time to come), else at once.
+fn activation(path: &Path) -> u64 {
+    match signing_order(path).0 {
+        ms if ms >= 1_000_000_000_000 => u64::try_from(ms / 1000).unwrap_or(u64::MAX),
+        _ => 0,
+    }
+}
+
 /// Which key signs: the highest number at the end of the file stem (`ed25519-1764000000000`),
 /// then the name. A stem without a trailing number counts as 0.
 fn signing_order(path: &Path) -> (u128, String) {
@@ -276,6 +319,25 @@ fn parse_pem(pem: &[u8]) -> Option<(Algorithm, EncodingKey)> {
 /// time). Returns the path, or the existing file's path if another process won the race to
 /// the same name.
 pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<PathBuf, ConfigError> {
+    generate_named(dir, alg, name, std::time::Duration::ZERO)
+}
+
+/// [`generate_into`], named so that the key signs only from `activate_in` after now (it is
+/// published at once): time for every replica to publish it before any signs with it.
+pub fn generate_scheduled(
+    dir: &Path,
+    alg: JwtAlg,
+    activate_in: std::time::Duration,
+) -> Result<PathBuf, ConfigError> {
+    generate_named(dir, alg, None, activate_in)
+}
+
+fn generate_named(
+    dir: &Path,
+    alg: JwtAlg,
+    name: Option<&str>,
+    activate_in: std::time::Duration,
+) -> Result<PathBuf, ConfigError> {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -307,7 +369,8 @@ pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<Path
         None => {
             let t = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default();
+                .unwrap_or_default()
+                + activate_in;
             format!("{}-{}", alg.file_stem(), t.as_millis())
         }
     };
@@ -504,6 +567,40 @@ mod tests {
             signing_order(Path::new("ed25519-10.pem")) > signing_order(Path::new("ed25519-9.pem"))
         );
         assert_eq!(signing_order(Path::new("imported.pem")).0, 0);
+    }
+
+    #[test]
+    fn a_scheduled_key_is_published_at_once_and_signs_from_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        let old_kid = first.kid().to_string();
+        let path = generate_scheduled(
+            dir.path(),
+            JwtAlg::EdDsa,
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let signer = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
+        let jwks = String::from_utf8_lossy(&signer.jwks()).into_owned();
+        let new_kid = Jwk::from_encoding_key(
+            &parse_pem(&std::fs::read(&path).unwrap()).unwrap().1,
+            Algorithm::EdDSA,
+        )
+        .unwrap()
+        .thumbprint(ThumbprintHash::SHA256)
+        .unwrap();
+        assert!(jwks.contains(&new_kid), "not published");
+        assert_eq!(signer.kid(), old_kid, "signs before its time");
+        let kid_at = |now: u64| {
+            let jwt = signer
+                .mint(&session(now + 7200), "s", Method::Cookie, now)
+                .unwrap()
+                .jwt;
+            jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap()
+        };
+        let now = crate::session::unix_now();
+        assert_eq!(kid_at(now), old_kid);
+        assert_eq!(kid_at(now + 3601), new_kid);
     }
 
     #[test]
