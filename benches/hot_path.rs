@@ -24,19 +24,10 @@ const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCA
 fn session() -> Session {
     let now = unix_now();
     Session {
-        sub: "u1".into(),
         username: Some("alice".into()),
         email: Some("alice@example.org".into()),
-        name: None,
         scopes: vec!["read".into(), "write".into()],
-        roles: vec![],
-        kind: Default::default(),
-        client_id: None,
-        created_at: now,
-        expires_at: now + 3600,
-        last_seen: None,
-        ip: None,
-        user_agent: None,
+        ..Session::new("u1", now, now + 3600)
     }
 }
 

@@ -616,19 +616,10 @@ fn create_sessions(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Pat
     for i in 0..n {
         let token = credential::generate(TokenKind::Session);
         let session = Session {
-            sub: format!("user-{i}"),
             username: Some(format!("user{i}")),
             email: Some(format!("user{i}@example.org")),
-            name: None,
             scopes: vec!["read".into()],
-            roles: vec![],
-            kind: Default::default(),
-            client_id: None,
-            created_at: now,
-            expires_at: now + 7200,
-            last_seen: None,
-            ip: None,
-            user_agent: None,
+            ..Session::new(format!("user-{i}"), now, now + 7200)
         };
         let key = format!("gh:s:{}", TokenHash::of(token.expose()).encode());
         let value = serde_json::to_string(&session).unwrap();

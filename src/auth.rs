@@ -205,7 +205,6 @@ impl Gateway {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Answers one `/auth` request.
     /// Answers one `/auth` request from `peer` (whose proxy headers count only if it is in
     /// `--trusted-proxies`).
     pub async fn auth(&self, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
@@ -246,7 +245,6 @@ impl Gateway {
         headers: &HeaderMap,
         peer: IpAddr,
     ) -> (Response<Body>, Outcome, AuthMethod) {
-        // With a policy, the rule of the original request; without the request, no answer.
         // Another spelling of an identity header (X_Auth_Request_User, X.Auth.Request.User…):
         // proxies pass it on, and CGI, WSGI and PHP upstreams read it as the real one.
         if has_identity_alias(headers) {
@@ -256,6 +254,7 @@ impl Gateway {
                 AuthMethod::None,
             );
         }
+        // With a policy, the rule of the original request; without the request, no answer.
         // Without --policy there is nothing to load: no atomics on the hot path for it.
         let policy = self.policy_path.as_ref().map(|_| self.policy.load());
         let rule = match policy.as_ref().and_then(|p| p.as_deref()) {
@@ -414,7 +413,7 @@ impl Gateway {
         let minted = signer
             .mint(&session, &key.hash.sid(), key.method, now.as_secs())
             .map_err(|e| FillError::Sign(e.to_string()))?;
-        self.metrics.jwt_signed(signer.kid());
+        self.metrics.jwt_signed(minted.kid);
         // Serve the JWT for 4/5 of its life, so the upstream always receives one with at least
         // a fifth of --jwt-ttl left; never past the session or --cache-ttl.
         let refresh = self.jwt_ttl.mul_f64(0.8);

@@ -121,9 +121,9 @@ impl SessionCache {
 
     /// Applies an invalidation from the store; returns how many sessions it named.
     pub async fn apply(&self, inv: Invalidation) -> u64 {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         match inv {
             Invalidation::Key(hash) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 for method in [Method::Bearer, Method::Cookie] {
                     self.entries.invalidate(&CacheKey { hash, method }).await;
                 }
@@ -131,7 +131,7 @@ impl SessionCache {
                 1
             }
             Invalidation::All => {
-                self.entries.invalidate_all();
+                self.flush();
                 0
             }
         }
@@ -184,7 +184,7 @@ impl NegativeTable {
     /// The slot and tag of a hash: the bytes are uniformly distributed already.
     fn locate(&self, hash: &TokenHash) -> (&NegativeSlot, u64) {
         let b = &hash.0;
-        let index = u16::from_le_bytes([b[0], b[1]]) as usize % NEGATIVE_SLOTS;
+        let index = u16::from_le_bytes([b[0], b[1]]) as usize & (NEGATIVE_SLOTS - 1);
         let tag = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
         (&self.slots[index], tag)
     }

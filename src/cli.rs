@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::config::{KeysCommand, SessionCommand, StoreArgs};
 use crate::credential::{self, TokenHash, TokenKind};
-use crate::session::{unix_now, Session, SessionKind};
+use crate::session::{unix_now, Session};
 use crate::store::{SessionStore, Store};
 use crate::Failure;
 
@@ -29,19 +29,13 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
                 return Err(crate::config::ConfigError::new("--ttl", "must be at least 1s").into());
             }
             let session = Session {
-                sub: a.sub,
                 username: a.username,
                 email: a.email,
                 name: a.name,
                 scopes: a.scopes,
                 roles: a.roles,
-                kind: SessionKind::User,
-                client_id: None,
-                created_at: now,
-                expires_at: now + a.ttl.as_secs(),
-                last_seen: None,
-                ip: None,
                 user_agent: Some("gatehouse-cli".into()),
+                ..Session::new(a.sub, now, now + a.ttl.as_secs())
             };
             let token = credential::generate(TokenKind::Session);
             let hash = TokenHash::of(token.expose());
@@ -106,7 +100,8 @@ pub fn keys(cmd: KeysCommand) -> Result<(), Failure> {
     match cmd {
         KeysCommand::Generate(a) => {
             let dir = a.keys.dir(&a.data_dir);
-            let path = crate::signer::generate_scheduled(&dir, a.alg, a.activate_in)?;
+            let name = crate::signer::key_name(a.alg, a.activate_in);
+            let path = crate::signer::generate_into(&dir, a.alg, &name)?;
             println!("{}", path.display());
             Ok(())
         }

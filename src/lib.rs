@@ -23,6 +23,24 @@ pub mod signer;
 pub mod store;
 pub mod telemetry;
 
+/// Helpers for the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map of `(name, value)` pairs, in order, repeats kept.
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+}
+
 use std::sync::Arc;
 
 use tokio::net::TcpListener;

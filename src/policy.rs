@@ -422,7 +422,7 @@ pub fn canonical_path(raw: &str) -> Result<String, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderName, HeaderValue};
+    use crate::test_util::headers;
     use proptest::prelude::*;
 
     #[test]
@@ -496,17 +496,6 @@ mod tests {
         assert_eq!(canonical_host("a:80.").as_deref(), Ok("a"));
         assert!(canonical_host("app..").is_err());
         assert!(canonical_host("").is_err());
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
     }
 
     #[test]

@@ -45,6 +45,26 @@ pub struct Session {
 }
 
 impl Session {
+    /// A user session for `sub` from `created_at` until `expires_at` (Unix seconds), with
+    /// nothing else set; the rest is filled in with struct update syntax.
+    pub fn new(sub: impl Into<String>, created_at: u64, expires_at: u64) -> Session {
+        Session {
+            sub: sub.into(),
+            username: None,
+            email: None,
+            name: None,
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            kind: SessionKind::User,
+            client_id: None,
+            created_at,
+            expires_at,
+            last_seen: None,
+            ip: None,
+            user_agent: None,
+        }
+    }
+
     pub fn is_live(&self, now: u64) -> bool {
         now < self.expires_at
     }

@@ -75,10 +75,12 @@ pub struct Signer {
 }
 
 /// A minted JWT.
-pub struct Minted {
+pub struct Minted<'a> {
     pub jwt: String,
     /// Unix seconds.
     pub exp: u64,
+    /// The key that signed it.
+    pub kid: &'a str,
 }
 
 #[derive(Serialize)]
@@ -123,7 +125,7 @@ impl Signer {
     ) -> Result<Signer, ConfigError> {
         let mut keys = load_dir(keys_dir)?;
         if alg != JwtAlg::Hs256 && !keys.iter().any(|k| k.alg == alg.algorithm()) {
-            generate_into(keys_dir, alg, Some(&format!("{}-0", alg.file_stem())))?;
+            generate_into(keys_dir, alg, &format!("{}-0", alg.file_stem()))?;
             keys = load_dir(keys_dir)?;
         }
         let jwks = {
@@ -159,14 +161,14 @@ impl Signer {
                     .into_iter()
                     .filter(|k| k.alg == alg.algorithm())
                     .collect();
-                candidates.sort_by_key(|k| signing_order(&k.path));
+                candidates.sort_by_cached_key(|k| signing_order(&k.path));
                 candidates
                     .into_iter()
                     .map(|k| {
                         let kid = k.jwk.common.key_id.clone().unwrap_or_default();
                         SigningKey {
                             header: header(&kid),
-                            from: activation(&k.path),
+                            from: activation(signing_order(&k.path).0),
                             key: k.key,
                             kid,
                         }
@@ -214,7 +216,7 @@ impl Signer {
         sid: &str,
         method: Method,
         now: u64,
-    ) -> Result<Minted, jsonwebtoken::errors::Error> {
+    ) -> Result<Minted<'_>, jsonwebtoken::errors::Error> {
         let exp = (now + self.settings.ttl_secs).min(session.expires_at);
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).expect("the OS random number generator failed");
@@ -240,7 +242,11 @@ impl Signer {
         };
         let signing = self.current(now);
         let jwt = jsonwebtoken::encode(&signing.header, &claims, &signing.key)?;
-        Ok(Minted { jwt, exp })
+        Ok(Minted {
+            jwt,
+            exp,
+            kid: &signing.kid,
+        })
     }
 }
 
@@ -284,10 +290,11 @@ fn load_dir(dir: &Path) -> Result<Vec<LoadedKey>, ConfigError> {
     Ok(keys)
 }
 
-/// From when a key signs (Unix seconds): a number at the end of its name that reads as Unix
-/// milliseconds (`keys generate --activate-in` names keys by a time to come), else at once.
-fn activation(path: &Path) -> u64 {
-    match signing_order(path).0 {
+/// From when a key signs (Unix seconds), given the number at the end of its name: one that
+/// reads as Unix milliseconds (`keys generate --activate-in` names keys by a time to come),
+/// else at once.
+fn activation(number: u128) -> u64 {
+    match number {
         ms if ms >= 1_000_000_000_000 => u64::try_from(ms / 1000).unwrap_or(u64::MAX),
         _ => 0,
     }
@@ -315,29 +322,20 @@ fn parse_pem(pem: &[u8]) -> Option<(Algorithm, EncodingKey)> {
     None
 }
 
-/// Writes a new private key for `alg` into `dir` as `<name>.pem` (default: algorithm and
-/// time). Returns the path, or the existing file's path if another process won the race to
-/// the same name.
-pub fn generate_into(dir: &Path, alg: JwtAlg, name: Option<&str>) -> Result<PathBuf, ConfigError> {
-    generate_named(dir, alg, name, std::time::Duration::ZERO)
+/// The name `keys generate` gives a key: `<alg>-<unix milliseconds>`, the time from which
+/// it signs: now plus `activate_in` (it is published at once, so a delay gives every replica
+/// time to publish it before any signs with it).
+pub fn key_name(alg: JwtAlg, activate_in: std::time::Duration) -> String {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        + activate_in;
+    format!("{}-{}", alg.file_stem(), t.as_millis())
 }
 
-/// [`generate_into`], named so that the key signs only from `activate_in` after now (it is
-/// published at once): time for every replica to publish it before any signs with it.
-pub fn generate_scheduled(
-    dir: &Path,
-    alg: JwtAlg,
-    activate_in: std::time::Duration,
-) -> Result<PathBuf, ConfigError> {
-    generate_named(dir, alg, None, activate_in)
-}
-
-fn generate_named(
-    dir: &Path,
-    alg: JwtAlg,
-    name: Option<&str>,
-    activate_in: std::time::Duration,
-) -> Result<PathBuf, ConfigError> {
+/// Writes a new private key for `alg` into `dir` as `<name>.pem`. Returns the path, or the
+/// existing file's path if another process won the race to the same name.
+pub fn generate_into(dir: &Path, alg: JwtAlg, name: &str) -> Result<PathBuf, ConfigError> {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -364,16 +362,6 @@ fn generate_named(
     pem.push_str("-----END PRIVATE KEY-----\n");
 
     std::fs::create_dir_all(dir).map_err(|e| keys_dir_error(dir, e))?;
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => {
-            let t = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                + activate_in;
-            format!("{}-{}", alg.file_stem(), t.as_millis())
-        }
-    };
     let path = dir.join(format!("{name}.pem"));
     let mut rand = [0u8; 8];
     aws_lc_rs::rand::fill(&mut rand).map_err(|_| keys_dir_error(dir, "no randomness"))?;
@@ -418,19 +406,11 @@ mod tests {
 
     fn session(expires_at: u64) -> Session {
         Session {
-            sub: "u1".into(),
             username: Some("alice".into()),
             email: Some("a@example.org".into()),
-            name: None,
             scopes: vec!["read".into(), "write".into()],
             roles: vec!["admin".into()],
-            kind: Default::default(),
-            client_id: None,
-            created_at: 0,
-            expires_at,
-            last_seen: None,
-            ip: None,
-            user_agent: None,
+            ..Session::new("u1", 0, expires_at)
         }
     }
 
@@ -540,10 +520,9 @@ mod tests {
     #[test]
     fn the_key_named_last_signs_whatever_the_file_times() {
         let dir = tempfile::tempdir().unwrap();
-        let newer =
-            generate_into(dir.path(), JwtAlg::EdDsa, Some("ed25519-1764000000000")).unwrap();
-        let older = generate_into(dir.path(), JwtAlg::EdDsa, Some("ed25519-999")).unwrap();
-        generate_into(dir.path(), JwtAlg::EdDsa, Some("imported")).unwrap();
+        let newer = generate_into(dir.path(), JwtAlg::EdDsa, "ed25519-1764000000000").unwrap();
+        let older = generate_into(dir.path(), JwtAlg::EdDsa, "ed25519-999").unwrap();
+        generate_into(dir.path(), JwtAlg::EdDsa, "imported").unwrap();
         // File times say the opposite of the names, as a Secret volume may.
         let past = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
         std::fs::File::options()
@@ -574,12 +553,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
         let old_kid = first.kid().to_string();
-        let path = generate_scheduled(
-            dir.path(),
-            JwtAlg::EdDsa,
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap();
+        let name = key_name(JwtAlg::EdDsa, std::time::Duration::from_secs(3600));
+        let path = generate_into(dir.path(), JwtAlg::EdDsa, &name).unwrap();
         let signer = Signer::load(dir.path(), JwtAlg::EdDsa, None, settings()).unwrap();
         let jwks = String::from_utf8_lossy(&signer.jwks()).into_owned();
         let new_kid = Jwk::from_encoding_key(

@@ -7,36 +7,33 @@ mod support;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gatehouse::config::{Cli, Command, StoreArgs};
+use gatehouse::config::{Cli, Command};
 use gatehouse::credential::{self, TokenHash, TokenKind};
 use gatehouse::session::{unix_now, Session};
-use gatehouse::store::SessionStore;
+use gatehouse::store::{SessionStore, Store};
 use support::*;
 
-fn store_args(url: &str) -> StoreArgs {
+/// The store at `url`, as `serve` opens it, with a runtime to drive it from a test thread.
+fn open_store(url: &str) -> (tokio::runtime::Runtime, Store) {
     let cli = Cli::parse_from(["gatehouse", "serve", "--redis-url", url]);
     let Command::Serve(args) = cli.command else {
         unreachable!()
     };
-    args.store
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(Store::open(&args.store, Some(Duration::from_secs(5))))
+        .expect("store");
+    (rt, store)
 }
 
 fn session(sub: &str) -> Session {
     let now = unix_now();
     Session {
-        sub: sub.into(),
         username: Some(sub.into()),
-        email: None,
-        name: None,
-        scopes: vec![],
-        roles: vec![],
-        kind: Default::default(),
-        client_id: None,
-        created_at: now,
-        expires_at: now + 3600,
-        last_seen: None,
-        ip: None,
-        user_agent: None,
+        ..Session::new(sub, now, now + 3600)
     }
 }
 
@@ -124,16 +121,7 @@ fn revocation_reaches_the_other_instance_p99_over_1000() {
     let url = redis.url();
     let a = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
     let b = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = rt
-        .block_on(gatehouse::store::Store::open(
-            &store_args(&url),
-            Some(Duration::from_secs(5)),
-        ))
-        .expect("store");
+    let (rt, store) = open_store(&url);
     const N: usize = 1000;
     let mut latencies = Vec::with_capacity(N);
     for i in 0..N {
@@ -174,16 +162,7 @@ fn revocation_racing_a_cache_fill_never_brings_the_session_back() {
     let redis = RedisServer::start();
     let url = redis.url();
     let gh = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store = rt
-        .block_on(gatehouse::store::Store::open(
-            &store_args(&url),
-            Some(Duration::from_secs(5)),
-        ))
-        .unwrap();
+    let (rt, store) = open_store(&url);
     for round in 0..200 {
         let token = credential::generate(TokenKind::Session);
         let hash = TokenHash::of(token.expose());
