@@ -6,7 +6,10 @@
 //! stored in Redis at the key `session_id`, with `session_id`, `start_time`, `end_time`,
 //! `nonce`, `user` (`user_id`, `username`, `email`, ...), `client` (for API clients) and
 //! `authorizations.scopes` (strings like `submission:create`, or objects with `domain`,
-//! `action` and `resource`). A bearer token is the key of such a record itself.
+//! `action` and `resource`). A bearer token is the key of such a record itself: it is
+//! checked against the record alone — its signature (arXiv's secret), its `end_time` (and a
+//! `start_time` not in the future) — as there is no cookie whose nonce and user could be
+//! compared; its secrecy is that of the key, so arXiv must use unguessable session ids.
 //!
 //! Checked here and not by the original: both signatures, both expiry times, and that the
 //! cookie's `nonce`, `user_id` and `session_id` match the record's. A store failure is 503
@@ -213,13 +216,16 @@ pub fn scopes(record: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A time as Unix seconds: a number, a numeric string, or ISO 8601.
+/// A time as Unix seconds: a number, a numeric string, or ISO 8601. Only finite times:
+/// Rust parses `"NaN"` and `"inf"` as numbers, and `NaN <= now` is false, so such an
+/// expiry would never come; it is no time at all, and a record without one is refused.
 pub fn time(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse::<f64>().ok().or_else(|| iso8601(s.trim())),
         _ => None,
     }
+    .filter(|t| t.is_finite())
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM|±HHMM]` as Unix seconds; no zone means UTC
@@ -333,6 +339,17 @@ mod tests {
         );
         assert_eq!(time(&json!(null)), None);
         assert_eq!(time(&json!("soon")), None);
+        for never in [
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "+Infinity",
+            "1e999",
+        ] {
+            assert_eq!(time(&json!(never)), None, "{never}");
+        }
     }
 
     #[test]

@@ -157,6 +157,12 @@ fn allow_and_refuse(store: &dyn Store) {
         "cookie without expires",
         tweak(&|c| c["expires"] = json!(null)),
     ));
+    for never in ["NaN", "inf", "Infinity", "-inf", "1e999"] {
+        refusals.push((
+            "cookie expires NaN/inf",
+            tweak(&|c| c["expires"] = json!(never)),
+        ));
+    }
     refusals.push((
         "unknown session",
         tweak(&|c| c["session_id"] = json!("no-such-session")),
@@ -196,7 +202,16 @@ fn allow_and_refuse(store: &dyn Store) {
     forged.store(store, "not-arxivs-secret");
     let junk = ArxivSession::new(4);
     store.command(&["SET", &junk.session_id, "{\"user\": \"admin\"}"]);
+    // Non-finite end times parse as numbers; they must read as no end time at all.
+    let mut endless = ArxivSession::new(6);
+    endless.record["end_time"] = json!("NaN");
+    endless.store(store, SECRET);
+    let mut infinite = ArxivSession::new(7);
+    infinite.record["end_time"] = json!("inf");
+    infinite.store(store, SECRET);
     for (what, sess) in [
+        ("record end_time NaN", &endless),
+        ("record end_time inf", &infinite),
         ("expired record", &expired),
         ("forged record", &forged),
         ("record not a JWT", &junk),
