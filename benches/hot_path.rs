@@ -12,8 +12,9 @@ use std::path::Path;
 use clap::Parser;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gatehouse::config::{Cli, Command, JwtAlg};
-use gatehouse::credential::{self, Method, TokenHash, TokenKind};
+use gatehouse::credential::{self, Method, TokenHash};
 use gatehouse::secret::Secret;
+use gatehouse::session::SessionKind;
 use gatehouse::session::{unix_now, Session};
 use gatehouse::signer::{Signer, TokenSettings};
 use gatehouse::store::SessionStore;
@@ -38,7 +39,7 @@ fn headers(name: hyper::header::HeaderName, value: &str) -> HeaderMap {
 }
 
 fn credential(c: &mut Criterion) {
-    let token = credential::generate(TokenKind::Session);
+    let token = credential::generate(SessionKind::User);
     let bearer = headers(AUTHORIZATION, &format!("Bearer {}", token.expose()));
     let cookie = headers(
         COOKIE,
@@ -81,7 +82,7 @@ fn handler(c: &mut Criterion) {
     let gateway = runtime
         .block_on(gatehouse::build_gateway(&args))
         .expect("gateway");
-    let token = credential::generate(TokenKind::Session);
+    let token = credential::generate(SessionKind::User);
     runtime
         .block_on(
             gateway

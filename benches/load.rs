@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatehouse::credential::{self, TokenHash, TokenKind};
+use gatehouse::credential::{self, TokenHash};
+use gatehouse::session::SessionKind;
 use gatehouse::session::{unix_now, Session};
 use serde::Serialize;
 use support::*;
@@ -614,7 +615,7 @@ fn create_sessions(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Pat
     let mut tokens = std::io::BufWriter::new(std::fs::File::create(&tokens_path).unwrap());
     let mut resp = std::io::BufWriter::new(std::fs::File::create(&resp_path).unwrap());
     for i in 0..n {
-        let token = credential::generate(TokenKind::Session);
+        let token = credential::generate(SessionKind::User);
         let session = Session {
             username: Some(format!("user{i}")),
             email: Some(format!("user{i}@example.org")),

@@ -25,13 +25,18 @@ use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
 use crate::config::{Anonymous, Cidr, Compat, JwtAlg, ServeArgs};
 use crate::credential::{self, CredentialError, Method, TokenHash};
-use crate::metrics::{AuthMethod, Metrics, Outcome};
-use crate::policy::{self, Grants, Policy, Requirement, TargetError};
+use crate::metrics::{AuthMethod, Metrics, Outcome, StoreOp};
+use crate::policy::{self, Grants, OriginalRequest, Policy, Requirement, TargetError};
 use crate::secret::Secret;
+use crate::session::Session;
+use crate::sessions::Sessions;
 use crate::signer::Signer;
 use crate::store::{SessionStore, Store};
 
 pub type Body = Full<Bytes>;
+
+/// `last_seen` writes waiting for the background writer; more are dropped, not waited for.
+const TOUCH_QUEUE: usize = 1024;
 
 pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
@@ -95,8 +100,17 @@ pub struct Gateway {
     jwt_alg: JwtAlg,
     jwt_secret: Option<Secret<String>>,
     trusted_proxies: Vec<Cidr>,
+    /// `--original-request`: which headers describe the request being authorised.
+    original_request: OriginalRequest,
     cache_ttl: Duration,
     jwt_ttl: Duration,
+    /// `--touch-interval`: `last_seen` is written at most this often per session.
+    touch_interval: Duration,
+    /// `--session-idle`: a session unused this long is over.
+    session_idle: Option<Duration>,
+    /// Sessions whose `last_seen` is to be written, for the background writer.
+    touches: mpsc::Sender<(TokenHash, Session)>,
+    touches_rx: std::sync::Mutex<Option<mpsc::Receiver<(TokenHash, Session)>>>,
     shutting_down: AtomicBool,
 }
 
@@ -108,6 +122,7 @@ impl Gateway {
         metrics: Metrics,
         policy: Option<Policy>,
     ) -> Arc<Gateway> {
+        let (touches, touches_rx) = mpsc::channel(TOUCH_QUEUE);
         Arc::new(Gateway {
             signer: ArcSwap::from_pointee(signer),
             store,
@@ -129,12 +144,17 @@ impl Gateway {
             jwt_alg: args.jwt_alg,
             jwt_secret: args.jwt_secret.clone(),
             trusted_proxies: args.trusted_proxies.clone(),
+            original_request: args.original_request,
             arxiv: match (args.compat, &args.jwt_secret) {
                 (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
                 _ => None,
             },
             cache_ttl: args.cache_ttl,
             jwt_ttl: args.jwt_ttl,
+            touch_interval: args.touch_interval,
+            session_idle: args.session_idle,
+            touches,
+            touches_rx: std::sync::Mutex::new(Some(touches_rx)),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -183,7 +203,8 @@ impl Gateway {
         }
     }
 
-    /// Follows the store's revocations for as long as the gateway lives.
+    /// Follows the store's revocations, and writes `last_seen`, for as long as the gateway
+    /// lives.
     pub fn start_background(self: &Arc<Self>) {
         let (tx, mut rx) = mpsc::channel(1024);
         self.store.watch_invalidations(tx);
@@ -193,6 +214,22 @@ impl Gateway {
                 let Some(gw) = weak.upgrade() else { return };
                 let n = gw.cache.apply(inv).await;
                 gw.metrics.sessions_revoked.inc_by(n);
+            }
+        });
+        let Some(mut touches) = self.touches_rx.lock().ok().and_then(|mut rx| rx.take()) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((hash, session)) = touches.recv().await {
+                let Some(gw) = weak.upgrade() else { return };
+                let start = Instant::now();
+                let result = gw.store.touch(&hash, &session).await;
+                gw.metrics
+                    .store(StoreOp::Touch, result.is_ok(), start.elapsed());
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "last_seen not written");
+                }
             }
         });
     }
@@ -261,12 +298,12 @@ impl Gateway {
             None => None,
             Some(policy) => {
                 let target = if self.trusted_proxies.iter().any(|c| c.contains(peer)) {
-                    policy::target(headers)
+                    policy::target(headers, self.original_request)
                 } else {
                     Err(TargetError::Missing)
                 };
-                match target {
-                    Ok(t) => Some(policy.requirement(&t)),
+                match target.and_then(|t| policy.requirement(&t)) {
+                    Ok(requirement) => Some(requirement),
                     Err(_) => {
                         return (
                             refuse(Refusal::Target, false),
@@ -323,18 +360,30 @@ impl Gateway {
             hash: TokenHash::of(token),
             method,
         };
-        if let Some(entry) = self.cache.get(&key).await {
-            self.metrics.cache_hit.inc();
-            return admit(rule, &entry, label);
-        }
-        if self.cache.is_known_missing(&key.hash) {
-            self.metrics.cache_negative.inc();
-            return (refuse(Refusal::Unknown, bearer), Outcome::Deny, label);
+        // Without the store's revocation channel nothing cached can be trusted: every
+        // request reads the store until the channel is followed again.
+        let following = self.cache.is_following();
+        if following {
+            if let Some(entry) = self.cache.get(&key).await {
+                self.metrics.cache_hit.inc();
+                return admit(rule, &entry, label);
+            }
+            if self.cache.is_known_missing(&key.hash) {
+                self.metrics.cache_negative.inc();
+                return (refuse(Refusal::Unknown, bearer), Outcome::Deny, label);
+            }
         }
         self.metrics.cache_miss.inc();
         // Boxed: the miss path's future (moka's loader around a store call) is many kilobytes,
         // and inline it would make every hit's future that large too, copied on each call.
-        match Box::pin(self.cache.get_or_fill(key, self.fill(key))).await {
+        let filled = if following {
+            Box::pin(self.cache.get_or_fill(key, |epoch| self.fill(key, epoch))).await
+        } else {
+            Box::pin(self.fill(key, self.cache.epoch()))
+                .await
+                .map_err(Arc::new)
+        };
+        match filled {
             Ok(entry) => admit(rule, &entry, label),
             Err(e) => match *e {
                 FillError::NotFound => (refuse(Refusal::Unknown, bearer), Outcome::Deny, label),
@@ -344,6 +393,12 @@ impl Gateway {
                 }
                 FillError::Sign(ref err) => {
                     tracing::error!(error = %err, "signing failed; answering 503");
+                    (refuse(Refusal::Unavailable, false), Outcome::Error, label)
+                }
+                FillError::Contended => {
+                    tracing::warn!(
+                        "session revoked again and again while being read; answering 503"
+                    );
                     (refuse(Refusal::Unavailable, false), Outcome::Error, label)
                 }
             },
@@ -374,7 +429,7 @@ impl Gateway {
             Method::Bearer => arxiv.check_bearer(token, redis, now).await,
         };
         let store_ok = !matches!(result, Err(ArxivError::Store(_)));
-        self.metrics.store_get(store_ok, start.elapsed());
+        self.metrics.store(StoreOp::Get, store_ok, start.elapsed());
         match result {
             Ok(a)
                 if rule.is_some_and(|r| {
@@ -400,15 +455,44 @@ impl Gateway {
         }
     }
 
-    /// A cache miss: one store read, one signature.
-    async fn fill(&self, key: CacheKey) -> Result<Arc<Entry>, FillError> {
+    /// Records that a session was used now: queued for the background writer, dropped when
+    /// the queue is full (the next fill tries again). Never waits.
+    fn touch(&self, hash: TokenHash, session: &Session, now: u64) {
+        let seen = Session {
+            last_seen: Some(now),
+            ..session.clone()
+        };
+        let _ = self.touches.try_send((hash, seen));
+    }
+
+    /// The sessions API on this gateway's store; revocations reach this instance's cache at
+    /// once.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(&self.store, Some(&self.cache)).with_metrics(&self.metrics)
+    }
+
+    /// A cache miss: one store read, one signature. `epoch` is the cache's epoch before the
+    /// read begins.
+    async fn fill(&self, key: CacheKey, epoch: u64) -> Result<Arc<Entry>, FillError> {
         let start = Instant::now();
         let result = self.store.get(&key.hash).await;
-        self.metrics.store_get(result.is_ok(), start.elapsed());
+        self.metrics
+            .store(StoreOp::Get, result.is_ok(), start.elapsed());
         let session = result?.ok_or(FillError::NotFound)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        // Idle and last-seen are decided here, on fills only: an entry lives at most
+        // --cache-ttl, so a session in use is filled (and seen) at least that often, and a
+        // hit costs nothing for them.
+        let last_active = Duration::from_secs(session.last_seen.unwrap_or(session.created_at));
+        let idle_end = self.session_idle.map(|idle| last_active + idle);
+        if idle_end.is_some_and(|end| end <= now) {
+            return Err(FillError::NotFound);
+        }
+        if now.saturating_sub(last_active) >= self.touch_interval {
+            self.touch(key.hash, &session, now.as_secs());
+        }
         let signer = self.signer.load();
         let minted = signer
             .mint(&session, &key.hash.sid(), key.method, now.as_secs())
@@ -418,7 +502,11 @@ impl Gateway {
         // a fifth of --jwt-ttl left; never past the session or --cache-ttl.
         let refresh = self.jwt_ttl.mul_f64(0.8);
         let until_session_end = Duration::from_secs(session.expires_at).saturating_sub(now);
-        let ttl = refresh.min(until_session_end).min(self.cache_ttl);
+        let until_idle = idle_end.map_or(Duration::MAX, |end| end.saturating_sub(now));
+        let ttl = refresh
+            .min(until_session_end)
+            .min(until_idle)
+            .min(self.cache_ttl);
         let authorization = HeaderValue::try_from(format!("Bearer {}", minted.jwt))
             .map_err(|e| FillError::Sign(e.to_string()))?;
         Ok(Arc::new(Entry {
@@ -427,6 +515,7 @@ impl Gateway {
             authorization,
             session,
             ttl,
+            epoch,
         }))
     }
 }

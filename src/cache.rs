@@ -6,11 +6,16 @@
 //! expiry, `--cache-ttl`. Concurrent misses for one key share one store call.
 //!
 //! The cache must never outlive a revocation: [`SessionCache::apply`] drops what the store
-//! reports, and a fill that raced with any invalidation is dropped after it lands (see
-//! `epoch`). It never caches a decision, only the session.
+//! reports, and an entry whose store read began before a revocation of its token (or a
+//! flush) is never served, however late it landed in the cache: each entry carries the
+//! epoch at which its read began, and each revocation stamps its token's slot with the
+//! epoch it created (see [`SessionCache::is_current`]). So after `revoke` returns, neither a
+//! request that joined an older fill nor an entry left by a fill whose request went away
+//! can answer for the revoked session. While the store's revocation channel is not
+//! followed, nothing is cached at all. It never caches a decision, only the session.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +31,11 @@ use crate::store::Invalidation;
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// Slots of the negative table: 65,536 × 16 B = 1 MiB, allocated once.
 const NEGATIVE_SLOTS: usize = 1 << 16;
+/// Slots of the revocation stamps: 4,096 × 8 B = 32 KiB, allocated once. A collision only
+/// makes an unrelated entry read the store once more.
+const REVOKED_SLOTS: usize = 1 << 12;
+/// Fills that raced with a revocation are tried again this many times, then given up (503).
+const FILL_ATTEMPTS: usize = 3;
 
 /// The same token may arrive as a cookie or as a bearer token; the JWT says which
 /// (`auth_method`), so the two are cached apart.
@@ -44,6 +54,8 @@ pub struct Entry {
     pub email: Option<HeaderValue>,
     /// How long this entry may be served from now on (set when it is built).
     pub ttl: Duration,
+    /// The cache's epoch when the store read behind this entry began.
+    pub epoch: u64,
 }
 
 struct PerEntry;
@@ -68,13 +80,21 @@ pub enum FillError {
     Store(#[from] crate::store::StoreError),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("the session was revoked while it was being read, {FILL_ATTEMPTS} times")]
+    Contended,
 }
 
 pub struct SessionCache {
     entries: Cache<CacheKey, Arc<Entry>>,
     negative: NegativeTable,
-    /// Bumped by every invalidation; a fill that saw it change may hold a revoked session.
+    /// Bumped by every invalidation.
     epoch: AtomicU64,
+    /// Per slot of token hashes: the epoch created by the latest revocation of one of them.
+    revoked: Box<[AtomicU64]>,
+    /// The epoch created by the latest flush.
+    flushed: AtomicU64,
+    /// The store's revocation channel is followed: entries may be cached and served.
+    following: AtomicBool,
 }
 
 impl SessionCache {
@@ -86,12 +106,49 @@ impl SessionCache {
                 .build(),
             negative: NegativeTable::new(),
             epoch: AtomicU64::new(0),
+            revoked: (0..REVOKED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            flushed: AtomicU64::new(0),
+            following: AtomicBool::new(false),
         }
     }
 
+    /// Whether entries may be cached and served: the store's revocation channel is
+    /// followed. Otherwise every request reads the store.
+    #[inline]
+    pub fn is_following(&self) -> bool {
+        self.following.load(Ordering::Acquire)
+    }
+
+    /// The current epoch, to be stored in an [`Entry`] whose store read begins now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn revoked_slot(&self, hash: &TokenHash) -> &AtomicU64 {
+        let b = &hash.0;
+        &self.revoked[u16::from_le_bytes([b[2], b[3]]) as usize & (REVOKED_SLOTS - 1)]
+    }
+
+    /// Whether `entry` was read from the store after the latest revocation of its token
+    /// and the latest flush. An invalidation is applied after the store has deleted the
+    /// session (locally, or as the store's broadcast), so a read that began after its epoch
+    /// cannot have seen the session.
+    #[inline]
+    fn is_current(&self, entry: &Entry, hash: &TokenHash) -> bool {
+        entry.epoch >= self.flushed.load(Ordering::Acquire)
+            && entry.epoch >= self.revoked_slot(hash).load(Ordering::Acquire)
+    }
+
+    /// A cached entry that may be served, if any. An entry that predates a revocation of
+    /// its token (a fill that landed late) is dropped here and reads as a miss.
     #[inline]
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key).await
+        let entry = self.entries.get(key).await?;
+        if self.is_current(&entry, &key.hash) {
+            return Some(entry);
+        }
+        self.entries.invalidate(key).await;
+        None
     }
 
     #[inline]
@@ -99,31 +156,44 @@ impl SessionCache {
         self.negative.contains(hash)
     }
 
-    /// Loads `key` with `fill` unless another request is already loading it, in which case
-    /// this one waits for that result. Unknown sessions are remembered in the negative cache.
-    pub async fn get_or_fill<F>(&self, key: CacheKey, fill: F) -> Result<Arc<Entry>, Arc<FillError>>
+    /// Loads `key` with `fill(epoch)` unless another request is already loading it, in which
+    /// case this one waits for that result. A result whose read began before a revocation
+    /// of its token (this request may have joined a fill started before the revocation) is
+    /// dropped and read again. Unknown sessions are remembered in the negative cache.
+    pub async fn get_or_fill<F, Fut>(
+        &self,
+        key: CacheKey,
+        fill: F,
+    ) -> Result<Arc<Entry>, Arc<FillError>>
     where
-        F: Future<Output = Result<Arc<Entry>, FillError>>,
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<Arc<Entry>, FillError>>,
     {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let result = self.entries.try_get_with(key, fill).await;
-        if self.epoch.load(Ordering::Acquire) != epoch {
-            // A revocation arrived while this fill was in flight: the entry may predate it.
-            self.entries.invalidate(&key).await;
-        }
-        if let Err(e) = &result {
-            if matches!(**e, FillError::NotFound) {
-                self.negative.insert(&key.hash);
+        for _ in 0..FILL_ATTEMPTS {
+            let result = self
+                .entries
+                .try_get_with(key, async { fill(self.epoch()).await })
+                .await;
+            match result {
+                Ok(entry) if !self.is_current(&entry, &key.hash) => {
+                    self.entries.invalidate(&key).await;
+                }
+                Err(e) if matches!(*e, FillError::NotFound) => {
+                    self.negative.insert(&key.hash);
+                    return Err(e);
+                }
+                result => return result,
             }
         }
-        result
+        Err(Arc::new(FillError::Contended))
     }
 
     /// Applies an invalidation from the store; returns how many sessions it named.
     pub async fn apply(&self, inv: Invalidation) -> u64 {
         match inv {
             Invalidation::Key(hash) => {
-                self.epoch.fetch_add(1, Ordering::AcqRel);
+                let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                self.revoked_slot(&hash).fetch_max(epoch, Ordering::AcqRel);
                 for method in [Method::Bearer, Method::Cookie] {
                     self.entries.invalidate(&CacheKey { hash, method }).await;
                 }
@@ -134,12 +204,24 @@ impl SessionCache {
                 self.flush();
                 0
             }
+            Invalidation::Followed => {
+                // Revocations may have been missed before: flush, then trust again.
+                self.flush();
+                self.following.store(true, Ordering::Release);
+                0
+            }
+            Invalidation::NotFollowed => {
+                self.following.store(false, Ordering::Release);
+                self.flush();
+                0
+            }
         }
     }
 
     /// Drops every entry (each is filled again from the store on its next request).
     pub fn flush(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.flushed.fetch_max(epoch, Ordering::AcqRel);
         self.entries.invalidate_all();
     }
 
@@ -249,6 +331,139 @@ mod tests {
             table.insert(&hash(n));
         }
         assert_eq!(table.slots.len(), NEGATIVE_SLOTS);
+    }
+
+    fn entry(epoch: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            session: Session::new("alice", 0, u64::MAX),
+            authorization: HeaderValue::from_static("Bearer x"),
+            user: HeaderValue::from_static("alice"),
+            email: None,
+            ttl: Duration::from_secs(60),
+            epoch,
+        })
+    }
+
+    fn key(n: u8) -> CacheKey {
+        CacheKey {
+            hash: hash(n),
+            method: Method::Cookie,
+        }
+    }
+
+    fn following() -> Arc<SessionCache> {
+        let cache = Arc::new(SessionCache::new(100));
+        cache.following.store(true, Ordering::Release);
+        cache
+    }
+
+    /// A store whose reads see the session as it is when they begin, and answer only when
+    /// the test opens the gate: "hold the store read, revoke meanwhile, then release".
+    struct HeldStore {
+        exists: AtomicBool,
+        gate: tokio::sync::Semaphore,
+        reads: AtomicU64,
+    }
+
+    impl HeldStore {
+        fn new() -> Arc<HeldStore> {
+            Arc::new(HeldStore {
+                exists: AtomicBool::new(true),
+                gate: tokio::sync::Semaphore::new(0),
+                reads: AtomicU64::new(0),
+            })
+        }
+
+        async fn read(&self, epoch: u64) -> Result<Arc<Entry>, FillError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let existed = self.exists.load(Ordering::SeqCst);
+            self.gate.acquire().await.unwrap().forget();
+            if existed {
+                Ok(entry(epoch))
+            } else {
+                Err(FillError::NotFound)
+            }
+        }
+    }
+
+    /// The audit's race: a request that joins a fill begun before a revocation must not be
+    /// answered with the revoked session, nor may the fill leave it cached.
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_begun_before_a_revocation_serves_no_one() {
+        let cache = following();
+        let store = HeldStore::new();
+        let k = key(1);
+        let fill = |cache: Arc<SessionCache>, store: Arc<HeldStore>| async move {
+            cache
+                .get_or_fill(k, |epoch| {
+                    let store = store.clone();
+                    async move { store.read(epoch).await }
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        // A's read begins while the session exists, and is held.
+        let a = tokio::spawn(fill(cache.clone(), store.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+        // Revoked: the store deletes, then the cache hears of it. `revoke` has returned.
+        store.exists.store(false, Ordering::SeqCst);
+        cache.apply(Invalidation::Key(k.hash)).await;
+        // B arrives after the revocation and joins A's fill, still held.
+        let b = tokio::spawn(fill(cache.clone(), store.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1, "B joined A's read");
+        // Release: A's read answers with the session as it was before the revocation.
+        store.gate.add_permits(10);
+        for (name, r) in [("A", a.await.unwrap()), ("B", b.await.unwrap())] {
+            assert_eq!(r, Err("no such session".to_string()), "{name}");
+        }
+        assert!(
+            cache.get(&k).await.is_none(),
+            "the stale entry stays cached"
+        );
+        assert!(store.reads.load(Ordering::SeqCst) >= 2, "read again");
+    }
+
+    /// An entry that lands in the cache after its revocation was applied (its request went
+    /// away before checking it) is never served.
+    #[tokio::test]
+    async fn an_entry_that_landed_after_its_revocation_is_never_served() {
+        let cache = following();
+        let k = key(2);
+        let before = cache.epoch();
+        cache.apply(Invalidation::Key(k.hash)).await;
+        cache.entries.insert(k, entry(before)).await;
+        assert!(cache.get(&k).await.is_none());
+        // One read after the revocation is served as usual, and so are other sessions.
+        cache.entries.insert(k, entry(cache.epoch())).await;
+        assert!(cache.get(&k).await.is_some());
+        let other = key(3);
+        cache.entries.insert(other, entry(before)).await;
+        assert!(
+            cache.get(&other).await.is_some(),
+            "another token's entry stays"
+        );
+        // A flush makes every older entry stale.
+        cache.flush();
+        cache.entries.insert(other, entry(before)).await;
+        assert!(cache.get(&other).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_served_while_the_channel_is_not_followed() {
+        let cache = following();
+        assert!(cache.is_following());
+        cache.entries.insert(key(4), entry(cache.epoch())).await;
+        cache.apply(Invalidation::NotFollowed).await;
+        assert!(!cache.is_following());
+        cache.apply(Invalidation::Followed).await;
+        assert!(cache.is_following());
+        assert!(
+            cache.get(&key(4)).await.is_none(),
+            "entries from before the gap are flushed"
+        );
     }
 
     #[test]

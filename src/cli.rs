@@ -8,10 +8,12 @@ use std::io::Write;
 
 use serde_json::json;
 
+use crate::config::ConfigError;
 use crate::config::{KeysCommand, SessionCommand, StoreArgs};
-use crate::credential::{self, TokenHash, TokenKind};
-use crate::session::{unix_now, Session};
-use crate::store::{SessionStore, Store};
+use crate::secret::Secret;
+use crate::session::Session;
+use crate::sessions::{Listed, Sessions, SessionsError};
+use crate::store::Store;
 use crate::Failure;
 
 async fn open(args: &StoreArgs) -> Result<Store, Failure> {
@@ -24,9 +26,8 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     match cmd {
         SessionCommand::Create(a) => {
             let store = open(&a.store).await?;
-            let now = unix_now();
             if a.ttl.as_secs() == 0 {
-                return Err(crate::config::ConfigError::new("--ttl", "must be at least 1s").into());
+                return Err(ConfigError::new("--ttl", "must be at least 1s").into());
             }
             let session = Session {
                 username: a.username,
@@ -35,53 +36,62 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
                 scopes: a.scopes,
                 roles: a.roles,
                 user_agent: Some("gatehouse-cli".into()),
-                ..Session::new(a.sub, now, now + a.ttl.as_secs())
+                ..Sessions::draft(a.sub, a.ttl)
             };
-            let token = credential::generate(TokenKind::Session);
-            let hash = TokenHash::of(token.expose());
-            store.put(&hash, &session).await?;
+            let issued = Sessions::new(&store, None)
+                .issue(&session)
+                .await
+                .map_err(failure)?;
             let mut out = std::io::stdout().lock();
             if a.json {
                 let record =
-                    json!({ "token": token.expose(), "sid": hash.sid(), "session": session });
+                    json!({ "token": issued.token.expose(), "sid": issued.sid, "session": session });
                 writeln!(out, "{record}")
             } else {
-                writeln!(out, "{}", token.expose())
+                writeln!(out, "{}", issued.token.expose())
             }
             .map_err(|e| Failure::Other(e.into()))?;
             Ok(())
         }
         SessionCommand::Revoke(a) => {
             let store = open(&a.store).await?;
-            if let Some(sub) = a.sub {
-                let n = store.revoke_user(&sub).await?;
-                eprintln!("revoked {n} session(s) of {sub}");
-            } else if let Some(token) = a.token {
-                if credential::check(token.expose()).is_none() {
-                    return Err(crate::config::ConfigError::new(
-                        "TOKEN",
-                        "is not a gatehouse token",
-                    )
-                    .into());
+            let sessions = Sessions::new(&store, None);
+            let existed = match (a.sub, a.sid) {
+                (Some(sub), None) => {
+                    let n = sessions.revoke_user(&sub, None).await.map_err(failure)?;
+                    eprintln!("revoked {n} session(s) of {sub}");
+                    return Ok(());
                 }
-                let existed = store.revoke(&TokenHash::of(token.expose())).await?;
-                eprintln!(
-                    "{}",
-                    if existed {
-                        "revoked"
-                    } else {
-                        "no such session (already expired or revoked)"
-                    }
-                );
+                (Some(sub), Some(sid)) => sessions.revoke_sid(&sub, &sid).await,
+                (None, _) => {
+                    let token = match a.token {
+                        Some(t) if t.expose() != "-" => t,
+                        _ => token_from_stdin()?,
+                    };
+                    sessions.revoke(token.expose()).await
+                }
             }
+            .map_err(failure)?;
+            eprintln!(
+                "{}",
+                if existed {
+                    "revoked"
+                } else {
+                    "no such session (already expired or revoked)"
+                }
+            );
             Ok(())
         }
         SessionCommand::List(a) => {
             let store = open(&a.store).await?;
             let mut out = std::io::stdout().lock();
-            for (hash, s) in store.list_user(&a.sub).await? {
+            for Listed { sid, session: s } in Sessions::new(&store, None)
+                .list(&a.sub)
+                .await
+                .map_err(failure)?
+            {
                 let line = json!({
-                    "sid": hash.sid(),
+                    "sid": sid,
                     "kind": s.kind,
                     "created_at": s.created_at,
                     "expires_at": s.expires_at,
@@ -96,13 +106,53 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     }
 }
 
+/// The exit code follows whose fault it is: the caller's input (64, naming the token), the
+/// store (69).
+fn failure(e: SessionsError) -> Failure {
+    match e {
+        SessionsError::Store(e) => Failure::Store(e),
+        SessionsError::NotAToken => ConfigError::new("TOKEN", "is not a gatehouse token").into(),
+        SessionsError::NoLifetime => ConfigError::new("--ttl", "must be at least 1s").into(),
+    }
+}
+
+/// One token from stdin (`echo "$TOKEN" | gatehouse session revoke`), never from argv.
+fn token_from_stdin() -> Result<Secret<String>, Failure> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("paste the token and press Enter:");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::Other(e.into()))?;
+    let token = Secret::new(line.trim().to_string());
+    if token.expose().is_empty() {
+        return Err(ConfigError::new("TOKEN", "give the token on stdin, or --sub").into());
+    }
+    Ok(token)
+}
+
 pub fn keys(cmd: KeysCommand) -> Result<(), Failure> {
     match cmd {
         KeysCommand::Generate(a) => {
             let dir = a.keys.dir(&a.data_dir);
-            let name = crate::signer::key_name(a.alg, a.activate_in);
+            let activate_in = a
+                .activate_in
+                .unwrap_or_else(|| crate::signer::default_activation(&dir, a.alg));
+            let name = crate::signer::key_name(a.alg, activate_in);
             let path = crate::signer::generate_into(&dir, a.alg, &name)?;
             println!("{}", path.display());
+            if activate_in.is_zero() {
+                eprintln!("published; signs from now on");
+            } else {
+                eprintln!(
+                    "published now (after a reload: SIGHUP or restart); signs from {}s from now",
+                    activate_in.as_secs()
+                );
+            }
             Ok(())
         }
     }

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::policy::OriginalRequest;
 use crate::secret::Secret;
 
 #[derive(Debug, Parser)]
@@ -152,12 +154,23 @@ pub struct ServeArgs {
     /// Longest time a session stays in the in-process cache.
     #[arg(long, env = "GATEHOUSE_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub cache_ttl: Duration,
+    /// A session's `last_seen` is written at most this often (off the request path).
+    #[arg(long, env = "GATEHOUSE_TOUCH_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub touch_interval: Duration,
+    /// End sessions unused for this long (e.g. `8h`); unset: only their expiry ends them.
+    /// Must exceed --touch-interval plus --cache-ttl, the precision of `last_seen`.
+    #[arg(long, env = "GATEHOUSE_SESSION_IDLE", value_parser = parse_duration)]
+    pub session_idle: Option<Duration>,
     /// Most sessions held in the in-process cache.
     #[arg(long, env = "GATEHOUSE_CACHE_CAPACITY", default_value = "100000")]
     pub cache_capacity: u64,
     /// Answer requests without a credential with 200 (allow) or 401 (deny).
     #[arg(long, env = "GATEHOUSE_ANONYMOUS", value_enum, default_value = "deny")]
     pub anonymous: Anonymous,
+    /// Connections the main listener holds open at once; beyond it new connections are
+    /// closed at once (nginx's upstream keepalive needs only a few dozen per worker).
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: usize,
     /// A client that has not sent its request headers within this time is disconnected.
     #[arg(long, env = "GATEHOUSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -169,6 +182,14 @@ pub struct ServeArgs {
     /// From any other peer they are ignored, and with --policy such a request is refused.
     #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128", value_parser = parse_cidr)]
     pub trusted_proxies: Vec<Cidr>,
+    /// Which headers describe the request being authorised: `nginx` (X-Original-URI,
+    /// -Method, -Host), `ingress-nginx` (X-Original-URL), `forwarded` (X-Forwarded-Uri,
+    /// -Method, -Host: Traefik, Caddy), or `auto` (whichever one is present; a request that
+    /// carries two families is refused). Pin it to what your proxy sets.
+    #[arg(long, env = "GATEHOUSE_ORIGINAL_REQUEST", default_value = "auto",
+          value_parser = clap::builder::PossibleValuesParser::new(OriginalRequest::NAMES)
+              .map(|s| OriginalRequest::parse(&s).expect("one of NAMES")))]
+    pub original_request: OriginalRequest,
     /// Login page for `/auth/redirect` (Traefik, Caddy forward auth): a browser that is
     /// refused there is sent to this URL with `rd` set to the page it asked for.
     #[arg(long, env = "GATEHOUSE_LOGIN_URL")]
@@ -232,12 +253,16 @@ pub struct SessionCreateArgs {
 pub struct SessionRevokeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The session token.
-    #[arg(required_unless_present = "sub", conflicts_with = "sub")]
+    /// The session token; `-` or nothing reads it from stdin, which is the safe way (a token
+    /// in argv is visible in /proc and kept in shell history).
+    #[arg(conflicts_with = "sub")]
     pub token: Option<Secret<String>>,
-    /// Revoke every session of this user.
+    /// Revoke every session of this user (or, with --sid, one of them).
     #[arg(long)]
     pub sub: Option<String>,
+    /// Revoke the session of this handle (as `session list` shows it); needs --sub.
+    #[arg(long, requires = "sub")]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -262,10 +287,11 @@ pub struct KeysGenerateArgs {
     pub keys: KeyArgs,
     #[arg(long, value_enum, default_value = "EdDSA")]
     pub alg: JwtAlg,
-    /// Publish the key at once but sign with it only from this long after now (e.g. `1h`),
-    /// so that every replica publishes it before any signs with it
-    #[arg(long, env = "GATEHOUSE_ACTIVATE_IN", default_value = "0s", value_parser = parse_duration)]
-    pub activate_in: std::time::Duration,
+    /// Publish the key at once but sign with it only from this long after now, so that every
+    /// replica, and every consumer's cached JWKS (max-age 5 min), knows it before it signs.
+    /// Default: 6m, or at once for the first key of its algorithm; `0s` signs at once.
+    #[arg(long, env = "GATEHOUSE_ACTIVATE_IN", value_parser = parse_duration)]
+    pub activate_in: Option<std::time::Duration>,
 }
 
 impl KeyArgs {
@@ -316,8 +342,22 @@ impl ServeArgs {
         if self.cache_ttl.is_zero() {
             return Err(ConfigError::new("--cache-ttl", "must be more than 0"));
         }
+        if self.touch_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new("--touch-interval", "must be at least 1s"));
+        }
+        if let Some(idle) = self.session_idle {
+            if idle <= self.touch_interval + self.cache_ttl {
+                return Err(ConfigError::new(
+                    "--session-idle",
+                    "must exceed --touch-interval plus --cache-ttl (a session in use would look idle)",
+                ));
+            }
+        }
         if self.cache_capacity == 0 {
             return Err(ConfigError::new("--cache-capacity", "must be more than 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be more than 0"));
         }
         if self.header_timeout.is_zero() {
             return Err(ConfigError::new("--header-timeout", "must be more than 0"));

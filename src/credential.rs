@@ -15,44 +15,16 @@ use base64::Engine;
 use hyper::header::{HeaderMap, AUTHORIZATION, COOKIE};
 
 use crate::secret::Secret;
+use crate::session::SessionKind;
 
 const BODY_LEN: usize = 43; // 32 bytes in base64 without padding
 const CRC_LEN: usize = 6; // 4 bytes in base64 without padding
 const PREFIX_LEN: usize = 4;
 pub const TOKEN_LEN: usize = PREFIX_LEN + BODY_LEN + 1 + CRC_LEN;
 
-/// What a token was issued for; its prefix says so.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenKind {
-    /// A browser session (accounts login, `session create`).
-    Session,
-    /// An OAuth client access token (registry).
-    Client,
-    /// A personal access token.
-    Personal,
-}
-
-impl TokenKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            TokenKind::Session => "gts_",
-            TokenKind::Client => "gtc_",
-            TokenKind::Personal => "gtp_",
-        }
-    }
-
-    fn from_prefix(p: &[u8]) -> Option<Self> {
-        match p {
-            b"gts_" => Some(TokenKind::Session),
-            b"gtc_" => Some(TokenKind::Client),
-            b"gtp_" => Some(TokenKind::Personal),
-            _ => None,
-        }
-    }
-}
-
-/// Creates a new token of `kind` from the OS CSPRNG.
-pub fn generate(kind: TokenKind) -> Secret<String> {
+/// Creates a new token for a session of `kind` from the OS CSPRNG; the kind's prefix
+/// ([`SessionKind::prefix`]) starts it.
+pub fn generate(kind: SessionKind) -> Secret<String> {
     let mut random = [0u8; 32];
     aws_lc_rs::rand::fill(&mut random).expect("the OS random number generator failed");
     let mut token = String::with_capacity(TOKEN_LEN);
@@ -78,12 +50,12 @@ static BASE64URL: [bool; 256] = {
 };
 
 /// Checks the shape and checksum of a token without any lookup; `None` for garbage.
-pub fn check(token: &str) -> Option<TokenKind> {
+pub fn check(token: &str) -> Option<SessionKind> {
     let b = token.as_bytes();
     if b.len() != TOKEN_LEN || b[PREFIX_LEN + BODY_LEN] != b'_' {
         return None;
     }
-    let kind = TokenKind::from_prefix(&b[..PREFIX_LEN])?;
+    let kind = SessionKind::from_prefix(&b[..PREFIX_LEN])?;
     let mut crc = [0u8; 4];
     let n = URL_SAFE_NO_PAD
         .decode_slice(&b[PREFIX_LEN + BODY_LEN + 1..], &mut crc)
@@ -213,10 +185,10 @@ mod tests {
 
     #[test]
     fn generated_tokens_pass_the_check_and_differ() {
-        let a = generate(TokenKind::Session);
-        let b = generate(TokenKind::Personal);
-        assert_eq!(check(a.expose()), Some(TokenKind::Session));
-        assert_eq!(check(b.expose()), Some(TokenKind::Personal));
+        let a = generate(SessionKind::User);
+        let b = generate(SessionKind::Personal);
+        assert_eq!(check(a.expose()), Some(SessionKind::User));
+        assert_eq!(check(b.expose()), Some(SessionKind::Personal));
         assert_ne!(a.expose(), b.expose());
         assert!(a.expose().starts_with("gts_"));
         assert_eq!(a.expose().len(), TOKEN_LEN);
@@ -224,7 +196,7 @@ mod tests {
 
     #[test]
     fn check_rejects_garbage_and_tampering() {
-        let t = generate(TokenKind::Session).expose().clone();
+        let t = generate(SessionKind::User).expose().clone();
         let mut tampered = t.clone().into_bytes();
         tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
         assert_eq!(check(std::str::from_utf8(&tampered).unwrap()), None);

@@ -13,12 +13,14 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credential;
+pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod signer;
 pub mod store;
 pub mod telemetry;
@@ -117,6 +119,7 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
 
 pub fn server_settings(args: &ServeArgs) -> server::ServerSettings {
     server::ServerSettings {
+        max_connections: args.max_connections,
         header_timeout: args.header_timeout,
         shutdown_delay: args.shutdown_delay,
         shutdown_timeout: args.shutdown_timeout,

@@ -124,6 +124,49 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+/// The store operations, as `store_requests_total{op}` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// A session read: the only store call on the `/auth` path (on a miss).
+    Get = 0,
+    /// A new session.
+    Put,
+    /// One session revoked.
+    Revoke,
+    /// All of a user's sessions revoked (or all but one).
+    RevokeUser,
+    /// A user's sessions listed.
+    List,
+    /// `last_seen` written, in the background.
+    Touch,
+    /// `/readyz`'s check.
+    Ping,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 7] = [
+        StoreOp::Get,
+        StoreOp::Put,
+        StoreOp::Revoke,
+        StoreOp::RevokeUser,
+        StoreOp::List,
+        StoreOp::Touch,
+        StoreOp::Ping,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Put => "put",
+            StoreOp::Revoke => "revoke",
+            StoreOp::RevokeUser => "revoke_user",
+            StoreOp::List => "list",
+            StoreOp::Touch => "touch",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     process: Registry,
@@ -132,8 +175,8 @@ pub struct Metrics {
     pub cache_hit: Counter,
     pub cache_miss: Counter,
     pub cache_negative: Counter,
-    /// `store_requests_total{op="get"}`, resolved once: [ok, error].
-    store_get: [Counter; 2],
+    /// `store_requests_total{op, result}`, resolved once: [op][ok, error].
+    store_requests: [[Counter; 2]; StoreOp::ALL.len()],
     pub store_duration: LatencyHistogram,
     jwt_signed: Family<[(&'static str, String); 1], Counter>,
     pub sessions_revoked: Counter,
@@ -192,10 +235,12 @@ impl Metrics {
         );
         // Both results exist from the start, so that a rate() of errors is 0, not absent; and
         // the store path only increments an atomic, as /auth's own counters do.
-        let store_get = ["ok", "error"].map(|r| {
-            store_requests
-                .get_or_create(&[("op", "get"), ("result", r)])
-                .clone()
+        let store_requests = StoreOp::ALL.map(|op| {
+            ["ok", "error"].map(|r| {
+                store_requests
+                    .get_or_create(&[("op", op.label()), ("result", r)])
+                    .clone()
+            })
         });
         let store_duration = LatencyHistogram::default();
         registry.register_with_unit(
@@ -253,7 +298,7 @@ impl Metrics {
             cache_hit,
             cache_miss,
             cache_negative,
-            store_get,
+            store_requests,
             store_duration,
             jwt_signed,
             sessions_revoked,
@@ -269,9 +314,9 @@ impl Metrics {
         &self.auth[outcome as usize * 4 + method as usize]
     }
 
-    /// One session read from the store (the only store call on the /auth path).
-    pub fn store_get(&self, ok: bool, took: Duration) {
-        self.store_get[usize::from(!ok)].inc();
+    /// One store call: counted by operation and result, timed.
+    pub fn store(&self, op: StoreOp, ok: bool, took: Duration) {
+        self.store_requests[op as usize][usize::from(!ok)].inc();
         self.store_duration.observe(took);
     }
 
@@ -334,7 +379,8 @@ mod tests {
         m.auth(Outcome::Allow, AuthMethod::Session).inc();
         m.auth_duration.observe(Duration::from_micros(100));
         m.cache_hit.inc();
-        m.store_get(true, Duration::from_millis(1));
+        m.store(StoreOp::Get, true, Duration::from_millis(1));
+        m.store(StoreOp::Revoke, false, Duration::from_millis(1));
         m.jwt_signed("kid1");
         let text = m.encode();
         for name in [
@@ -342,6 +388,8 @@ mod tests {
             "gatehouse_auth_request_duration_seconds_bucket",
             "gatehouse_cache_lookups_total{result=\"hit\"} 1",
             "gatehouse_store_requests_total{op=\"get\",result=\"ok\"} 1",
+            "gatehouse_store_requests_total{op=\"revoke\",result=\"error\"} 1",
+            "gatehouse_store_requests_total{op=\"touch\",result=\"ok\"} 0",
             "gatehouse_store_request_duration_seconds_count",
             "gatehouse_jwt_signed_total{kid=\"kid1\"} 1",
             "gatehouse_sessions_revoked_total",

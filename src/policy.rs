@@ -53,6 +53,10 @@ struct RawRule {
     scopes: Vec<String>,
     #[serde(default)]
     roles: Vec<String>,
+    /// Paths match case-insensitively unless a rule says otherwise: many upstreams
+    /// (Windows, IIS, some Java and PHP stacks) serve `/ADMIN` as `/admin`.
+    #[serde(default)]
+    case_sensitive: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +80,7 @@ struct Rule {
     host: Option<HostPattern>,
     /// Canonical, without trailing slash; "" matches everything.
     path: String,
+    case_sensitive: bool,
     methods: Option<HashSet<String>>,
     requirement: Requirement,
 }
@@ -85,12 +90,15 @@ struct Rule {
 pub struct Policy {
     rules: Vec<Rule>,
     default: Requirement,
+    /// Some rule names a host: a request without one cannot be matched safely.
+    has_host_rules: bool,
 }
 
 /// The request being authorised, canonical.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub host: String,
+    /// Without its port; `None` when the proxy sent no host.
+    pub host: Option<String>,
     pub path: String,
     pub method: String,
 }
@@ -104,6 +112,10 @@ pub enum TargetError {
     Duplicate,
     #[error("original request URI has no canonical form")]
     Invalid,
+    #[error("original request given by two header families")]
+    Ambiguous,
+    #[error("no original host, and the policy has host rules")]
+    MissingHost,
 }
 
 /// What the caller has, for [`Requirement::admits`].
@@ -151,6 +163,17 @@ impl Policy {
                     };
                     let c = canonical_host(rest)
                         .map_err(|_| format!("rule {n}: invalid host {h:?}"))?;
+                    if rest
+                        .trim_end_matches('.')
+                        .rsplit_once(':')
+                        .is_some_and(|(_, p)| {
+                            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                        })
+                    {
+                        return Err(format!(
+                            "rule {n}: host {h:?} names a port; hosts are compared without their port"
+                        ));
+                    }
                     Some(if wild {
                         HostPattern::Suffix(format!(".{c}"))
                     } else {
@@ -202,6 +225,7 @@ impl Policy {
             rules.push(Rule {
                 host,
                 path,
+                case_sensitive: r.case_sensitive,
                 methods,
                 requirement,
             });
@@ -212,30 +236,45 @@ impl Policy {
             return Err("default: anonymous = true cannot also require scopes or roles".into());
         }
         Ok(Policy {
+            has_host_rules: rules.iter().any(|r| r.host.is_some()),
             rules,
             default: raw.default,
         })
     }
 
-    /// The requirement of the first rule that matches `t`, else the default.
-    pub fn requirement(&self, t: &Target) -> &Requirement {
-        self.rules
+    /// The requirement of the first rule that matches `t`, else the default. A request
+    /// without a host is refused when any rule names one: it must not slip past that rule.
+    pub fn requirement(&self, t: &Target) -> Result<&Requirement, TargetError> {
+        if t.host.is_none() && self.has_host_rules {
+            return Err(TargetError::MissingHost);
+        }
+        Ok(self
+            .rules
             .iter()
             .find(|r| r.matches(t))
-            .map_or(&self.default, |r| &r.requirement)
+            .map_or(&self.default, |r| &r.requirement))
     }
 }
 
 impl Rule {
     fn matches(&self, t: &Target) -> bool {
-        let host_ok = match &self.host {
-            None => true,
-            Some(HostPattern::Exact(h)) => *h == t.host,
-            Some(HostPattern::Suffix(s)) => t.host.ends_with(s.as_str()) && t.host.len() > s.len(),
+        let host_ok = match (&self.host, &t.host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(HostPattern::Exact(h)), Some(host)) => h == host,
+            (Some(HostPattern::Suffix(s)), Some(host)) => {
+                host.ends_with(s.as_str()) && host.len() > s.len()
+            }
         };
-        let path_ok = self.path.is_empty()
-            || (t.path.starts_with(&self.path)
-                && matches!(t.path.as_bytes().get(self.path.len()), None | Some(b'/')));
+        let (rule, path) = (self.path.as_bytes(), t.path.as_bytes());
+        let path_ok = rule.is_empty()
+            || (path.len() >= rule.len()
+                && if self.case_sensitive {
+                    path[..rule.len()] == *rule
+                } else {
+                    path[..rule.len()].eq_ignore_ascii_case(rule)
+                }
+                && matches!(path.get(rule.len()), None | Some(b'/')));
         let method_ok = self.methods.as_ref().is_none_or(|m| m.contains(&t.method));
         host_ok && path_ok && method_ok
     }
@@ -252,38 +291,103 @@ pub(crate) fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a s
     v.to_str().map(Some).map_err(|_| TargetError::Invalid)
 }
 
-/// The original request from the proxy's headers: `X-Original-URI`/`-Method`/`-Host`
-/// (nginx), `X-Original-URL` (ingress-nginx) or `X-Forwarded-Uri`/`-Method`/`-Host`
-/// (Traefik, Caddy). Call only for requests from a trusted proxy.
-pub fn target(headers: &HeaderMap) -> Result<Target, TargetError> {
-    let (uri, host, method) = if let Some(uri) = one(headers, "x-original-uri")? {
-        (
-            uri.to_string(),
+/// Which headers carry the original request (`--original-request`). Proxies that copy the
+/// client's headers into the auth request (Traefik, Caddy, ingress-nginx's snippets) pass on
+/// whatever family the client made up, so only one family may speak for a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OriginalRequest {
+    /// `X-Original-URI`, `-Method`, `-Host`, as gatehouse's nginx snippet sets them.
+    Nginx,
+    /// `X-Original-URL` (and `X-Original-Method`), as ingress-nginx sets them.
+    IngressNginx,
+    /// `X-Forwarded-Uri`, `-Method`, `-Host`, as Traefik and Caddy set them.
+    Forwarded,
+    /// Whichever one family is present; a request that carries two is refused.
+    #[default]
+    Auto,
+}
+
+impl OriginalRequest {
+    pub const NAMES: [&'static str; 4] = ["nginx", "ingress-nginx", "forwarded", "auto"];
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "nginx" => Ok(OriginalRequest::Nginx),
+            "ingress-nginx" => Ok(OriginalRequest::IngressNginx),
+            "forwarded" => Ok(OriginalRequest::Forwarded),
+            "auto" => Ok(OriginalRequest::Auto),
+            _ => Err(format!("{s:?} is not one of {}", Self::NAMES.join(", "))),
+        }
+    }
+
+    /// The headers that say "this family describes the request". `X-Forwarded-Host` is not
+    /// among them: load balancers in front of nginx set it on every request.
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            OriginalRequest::Nginx => &["x-original-uri", "x-original-host"],
+            OriginalRequest::IngressNginx => &["x-original-url"],
+            OriginalRequest::Forwarded => &["x-forwarded-uri", "x-forwarded-method"],
+            OriginalRequest::Auto => &[],
+        }
+    }
+
+    /// The one family present in `headers`: `Ambiguous` when markers of two are.
+    fn detect(headers: &HeaderMap) -> Result<OriginalRequest, TargetError> {
+        let mut found = None;
+        for family in [
+            OriginalRequest::Nginx,
+            OriginalRequest::IngressNginx,
+            OriginalRequest::Forwarded,
+        ] {
+            if family.markers().iter().any(|m| headers.contains_key(*m)) {
+                if found.is_some() {
+                    return Err(TargetError::Ambiguous);
+                }
+                found = Some(family);
+            }
+        }
+        found.ok_or(TargetError::Missing)
+    }
+}
+
+/// The original request from the proxy's headers, read from one family only (see
+/// [`OriginalRequest`]). Call only for requests from a trusted proxy.
+pub fn target(headers: &HeaderMap, family: OriginalRequest) -> Result<Target, TargetError> {
+    let family = match family {
+        OriginalRequest::Auto => OriginalRequest::detect(headers)?,
+        pinned => pinned,
+    };
+    let (uri, host, method) = match family {
+        OriginalRequest::Nginx => (
+            one(headers, "x-original-uri")?
+                .ok_or(TargetError::Missing)?
+                .to_string(),
             one(headers, "x-original-host")?,
             one(headers, "x-original-method")?,
-        )
-    } else if let Some(url) = one(headers, "x-original-url")? {
-        let rest = strip_scheme(url).ok_or(TargetError::Invalid)?;
-        let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (host, path) = rest.split_at(split);
-        let path = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/{path}")
-        };
-        (path, Some(host), one(headers, "x-original-method")?)
-    } else if let Some(uri) = one(headers, "x-forwarded-uri")? {
-        (
-            uri.to_string(),
+        ),
+        OriginalRequest::IngressNginx => {
+            let url = one(headers, "x-original-url")?.ok_or(TargetError::Missing)?;
+            let rest = strip_scheme(url).ok_or(TargetError::Invalid)?;
+            let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (host, path) = rest.split_at(split);
+            let path = if path.starts_with('/') {
+                path.to_string()
+            } else {
+                format!("/{path}")
+            };
+            (path, Some(host), one(headers, "x-original-method")?)
+        }
+        OriginalRequest::Forwarded | OriginalRequest::Auto => (
+            one(headers, "x-forwarded-uri")?
+                .ok_or(TargetError::Missing)?
+                .to_string(),
             one(headers, "x-forwarded-host")?,
             one(headers, "x-forwarded-method")?,
-        )
-    } else {
-        return Err(TargetError::Missing);
+        ),
     };
     let host = match host {
-        None => String::new(),
-        Some(h) => canonical_host(h)?,
+        None => None,
+        Some(h) => Some(canonical_host(h)?),
     };
     let method = method.unwrap_or("GET").trim().to_ascii_uppercase();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -310,9 +414,10 @@ fn strip_scheme(url: &str) -> Option<&str> {
     }
 }
 
-/// Host lower-cased, without a trailing dot or a default port (80, 443).
+/// Host lower-cased, without a trailing dot or any port: `admin.example.org:1` is
+/// `admin.example.org`, so a port cannot take a request past a host rule.
 pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
-    let lower = raw.trim().to_ascii_lowercase();
+    let lower = strip_port(raw.trim())?.to_ascii_lowercase();
     // Until nothing changes, so that the result is its own canonical form ("a.:80." is "a").
     if lower.contains("..") {
         return Err(TargetError::Invalid);
@@ -320,10 +425,6 @@ pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
     let mut h = lower.as_str();
     loop {
         let stripped = h.strip_suffix('.').unwrap_or(h);
-        let stripped = stripped
-            .strip_suffix(":80")
-            .or_else(|| stripped.strip_suffix(":443"))
-            .unwrap_or(stripped);
         if stripped == h {
             break;
         }
@@ -338,6 +439,31 @@ pub fn canonical_host(raw: &str) -> Result<String, TargetError> {
         return Err(TargetError::Invalid);
     }
     Ok(h.to_string())
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`. A colon that is not a numeric port's (a bare
+/// IPv6 address, `host:x`) has no reading every upstream shares: refused.
+fn strip_port(h: &str) -> Result<&str, TargetError> {
+    let (host, port) = if h.starts_with('[') {
+        let end = h.find(']').ok_or(TargetError::Invalid)?;
+        let (host, rest) = h.split_at(end + 1);
+        match rest.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if rest.is_empty() => (host, None),
+            None => return Err(TargetError::Invalid),
+        }
+    } else {
+        match h.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (h, None),
+        }
+    };
+    match port {
+        Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(TargetError::Invalid)
+        }
+        _ => Ok(host),
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -475,10 +601,17 @@ mod tests {
             canonical_host("app.example.org.:80").as_deref(),
             Ok("app.example.org")
         );
+        // Any port, not only the default ones: `host = "admin.example.org"` must hold for
+        // `admin.example.org:1` too.
         assert_eq!(
-            canonical_host("app.example.org:8443").as_deref(),
-            Ok("app.example.org:8443")
+            canonical_host("admin.example.org:1").as_deref(),
+            Ok("admin.example.org")
         );
+        assert_eq!(canonical_host("[::1]:8443").as_deref(), Ok("[::1]"));
+        assert_eq!(canonical_host("[::1]").as_deref(), Ok("[::1]"));
+        for bad in ["a:", "a:x", "a:80:80", "::1", "[::1]x", "a:80."] {
+            assert!(canonical_host(bad).is_err(), "{bad}");
+        }
         assert!(canonical_host("a/b").is_err());
         // Its own canonical form, whatever the spelling (found by fuzzing).
         for raw in [
@@ -493,15 +626,16 @@ mod tests {
                 assert_eq!(canonical_host(&c).as_deref(), Ok(c.as_str()), "{raw}");
             }
         }
-        assert_eq!(canonical_host("a:80.").as_deref(), Ok("a"));
         assert!(canonical_host("app..").is_err());
         assert!(canonical_host("").is_err());
     }
 
     #[test]
     fn targets_from_each_proxy() {
+        use OriginalRequest::*;
+        let target = |h: &HeaderMap| super::target(h, Auto);
         let want = Target {
-            host: "app.example.org".into(),
+            host: Some("app.example.org".into()),
             path: "/admin".into(),
             method: "POST".into(),
         };
@@ -521,8 +655,35 @@ mod tests {
             ("x-forwarded-host", "app.example.org"),
             ("x-forwarded-method", "POST"),
         ]);
-        assert_eq!(target(&traefik), Ok(want));
+        assert_eq!(target(&traefik), Ok(want.clone()));
+        assert_eq!(super::target(&traefik, Forwarded), Ok(want.clone()));
+        assert_eq!(super::target(&nginx, Nginx), Ok(want.clone()));
+        assert_eq!(super::target(&ingress, IngressNginx), Ok(want.clone()));
+        // Pinned, the family the proxy does not set is not read at all.
+        assert_eq!(super::target(&traefik, Nginx), Err(TargetError::Missing));
         assert_eq!(target(&headers(&[])), Err(TargetError::Missing));
+        // Traefik and Caddy copy the client's headers: a client behind them that adds
+        // another family's header must not choose the rule (the audit's bypass).
+        for (name, value) in [
+            ("x-original-uri", "/public/x"),
+            ("x-original-host", "public.example.org"),
+            ("x-original-url", "https://app.example.org/public/x"),
+        ] {
+            let mut h = traefik.clone();
+            h.append(
+                hyper::header::HeaderName::from_static(name),
+                hyper::header::HeaderValue::from_static(value),
+            );
+            assert_eq!(target(&h), Err(TargetError::Ambiguous), "{name}");
+            // Pinned to the proxy's own family, the client's extra header is ignored.
+            assert_eq!(super::target(&h, Forwarded), Ok(want.clone()), "{name}");
+        }
+        let mixed = headers(&[("x-original-uri", "/public"), ("x-forwarded-method", "GET")]);
+        assert_eq!(target(&mixed), Err(TargetError::Ambiguous));
+        // A load balancer's X-Forwarded-Host in front of nginx is not another family.
+        let mut behind_lb = nginx.clone();
+        behind_lb.append("x-forwarded-host", "lb.example.org".parse().unwrap());
+        assert_eq!(target(&behind_lb), Ok(want));
         let twice = headers(&[("x-original-uri", "/a"), ("x-original-uri", "/admin")]);
         assert_eq!(target(&twice), Err(TargetError::Duplicate));
         assert_eq!(
@@ -563,7 +724,7 @@ mod tests {
 
     fn t(host: &str, path: &str, method: &str) -> Target {
         Target {
-            host: host.into(),
+            host: Some(host.into()),
             path: canonical_path(path).unwrap(),
             method: method.into(),
         }
@@ -572,7 +733,7 @@ mod tests {
     #[test]
     fn first_match_wins_on_segment_boundaries() {
         let p = Policy::parse(POLICY).unwrap();
-        let req = |host, path, method| p.requirement(&t(host, path, method)).clone();
+        let req = |host, path, method| p.requirement(&t(host, path, method)).unwrap().clone();
         assert_eq!(
             req("admin.example.org", "/public/x", "GET").roles,
             ["staff", "ops"]
@@ -616,6 +777,50 @@ mod tests {
                 "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn paths_match_without_case_unless_a_rule_opts_out() {
+        let p = Policy::parse(
+            "[[rule]]\npath = \"/admin\"\nscopes = [\"admin\"]\n\
+             [[rule]]\npath = \"/Docs\"\ncase_sensitive = true\nscopes = [\"docs\"]",
+        )
+        .unwrap();
+        let req = |path| {
+            p.requirement(&t("a.example.org", path, "GET"))
+                .unwrap()
+                .clone()
+        };
+        for spelling in ["/ADMIN", "/Admin/x", "/%41dmin", "/aDmIn/"] {
+            assert_eq!(req(spelling).scopes, ["admin"], "{spelling}");
+        }
+        assert_eq!(req("/Docs/a").scopes, ["docs"]);
+        assert!(req("/docs/a").scopes.is_empty(), "case_sensitive = true");
+    }
+
+    #[test]
+    fn host_rules_hold_with_any_port_and_refuse_a_missing_host() {
+        let p = Policy::parse(POLICY).unwrap();
+        let admin = |host: &str| {
+            let h = headers(&[("x-original-uri", "/x"), ("x-original-host", host)]);
+            let t = target(&h, OriginalRequest::Auto).unwrap();
+            p.requirement(&t).unwrap().clone()
+        };
+        for host in [
+            "admin.example.org",
+            "admin.example.org:1",
+            "ADMIN.example.org.:8443",
+        ] {
+            assert_eq!(admin(host).roles, ["staff", "ops"], "{host}");
+        }
+        let no_host = target(&headers(&[("x-original-uri", "/x")]), OriginalRequest::Auto).unwrap();
+        assert_eq!(p.requirement(&no_host), Err(TargetError::MissingHost));
+        // A policy without host rules has nothing a missing host could slip past.
+        let paths_only = Policy::parse("[[rule]]\npath = \"/a\"").unwrap();
+        assert!(paths_only.requirement(&no_host).is_ok());
+        assert!(Policy::parse("[[rule]]\nhost = \"a.example.org:8443\"")
+            .unwrap_err()
+            .contains("port"));
     }
 
     #[test]

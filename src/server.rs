@@ -34,6 +34,8 @@ const MAX_HEAD: usize = 32 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// Connections the main listener holds at once; more are closed at accept.
+    pub max_connections: usize,
     pub header_timeout: Duration,
     pub shutdown_delay: Duration,
     pub shutdown_timeout: Duration,
@@ -61,6 +63,7 @@ pub async fn serve(
         main,
         http.clone(),
         main_stopped,
+        settings.max_connections,
         settings.shutdown_timeout,
         move |req, peer| {
             let gw = gw.clone();
@@ -72,6 +75,7 @@ pub async fn serve(
         admin,
         http,
         admin_stopped,
+        ADMIN_MAX_CONNECTIONS,
         Duration::from_secs(1),
         move |req, _peer| {
             let gw = gw.clone();
@@ -90,10 +94,15 @@ pub async fn serve(
     tracing::info!("stopped");
 }
 
+/// Probes and scrapes need few connections; a flood on the admin port must not starve the
+/// process of file descriptors either.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     http: http1::Builder,
     mut stop: watch::Receiver<bool>,
+    max_connections: usize,
     drain_deadline: Duration,
     handler: F,
 ) where
@@ -101,10 +110,24 @@ async fn accept_loop<F, Fut>(
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
+    // One permit per open connection. At the limit a new connection is closed at once: the
+    // proxy sees a refused connection (nginx: 500, fail closed) instead of a request that
+    // waits in a queue nobody bounds, and memory stays bounded whatever the flood.
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut refused_since_log = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        drop(stream);
+                        refused_since_log += 1;
+                        if refused_since_log == 1 || refused_since_log % 10_000 == 0 {
+                            tracing::warn!(limit = max_connections, refused = refused_since_log, "connection limit reached; closing new connections (--max-connections)");
+                        }
+                        continue;
+                    };
+                    refused_since_log = 0;
                     let _ = stream.set_nodelay(true);
                     let handler = handler.clone();
                     let peer = peer.ip();
@@ -114,6 +137,7 @@ async fn accept_loop<F, Fut>(
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -142,6 +166,8 @@ async fn route_main(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Respo
             let mut r = Response::new(Body::new(gw.signer.load().jwks()));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // Keep in step with signer::JWKS_MAX_AGE (keys generate waits past it).
+            const _: () = assert!(crate::signer::JWKS_MAX_AGE.as_secs() == 300);
             r.headers_mut().insert(
                 CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=300"),
@@ -159,8 +185,17 @@ async fn route_admin(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             if gw.is_shutting_down() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             }
-            match gw.store.ping().await {
-                Ok(()) => text(StatusCode::OK, "ready\n"),
+            let start = std::time::Instant::now();
+            let ping = gw.store.ping().await;
+            gw.metrics
+                .store(crate::metrics::StoreOp::Ping, ping.is_ok(), start.elapsed());
+            match ping {
+                Ok(()) if gw.cache.is_following() => text(StatusCode::OK, "ready\n"),
+                // Ready, slower: every request reads the store (see SessionCache).
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "ready; revocation channel not followed: sessions are read from the store, uncached\n",
+                ),
                 Err(e) => {
                     tracing::debug!(error = %e, "not ready");
                     text(

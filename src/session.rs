@@ -2,16 +2,38 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What a session was issued for. Its token's prefix says so, so that secret scanners can
+/// tell a leaked browser session from an API token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionKind {
-    /// A browser session.
+    /// A browser session (accounts login, `session create`): `gts_…`.
     #[default]
     User,
-    /// An OAuth client access token.
+    /// An OAuth client access token (registry): `gtc_…`.
     Client,
-    /// A personal access token.
+    /// A personal access token: `gtp_…`.
     Personal,
+}
+
+impl SessionKind {
+    /// The first four characters of this kind's tokens.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            SessionKind::User => "gts_",
+            SessionKind::Client => "gtc_",
+            SessionKind::Personal => "gtp_",
+        }
+    }
+
+    pub(crate) fn from_prefix(p: &[u8]) -> Option<Self> {
+        match p {
+            b"gts_" => Some(SessionKind::User),
+            b"gtc_" => Some(SessionKind::Client),
+            b"gtp_" => Some(SessionKind::Personal),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -322,6 +322,22 @@ fn parse_pem(pem: &[u8]) -> Option<(Algorithm, EncodingKey)> {
     None
 }
 
+/// How long consumers may cache the JWKS (`Cache-Control: max-age` of the JWKS endpoint).
+pub const JWKS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The default delay of `keys generate`: a consumer that fetched the JWKS just before the
+/// new key was published must have fetched it again before the key signs, so past the
+/// JWKS max-age, with a minute for replicas to load it. A first key of its algorithm signs at
+/// once: there is no other key that could sign meanwhile.
+pub fn default_activation(dir: &Path, alg: JwtAlg) -> std::time::Duration {
+    let has_one = load_dir(dir).is_ok_and(|keys| keys.iter().any(|k| k.alg == alg.algorithm()));
+    if has_one {
+        JWKS_MAX_AGE + std::time::Duration::from_secs(60)
+    } else {
+        std::time::Duration::ZERO
+    }
+}
+
 /// The name `keys generate` gives a key: `<alg>-<unix milliseconds>`, the time from which
 /// it signs: now plus `activate_in` (it is published at once, so a delay gives every replica
 /// time to publish it before any signs with it).

@@ -295,3 +295,66 @@ fn a_header_read_that_never_finishes_is_cut_off() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// A flood of connections is shed at `--max-connections`: beyond it, a new connection is
+/// closed at once (no answer, nothing held), those already open keep working, and a freed
+/// slot serves again.
+#[test]
+fn connections_beyond_the_limit_are_closed_and_the_rest_keep_working() {
+    let dir = TempDir::new("limit");
+    let gh = Gatehouse::spawn(&args(&[
+        "--data-dir",
+        &dir.join("data"),
+        "--max-connections",
+        "4",
+    ]));
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let s = TcpStream::connect(gh.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+    // The four are served (keep-alive), so they are surely accepted and counted.
+    for s in &mut held {
+        s.write_all(b"GET /auth HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 401"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    // The fifth is closed without an answer.
+    assert_eq!(
+        raw(gh.addr(), b"GET /auth HTTP/1.1\r\nHost: x"),
+        0,
+        "{}",
+        gh.logs()
+    );
+    assert!(
+        gh.logs().contains("connection limit reached"),
+        "{}",
+        gh.logs()
+    );
+    // One slot freed: served again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match raw(gh.addr(), b"GET /auth HTTP/1.1\r\nHost: x") {
+            401 => break,
+            0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("after a slot was freed: {other}\n{}", gh.logs()),
+        }
+    }
+    // The ones held all along still work.
+    for s in &mut held {
+        s.write_all(b"GET /auth HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 401"));
+    }
+}

@@ -195,3 +195,78 @@ fn keys_generate_writes_a_key_the_server_publishes() {
         assert!(algs.contains(&alg), "{alg} missing from {jwks}");
     }
 }
+
+/// A second key of an algorithm is published at once but signs only after the JWKS max-age
+/// (5 min) has passed, plus a minute; consumers holding a cached JWKS never see a token of
+/// a key they do not know. `--activate-in 0s` is the explicit way to sign at once.
+#[test]
+fn keys_generate_by_default_signs_only_after_the_jwks_max_age() {
+    let data = TempDir::new("data");
+    let d = data.path().to_str().unwrap();
+    let activation_ms = |path: &str| -> u64 {
+        let stem = std::path::Path::new(path.trim()).file_stem().unwrap();
+        stem.to_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // The kid of the JWT gatehouse mints now, and the number of keys it publishes.
+    let signing = || {
+        let gh = Gatehouse::spawn(&args(&["--data-dir", d]));
+        let jwks: serde_json::Value =
+            serde_json::from_str(&http_get(gh.addr(), "/.well-known/jwks.json", &[]).body).unwrap();
+        let token = cli_stdout(&gh.cli(&["session", "create", "--data-dir", d, "--sub", "k"]));
+        let r = http_get(
+            gh.addr(),
+            "/auth",
+            &[("Authorization", &format!("Bearer {token}"))],
+        );
+        assert_eq!(r.status, 200, "{}", gh.logs());
+        let jwt = r
+            .header("authorization")
+            .unwrap()
+            .trim_start_matches("Bearer ");
+        let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+        (kid, jwks["keys"].as_array().unwrap().len())
+    };
+
+    let before = now_ms();
+    let (code, first, stderr) = run(&["keys", "generate", "--data-dir", d]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        activation_ms(&first) < before + 5_000,
+        "the first key signs at once: {first}"
+    );
+    let (kid_first, published) = signing();
+    assert_eq!(published, 1);
+
+    let (code, second, stderr) = run(&["keys", "generate", "--data-dir", d]);
+    assert_eq!(code, 0, "{stderr}");
+    let delay = activation_ms(&second).saturating_sub(now_ms());
+    assert!(
+        (300_000..=370_000).contains(&delay),
+        "the second key must wait past the JWKS max-age (300 s): {delay} ms; {stderr}"
+    );
+    assert!(stderr.contains("signs from"), "{stderr}");
+    let (kid_now, published) = signing();
+    assert_eq!(published, 2, "the new key is published at once");
+    assert_eq!(kid_now, kid_first, "and the old key still signs");
+
+    // Explicitly at once.
+    let before = now_ms();
+    let (code, third, stderr) = run(&["keys", "generate", "--data-dir", d, "--activate-in", "0s"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(activation_ms(&third) < before + 5_000, "{third}");
+    let (kid_now, published) = signing();
+    assert_eq!(published, 3);
+    assert_ne!(kid_now, kid_first, "--activate-in 0s signs at once");
+}

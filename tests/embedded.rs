@@ -42,18 +42,16 @@ fn sessions_survive_a_restart_and_cli_revocation_reaches_the_server() {
 
     // Revoke with the CLI while the server runs; the cache TTL is 300 s, so only the
     // revocation log can make this a 401.
-    cli_stdout(&gatehouse_cli(&[
-        "session",
-        "revoke",
-        "--data-dir",
-        &data_dir,
+    cli_stdout(&gatehouse_cli_stdin(
+        &["session", "revoke", "--data-dir", &data_dir],
         &token,
-    ]));
+    ));
     let revoked_at = Instant::now();
     while http_get(gh.addr(), "/auth", &[("Cookie", &cookie)]).status != 401 {
         assert!(
-            revoked_at.elapsed() < Duration::from_secs(10),
-            "revocation never reached the server"
+            // The contract is 1 s embedded; 3 s is the margin of a noisy machine.
+            revoked_at.elapsed() < Duration::from_secs(3),
+            "revocation took over 3 s to reach the server"
         );
         std::thread::sleep(Duration::from_millis(10));
     }

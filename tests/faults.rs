@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gatehouse::config::{Cli, Command};
-use gatehouse::credential::{self, TokenHash, TokenKind};
+use gatehouse::credential::{self, TokenHash};
+use gatehouse::session::SessionKind;
 use gatehouse::session::{unix_now, Session};
 use gatehouse::store::{SessionStore, Store};
 use support::*;
@@ -125,7 +126,7 @@ fn revocation_reaches_the_other_instance_p99_over_1000() {
     const N: usize = 1000;
     let mut latencies = Vec::with_capacity(N);
     for i in 0..N {
-        let token = credential::generate(TokenKind::Session);
+        let token = credential::generate(SessionKind::User);
         let hash = TokenHash::of(token.expose());
         rt.block_on(store.put(&hash, &session(&format!("user-{i}"))))
             .unwrap();
@@ -138,8 +139,10 @@ fn revocation_reaches_the_other_instance_p99_over_1000() {
         for (name, gh) in [("B", &b), ("A", &a)] {
             while auth(gh, token.expose()).status != 401 {
                 assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "revocation {i} never reached instance {name}"
+                    // The contract is 100 ms with Redis; 1 s is the margin of a noisy
+                    // machine, and the real figures are printed below.
+                    t.elapsed() < Duration::from_secs(1),
+                    "revocation {i} took over 1 s to reach instance {name}"
                 );
             }
         }
@@ -164,7 +167,7 @@ fn revocation_racing_a_cache_fill_never_brings_the_session_back() {
     let gh = Gatehouse::spawn(&args(&["--redis-url", &url, "--cache-ttl", "1h"]));
     let (rt, store) = open_store(&url);
     for round in 0..200 {
-        let token = credential::generate(TokenKind::Session);
+        let token = credential::generate(SessionKind::User);
         let hash = TokenHash::of(token.expose());
         rt.block_on(store.put(&hash, &session("race"))).unwrap();
         // Several concurrent first requests (cache fills) while the revocation is issued.

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Instant;
 
-use gatehouse::credential::{self, TokenKind};
+use gatehouse::credential;
+use gatehouse::session::SessionKind;
 use support::*;
 
 fn bearer(token: &str) -> String {
@@ -42,7 +43,7 @@ fn a_million_random_tokens_keep_store_load_and_memory_bounded() {
                     while left > 0 {
                         let n = left.min(BATCH);
                         let values: Vec<String> = (0..n)
-                            .map(|_| bearer(credential::generate(TokenKind::Session).expose()))
+                            .map(|_| bearer(credential::generate(SessionKind::User).expose()))
                             .collect();
                         let headers: Vec<Vec<(&str, &str)>> = values
                             .iter()
@@ -92,7 +93,7 @@ fn a_million_random_tokens_keep_store_load_and_memory_bounded() {
         "memory grew by {grown} KiB over 1M tokens"
     );
     // A replayed unknown token is answered from the negative table: no second read.
-    let token = credential::generate(TokenKind::Session);
+    let token = credential::generate(SessionKind::User);
     redis.config_resetstat();
     for _ in 0..100 {
         let response = http_get(

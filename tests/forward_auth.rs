@@ -105,6 +105,101 @@ fn caddy_redis() {
     check(Which::Caddy, StoreKind::Redis);
 }
 
+#[test]
+fn traefik_policy_decides_on_the_real_request() {
+    policy(Which::Traefik, "auto");
+    policy(Which::Traefik, "forwarded");
+}
+
+#[test]
+fn caddy_policy_decides_on_the_real_request() {
+    policy(Which::Caddy, "auto");
+    policy(Which::Caddy, "forwarded");
+}
+
+const POLICY: &str = r#"
+[[rule]]
+path = "/admin"
+scopes = ["admin"]
+
+[[rule]]
+path = "/public"
+anonymous = true
+"#;
+
+/// The audit's bypass, through the real proxies: both copy the client's own headers into the
+/// auth request, so a client asking for `/admin/x` could add `X-Original-URI: /public/x`
+/// (nginx's family) to have the `/public` rule decide. With `--original-request auto` such a
+/// request carries two families and is refused; pinned to `forwarded`, only the proxy's own
+/// `X-Forwarded-*` headers are read, and the real path decides.
+fn policy(which: Which, mode: &str) {
+    let dir = TempDir::new("policy");
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, POLICY).unwrap();
+    let s = stack_with(
+        which,
+        StoreKind::Embedded,
+        &args(&["--policy", &path, "--original-request", mode]),
+    );
+    let user = s.session(&["--sub", "u-user", "--scope", "read"]);
+    let admin = s.session(&["--sub", "u-admin", "--scope", "admin"]);
+    let user = format!("Bearer {user}");
+    let admin = format!("Bearer {admin}");
+    let ctx = || format!("[{mode}] {}", s.context());
+
+    assert_eq!(s.get("/public/a", &[]).status, 200, "{}", ctx());
+    assert_eq!(
+        s.get("/admin/a", &[("Authorization", &admin)]).status,
+        200,
+        "{}",
+        ctx()
+    );
+    for path in ["/admin/b", "/ADMIN/b", "/Admin/b"] {
+        let r = s.get(path, &[("Authorization", &user)]);
+        assert_eq!(
+            r.status,
+            403,
+            "[{mode}] {path} without the admin scope: {}",
+            ctx()
+        );
+    }
+    // The client names another request in nginx's or ingress-nginx's headers.
+    for (name, value) in [
+        ("X-Original-URI", "/public/x"),
+        ("X-Original-URL", "http://127.0.0.1/public/x"),
+        ("X-Original-Host", "public.example.org"),
+        ("X-Original-Method", "OPTIONS"),
+    ] {
+        for cred in [None, Some(user.as_str())] {
+            let mut headers = vec![(name, value)];
+            if let Some(c) = cred {
+                headers.push(("Authorization", c));
+            }
+            let r = s.get("/admin/c", &headers);
+            let want: &[u16] = match mode {
+                // Two families: refused outright.
+                "auto" if name != "X-Original-Method" => &[401],
+                // X-Original-Method alone is no family's marker; the real path decides.
+                _ => &[401, 403],
+            };
+            assert!(
+                want.contains(&r.status),
+                "[{mode}] /admin/c with {name}: {value} and {cred:?}: {} (want {want:?})\n{}",
+                r.status,
+                ctx()
+            );
+        }
+    }
+    assert!(
+        !s.app
+            .requests()
+            .iter()
+            .any(|h| h.starts_with("GET /admin/b") || h.starts_with("GET /admin/c")),
+        "[{mode}] a refused request reached the upstream: {}",
+        ctx()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stack
 
@@ -172,12 +267,18 @@ struct Stack {
 }
 
 fn stack(which: Which, store: StoreKind) -> Stack {
+    stack_with(which, store, &[])
+}
+
+/// A stack whose gatehouse has `extra` flags too.
+fn stack_with(which: Which, store: StoreKind, extra: &[String]) -> Stack {
     let store = match store {
         StoreKind::Embedded => Store::Embedded(TempDir::new("forward-auth-store")),
         StoreKind::Redis => Store::Redis(RedisServer::start()),
     };
     let mut flags = store.flags();
     flags.extend(args(&["--login-url", LOGIN_URL]));
+    flags.extend(extra.iter().cloned());
     let gatehouse = Gatehouse::spawn(&flags);
     let app = EchoServer::start();
     let vars = [

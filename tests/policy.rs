@@ -350,11 +350,14 @@ fn sighup_reloads_policy_and_keys_without_dropping_a_request() {
         // A new key: published in the JWKS after SIGHUP, and it signs from then on, cached
         // sessions included (their tokens are minted again).
         let old_kid = jwt_kid(&direct(&s, "GET", "/home", &s.bob));
+        // At once: by default a second key signs only after the JWKS max-age.
         cli_stdout(&gatehouse_cli(&[
             "keys",
             "generate",
             "--keys-dir",
             &keys_dir,
+            "--activate-in",
+            "0s",
         ]));
         assert!(send_signal(pid, libc::SIGHUP));
         wait_until("the new key in the JWKS", || jwks_kids(&s) == 2);

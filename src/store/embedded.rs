@@ -203,21 +203,26 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn revoke_user(&self, sub: &str) -> Result<u64, StoreError> {
+    async fn revoke_user(
+        &self,
+        sub: &str,
+        except: Option<&TokenHash>,
+    ) -> Result<Vec<TokenHash>, StoreError> {
         let pool = &self.pool;
+        let except = except.map(TokenHash::encode).unwrap_or_default();
         self.call(async {
             let mut tx = pool.begin().await?;
-            let keys: Vec<String> = sqlx::query("SELECT key FROM sessions WHERE sub = ?")
-                .bind(sub)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            sqlx::query("DELETE FROM sessions WHERE sub = ?")
-                .bind(sub)
-                .execute(&mut *tx)
-                .await?;
+            // One statement deletes and names what it deleted: nothing created in between
+            // can be deleted unlogged or logged undeleted.
+            let keys: Vec<String> =
+                sqlx::query("DELETE FROM sessions WHERE sub = ? AND key != ? RETURNING key")
+                    .bind(sub)
+                    .bind(&except)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
             for key in &keys {
                 sqlx::query("INSERT INTO revocations (key, at) VALUES (?, ?)")
                     .bind(key)
@@ -226,9 +231,20 @@ impl SessionStore for EmbeddedStore {
                     .await?;
             }
             tx.commit().await?;
-            Ok(keys.len() as u64)
+            Ok(keys.iter().filter_map(|k| TokenHash::decode(k)).collect())
         })
         .await
+    }
+
+    async fn touch(&self, key: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        self.call(
+            sqlx::query("UPDATE sessions SET record = ? WHERE key = ?")
+                .bind(encode(session))
+                .bind(key.encode())
+                .execute(&self.pool),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn list_user(&self, sub: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
@@ -270,6 +286,9 @@ impl SessionStore for EmbeddedStore {
                     }
                 }
             };
+            if tx.send(Invalidation::Followed).await.is_err() {
+                return;
+            }
             let mut ticks = 0u64;
             let mut healthy = true;
             loop {

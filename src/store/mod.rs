@@ -29,6 +29,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    pub fn fault(&self) -> crate::error::Fault {
+        match self {
+            StoreError::Unavailable(_) => crate::error::Fault::Dependency,
+            StoreError::Corrupt(_) => crate::error::Fault::Bug,
+        }
+    }
+}
+
 /// What a cache must drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalidation {
@@ -36,6 +45,11 @@ pub enum Invalidation {
     Key(TokenHash),
     /// Revocations may have been missed (channel lost) or many sessions went at once.
     All,
+    /// The revocation channel is followed (again): the cache may be used, after a flush.
+    Followed,
+    /// The store answers but its revocation channel cannot be followed (e.g. an ACL without
+    /// channel rights): nothing may be cached or served from the cache until it is.
+    NotFollowed,
 }
 
 /// The operations every store offers. Implementations must bound every call by the store
@@ -54,8 +68,21 @@ pub trait SessionStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes one session and tells every instance. `true` when it existed.
     fn revoke(&self, key: &TokenHash) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Deletes every session of a user ("log out everywhere"); the number deleted.
-    fn revoke_user(&self, sub: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Deletes every session of a user ("log out everywhere"), but `except` if given ("log
+    /// out other sessions"), and tells every instance; the keys deleted. A session created
+    /// while this runs is either deleted or stays indexed for the next call.
+    fn revoke_user(
+        &self,
+        sub: &str,
+        except: Option<&TokenHash>,
+    ) -> impl Future<Output = Result<Vec<TokenHash>, StoreError>> + Send;
+    /// Rewrites a live session's record with a new `last_seen`; never brings back a session
+    /// that is gone. Off the request path, at most once per `--touch-interval`.
+    fn touch(
+        &self,
+        key: &TokenHash,
+        session: &Session,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// A user's live sessions with their store keys.
     fn list_user(
         &self,
@@ -130,8 +157,15 @@ impl SessionStore for Store {
     async fn revoke(&self, key: &TokenHash) -> Result<bool, StoreError> {
         dispatch!(self, s => s.revoke(key).await)
     }
-    async fn revoke_user(&self, sub: &str) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.revoke_user(sub).await)
+    async fn revoke_user(
+        &self,
+        sub: &str,
+        except: Option<&TokenHash>,
+    ) -> Result<Vec<TokenHash>, StoreError> {
+        dispatch!(self, s => s.revoke_user(sub, except).await)
+    }
+    async fn touch(&self, key: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        dispatch!(self, s => s.touch(key, session).await)
     }
     async fn list_user(&self, sub: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
         dispatch!(self, s => s.list_user(sub).await)

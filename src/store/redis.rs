@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::{Expiration, ExpireOptions};
+use fred::types::{Expiration, ExpireOptions, SetOptions};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -99,7 +99,10 @@ impl RedisStore {
         url: &str,
         wait: Option<Duration>,
     ) -> Result<Self, super::OpenError> {
-        let config = parse_url(url)?;
+        let mut config = parse_url(url)?;
+        // Keep trying when Redis is not up yet (fred's default gives up on the first
+        // failure, for good): in Kubernetes, Redis and gatehouse start in any order.
+        config.fail_fast = false;
         let timeout = args.store_timeout;
         let mut builder = Builder::from_config(config);
         builder
@@ -197,16 +200,10 @@ impl SessionStore for RedisStore {
         if ttl <= 0 {
             return Ok(());
         }
+        // The index entry first, the session last: a crash in between leaves an index entry
+        // naming no session (harmless, skipped when read), never a session that "log out
+        // everywhere" cannot find.
         let user_key = self.user_key(&session.sub);
-        let _: () = self
-            .call(self.pool.set(
-                self.session_key(key),
-                encode(session),
-                Some(Expiration::EX(ttl)),
-                None,
-                false,
-            ))
-            .await?;
         let _: i64 = self.call(self.pool.sadd(&user_key, key.encode())).await?;
         // The index lives as long as its longest session: set a TTL if it has none, and
         // lengthen it if this session outlives it.
@@ -215,6 +212,15 @@ impl SessionStore for RedisStore {
             .await?;
         let _: i64 = self
             .call(self.pool.expire(&user_key, ttl, Some(ExpireOptions::GT)))
+            .await?;
+        let _: () = self
+            .call(self.pool.set(
+                self.session_key(key),
+                encode(session),
+                Some(Expiration::EX(ttl)),
+                None,
+                false,
+            ))
             .await?;
         Ok(())
     }
@@ -230,17 +236,45 @@ impl SessionStore for RedisStore {
         Ok(existed)
     }
 
-    async fn revoke_user(&self, sub: &str) -> Result<u64, StoreError> {
+    async fn revoke_user(
+        &self,
+        sub: &str,
+        except: Option<&TokenHash>,
+    ) -> Result<Vec<TokenHash>, StoreError> {
         let user_key = self.user_key(sub);
         let members: Vec<String> = self.call(self.pool.smembers(&user_key)).await?;
-        let mut n = 0;
-        for m in members.iter().filter_map(|m| TokenHash::decode(m)) {
-            if self.delete_and_publish(&m).await? {
-                n += 1;
+        let mut revoked = Vec::new();
+        for m in &members {
+            let Some(hash) = TokenHash::decode(m) else {
+                continue;
+            };
+            if Some(&hash) == except {
+                continue;
+            }
+            // Only what was read and deleted leaves the index. A session indexed meanwhile
+            // keeps its entry (never `DEL` the whole set), and so does one whose `put` has
+            // indexed it but not yet written it: its record may land after this `DEL`. An
+            // entry of an expired session stays until the index expires; reads skip it.
+            if self.delete_and_publish(&hash).await? {
+                let _: i64 = self.call(self.pool.srem(&user_key, m.as_str())).await?;
+                revoked.push(hash);
             }
         }
-        let _: i64 = self.call(self.pool.del(&user_key)).await?;
-        Ok(n)
+        Ok(revoked)
+    }
+
+    async fn touch(&self, key: &TokenHash, session: &Session) -> Result<(), StoreError> {
+        // XX: only if the session is still there; KEEPTTL: its expiry stays.
+        let _: Option<String> = self
+            .call(self.pool.set(
+                self.session_key(key),
+                encode(session),
+                Some(Expiration::KEEPTTL),
+                Some(SetOptions::XX),
+                false,
+            ))
+            .await?;
+        Ok(())
     }
 
     async fn list_user(&self, sub: &str) -> Result<Vec<(TokenHash, Session)>, StoreError> {
@@ -263,15 +297,89 @@ impl SessionStore for RedisStore {
     fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>) {
         let builder = self.builder.clone();
         let channel = self.channel();
+        let pool = self.pool.clone();
         tokio::spawn(async move {
-            if let Err(e) = watch(&builder, channel, tx).await {
-                tracing::error!(error = %e, "revocation channel could not start; caching is not safe");
+            // Never gives up: Redis may come up after gatehouse, or an operator may fix the
+            // ACL that refuses SUBSCRIBE. Until the channel is followed, nothing is cached.
+            let mut delay = WATCH_BACKOFF_MIN;
+            loop {
+                match watch(&builder, &pool, &channel, &tx).await {
+                    Ok(()) => return, // the gateway is gone
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "revocation channel not followed; sessions are read from the store, uncached, until it is");
+                        if tx.send(Invalidation::NotFollowed).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(WATCH_BACKOFF_MAX);
             }
         });
     }
 }
 
-/// Follows the revocation channel.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why following the channel stopped; the caller retries.
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("cannot connect: {0}")]
+    Connect(Error),
+    #[error("cannot subscribe: {0}")]
+    Subscribe(Error),
+    #[error("subscribed, but a message published on the channel did not arrive within {0:?} (does the ACL grant the channel?)")]
+    Unconfirmed(Duration),
+}
+
+/// How long a probe message may take to come back.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Subscribes and proves it: Redis may refuse a subscription without fred reporting it (an
+/// ACL without channel rights answers NOPERM, and fred 10's subscribe still returns `Ok`), so
+/// a message of our own is published and must come back. Other messages received meanwhile
+/// are dropped: the caller flushes the cache once this returns.
+async fn subscribe_confirmed(
+    subscriber: &fred::clients::SubscriberClient,
+    messages: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
+    pool: &Pool,
+    channel: &str,
+) -> Result<(), WatchError> {
+    subscriber
+        .subscribe(channel)
+        .await
+        .map_err(WatchError::Subscribe)?;
+    let probe = format!(
+        "probe:{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let _: i64 = pool
+        .next()
+        .publish(channel, probe.as_str())
+        .await
+        .map_err(WatchError::Subscribe)?;
+    let arrived = tokio::time::timeout(PROBE_TIMEOUT, async {
+        loop {
+            match messages.recv().await {
+                Ok(m) if m.value.as_bytes() == Some(probe.as_bytes()) => return true,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return false,
+            }
+        }
+    })
+    .await;
+    match arrived {
+        Ok(true) => Ok(()),
+        _ => Err(WatchError::Unconfirmed(PROBE_TIMEOUT)),
+    }
+}
+
+/// Follows the revocation channel until the gateway is gone (`Ok`) or the channel cannot be
+/// followed (`Err`: the caller says so to the cache and tries again).
 ///
 /// When the subscriber connection breaks, cached sessions are still served until their
 /// entries expire (at most `--cache-ttl`): while Redis is unreachable nobody can revoke
@@ -279,61 +387,78 @@ impl SessionStore for RedisStore {
 /// back, revocations may have been missed in between, so the channel is subscribed again
 /// and only then the whole cache is flushed: nothing cached before the gap is trusted after
 /// it. (A partition that cuts this instance off while others still reach Redis is the one
-/// case where a revoked session can be served, for at most `--cache-ttl`.)
+/// case where a revoked session can be served, for at most `--cache-ttl`.) When Redis
+/// answers but refuses the subscription, nothing is cached at all until it accepts.
 async fn watch(
     builder: &Builder,
-    channel: String,
-    tx: mpsc::Sender<Invalidation>,
-) -> Result<(), Error> {
-    let subscriber = builder.build_subscriber_client()?;
+    pool: &Pool,
+    channel: &str,
+    tx: &mpsc::Sender<Invalidation>,
+) -> Result<(), WatchError> {
+    let subscriber = builder
+        .build_subscriber_client()
+        .map_err(WatchError::Connect)?;
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
     let mut errors = subscriber.error_rx();
     subscriber.connect();
-    subscriber.wait_for_connect().await?;
-    subscriber.subscribe(channel.clone()).await?;
-    // Re-subscribes after every reconnection.
-    let _manager = subscriber.manage_subscriptions();
-    tracing::info!(%channel, "following the revocation channel");
-    loop {
-        let event = tokio::select! {
-            m = messages.recv() => match m {
-                Ok(m) => match m.value.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
-                    Some("*") => Invalidation::All,
-                    Some(s) => match TokenHash::decode(s) {
-                        Some(h) => Invalidation::Key(h),
-                        None => continue,
-                    },
-                    None => continue,
-                },
-                // Lagging behind the broadcast buffer means messages were lost.
-                Err(RecvError::Lagged(_)) => Invalidation::All,
-                Err(RecvError::Closed) => return Ok(()),
-            },
-            r = reconnects.recv() => {
-                if matches!(r, Err(RecvError::Closed)) {
-                    return Ok(());
-                }
-                // Listening again before flushing, so that no revocation falls between.
-                if let Err(e) = subscriber.subscribe(channel.clone()).await {
-                    tracing::warn!(error = %e, "revocation channel: subscribing again failed");
-                }
-                tracing::info!("revocation channel reconnected; cache flushed");
-                Invalidation::All
-            }
-            e = errors.recv() => match e {
-                Ok((e, _)) => {
-                    tracing::warn!(error = %e, "revocation channel broke; cached sessions are served until they expire, the cache is flushed when it is back");
-                    continue;
-                }
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return Ok(()),
-            },
-        };
-        if tx.send(event).await.is_err() {
+    let result = async {
+        // Waits as long as Redis is down (the client reconnects with backoff).
+        subscriber
+            .wait_for_connect()
+            .await
+            .map_err(WatchError::Connect)?;
+        subscribe_confirmed(&subscriber, &mut messages, pool, channel).await?;
+        tracing::info!(%channel, "following the revocation channel");
+        if tx.send(Invalidation::Followed).await.is_err() {
             return Ok(());
         }
+        loop {
+            let event = tokio::select! {
+                m = messages.recv() => match m {
+                    Ok(m) => match m.value.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
+                        Some("*") => Invalidation::All,
+                        Some(s) => match TokenHash::decode(s) {
+                            Some(h) => Invalidation::Key(h),
+                            None => continue,
+                        },
+                        None => continue,
+                    },
+                    // Lagging behind the broadcast buffer means messages were lost.
+                    Err(RecvError::Lagged(_)) => Invalidation::All,
+                    Err(RecvError::Closed) => {
+                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")))
+                    }
+                },
+                r = reconnects.recv() => {
+                    if matches!(r, Err(RecvError::Closed)) {
+                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")));
+                    }
+                    // Listening again before flushing, so that no revocation falls between.
+                    subscribe_confirmed(&subscriber, &mut messages, pool, channel).await?;
+                    tracing::info!("revocation channel reconnected; cache flushed");
+                    Invalidation::Followed
+                }
+                e = errors.recv() => match e {
+                    Ok((e, _)) => {
+                        tracing::warn!(error = %e, "revocation channel broke; cached sessions are served until they expire, the cache is flushed when it is back");
+                        continue;
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")))
+                    }
+                },
+            };
+            if tx.send(event).await.is_err() {
+                return Ok(());
+            }
+        }
     }
+    .await;
+    // Stops this client's own reconnection loop; the caller starts a fresh one.
+    let _ = subscriber.quit().await;
+    result
 }
 
 #[cfg(test)]

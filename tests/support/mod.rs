@@ -195,10 +195,23 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<i32> {
 
 /// Runs `cmd` to completion with stdout/stderr captured through files in `dir` (no pipes, so
 /// no reader threads and no pipe-buffer deadlock); kills it and panics after `timeout`.
-fn run_with_timeout(mut cmd: Command, dir: &Path, timeout: Duration) -> Output {
+fn run_with_timeout(cmd: Command, dir: &Path, timeout: Duration) -> Output {
+    run_with_input(cmd, dir, timeout, None)
+}
+
+/// Runs `cmd` with `input` (if any) as its stdin.
+fn run_with_input(mut cmd: Command, dir: &Path, timeout: Duration, input: Option<&str>) -> Output {
     let out_path = dir.join(format!("run-{:x}.stdout", unique_suffix()));
     let err_path = dir.join(format!("run-{:x}.stderr", unique_suffix()));
-    cmd.stdin(Stdio::null())
+    let stdin = match input {
+        None => Stdio::null(),
+        Some(text) => {
+            let path = dir.join(format!("run-{:x}.stdin", unique_suffix()));
+            std::fs::write(&path, text).unwrap();
+            Stdio::from(File::open(&path).unwrap())
+        }
+    };
+    cmd.stdin(stdin)
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap());
     let program = format!("{cmd:?}");
@@ -414,6 +427,21 @@ impl RedisServer {
     /// A standalone server with extra `redis-server` arguments, e.g. `["--requirepass", "x"]`.
     pub fn start_with_args(extra_args: &[&str]) -> RedisServer {
         Self::start_retrying(free_port, extra_args)
+    }
+
+    /// A standalone server on `port`, chosen earlier (e.g. a Redis that starts after
+    /// gatehouse was pointed at it).
+    pub fn start_on(port: u16, extra_args: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        if let Err(why) = server.spawn_and_wait() {
+            panic!("redis-server on {port} failed: {why}\n{}", server.logs());
+        }
+        server
     }
 
     /// Picks a port and starts; if another process grabbed the port in between (the only
@@ -1469,6 +1497,15 @@ pub fn gatehouse_cli(args: &[&str]) -> Output {
     run_with_timeout(cmd, dir.path(), Duration::from_secs(60))
 }
 
+/// `gatehouse_cli` with `input` on stdin: how secrets reach the CLI, e.g.
+/// `gatehouse_cli_stdin(&["session", "revoke", "--redis-url", &url], &token)`.
+pub fn gatehouse_cli_stdin(args: &[&str], input: &str) -> Output {
+    let dir = TempDir::new("cli");
+    let mut cmd = gatehouse_command(dir.path());
+    cmd.args(args);
+    run_with_input(cmd, dir.path(), Duration::from_secs(60), Some(input))
+}
+
 /// stdout of a successful CLI run, trimmed (e.g. the token from `session create`);
 /// panics with stderr otherwise.
 pub fn cli_stdout(output: &Output) -> String {
@@ -1603,7 +1640,9 @@ impl Gatehouse {
                 return false;
             }
             let poll = try_http_request("GET", &admin, "/readyz", &[], b"", Duration::from_secs(2));
-            if poll.is_ok_and(|r| r.status == 200) {
+            // "ready" alone: the store answers and its revocation channel is followed, so
+            // the cache is in use (otherwise every request would read the store).
+            if poll.is_ok_and(|r| r.status == 200 && r.body == "ready\n") {
                 return true;
             }
             if Instant::now() >= deadline {

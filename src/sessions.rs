@@ -1,0 +1,189 @@
+//! The sessions API: the one way to issue, list and revoke sessions, for the CLI today and
+//! for the `accounts` and `registry` modules.
+//!
+//! A token exists only twice: in the [`Issued`] handed out once by [`Sessions::issue`], and
+//! in its holder's hands. Everything after that names a session by its token (the holder
+//! revoking it) or by its `sid`, the short non-secret handle that also travels in the JWT
+//! and in session lists. A revocation deletes the session in the store first, then drops it
+//! from this instance's cache at once, and the store tells every other instance.
+//!
+//! This module must never log or return a token other than in [`Issued`].
+
+use std::time::Duration;
+
+use crate::cache::SessionCache;
+use crate::credential::{self, TokenHash};
+use crate::error::Fault;
+use crate::metrics::{Metrics, StoreOp};
+use crate::secret::Secret;
+use crate::session::Session;
+use crate::store::{Invalidation, SessionStore, Store, StoreError};
+
+/// A new session's token, handed out once; and its handle.
+#[derive(Debug)]
+pub struct Issued {
+    pub token: Secret<String>,
+    pub sid: String,
+}
+
+/// A session as listed: its handle and its record, never its token.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub sid: String,
+    pub session: Session,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsError {
+    /// The caller's: not a gatehouse token (bad shape or checksum).
+    #[error("not a gatehouse token")]
+    NotAToken,
+    /// The caller's: a lifetime of zero, or an expiry in the past.
+    #[error("a session needs a lifetime of at least 1 s")]
+    NoLifetime,
+    /// The store's: unreachable (a dependency) or corrupt (a bug).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SessionsError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            SessionsError::NotAToken | SessionsError::NoLifetime => Fault::Caller,
+            SessionsError::Store(e) => e.fault(),
+        }
+    }
+}
+
+/// The sessions of one store, and (in a server) the cache in front of it.
+pub struct Sessions<'a> {
+    store: &'a Store,
+    cache: Option<&'a SessionCache>,
+    metrics: Option<&'a Metrics>,
+}
+
+impl<'a> Sessions<'a> {
+    /// `cache`: this instance's cache, which revocations reach at once (the CLI has none).
+    pub fn new(store: &'a Store, cache: Option<&'a SessionCache>) -> Self {
+        Sessions {
+            store,
+            cache,
+            metrics: None,
+        }
+    }
+
+    /// Counts and times every store call in `metrics` (`store_requests_total{op}`).
+    pub fn with_metrics(self, metrics: &'a Metrics) -> Self {
+        Sessions {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    /// Runs one store call, counted and timed when there are metrics.
+    async fn timed<T>(
+        &self,
+        op: StoreOp,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = std::time::Instant::now();
+        let result = call.await;
+        if let Some(m) = self.metrics {
+            m.store(op, result.is_ok(), start.elapsed());
+        }
+        result
+    }
+
+    /// Stores `session` and returns its new token, whose prefix follows `session.kind`.
+    pub async fn issue(&self, session: &Session) -> Result<Issued, SessionsError> {
+        if session.expires_at <= crate::session::unix_now() {
+            return Err(SessionsError::NoLifetime);
+        }
+        let token = credential::generate(session.kind);
+        let hash = TokenHash::of(token.expose());
+        self.timed(StoreOp::Put, self.store.put(&hash, session))
+            .await?;
+        Ok(Issued {
+            token,
+            sid: hash.sid(),
+        })
+    }
+
+    /// A session for `sub` of `ttl` from now, to fill in with struct update syntax.
+    pub fn draft(sub: impl Into<String>, ttl: Duration) -> Session {
+        let now = crate::session::unix_now();
+        Session::new(sub, now, now.saturating_add(ttl.as_secs()))
+    }
+
+    /// Revokes the session of `token` (its holder logging out). `true` when it existed.
+    pub async fn revoke(&self, token: &str) -> Result<bool, SessionsError> {
+        if credential::check(token).is_none() {
+            return Err(SessionsError::NotAToken);
+        }
+        self.revoke_key(&TokenHash::of(token)).await
+    }
+
+    /// Revokes one of `sub`'s sessions by its `sid` ("sign out that device"). `false` when
+    /// `sub` has no such session, so one user cannot revoke another's.
+    pub async fn revoke_sid(&self, sub: &str, sid: &str) -> Result<bool, SessionsError> {
+        let found = self
+            .timed(StoreOp::List, self.store.list_user(sub))
+            .await?
+            .into_iter()
+            .find(|(hash, _)| hash.sid() == sid);
+        match found {
+            Some((hash, _)) => self.revoke_key(&hash).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Revokes every session of `sub` ("log out everywhere", deactivation), or every one
+    /// but the session of `keep` ("log out other sessions", password change). The number
+    /// revoked.
+    pub async fn revoke_user(&self, sub: &str, keep: Option<&str>) -> Result<u64, SessionsError> {
+        let keep = match keep {
+            Some(token) if credential::check(token).is_none() => {
+                return Err(SessionsError::NotAToken)
+            }
+            Some(token) => Some(TokenHash::of(token)),
+            None => None,
+        };
+        let revoked = self
+            .timed(
+                StoreOp::RevokeUser,
+                self.store.revoke_user(sub, keep.as_ref()),
+            )
+            .await?;
+        for hash in &revoked {
+            self.forget(hash).await;
+        }
+        Ok(revoked.len() as u64)
+    }
+
+    /// `sub`'s live sessions, oldest first.
+    pub async fn list(&self, sub: &str) -> Result<Vec<Listed>, SessionsError> {
+        Ok(self
+            .timed(StoreOp::List, self.store.list_user(sub))
+            .await?
+            .into_iter()
+            .map(|(hash, session)| Listed {
+                sid: hash.sid(),
+                session,
+            })
+            .collect())
+    }
+
+    async fn revoke_key(&self, hash: &TokenHash) -> Result<bool, SessionsError> {
+        // The store first: a cache fill that begins after the local drop below reads the
+        // store after the delete.
+        let existed = self.timed(StoreOp::Revoke, self.store.revoke(hash)).await?;
+        self.forget(hash).await;
+        Ok(existed)
+    }
+
+    async fn forget(&self, hash: &TokenHash) {
+        if let Some(cache) = self.cache {
+            cache.apply(Invalidation::Key(*hash)).await;
+        }
+    }
+}
