@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use gatehouse::credential::{self, TokenHash};
 use gatehouse::session::SessionKind;
 use gatehouse::session::{unix_now, Session};
+use gatehouse::store::redis::Layout;
 use serde::Serialize;
 use support::*;
 
@@ -309,7 +310,7 @@ fn main() {
     redis.config_resetstat();
     for _ in 0..ROUNDS {
         // Every round starts cold: drop everything this instance cached.
-        redis.cmd(&["PUBLISH", "gh:revoked", "*"]);
+        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
         std::thread::sleep(Duration::from_millis(200));
         // Each round is cold and starts at the first token; a round (about 50k requests at
         // 3 s) never reaches the end of the 100k, so no session is asked for twice.
@@ -342,7 +343,7 @@ fn main() {
     ));
 
     eprintln!("load: memory with 100k cached sessions");
-    redis.cmd(&["PUBLISH", "gh:revoked", "*"]);
+    redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
     std::thread::sleep(Duration::from_millis(300));
     let rss_empty = rss(gh.pid()).min(rss_before);
     warm(&gh, &gh_url, &scripts.tokens, &tokens, MISS_SESSIONS);
@@ -352,7 +353,7 @@ fn main() {
 
     eprintln!("load: memory with 1M cached sessions (creating them takes a while)");
     let big = create_sessions(&redis, work.path(), "big", BIG_SESSIONS);
-    redis.cmd(&["PUBLISH", "gh:revoked", "*"]);
+    redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
     std::thread::sleep(Duration::from_millis(500));
     let rss_empty = rss(gh.pid());
     warm(&gh, &gh_url, &scripts.tokens, &big, BIG_SESSIONS);
@@ -622,7 +623,7 @@ fn create_sessions(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Pat
             scopes: vec!["read".into()],
             ..Session::new(format!("user-{i}"), now, now + 7200)
         };
-        let key = format!("gh:s:{}", TokenHash::of(token.expose()).encode());
+        let key = Layout("gh:").session(&TokenHash::of(token.expose()));
         let value = serde_json::to_string(&session).unwrap();
         write!(
             resp,

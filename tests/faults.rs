@@ -25,7 +25,10 @@ fn open_store(url: &str) -> (tokio::runtime::Runtime, Store) {
         .build()
         .unwrap();
     let store = rt
-        .block_on(Store::open(&args.store, Some(Duration::from_secs(5))))
+        .block_on(Store::open(
+            &args.store.settings(),
+            Some(Duration::from_secs(5)),
+        ))
         .expect("store");
     (rt, store)
 }
@@ -196,7 +199,7 @@ fn a_dropped_invalidation_channel_flushes_the_cache() {
     let token = create_session(&url, "dana");
     assert_eq!(auth(&gh, &token).status, 200);
     // Deleted behind gatehouse's back, with no broadcast: the cached entry is now stale.
-    let key = format!("gh:s:{}", TokenHash::of(&token).encode());
+    let key = gatehouse::store::redis::Layout("gh:").session(&TokenHash::of(&token));
     assert_eq!(redis.cmd(&["DEL", &key]), "1");
     assert_eq!(
         auth(&gh, &token).status,

@@ -19,9 +19,10 @@ use fred::types::{Expiration, ExpireOptions, SetOptions};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
+use super::StoreSettings;
 use super::{decode, encode, Invalidation, SessionStore, StoreError};
-use crate::config::{ConfigError, StoreArgs};
 use crate::credential::TokenHash;
+use crate::error::ConfigError;
 use crate::session::{unix_now, Session};
 
 const POOL_SIZE: usize = 4;
@@ -86,6 +87,27 @@ pub fn parse_url(url: &str) -> Result<Config, ConfigError> {
         .map_err(|e| bad(&format!("is not a valid Redis URL: {}", e.details())))
 }
 
+/// The Redis key layout under a prefix (`--redis-prefix`): the one place that spells it, for
+/// the store and for tests and benchmarks that look into Redis.
+pub struct Layout<'a>(pub &'a str);
+
+impl Layout<'_> {
+    /// A session's record.
+    pub fn session(&self, key: &TokenHash) -> String {
+        format!("{}s:{}", self.0, key.encode())
+    }
+
+    /// The set of a user's session keys.
+    pub fn user(&self, sub: &str) -> String {
+        format!("{}u:{}", self.0, sub)
+    }
+
+    /// The revocation channel: one message per revoked key, `*` for "drop everything".
+    pub fn channel(&self) -> String {
+        format!("{}revoked", self.0)
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -95,7 +117,7 @@ impl RedisStore {
     /// connection and fails if it does not come (the CLI); without, returns at once and lets
     /// the pool keep reconnecting in the background (the server, which reports readiness).
     pub async fn connect(
-        args: &StoreArgs,
+        settings: &StoreSettings,
         url: &str,
         wait: Option<Duration>,
     ) -> Result<Self, super::OpenError> {
@@ -103,7 +125,7 @@ impl RedisStore {
         // Keep trying when Redis is not up yet (fred's default gives up on the first
         // failure, for good): in Kubernetes, Redis and gatehouse start in any order.
         config.fail_fast = false;
-        let timeout = args.store_timeout;
+        let timeout = settings.timeout;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|p| {
@@ -128,7 +150,7 @@ impl RedisStore {
         let store = RedisStore {
             pool,
             builder: Arc::new(builder),
-            prefix: args.redis_prefix.clone().into(),
+            prefix: settings.redis_prefix.clone().into(),
             timeout,
         };
         if let Some(wait) = wait {
@@ -142,15 +164,15 @@ impl RedisStore {
     }
 
     fn session_key(&self, key: &TokenHash) -> String {
-        format!("{}s:{}", self.prefix, key.encode())
+        Layout(&self.prefix).session(key)
     }
 
     fn user_key(&self, sub: &str) -> String {
-        format!("{}u:{}", self.prefix, sub)
+        Layout(&self.prefix).user(sub)
     }
 
     fn channel(&self) -> String {
-        format!("{}revoked", self.prefix)
+        Layout(&self.prefix).channel()
     }
 
     /// Runs one command under the store deadline.
