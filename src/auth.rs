@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
-use crate::config::{Anonymous, Cidr, Compat, JwtAlg, ServeArgs};
+use crate::config::{Cidr, JwtAlg};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome, StoreOp};
 use crate::policy::{self, Grants, OriginalRequest, Policy, Requirement, TargetError};
@@ -114,45 +114,64 @@ pub struct Gateway {
     shutting_down: AtomicBool,
 }
 
+/// What the gateway needs from the configuration, free of the command line (built by
+/// `ServeArgs::gateway_settings`, or by hand in a test).
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// The session cookie's name.
+    pub cookie_name: String,
+    /// A request without a credential gets 200 (no identity) rather than 401.
+    pub anonymous: bool,
+    /// `--compat arxiv` with arXiv's JWT secret.
+    pub arxiv_secret: Option<Secret<String>>,
+    /// Where `/auth/redirect` sends refused browsers.
+    pub login_url: Option<String>,
+    /// The policy file, re-read on SIGHUP.
+    pub policy_path: Option<PathBuf>,
+    /// The keys directory, re-read on SIGHUP.
+    pub keys_dir: PathBuf,
+    pub jwt_alg: JwtAlg,
+    pub jwt_secret: Option<Secret<String>>,
+    pub jwt_ttl: Duration,
+    /// Peers whose proxy headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    pub original_request: OriginalRequest,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    pub touch_interval: Duration,
+    pub session_idle: Option<Duration>,
+}
+
 impl Gateway {
     pub fn new(
-        args: &ServeArgs,
+        settings: GatewaySettings,
         store: Store,
         signer: Signer,
         metrics: Metrics,
         policy: Option<Policy>,
     ) -> Arc<Gateway> {
         let (touches, touches_rx) = mpsc::channel(TOUCH_QUEUE);
+        let s = settings;
         Arc::new(Gateway {
             signer: ArcSwap::from_pointee(signer),
             store,
-            cache: SessionCache::new(args.cache_capacity),
+            cache: SessionCache::new(s.cache_capacity),
             metrics,
-            cookie_name: match args.compat {
-                // arXiv's cookie, unless another name was asked for.
-                Some(Compat::Arxiv) if args.cookie_name == crate::config::DEFAULT_COOKIE => {
-                    crate::arxiv::COOKIE.to_string()
-                }
-                _ => args.cookie_name.clone(),
-            },
-            // arXiv's authenticator let requests without a credential through, anonymous.
-            anonymous: args.anonymous == Anonymous::Allow || args.compat == Some(Compat::Arxiv),
-            login_url: args.login_url.clone(),
+            cookie_name: s.cookie_name,
+            anonymous: s.anonymous,
+            login_url: s.login_url,
             policy: ArcSwapOption::from(policy.map(Arc::new)),
-            policy_path: args.policy.clone(),
-            keys_dir: args.keys.dir(&args.store.data_dir),
-            jwt_alg: args.jwt_alg,
-            jwt_secret: args.jwt_secret.clone(),
-            trusted_proxies: args.trusted_proxies.clone(),
-            original_request: args.original_request,
-            arxiv: match (args.compat, &args.jwt_secret) {
-                (Some(Compat::Arxiv), Some(secret)) => Some(Arxiv::new(secret)),
-                _ => None,
-            },
-            cache_ttl: args.cache_ttl,
-            jwt_ttl: args.jwt_ttl,
-            touch_interval: args.touch_interval,
-            session_idle: args.session_idle,
+            policy_path: s.policy_path,
+            keys_dir: s.keys_dir,
+            jwt_alg: s.jwt_alg,
+            jwt_secret: s.jwt_secret,
+            trusted_proxies: s.trusted_proxies,
+            original_request: s.original_request,
+            arxiv: s.arxiv_secret.as_ref().map(Arxiv::new),
+            cache_ttl: s.cache_ttl,
+            jwt_ttl: s.jwt_ttl,
+            touch_interval: s.touch_interval,
+            session_idle: s.session_idle,
             touches,
             touches_rx: std::sync::Mutex::new(Some(touches_rx)),
             shutting_down: AtomicBool::new(false),

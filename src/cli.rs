@@ -19,7 +19,7 @@ use crate::Failure;
 async fn open(args: &StoreArgs) -> Result<Store, Failure> {
     args.validate()?;
     let wait = args.store_timeout.max(std::time::Duration::from_secs(2));
-    Ok(Store::open(args, Some(wait)).await?)
+    Ok(Store::open(&args.settings(), Some(wait)).await?)
 }
 
 pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {

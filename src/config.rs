@@ -302,24 +302,37 @@ impl KeyArgs {
     }
 }
 
-/// Bad configuration: exit code 64, one line naming the flag.
-#[derive(Debug, thiserror::Error)]
-#[error("{flag}: {reason}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            flag,
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::error::ConfigError;
 
 impl ServeArgs {
+    /// The gateway's settings, free of the command line.
+    pub fn gateway_settings(&self) -> crate::auth::GatewaySettings {
+        let arxiv = self.compat == Some(Compat::Arxiv);
+        crate::auth::GatewaySettings {
+            // arXiv's cookie, unless another name was asked for.
+            cookie_name: if arxiv && self.cookie_name == DEFAULT_COOKIE {
+                crate::arxiv::COOKIE.to_string()
+            } else {
+                self.cookie_name.clone()
+            },
+            // arXiv's authenticator let requests without a credential through, anonymous.
+            anonymous: self.anonymous == Anonymous::Allow || arxiv,
+            arxiv_secret: self.jwt_secret.clone().filter(|_| arxiv),
+            login_url: self.login_url.clone(),
+            policy_path: self.policy.clone(),
+            keys_dir: self.keys.dir(&self.store.data_dir),
+            jwt_alg: self.jwt_alg,
+            jwt_secret: self.jwt_secret.clone(),
+            jwt_ttl: self.jwt_ttl,
+            trusted_proxies: self.trusted_proxies.clone(),
+            original_request: self.original_request,
+            cache_ttl: self.cache_ttl,
+            cache_capacity: self.cache_capacity,
+            touch_interval: self.touch_interval,
+            session_idle: self.session_idle,
+        }
+    }
+
     /// Checks what clap's per-value parsing cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cookie_name.is_empty()
@@ -414,6 +427,16 @@ impl ServeArgs {
 }
 
 impl StoreArgs {
+    /// The store's settings, free of the command line.
+    pub fn settings(&self) -> crate::store::StoreSettings {
+        crate::store::StoreSettings {
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            data_dir: self.data_dir.clone(),
+            timeout: self.store_timeout,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.store_timeout.is_zero() {
             return Err(ConfigError::new("--store-timeout", "must be more than 0"));

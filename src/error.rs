@@ -23,3 +23,20 @@ impl Fault {
         }
     }
 }
+
+/// Bad configuration: exit code 64, one line naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}

@@ -25,8 +25,9 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::{ConfigError, JwtAlg};
+use crate::config::JwtAlg;
 use crate::credential::Method;
+use crate::error::ConfigError;
 use crate::secret::Secret;
 use crate::session::Session;
 

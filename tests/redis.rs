@@ -573,7 +573,7 @@ fn without_channel_rights_nothing_is_cached_until_the_channel_is_followed() {
 /// `revoke_user` returned is gone, on Redis (standalone and cluster) and embedded. Before
 /// the fix, `DEL` of the whole index dropped sessions indexed meanwhile, which then
 /// survived every later "log out everywhere".
-fn log_out_everywhere_races_logins(store_args: gatehouse::config::StoreArgs) {
+fn log_out_everywhere_races_logins(store_args: gatehouse::store::StoreSettings) {
     use gatehouse::sessions::Sessions;
     use gatehouse::store::{SessionStore, Store};
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -658,12 +658,12 @@ fn log_out_everywhere_races_logins(store_args: gatehouse::config::StoreArgs) {
 fn store_args(
     redis_url: Option<String>,
     data_dir: &std::path::Path,
-) -> gatehouse::config::StoreArgs {
-    gatehouse::config::StoreArgs {
+) -> gatehouse::store::StoreSettings {
+    gatehouse::store::StoreSettings {
         redis_url: redis_url.map(gatehouse::secret::Secret::new),
         redis_prefix: "gh:".into(),
         data_dir: data_dir.to_path_buf(),
-        store_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
     }
 }
 

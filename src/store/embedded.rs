@@ -15,9 +15,10 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::mpsc;
 
+use super::StoreSettings;
 use super::{decode, encode, Invalidation, SessionStore, StoreError};
-use crate::config::{ConfigError, StoreArgs};
 use crate::credential::TokenHash;
+use crate::error::ConfigError;
 use crate::session::{unix_now, Session};
 
 const POLL: Duration = Duration::from_millis(250);
@@ -50,8 +51,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    pub async fn open(args: &StoreArgs) -> Result<Self, super::OpenError> {
-        let dir = &args.data_dir;
+    pub async fn open(settings: &StoreSettings) -> Result<Self, super::OpenError> {
+        let dir = &settings.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
             ConfigError::new(
                 "--data-dir",
@@ -73,7 +74,7 @@ impl EmbeddedStore {
         }
         Ok(EmbeddedStore {
             pool,
-            timeout: args.store_timeout,
+            timeout: settings.timeout,
         })
     }
 

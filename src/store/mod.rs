@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{ConfigError, StoreArgs};
 use crate::credential::TokenHash;
+use crate::error::ConfigError;
+use crate::secret::Secret;
 use crate::session::Session;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,19 @@ pub trait SessionStore: Send + Sync {
     fn watch_invalidations(&self, tx: mpsc::Sender<Invalidation>);
 }
 
+/// Where sessions live and how long a store call may take (from `--redis-url`,
+/// `--redis-prefix`, `--data-dir`, `--store-timeout`).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Redis, or (without) the embedded store in `data_dir`.
+    pub redis_url: Option<Secret<String>>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    pub data_dir: std::path::PathBuf,
+    /// Deadline of every store call.
+    pub timeout: Duration,
+}
+
 /// The configured store. An enum rather than a trait object: the hot path's store call is a
 /// plain match, and both arms are visible from here.
 #[derive(Clone)]
@@ -105,12 +119,17 @@ pub enum Store {
 impl Store {
     /// Opens the store named by the flags. `connect_timeout` bounds the first connection;
     /// `Err(StoreError)` then means the store is unreachable (exit 69 for the CLI).
-    pub async fn open(args: &StoreArgs, wait: Option<Duration>) -> Result<Store, OpenError> {
-        match &args.redis_url {
+    pub async fn open(
+        settings: &StoreSettings,
+        wait: Option<Duration>,
+    ) -> Result<Store, OpenError> {
+        match &settings.redis_url {
             Some(url) => Ok(Store::Redis(
-                redis::RedisStore::connect(args, url.expose(), wait).await?,
+                redis::RedisStore::connect(settings, url.expose(), wait).await?,
             )),
-            None => Ok(Store::Embedded(embedded::EmbeddedStore::open(args).await?)),
+            None => Ok(Store::Embedded(
+                embedded::EmbeddedStore::open(settings).await?,
+            )),
         }
     }
 
