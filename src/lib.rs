@@ -95,7 +95,7 @@ pub async fn run(command: Command) -> Result<(), Failure> {
 /// Builds everything `/auth` needs from the flags: store, keys, cache, metrics.
 pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failure> {
     args.validate()?;
-    let store = store::Store::open(&args.store, None).await?;
+    let store = store::Store::open(&args.store.settings(), None).await?;
     let signer = signer::Signer::load(
         &args.keys.dir(&args.store.data_dir),
         args.jwt_alg,
@@ -112,7 +112,13 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
             policy::Policy::load(path).map_err(|why| config::ConfigError::new("--policy", why))?,
         ),
     };
-    let gateway = auth::Gateway::new(args, store, signer, metrics::Metrics::new(), policy);
+    let gateway = auth::Gateway::new(
+        args.gateway_settings(),
+        store,
+        signer,
+        metrics::Metrics::new(),
+        policy,
+    );
     gateway.start_background();
     Ok(gateway)
 }
@@ -163,6 +169,7 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
         main,
         admin,
         gateway,
+        None,
         server_settings(&args),
         shutdown_signal(),
     )

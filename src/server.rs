@@ -1,8 +1,11 @@
 //! The two listeners and their routes, and Kubernetes-shaped shutdown.
 //!
-//! Main listener: `/auth` and `/.well-known/jwks.json`. Admin listener: `/healthz`,
-//! `/readyz`, `/metrics` — kept apart so probes and scrapes never share a port or a code path
-//! with authentication. `serve` takes already-bound listeners, so tests bind port 0.
+//! Main listener: `/auth`, `/auth/redirect` and `/.well-known/jwks.json`, answered by a raw
+//! match with an unboxed body; every other path falls through to the companion modules'
+//! router ([`Modules`]), when one is given, so that `accounts` and `registry` add routes
+//! without touching the hot path. Admin listener: `/healthz`, `/readyz`, `/metrics` — kept
+//! apart so probes and scrapes never share a port or a code path with authentication.
+//! `serve` takes already-bound listeners, so tests bind port 0.
 //!
 //! Shutdown: `/readyz` turns 503 at once; requests are still served for `--shutdown-delay`
 //! (load balancers need a moment to notice); then the main listener closes and in-flight
@@ -11,10 +14,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -27,6 +33,24 @@ use tokio::sync::watch;
 
 use crate::auth::{Body, Gateway};
 use crate::store::SessionStore;
+
+/// The body of a module's answer: boxed, since modules answer pages and APIs, not the hot
+/// path.
+pub type ModuleBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the main listener answers with: `/auth`'s unboxed body, or a module's.
+pub type MainBody = Either<Body, ModuleBody>;
+
+/// The routes of the companion modules: everything on the main listener but `/auth`,
+/// `/auth/redirect` and the JWKS. An axum `Router` fits behind this in a few lines; the
+/// core names no module and no web framework.
+pub trait Modules: Send + Sync + 'static {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Response<ModuleBody>> + Send>>;
+}
 
 /// Largest request head accepted (hyper's read buffer); nginx's default for large headers is
 /// 4 × 8 KiB, and `/auth` requests carry only headers.
@@ -46,6 +70,7 @@ pub async fn serve(
     main: TcpListener,
     admin: TcpListener,
     gateway: Arc<Gateway>,
+    modules: Option<Arc<dyn Modules>>,
     settings: ServerSettings,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -67,7 +92,8 @@ pub async fn serve(
         settings.shutdown_timeout,
         move |req, peer| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(route_main(&gw, req, peer).await) }
+            let modules = modules.clone();
+            async move { Ok::<_, Infallible>(route_main(&gw, modules.as_deref(), req, peer).await) }
         },
     ));
     let gw = gateway.clone();
@@ -98,7 +124,7 @@ pub async fn serve(
 /// process of file descriptors either.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-async fn accept_loop<F, Fut>(
+async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
     http: http1::Builder,
     mut stop: watch::Receiver<bool>,
@@ -107,7 +133,10 @@ async fn accept_loop<F, Fut>(
     handler: F,
 ) where
     F: Fn(Request<Incoming>, IpAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     // One permit per open connection. At the limit a new connection is closed at once: the
@@ -158,9 +187,36 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-async fn route_main(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+async fn route_main(
+    gw: &Gateway,
+    modules: Option<&dyn Modules>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<MainBody> {
     match req.uri().path() {
-        "/auth" => gw.auth(req.headers(), peer).await,
+        "/auth" => gw.auth(req.headers(), peer).await.map(Either::Left),
+        _ => route_rest(gw, modules, req, peer).await,
+    }
+}
+
+/// Everything but `/auth`, out of line so that `/auth`'s future stays small.
+#[inline(never)]
+async fn route_rest(
+    gw: &Gateway,
+    modules: Option<&dyn Modules>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<MainBody> {
+    match (req.uri().path(), modules) {
+        ("/auth/redirect" | "/.well-known/jwks.json", _) | (_, None) => {
+            route_core(gw, req, peer).await.map(Either::Left)
+        }
+        (_, Some(modules)) => modules.call(req, peer).await.map(Either::Right),
+    }
+}
+
+async fn route_core(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    match req.uri().path() {
         "/auth/redirect" => gw.auth_redirect(req.headers(), peer).await,
         "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
             let mut r = Response::new(Body::new(gw.signer.load().jwks()));

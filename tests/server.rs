@@ -1,0 +1,355 @@
+//! The in-process tier: the real server (`server::serve`) started from the test on listeners
+//! bound to port 0, its gateway built from flags exactly as `gatehouse serve` builds it, on
+//! the embedded store, and driven over HTTP as a client would. No subprocess, so the test
+//! can also look inside: at the cache entry a request left, at the store, at the sessions
+//! API that the modules will use.
+//!
+//! Timing rules are checked without sleeping: a cache entry's lifetime is computed when it
+//! is filled (and read back here), and idle and last-seen are decided from the session's
+//! stored times, which the test writes in the past.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use gatehouse::auth::Gateway;
+use gatehouse::cache::CacheKey;
+use gatehouse::config::{Cli, Command};
+use gatehouse::credential::{Method, TokenHash};
+use gatehouse::server::{ModuleBody, Modules};
+use gatehouse::session::{unix_now, Session, SessionKind};
+use gatehouse::sessions::Sessions;
+use gatehouse::store::SessionStore;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use support::{http_get, TempDir};
+
+struct InProcess {
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl InProcess {
+    /// `gatehouse serve <flags>` in this process, on the embedded store in a temp dir.
+    async fn start(flags: &[&str], modules: Option<Arc<dyn Modules>>) -> InProcess {
+        let dir = TempDir::new("in-process");
+        let data = dir.join("data");
+        let mut argv = vec!["gatehouse", "serve", "--data-dir", &data];
+        argv.extend_from_slice(flags);
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!()
+        };
+        let gateway = gatehouse::build_gateway(&args).await.expect("gateway");
+        let main = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = main.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gatehouse::server::serve(
+            main,
+            admin,
+            gateway.clone(),
+            modules,
+            gatehouse::server_settings(&args),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        // The embedded store's revocation log is followed at once; until then nothing caches.
+        for _ in 0..500 {
+            if gateway.cache.is_following() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gateway.cache.is_following());
+        InProcess {
+            addr,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// GET `path` with `headers`, over a real connection.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> support::Response {
+        let (addr, path) = (self.addr, path.to_string());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            http_get(addr, &path, &h)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn auth(&self, token: &str) -> u16 {
+        self.get("/auth", &[("Authorization", &format!("Bearer {token}"))])
+            .await
+            .status
+    }
+
+    async fn issue(&self, session: &Session) -> String {
+        let issued = self.gateway.sessions().issue(session).await.unwrap();
+        issued.token.expose().clone()
+    }
+
+    /// How long the entry that a bearer request for `token` left in the cache may live.
+    async fn cached_ttl(&self, token: &str) -> Duration {
+        let key = CacheKey {
+            hash: TokenHash::of(token),
+            method: Method::Bearer,
+        };
+        self.gateway.cache.get(&key).await.expect("cached").ttl
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// A module router that answers every path it is given, and counts.
+struct Echo(AtomicUsize);
+
+impl Modules for Echo {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        _peer: std::net::IpAddr,
+    ) -> Pin<Box<dyn std::future::Future<Output = Response<ModuleBody>> + Send>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let body = format!("module:{}", request.uri().path());
+        Box::pin(async move {
+            Response::new(
+                Full::new(Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modules_get_every_path_but_the_hot_ones() {
+    let modules = Arc::new(Echo(AtomicUsize::new(0)));
+    let gh = InProcess::start(&[], Some(modules.clone())).await;
+    let token = gh
+        .issue(&Sessions::draft("u1", Duration::from_secs(600)))
+        .await;
+    assert_eq!(gh.auth(&token).await, 200);
+    assert_eq!(gh.get("/auth", &[]).await.status, 401);
+    assert_eq!(gh.get("/auth/redirect", &[]).await.status, 401);
+    let jwks = gh.get("/.well-known/jwks.json", &[]).await;
+    assert_eq!(jwks.status, 200);
+    assert!(jwks.body.contains("\"keys\""), "{}", jwks.body);
+    assert_eq!(
+        modules.0.load(Ordering::SeqCst),
+        0,
+        "the hot paths never reach the modules"
+    );
+    for path in [
+        "/login",
+        "/auth/x",
+        "/",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let r = gh.get(path, &[]).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, format!("module:{path}").as_str())
+        );
+    }
+    assert_eq!(modules.0.load(Ordering::SeqCst), 4);
+    gh.stop().await;
+
+    // Without modules, the rest is 404.
+    let gh = InProcess::start(&[], None).await;
+    assert_eq!(gh.get("/login", &[]).await.status, 404);
+    gh.stop().await;
+}
+
+/// A cache entry lives until the earliest of: 4/5 of the JWT's life (so the upstream always
+/// gets a JWT with a fifth of its life left), the session's end, `--cache-ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_entry_lives_until_the_earliest_of_refresh_session_end_and_cache_ttl() {
+    let gh = InProcess::start(&["--jwt-ttl", "100s", "--cache-ttl", "600s"], None).await;
+    let long = gh
+        .issue(&Sessions::draft("u1", Duration::from_secs(3600)))
+        .await;
+    assert_eq!(gh.auth(&long).await, 200);
+    assert_eq!(
+        gh.cached_ttl(&long).await,
+        Duration::from_secs(80),
+        "4/5 of --jwt-ttl"
+    );
+    let short = gh
+        .issue(&Sessions::draft("u2", Duration::from_secs(30)))
+        .await;
+    assert_eq!(gh.auth(&short).await, 200);
+    let ttl = gh.cached_ttl(&short).await;
+    assert!(
+        ttl <= Duration::from_secs(30) && ttl >= Duration::from_secs(25),
+        "the session's end: {ttl:?}"
+    );
+    gh.stop().await;
+
+    let gh = InProcess::start(&["--cache-ttl", "10s"], None).await;
+    let token = gh
+        .issue(&Sessions::draft("u3", Duration::from_secs(3600)))
+        .await;
+    assert_eq!(gh.auth(&token).await, 200);
+    assert_eq!(
+        gh.cached_ttl(&token).await,
+        Duration::from_secs(10),
+        "--cache-ttl"
+    );
+    gh.stop().await;
+}
+
+/// `--session-idle` ends a session unused for that long; a session in use has its
+/// `last_seen` written, off the request path, at most once per `--touch-interval`; and the
+/// cache never holds a session past its idle end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_end_and_last_seen_is_written_off_the_request_path() {
+    let gh = InProcess::start(
+        &[
+            "--session-idle",
+            "1h",
+            "--touch-interval",
+            "5m",
+            "--cache-ttl",
+            "60s",
+        ],
+        None,
+    )
+    .await;
+    let now = unix_now();
+    let seen = |ago: u64| Session {
+        last_seen: Some(now - ago),
+        ..Sessions::draft("idle", Duration::from_secs(86_400))
+    };
+    let idle = gh.issue(&seen(7200)).await;
+    assert_eq!(
+        gh.auth(&idle).await,
+        401,
+        "unused for 2 h with --session-idle 1h"
+    );
+
+    let used = gh.issue(&seen(55 * 60)).await;
+    assert_eq!(gh.auth(&used).await, 200, "unused for 55 min");
+    let ttl = gh.cached_ttl(&used).await;
+    assert!(
+        ttl <= Duration::from_secs(5 * 60),
+        "cached past its idle end: {ttl:?}"
+    );
+    // Its last_seen is written in the background (it was 55 min old, over --touch-interval).
+    let hash = TokenHash::of(&used);
+    let mut written = None;
+    for _ in 0..300 {
+        let s = gh.gateway.store.get(&hash).await.unwrap().unwrap();
+        if s.last_seen.is_some_and(|t| t >= now) {
+            written = s.last_seen;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(written.is_some(), "last_seen never written");
+
+    // Seen a minute ago: within --touch-interval, nothing is written.
+    let fresh = gh.issue(&seen(60)).await;
+    assert_eq!(gh.auth(&fresh).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = gh
+        .gateway
+        .store
+        .get(&TokenHash::of(&fresh))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.last_seen, Some(now - 60));
+    let metrics = gh.gateway.metrics.encode();
+    assert!(
+        metrics.contains("gatehouse_store_requests_total{op=\"touch\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    gh.stop().await;
+}
+
+/// The sessions API, as `accounts` and `registry` will use it: kinds and prefixes, listing
+/// by `sid`, revocations that reach this instance's cache before they return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_api_issues_lists_and_revokes() {
+    let gh = InProcess::start(&["--cache-ttl", "300s"], None).await;
+    let sessions = gh.gateway.sessions();
+    let mut tokens = Vec::new();
+    for (kind, prefix) in [
+        (SessionKind::User, "gts_"),
+        (SessionKind::Client, "gtc_"),
+        (SessionKind::Personal, "gtp_"),
+    ] {
+        let issued = sessions
+            .issue(&Session {
+                kind,
+                ..Sessions::draft("alice", Duration::from_secs(600))
+            })
+            .await
+            .unwrap();
+        assert!(issued.token.expose().starts_with(prefix), "{kind:?}");
+        assert!(
+            !format!("{issued:?}").contains(issued.token.expose()),
+            "Debug shows the token"
+        );
+        tokens.push((issued.token.expose().clone(), issued.sid));
+    }
+    for (token, _) in &tokens {
+        assert_eq!(gh.auth(token).await, 200);
+    }
+    let listed = sessions.list("alice").await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(tokens
+        .iter()
+        .all(|(_, sid)| listed.iter().any(|l| &l.sid == sid)));
+
+    // Revoked through the API: refused by the very next request, although the embedded
+    // store's revocation log is polled only every 250 ms and the entry is cached for 300 s.
+    let (first, first_sid) = &tokens[0];
+    assert!(sessions.revoke(first).await.unwrap());
+    assert_eq!(gh.auth(first).await, 401);
+    assert!(!sessions.revoke(first).await.unwrap(), "already gone");
+
+    // By sid: only the owner's sid counts.
+    let (second, second_sid) = &tokens[1];
+    assert!(!sessions.revoke_sid("mallory", second_sid).await.unwrap());
+    assert_eq!(gh.auth(second).await, 200);
+    assert!(!sessions.revoke_sid("alice", first_sid).await.unwrap());
+
+    // Log out the others, keep this one.
+    let (third, _) = &tokens[2];
+    assert_eq!(sessions.revoke_user("alice", Some(third)).await.unwrap(), 1);
+    assert_eq!(gh.auth(second).await, 401);
+    assert_eq!(gh.auth(third).await, 200);
+    assert!(sessions.revoke("not-a-token").await.is_err());
+    assert_eq!(
+        sessions.revoke("not-a-token").await.unwrap_err().fault(),
+        gatehouse::error::Fault::Caller
+    );
+
+    gh.stop().await;
+}
