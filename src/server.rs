@@ -8,8 +8,11 @@
 //! `serve` takes already-bound listeners, so tests bind port 0.
 //!
 //! Shutdown: `/readyz` turns 503 at once; requests are still served for `--shutdown-delay`
-//! (load balancers need a moment to notice); then the main listener closes and in-flight
-//! requests get `--shutdown-timeout` to finish; then the admin listener closes.
+//! (load balancers need a moment to notice); then the main listener stays open for as long
+//! as requests keep coming (a co-located nginx drains on its own schedule, and a closed
+//! listener would turn its auth subrequests into 500s), until none came for [`QUIET`] or
+//! `--shutdown-timeout` has passed; then it closes and in-flight requests get
+//! `--shutdown-timeout` to finish; then the admin listener closes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -113,12 +116,30 @@ pub async fn serve(
     gateway.begin_shutdown();
     tracing::info!(delay = ?settings.shutdown_delay, "shutting down: readiness is 503");
     tokio::time::sleep(settings.shutdown_delay).await;
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    let mut seen = gateway.metrics.auth_requests();
+    loop {
+        tokio::time::sleep(QUIET).await;
+        let now = gateway.metrics.auth_requests();
+        if now == seen {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(timeout = ?settings.shutdown_timeout, "requests still coming at --shutdown-timeout; closing the listener anyway");
+            break;
+        }
+        seen = now;
+    }
+    tracing::info!("no more requests; closing the listener");
     let _ = stop_main.send(true);
     let _ = main_task.await;
     let _ = stop_admin.send(true);
     let _ = admin_task.await;
     tracing::info!("stopped");
 }
+
+/// During a shutdown, the main listener closes once no request has come for this long.
+pub const QUIET: Duration = Duration::from_millis(250);
 
 /// Probes and scrapes need few connections; a flood on the admin port must not starve the
 /// process of file descriptors either.
