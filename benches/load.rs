@@ -47,6 +47,10 @@ struct Run {
     requests: u64,
     errors: u64,
     non_2xx: u64,
+    /// CPU time (user + system) per request of the nginx worker(s), µs; through nginx only.
+    nginx_cpu_us: f64,
+    /// CPU time per request of the auth server (gatehouse, or the 204 nginx), µs.
+    server_cpu_us: f64,
 }
 
 /// One line of the report: a candidate, its ceiling, medians of alternating rounds.
@@ -93,6 +97,8 @@ fn main() {
         let _ = find_program(tool); // panics with a clear message when missing
     }
     let started = Instant::now();
+    // `LOAD_ONLY=nginx`: only the scenarios through nginx (about 2 minutes).
+    let only_nginx = std::env::var("LOAD_ONLY").is_ok_and(|v| v == "nginx");
     let mut report = Report {
         machine: machine(),
         ..Default::default()
@@ -180,84 +186,85 @@ fn main() {
         wrk(&gh_url, s, &[], 1);
     }
 
-    eprintln!("load: direct, cache hit");
-    for (name, script) in [
-        ("hit, cookie", &scripts.cookie),
-        ("hit, bearer", &scripts.bearer),
-    ] {
-        redis.config_resetstat();
+    if !only_nginx {
+        eprintln!("load: direct, cache hit");
+        for (name, script) in [
+            ("hit, cookie", &scripts.cookie),
+            ("hit, bearer", &scripts.bearer),
+        ] {
+            redis.config_resetstat();
+            let (c, b) = alternate(
+                || wrk(&gh_url, script, &[], SECONDS),
+                || wrk(&bare_url, script, &[], SECONDS),
+            );
+            let (per_req, writes) = store_load(&redis, c.requests * ROUNDS as u64);
+            report.rows.push(row(
+                &format!("direct {name}"),
+                "gatehouse /auth",
+                "bare hyper 200",
+                c,
+                b,
+                Some(per_req),
+                Some(writes),
+            ));
+        }
+        eprintln!("load: direct, cache hit, one runtime worker each");
+        {
+            let one = Gatehouse::spawn(&args(&[
+                "--redis-url",
+                &url,
+                "--workers",
+                "1",
+                "--log-level",
+                "warn",
+            ]));
+            let (mut bare_one, bare_one_port) = spawn_bare_hyper(Some(1));
+            let _guard = KillOnDrop(&mut bare_one);
+            let one_url = format!("http://{}/auth", one.addr());
+            let bare_one_url = format!("http://127.0.0.1:{bare_one_port}/");
+            wrk(&one_url, &scripts.bearer, &[], 1);
+            let (c, b) = alternate(
+                || wrk(&one_url, &scripts.bearer, &[], SECONDS),
+                || wrk(&bare_one_url, &scripts.bearer, &[], SECONDS),
+            );
+            report.rows.push(row(
+                "direct hit, bearer, 1 worker",
+                "gatehouse --workers 1",
+                "bare hyper, 1 worker",
+                c,
+                b,
+                None,
+                None,
+            ));
+        }
+        eprintln!("load: direct, denied and anonymous");
         let (c, b) = alternate(
-            || wrk(&gh_url, script, &[], SECONDS),
-            || wrk(&bare_url, script, &[], SECONDS),
+            || wrk(&gh_url, &scripts.random, &[], SECONDS),
+            || wrk(&bare_url, &scripts.random, &[], SECONDS),
         );
-        let (per_req, writes) = store_load(&redis, c.requests * ROUNDS as u64);
         report.rows.push(row(
-            &format!("direct {name}"),
+            "direct denied (random tokens)",
             "gatehouse /auth",
             "bare hyper 200",
             c,
             b,
-            Some(per_req),
-            Some(writes),
+            None,
+            None,
         ));
-    }
-    eprintln!("load: direct, cache hit, one runtime worker each");
-    {
-        let one = Gatehouse::spawn(&args(&[
-            "--redis-url",
-            &url,
-            "--workers",
-            "1",
-            "--log-level",
-            "warn",
-        ]));
-        let (mut bare_one, bare_one_port) = spawn_bare_hyper(Some(1));
-        let _guard = KillOnDrop(&mut bare_one);
-        let one_url = format!("http://{}/auth", one.addr());
-        let bare_one_url = format!("http://127.0.0.1:{bare_one_port}/");
-        wrk(&one_url, &scripts.bearer, &[], 1);
         let (c, b) = alternate(
-            || wrk(&one_url, &scripts.bearer, &[], SECONDS),
-            || wrk(&bare_one_url, &scripts.bearer, &[], SECONDS),
+            || wrk(&anon_url, &scripts.none, &[], SECONDS),
+            || wrk(&bare_url, &scripts.none, &[], SECONDS),
         );
         report.rows.push(row(
-            "direct hit, bearer, 1 worker",
-            "gatehouse --workers 1",
-            "bare hyper, 1 worker",
+            "direct anonymous (allow)",
+            "gatehouse /auth",
+            "bare hyper 200",
             c,
             b,
             None,
             None,
         ));
     }
-    eprintln!("load: direct, denied and anonymous");
-    let (c, b) = alternate(
-        || wrk(&gh_url, &scripts.random, &[], SECONDS),
-        || wrk(&bare_url, &scripts.random, &[], SECONDS),
-    );
-    report.rows.push(row(
-        "direct denied (random tokens)",
-        "gatehouse /auth",
-        "bare hyper 200",
-        c,
-        b,
-        None,
-        None,
-    ));
-    let (c, b) = alternate(
-        || wrk(&anon_url, &scripts.none, &[], SECONDS),
-        || wrk(&bare_url, &scripts.none, &[], SECONDS),
-    );
-    report.rows.push(row(
-        "direct anonymous (allow)",
-        "gatehouse /auth",
-        "bare hyper 200",
-        c,
-        b,
-        None,
-        None,
-    ));
-
     eprintln!("load: through nginx, cache hit");
     for (name, script) in [
         ("hit, cookie", &scripts.cookie),
@@ -269,7 +276,12 @@ fn main() {
                 .iter()
                 .enumerate()
             {
-                runs[i].push(wrk(&via(loc), script, &[], SECONDS));
+                let server = match *loc {
+                    "ceiling" => ceiling.worker_pids(),
+                    "internal" => Vec::new(),
+                    _ => vec![gh.pid()],
+                };
+                runs[i].push(wrk_cpu(&via(loc), script, &nginx.worker_pids(), &server));
             }
         }
         let [ceil, gate, internal, nokeep] = [0, 1, 2, 3].map(|i| median(&runs[i]));
@@ -302,65 +314,66 @@ fn main() {
         ));
     }
 
-    eprintln!("load: cache miss ({MISS_SESSIONS} sessions)");
-    let tokens = create_sessions(&redis, work.path(), "miss", MISS_SESSIONS);
-    let rss_before = rss(gh.pid());
-    let mut miss_runs = (Vec::new(), Vec::new());
-    let mut miss_requests = 0;
-    redis.config_resetstat();
-    for _ in 0..ROUNDS {
-        // Every round starts cold: drop everything this instance cached.
-        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
-        std::thread::sleep(Duration::from_millis(200));
-        // Each round is cold and starts at the first token; a round (about 50k requests at
-        // 3 s) never reaches the end of the 100k, so no session is asked for twice.
-        let offset = "0".to_string();
-        let c = wrk(
-            &gh_url,
-            &scripts.tokens,
-            &[tokens.to_str().unwrap(), &offset],
-            SECONDS,
-        );
-        miss_requests += c.requests;
-        miss_runs.0.push(c);
-        miss_runs.1.push(wrk(
-            &bare_url,
-            &scripts.tokens,
-            &[tokens.to_str().unwrap(), &offset],
-            SECONDS,
+    if !only_nginx {
+        eprintln!("load: cache miss ({MISS_SESSIONS} sessions)");
+        let tokens = create_sessions(&redis, work.path(), "miss", MISS_SESSIONS);
+        let rss_before = rss(gh.pid());
+        let mut miss_runs = (Vec::new(), Vec::new());
+        let mut miss_requests = 0;
+        redis.config_resetstat();
+        for _ in 0..ROUNDS {
+            // Every round starts cold: drop everything this instance cached.
+            redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
+            std::thread::sleep(Duration::from_millis(200));
+            // Each round is cold and starts at the first token; a round (about 50k requests at
+            // 3 s) never reaches the end of the 100k, so no session is asked for twice.
+            let offset = "0".to_string();
+            let c = wrk(
+                &gh_url,
+                &scripts.tokens,
+                &[tokens.to_str().unwrap(), &offset],
+                SECONDS,
+            );
+            miss_requests += c.requests;
+            miss_runs.0.push(c);
+            miss_runs.1.push(wrk(
+                &bare_url,
+                &scripts.tokens,
+                &[tokens.to_str().unwrap(), &offset],
+                SECONDS,
+            ));
+        }
+        let (per_req, writes) = store_load(&redis, miss_requests);
+        let (c, b) = (median(&miss_runs.0), median(&miss_runs.1));
+        report.rows.push(row(
+            "direct miss (each request a new session)",
+            "gatehouse /auth",
+            "bare hyper 200",
+            c,
+            b,
+            Some(per_req),
+            Some(writes),
         ));
+
+        eprintln!("load: memory with 100k cached sessions");
+        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
+        std::thread::sleep(Duration::from_millis(300));
+        let rss_empty = rss(gh.pid()).min(rss_before);
+        warm(&gh, &gh_url, &scripts.tokens, &tokens, MISS_SESSIONS);
+        let entries = cache_entries(&gh);
+        report.rss_per_session_100k =
+            (rss(gh.pid()).saturating_sub(rss_empty)) as f64 / entries.max(1) as f64;
+
+        eprintln!("load: memory with 1M cached sessions (creating them takes a while)");
+        let big = create_sessions(&redis, work.path(), "big", BIG_SESSIONS);
+        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let rss_empty = rss(gh.pid());
+        warm(&gh, &gh_url, &scripts.tokens, &big, BIG_SESSIONS);
+        report.cached_sessions_1m = cache_entries(&gh);
+        report.rss_per_session_1m = (rss(gh.pid()).saturating_sub(rss_empty)) as f64
+            / report.cached_sessions_1m.max(1) as f64;
     }
-    let (per_req, writes) = store_load(&redis, miss_requests);
-    let (c, b) = (median(&miss_runs.0), median(&miss_runs.1));
-    report.rows.push(row(
-        "direct miss (each request a new session)",
-        "gatehouse /auth",
-        "bare hyper 200",
-        c,
-        b,
-        Some(per_req),
-        Some(writes),
-    ));
-
-    eprintln!("load: memory with 100k cached sessions");
-    redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let rss_empty = rss(gh.pid()).min(rss_before);
-    warm(&gh, &gh_url, &scripts.tokens, &tokens, MISS_SESSIONS);
-    let entries = cache_entries(&gh);
-    report.rss_per_session_100k =
-        (rss(gh.pid()).saturating_sub(rss_empty)) as f64 / entries.max(1) as f64;
-
-    eprintln!("load: memory with 1M cached sessions (creating them takes a while)");
-    let big = create_sessions(&redis, work.path(), "big", BIG_SESSIONS);
-    redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_empty = rss(gh.pid());
-    warm(&gh, &gh_url, &scripts.tokens, &big, BIG_SESSIONS);
-    report.cached_sessions_1m = cache_entries(&gh);
-    report.rss_per_session_1m =
-        (rss(gh.pid()).saturating_sub(rss_empty)) as f64 / report.cached_sessions_1m.max(1) as f64;
-
     let md = markdown(&report);
     println!("{md}");
     let out = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
@@ -527,6 +540,43 @@ fn wrk(url: &str, script: &Path, script_args: &[&str], seconds: u32) -> Run {
         requests: n("requests") as u64,
         errors: n("errors") as u64,
         non_2xx: n("non_2xx") as u64,
+        ..Run::default()
+    }
+}
+
+/// User + system CPU time of `pids` so far, in µs (from `/proc/<pid>/stat`). Clock ticks are
+/// 10 ms, fine over a run of tens of thousands of requests; CPU time per request is much
+/// steadier than requests per second on a shared machine.
+fn cpu_us(pids: &[u32]) -> f64 {
+    // USER_HZ, the unit of /proc's times, is 100 on Linux whatever the kernel's HZ.
+    let tick_us = 1e6 / 100.0;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            let ticks = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (ticks(14) + ticks(15)) * tick_us
+        })
+        .sum()
+}
+
+/// `wrk` through nginx, with the CPU time per request of nginx's workers and of the auth
+/// server's processes.
+fn wrk_cpu(url: &str, script: &Path, nginx: &[u32], server: &[u32]) -> Run {
+    let (n0, s0) = (cpu_us(nginx), cpu_us(server));
+    let run = wrk(url, script, &[], SECONDS);
+    let (n1, s1) = (cpu_us(nginx), cpu_us(server));
+    let per = |d: f64| d / run.requests.max(1) as f64;
+    Run {
+        nginx_cpu_us: per(n1 - n0),
+        server_cpu_us: per(s1 - s0),
+        ..run
     }
 }
 
@@ -555,6 +605,8 @@ fn median(runs: &[Run]) -> Run {
         requests: med(|r| r.requests as f64) as u64,
         errors: runs.iter().map(|r| r.errors).sum(),
         non_2xx: runs.iter().map(|r| r.non_2xx).sum(),
+        nginx_cpu_us: med(|r| r.nginx_cpu_us),
+        server_cpu_us: med(|r| r.server_cpu_us),
     }
 }
 
@@ -726,6 +778,29 @@ fn markdown(r: &Report) -> String {
             row.ratio_p99,
             store
         );
+    }
+    let _ = writeln!(
+        s,
+        "\nCPU time per request through nginx (µs, user + system, medians):\n\n| scenario | auth server | nginx worker | auth server | total |\n|---|---|---:|---:|---:|"
+    );
+    let mut shown = std::collections::HashSet::new();
+    for row in r.rows.iter().filter(|r| r.scenario.starts_with("nginx")) {
+        for (name, run) in [
+            (&row.candidate, &row.candidate_run),
+            (&row.ceiling, &row.ceiling_run),
+        ] {
+            if run.nginx_cpu_us > 0.0 && shown.insert((&row.scenario, name)) {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                    row.scenario,
+                    name,
+                    run.nginx_cpu_us,
+                    run.server_cpu_us,
+                    run.nginx_cpu_us + run.server_cpu_us
+                );
+            }
+        }
     }
     let _ = writeln!(s, "\n| memory and start-up | value |\n|---|---:|");
     let _ = writeln!(

@@ -84,6 +84,18 @@ pub enum FillError {
     Contended,
 }
 
+impl FillError {
+    pub fn fault(&self) -> crate::error::Fault {
+        use crate::error::Fault;
+        match self {
+            FillError::NotFound => Fault::Caller,
+            FillError::Store(e) => e.fault(),
+            FillError::Sign(_) => Fault::Bug,
+            FillError::Contended => Fault::Dependency,
+        }
+    }
+}
+
 pub struct SessionCache {
     entries: Cache<CacheKey, Arc<Entry>>,
     negative: NegativeTable,
