@@ -82,6 +82,12 @@ fn handler(c: &mut Criterion) {
     let gateway = runtime
         .block_on(gatehouse::build_gateway(&args))
         .expect("gateway");
+    // The cache serves hits only once the store's revocation log is followed.
+    runtime.block_on(async {
+        while !gateway.cache.is_following() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
     let token = credential::generate(SessionKind::User);
     runtime
         .block_on(

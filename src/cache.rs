@@ -152,15 +152,12 @@ impl SessionCache {
     }
 
     /// A cached entry that may be served, if any. An entry that predates a revocation of
-    /// its token (a fill that landed late) is dropped here and reads as a miss.
+    /// its token (a fill that landed late) reads as a miss; `get_or_fill` then replaces it.
+    /// (Not dropped here: awaiting moka's invalidation would make every hit's future larger.)
     #[inline]
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let entry = self.entries.get(key).await?;
-        if self.is_current(&entry, &key.hash) {
-            return Some(entry);
-        }
-        self.entries.invalidate(key).await;
-        None
+        self.is_current(&entry, &key.hash).then_some(entry)
     }
 
     #[inline]
