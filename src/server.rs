@@ -216,12 +216,12 @@ async fn route_main(
 ) -> Response<MainBody> {
     match req.uri().path() {
         "/auth" => gw.auth(req.headers(), peer).await.map(Either::Left),
-        _ => route_rest(gw, modules, req, peer).await,
+        // Boxed: every other route's future would otherwise make `/auth`'s as large.
+        _ => Box::pin(route_rest(gw, modules, req, peer)).await,
     }
 }
 
-/// Everything but `/auth`, out of line so that `/auth`'s future stays small.
-#[inline(never)]
+/// Everything but `/auth`.
 async fn route_rest(
     gw: &Gateway,
     modules: Option<&dyn Modules>,
