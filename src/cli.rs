@@ -26,9 +26,6 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     match cmd {
         SessionCommand::Create(a) => {
             let store = open(&a.store).await?;
-            if a.ttl.as_secs() == 0 {
-                return Err(ConfigError::new("--ttl", "must be at least 1s").into());
-            }
             let session = Session {
                 username: a.username,
                 email: a.email,

@@ -221,25 +221,27 @@ async fn route_main(
     }
 }
 
-/// Everything but `/auth`.
+/// Everything but `/auth`: the core's other routes, then the modules (or 404).
 async fn route_rest(
     gw: &Gateway,
     modules: Option<&dyn Modules>,
     req: Request<Incoming>,
     peer: IpAddr,
 ) -> Response<MainBody> {
-    match (req.uri().path(), modules) {
-        ("/auth/redirect" | "/.well-known/jwks.json", _) | (_, None) => {
-            route_core(gw, req, peer).await.map(Either::Left)
-        }
-        (_, Some(modules)) => modules.call(req, peer).await.map(Either::Right),
-    }
+    let response = match req.uri().path() {
+        "/auth/redirect" => gw.auth_redirect(req.headers(), peer).await,
+        "/.well-known/jwks.json" => jwks(gw, req.method()),
+        _ => match modules {
+            Some(modules) => return modules.call(req, peer).await.map(Either::Right),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    };
+    response.map(Either::Left)
 }
 
-async fn route_core(gw: &Gateway, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
-    match req.uri().path() {
-        "/auth/redirect" => gw.auth_redirect(req.headers(), peer).await,
-        "/.well-known/jwks.json" if req.method() == Method::GET || req.method() == Method::HEAD => {
+fn jwks(gw: &Gateway, method: &Method) -> Response<Body> {
+    match *method {
+        Method::GET | Method::HEAD => {
             let mut r = Response::new(Body::new(gw.signer.load().jwks()));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

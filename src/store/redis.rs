@@ -355,6 +355,11 @@ enum WatchError {
     Unconfirmed(Duration),
 }
 
+/// The subscriber client's channels closed under us: start a fresh client.
+fn closed() -> WatchError {
+    WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed"))
+}
+
 /// How long a probe message may take to come back.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -448,13 +453,11 @@ async fn watch(
                     },
                     // Lagging behind the broadcast buffer means messages were lost.
                     Err(RecvError::Lagged(_)) => Invalidation::All,
-                    Err(RecvError::Closed) => {
-                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")))
-                    }
+                    Err(RecvError::Closed) => return Err(closed()),
                 },
                 r = reconnects.recv() => {
                     if matches!(r, Err(RecvError::Closed)) {
-                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")));
+                        return Err(closed());
                     }
                     // Listening again before flushing, so that no revocation falls between.
                     subscribe_confirmed(&subscriber, &mut messages, pool, channel).await?;
@@ -467,9 +470,7 @@ async fn watch(
                         continue;
                     }
                     Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => {
-                        return Err(WatchError::Connect(Error::new(ErrorKind::Canceled, "subscriber closed")))
-                    }
+                    Err(RecvError::Closed) => return Err(closed()),
                 },
             };
             if tx.send(event).await.is_err() {
