@@ -170,11 +170,11 @@ async fn accept_loop<F, Fut, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
-                        drop(stream);
                         refused_since_log += 1;
                         if refused_since_log == 1 || refused_since_log % 10_000 == 0 {
                             tracing::warn!(limit = max_connections, refused = refused_since_log, "connection limit reached; closing new connections (--max-connections)");
                         }
+                        drop(stream);
                         continue;
                     };
                     refused_since_log = 0;

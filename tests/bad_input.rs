@@ -335,7 +335,7 @@ fn connections_beyond_the_limit_are_closed_and_the_rest_keep_working() {
         gh.logs()
     );
     assert!(
-        gh.logs().contains("connection limit reached"),
+        gh.wait_for_log("connection limit reached", Duration::from_secs(5)),
         "{}",
         gh.logs()
     );

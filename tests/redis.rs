@@ -541,7 +541,7 @@ fn without_channel_rights_nothing_is_cached_until_the_channel_is_followed() {
         gh.logs()
     );
     assert!(
-        gh.logs().contains("revocation channel not followed"),
+        gh.wait_for_log("revocation channel not followed", Duration::from_secs(5)),
         "{}",
         gh.logs()
     );

@@ -243,6 +243,21 @@ impl Gatehouse {
         )
     }
 
+    /// Waits until the logs contain `needle` (they are written by the process, so a test
+    /// that saw an effect may still be ahead of its log line).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM: begins a graceful shutdown. Follow with `wait_exit`.
     pub fn sigterm(&mut self) {
         let child = self.child.as_mut().expect("not started");
