@@ -484,6 +484,33 @@ impl Gateway {
         let _ = self.touches.try_send((hash, seen));
     }
 
+    /// The client's address: `peer`, or when `peer` is a trusted proxy the address it
+    /// reports (`X-Real-IP`, else the last `X-Forwarded-For` hop).
+    pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if !self.trusted_proxies.iter().any(|c| c.contains(peer)) {
+            return peer;
+        }
+        let reported = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| {
+                headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .next_back()
+                    .and_then(|v| v.trim().parse().ok())
+            });
+        reported.unwrap_or(peer)
+    }
+
+    /// The name of the session cookie (`--cookie-name`).
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
     /// The sessions API on this gateway's store; revocations reach this instance's cache at
     /// once.
     pub fn sessions(&self) -> Sessions<'_> {

@@ -115,21 +115,46 @@ fn failure(e: SessionsError) -> Failure {
 
 /// One token from stdin (`echo "$TOKEN" | gatehouse session revoke`), never from argv.
 fn token_from_stdin() -> Result<Secret<String>, Failure> {
+    let line = read_secret(
+        "TOKEN",
+        "paste the token and press Enter:",
+        "give the token on stdin, or --sub",
+    )?;
+    Ok(Secret::new(line.expose().trim().to_string()))
+}
+
+/// One line from stdin, never from argv: a prompt (input hidden) when stdin is a terminal.
+/// `name` and `missing` make the error when the line is empty.
+pub(crate) fn read_secret(
+    name: &'static str,
+    prompt: &str,
+    missing: &str,
+) -> Result<Secret<String>, Failure> {
     use std::io::{BufRead, IsTerminal};
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprintln!("paste the token and press Enter:");
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    if tty {
+        eprint!("{prompt} ");
+        stty("-echo");
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| Failure::Other(e.into()))?;
-    let token = Secret::new(line.trim().to_string());
-    if token.expose().is_empty() {
-        return Err(ConfigError::new("TOKEN", "give the token on stdin, or --sub").into());
+    let read = stdin.lock().read_line(&mut line);
+    if tty {
+        stty("echo");
+        eprintln!();
     }
-    Ok(token)
+    read.map_err(|e| Failure::Other(e.into()))?;
+    let secret = Secret::new(line.trim_end_matches(['\r', '\n']).to_string());
+    if secret.expose().trim().is_empty() {
+        return Err(ConfigError::new(name, missing.to_string()).into());
+    }
+    Ok(secret)
 }
 
 pub fn keys(cmd: KeysCommand) -> Result<(), Failure> {

@@ -36,6 +36,10 @@ pub enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage users (accounts).
+    #[cfg(feature = "accounts")]
+    #[command(subcommand)]
+    User(crate::accounts::cli::UserCommand),
 }
 
 #[derive(Debug, Args)]
@@ -210,6 +214,9 @@ pub struct ServeArgs {
     /// On SIGTERM, the deadline for in-flight requests once the listener has closed.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    #[cfg(feature = "accounts")]
+    #[command(flatten)]
+    pub accounts: crate::accounts::AccountsArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "accounts")]
+pub mod accounts;
 pub mod arxiv;
 pub mod auth;
 pub mod cache;
@@ -89,6 +91,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(args) => serve_until_signal(*args).await,
         Command::Session(cmd) => cli::session(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd),
+        #[cfg(feature = "accounts")]
+        Command::User(args) => accounts::cli::user(args).await,
     }
 }
 
@@ -123,6 +127,24 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
     Ok(gateway)
 }
 
+/// The companion modules compiled in, behind the main listener.
+#[allow(clippy::unused_async)]
+pub async fn build_modules(
+    args: &ServeArgs,
+    gateway: &Arc<auth::Gateway>,
+) -> Result<Option<Arc<dyn server::Modules>>, Failure> {
+    #[cfg(feature = "accounts")]
+    {
+        let accounts = accounts::Accounts::open(args, gateway.clone()).await?;
+        Ok(Some(accounts.modules()))
+    }
+    #[cfg(not(feature = "accounts"))]
+    {
+        let _ = (args, gateway);
+        Ok(None)
+    }
+}
+
 pub fn server_settings(args: &ServeArgs) -> server::ServerSettings {
     server::ServerSettings {
         max_connections: args.max_connections,
@@ -143,6 +165,7 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
     let main = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
     let gateway = build_gateway(&args).await?;
+    let modules = build_modules(&args, &gateway).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store unreachable; /readyz answers 503 until it answers");
     }
@@ -169,7 +192,7 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
         main,
         admin,
         gateway,
-        None,
+        modules,
         server_settings(&args),
         shutdown_signal(),
     )

@@ -170,6 +170,8 @@ impl StoreOp {
 pub struct Metrics {
     registry: Registry,
     process: Registry,
+    /// The companion modules' metrics, added once at start (`add_module`).
+    modules: std::sync::OnceLock<Registry>,
     auth: Vec<Counter>,
     pub auth_duration: LatencyHistogram,
     pub cache_hit: Counter,
@@ -293,6 +295,7 @@ impl Metrics {
         Metrics {
             registry,
             process,
+            modules: std::sync::OnceLock::new(),
             auth,
             auth_duration,
             cache_hit,
@@ -332,12 +335,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Exposes the companion modules' metrics beside the core's. Once: a second call is
+    /// ignored (and is a bug in the caller).
+    pub fn add_module(&self, registry: Registry) {
+        if self.modules.set(registry).is_err() {
+            tracing::error!("module metrics registered twice; the second set is ignored");
+        }
+    }
+
     /// The text exposition, with process metrics read now.
     pub fn encode(&self) -> String {
         self.read_process();
         let mut out = String::with_capacity(8192);
         encode_registry(&mut out, &self.registry).expect("writing to a String cannot fail");
         encode_registry(&mut out, &self.process).expect("writing to a String cannot fail");
+        if let Some(modules) = self.modules.get() {
+            encode_registry(&mut out, modules).expect("writing to a String cannot fail");
+        }
         encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }

@@ -160,6 +160,22 @@ impl<'a> Sessions<'a> {
         Ok(revoked.len() as u64)
     }
 
+    /// The live session of `token`, read from the store (not the cache: the pages that ask
+    /// act on it, and must see a revocation at once). `None` for anything not a live token.
+    pub async fn find(&self, token: &str) -> Result<Option<Listed>, SessionsError> {
+        if credential::check(token).is_none() {
+            return Ok(None);
+        }
+        let hash = TokenHash::of(token);
+        let session = self.timed(StoreOp::Get, self.store.get(&hash)).await?;
+        Ok(session
+            .filter(|s| s.expires_at > crate::session::unix_now())
+            .map(|session| Listed {
+                sid: hash.sid(),
+                session,
+            }))
+    }
+
     /// `sub`'s live sessions, oldest first.
     pub async fn list(&self, sub: &str) -> Result<Vec<Listed>, SessionsError> {
         Ok(self

@@ -1,0 +1,360 @@
+//! `gatehouse user …`: the administrators' side of accounts, on the same database and
+//! session store as the server, while it runs. Passwords come from stdin or a prompt, never
+//! from argv.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::db::{Db, NewUser, Purpose, User};
+use super::{DatabaseArgs, Roles};
+use crate::config::{ConfigError, StoreArgs};
+use crate::sessions::Sessions;
+use crate::store::Store;
+use crate::Failure;
+
+/// The flags of every `user` subcommand: the same store and database as `serve`.
+#[derive(Debug, Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Print JSON (one object, or one per line for `list`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an active user with a confirmed email; the password is read from stdin.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A role beyond `user` (repeatable).
+        #[arg(long = "role", id = "role")]
+        role: Vec<String>,
+        /// Shortest password accepted, in characters.
+        #[arg(long, default_value_t = 12)]
+        password_min_length: usize,
+    },
+    /// Every user.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One user, by username or email.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
+    /// Let the user sign in again.
+    Activate {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
+    /// Stop the user signing in, and end all their sessions now.
+    Deactivate {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
+    /// Set the password (read from stdin) and end all the user's sessions.
+    SetPassword {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+        #[arg(long, default_value_t = 12)]
+        password_min_length: usize,
+    },
+    /// Print an invitation link to register with this address (--registration invite).
+    Invite {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        email: String,
+        /// The public URL of the pages, as `serve --public-url`.
+        #[arg(
+            long,
+            env = "GATEHOUSE_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        public_url: String,
+    },
+    /// Add or remove a role; the user's sessions end, so the next login carries the change.
+    #[command(subcommand)]
+    Role(RoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    Add {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+        role: String,
+    },
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+        role: String,
+    },
+}
+
+impl UserCommand {
+    fn common(&self) -> &Common {
+        match self {
+            UserCommand::Create { common, .. }
+            | UserCommand::List { common }
+            | UserCommand::Show { common, .. }
+            | UserCommand::Activate { common, .. }
+            | UserCommand::Deactivate { common, .. }
+            | UserCommand::SetPassword { common, .. }
+            | UserCommand::Invite { common, .. }
+            | UserCommand::Role(
+                RoleCommand::Add { common, .. } | RoleCommand::Remove { common, .. },
+            ) => common,
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> Failure {
+    Failure::Other(anyhow::anyhow!("{e}"))
+}
+
+async fn find(db: &Db, login: &str) -> Result<User, Failure> {
+    db.find(login)
+        .await
+        .map_err(other)?
+        .ok_or_else(|| ConfigError::new("USER", format!("no user {login:?}")).into())
+}
+
+fn record(u: &User, roles: &Roles) -> serde_json::Value {
+    let (roles, scopes) = roles.of(&u.roles);
+    json!({
+        "id": u.id, "username": u.username, "email": u.email, "name": u.name,
+        "affiliation": u.affiliation, "country": u.country, "active": u.active,
+        "email_confirmed_at": u.email_confirmed_at, "roles": roles, "scopes": scopes,
+        "created_at": u.created_at, "updated_at": u.updated_at, "login_at": u.login_at,
+        "login_ip": u.login_ip, "previous_login_at": u.previous_login_at,
+        "previous_login_ip": u.previous_login_ip, "login_count": u.login_count,
+    })
+}
+
+fn print(json_out: bool, value: &serde_json::Value, text: String) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{value}")
+    } else {
+        writeln!(out, "{text}")
+    }
+    .map_err(other)
+}
+
+async fn end_sessions(store: &StoreArgs, user: &User) -> Result<u64, Failure> {
+    store.validate()?;
+    let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
+    Sessions::new(&store, None)
+        .revoke_user(&user.id, None)
+        .await
+        .map_err(|e| match e {
+            crate::sessions::SessionsError::Store(s) => Failure::Store(s),
+            other => Failure::Other(other.into()),
+        })
+}
+
+async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Failure> {
+    let password = crate::cli::read_secret("PASSWORD", "password:", "give the password on stdin")?;
+    let passwords = super::password::Passwords::new(
+        super::password::OWASP_M_KIB,
+        super::password::OWASP_T,
+        super::password::OWASP_P,
+        min,
+    );
+    if let Some(why) = passwords.refuse(password.expose(), &[user, email]) {
+        return Err(ConfigError::new("PASSWORD", why).into());
+    }
+    passwords.hash(&password).await.map_err(other)
+}
+
+pub async fn user(command: UserCommand) -> Result<(), Failure> {
+    let common = command.common();
+    let db = Db::open(
+        common.database.database_url.as_ref(),
+        &common.store.data_dir,
+    )
+    .await?;
+    let roles = Roles::load(common.database.roles.as_deref())?;
+    let json_out = common.json;
+    let store = common.store.clone();
+    match command {
+        UserCommand::Create {
+            username,
+            email,
+            name,
+            role: extra,
+            password_min_length,
+            ..
+        } => {
+            if let Some(p) = super::web::username_problem(&username) {
+                return Err(ConfigError::new("--username", p).into());
+            }
+            if let Some(p) = super::web::email_problem(&email) {
+                return Err(ConfigError::new("--email", p).into());
+            }
+            if let Some(r) = extra.iter().find(|r| !roles.exists(r)) {
+                return Err(
+                    ConfigError::new("--role", format!("no role {r:?} in the role file")).into(),
+                );
+            }
+            let hash = new_password(&username, &email, password_min_length).await?;
+            let user = db
+                .create_user(&NewUser {
+                    username: &username,
+                    email: &email,
+                    name: &name,
+                    password_hash: Some(&hash),
+                    active: true,
+                    confirmed: true,
+                    roles: &extra,
+                })
+                .await
+                .map_err(|e| match e {
+                    super::db::DbError::Taken(what) => ConfigError::new(
+                        if what == "email" {
+                            "--email"
+                        } else {
+                            "--username"
+                        },
+                        "already taken",
+                    )
+                    .into(),
+                    e => other(e),
+                })?;
+            tracing::info!(target: "gatehouse::audit", event = "user_created", user = %user.id, "audit");
+            print(json_out, &record(&user, &roles), user.id.clone())
+        }
+        UserCommand::List { .. } => {
+            let users = db.list().await.map_err(other)?;
+            let mut out = std::io::stdout().lock();
+            for u in &users {
+                if json_out {
+                    writeln!(out, "{}", record(u, &roles))
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}",
+                        u.id,
+                        u.username,
+                        u.email,
+                        if u.active { "active" } else { "inactive" },
+                        roles.of(&u.roles).0.join(",")
+                    )
+                }
+                .map_err(other)?;
+            }
+            Ok(())
+        }
+        UserCommand::Show { user, .. } => {
+            let u = find(&db, &user).await?;
+            let r = record(&u, &roles);
+            print(
+                json_out,
+                &r,
+                serde_json::to_string_pretty(&r).map_err(other)?,
+            )
+        }
+        UserCommand::Activate { user, .. } => {
+            let u = find(&db, &user).await?;
+            db.set_active(&u.id, true).await.map_err(other)?;
+            tracing::info!(target: "gatehouse::audit", event = "user_activated", user = %u.id, "audit");
+            eprintln!("{} is active", u.username);
+            Ok(())
+        }
+        UserCommand::Deactivate { user, .. } => {
+            let u = find(&db, &user).await?;
+            db.set_active(&u.id, false).await.map_err(other)?;
+            let n = end_sessions(&store, &u).await?;
+            tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n, "audit");
+            eprintln!("{} is deactivated; {n} session(s) ended", u.username);
+            Ok(())
+        }
+        UserCommand::SetPassword {
+            user,
+            password_min_length,
+            ..
+        } => {
+            let u = find(&db, &user).await?;
+            let hash = new_password(&u.username, &u.email, password_min_length).await?;
+            db.set_password(&u.id, &hash).await.map_err(other)?;
+            let n = end_sessions(&store, &u).await?;
+            tracing::info!(target: "gatehouse::audit", event = "password_set", user = %u.id, sessions_ended = n, "audit");
+            eprintln!("password set for {}; {n} session(s) ended", u.username);
+            Ok(())
+        }
+        UserCommand::Invite {
+            email, public_url, ..
+        } => {
+            if let Some(p) = super::web::email_problem(&email) {
+                return Err(ConfigError::new("--email", p).into());
+            }
+            let token = db
+                .issue_token(
+                    &format!("invite:{}", super::db::key(&email)),
+                    Purpose::Invite,
+                    &email,
+                    super::INVITE_TTL,
+                )
+                .await
+                .map_err(other)?;
+            let link = format!(
+                "{}/register?invite={}",
+                public_url.trim_end_matches('/'),
+                token.expose()
+            );
+            print(
+                json_out,
+                &json!({ "email": email, "link": link }),
+                link.clone(),
+            )
+        }
+        UserCommand::Role(cmd) => {
+            let (login, role, add) = match cmd {
+                RoleCommand::Add { user, role, .. } => (user, role, true),
+                RoleCommand::Remove { user, role, .. } => (user, role, false),
+            };
+            if role == "user" {
+                return Err(ConfigError::new("ROLE", "every user has the role user").into());
+            }
+            if add && !roles.exists(&role) {
+                return Err(
+                    ConfigError::new("ROLE", format!("no role {role:?} in the role file")).into(),
+                );
+            }
+            let u = find(&db, &login).await?;
+            let mut now: Vec<String> = u.roles.iter().filter(|r| **r != role).cloned().collect();
+            if add {
+                now.push(role.clone());
+            }
+            db.set_roles(&u.id, &now).await.map_err(other)?;
+            let n = end_sessions(&store, &u).await?;
+            tracing::info!(target: "gatehouse::audit", event = if add { "role_added" } else { "role_removed" }, user = %u.id, role = role.as_str(), sessions_ended = n, "audit");
+            eprintln!(
+                "{}: roles {}; {n} session(s) ended",
+                u.username,
+                roles.of(&now).0.join(",")
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The `accounts` flags of `serve` and of the `user` subcommands, and the role file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::config::parse_duration;
+use crate::error::ConfigError;
+use crate::secret::Secret;
+
+/// Where users live. The same for `serve` and `user`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// The accounts database: postgres://user@host/db, or sqlite:PATH. Without it, the SQLite
+    /// file accounts.db in --data-dir.
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret<String>>,
+    /// Role file (TOML): `[roles.NAME]` with `scopes = [...]`. Without it, `user` grants no
+    /// scope and `admin` grants `admin`.
+    #[arg(long, env = "GATEHOUSE_ROLES")]
+    pub roles: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone may register.
+    Open,
+    /// Only `gatehouse user create` makes users.
+    Closed,
+    /// Registration needs an invitation link (`gatehouse user invite`).
+    Invite,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AccountsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Who may register.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REGISTRATION",
+        value_enum,
+        default_value = "open"
+    )]
+    pub registration: Registration,
+    /// Only these email domains may register (comma-separated; `.example.org` includes
+    /// subdomains).
+    #[arg(long, env = "GATEHOUSE_REGISTRATION_DOMAINS", value_delimiter = ',')]
+    pub registration_domains: Vec<String>,
+    /// These email domains may not register.
+    #[arg(long, env = "GATEHOUSE_BLOCKED_DOMAINS", value_delimiter = ',')]
+    pub blocked_domains: Vec<String>,
+    /// Lifetime of a login session (cookie Max-Age and the session's expiry).
+    #[arg(long, env = "GATEHOUSE_SESSION_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    /// Cookies without `Secure`, for plain-http development only.
+    #[arg(long, env = "GATEHOUSE_INSECURE_COOKIES")]
+    pub insecure_cookies: bool,
+    /// `Domain` of the session cookie, to share a login across subdomains (e.g. example.org).
+    #[arg(long, env = "GATEHOUSE_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Hosts `rd` may send a browser to after login (comma-separated; `.example.org` includes
+    /// subdomains). The request's own host and --cookie-domain are always allowed.
+    #[arg(long, env = "GATEHOUSE_ALLOWED_REDIRECT_HOSTS", value_delimiter = ',')]
+    pub allowed_redirect_hosts: Vec<String>,
+    /// Shortest password accepted, in characters.
+    #[arg(long, env = "GATEHOUSE_PASSWORD_MIN_LENGTH", default_value_t = 12)]
+    pub password_min_length: usize,
+    /// Registrations and password-reset requests per client IP per hour.
+    #[arg(long, env = "GATEHOUSE_IP_RATE_LIMIT", default_value_t = 10)]
+    pub ip_rate_limit: u32,
+    /// Where links in mail point: the public URL of these pages, e.g. https://example.org.
+    /// [default: http://<--listen>]
+    #[arg(long, env = "GATEHOUSE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Send mail over SMTP: smtp://host:587 (STARTTLS), smtps://host (TLS), with
+    /// user:password@ when the server needs them. Without it, mail is written as .eml files
+    /// into <data-dir>/mail.
+    #[arg(long, env = "GATEHOUSE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<Secret<String>>,
+    /// The From of every mail.
+    #[arg(
+        long,
+        env = "GATEHOUSE_MAIL_FROM",
+        default_value = "gatehouse <gatehouse@localhost>"
+    )]
+    pub mail_from: String,
+}
+
+impl AccountsArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.password_min_length < 8 {
+            return Err(ConfigError::new(
+                "--password-min-length",
+                "must be at least 8",
+            ));
+        }
+        if self.session_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::new("--session-ttl", "must be at least 60s"));
+        }
+        if self.ip_rate_limit == 0 {
+            return Err(ConfigError::new("--ip-rate-limit", "must be more than 0"));
+        }
+        if let Some(d) = &self.cookie_domain {
+            if d.is_empty() || d.contains([':', '/', ' ', ';']) {
+                return Err(ConfigError::new("--cookie-domain", "must be a domain name"));
+            }
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "--public-url",
+                    "must start with https:// or http://",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleFile {
+    #[serde(default)]
+    roles: BTreeMap<String, RoleDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleDef {
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Which scopes each role grants.
+#[derive(Debug, Clone)]
+pub struct Roles(BTreeMap<String, Vec<String>>);
+
+impl Roles {
+    pub fn load(path: Option<&Path>) -> Result<Roles, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Roles(BTreeMap::from([
+                ("user".to_string(), vec![]),
+                ("admin".to_string(), vec!["admin".to_string()]),
+            ])));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("--roles", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let file: RoleFile = toml::from_str(&text).map_err(|e| {
+            ConfigError::new("--roles", format!("{}: {}", path.display(), e.message()))
+        })?;
+        let mut roles: BTreeMap<String, Vec<String>> =
+            file.roles.into_iter().map(|(k, v)| (k, v.scopes)).collect();
+        roles.entry("user".into()).or_default();
+        for (name, scopes) in &roles {
+            if !valid_name(name)
+                || !scopes
+                    .iter()
+                    .all(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+            {
+                return Err(ConfigError::new(
+                    "--roles",
+                    format!("role {name:?}: names and scopes are words without spaces"),
+                ));
+            }
+        }
+        Ok(Roles(roles))
+    }
+
+    pub fn exists(&self, role: &str) -> bool {
+        self.0.contains_key(role)
+    }
+
+    /// The roles a user has (always `user` first) and the scopes they grant, sorted.
+    pub fn of(&self, extra: &[String]) -> (Vec<String>, Vec<String>) {
+        let mut roles = vec!["user".to_string()];
+        roles.extend(extra.iter().filter(|r| *r != "user").cloned());
+        let scopes: BTreeSet<&String> = roles
+            .iter()
+            .filter_map(|r| self.0.get(r))
+            .flatten()
+            .collect();
+        (roles, scopes.into_iter().cloned().collect())
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_default_and_from_a_file() {
+        let r = Roles::load(None).unwrap();
+        assert_eq!(r.of(&[]), (vec!["user".into()], vec![]));
+        assert_eq!(
+            r.of(&["admin".into()]),
+            (vec!["user".into(), "admin".into()], vec!["admin".into()])
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("roles.toml");
+        std::fs::write(
+            &p,
+            "[roles.user]\nscopes = [\"public:read\"]\n[roles.editor]\nscopes = [\"public:read\", \"papers:write\"]\n",
+        )
+        .unwrap();
+        let r = Roles::load(Some(&p)).unwrap();
+        assert_eq!(
+            r.of(&["editor".into()]).1,
+            vec!["papers:write".to_string(), "public:read".to_string()]
+        );
+        assert!(!r.exists("admin"));
+        std::fs::write(&p, "[roles.user]\nscope = []\n").unwrap();
+        assert_eq!(Roles::load(Some(&p)).unwrap_err().flag, "--roles");
+    }
+}

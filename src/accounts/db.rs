@@ -1,0 +1,530 @@
+//! The accounts database: users and their one-time tokens, in SQLite (a file in
+//! `--data-dir`, the default) or PostgreSQL (`--database-url postgres://…`).
+//!
+//! One type, both backends: sqlx's `Any` driver with runtime queries written once in the SQL
+//! both understand (text ids, `BIGINT` Unix seconds, `$n` placeholders in order, no
+//! booleans). Case-insensitive uniqueness is a lower-cased key column with a unique index, so
+//! it holds the same way on both. Migrations are numbered statements applied once, in a
+//! transaction each, recorded in `gatehouse_migrations`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::{ConfigError, Fault};
+use crate::secret::Secret;
+use crate::session::unix_now;
+
+/// Every schema change, in order; never edit one that has shipped, append.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            username_key TEXT NOT NULL UNIQUE,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            country TEXT NOT NULL,
+            password_hash TEXT,
+            active BIGINT NOT NULL,
+            email_confirmed_at BIGINT,
+            roles TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            login_at BIGINT,
+            login_ip TEXT,
+            previous_login_at BIGINT,
+            previous_login_ip TEXT,
+            login_count BIGINT NOT NULL
+        )",
+        "CREATE TABLE user_tokens (
+            hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            email TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX user_tokens_user ON user_tokens (user_id, purpose)",
+    ],
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A unique key taken: which one (`username` or `email`).
+    #[error("{0} already taken")]
+    Taken(&'static str),
+    /// The database did not answer, or answered an error.
+    #[error("accounts database: {0}")]
+    Unavailable(String),
+}
+
+impl DbError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            DbError::Taken(_) => Fault::Caller,
+            DbError::Unavailable(_) => Fault::Dependency,
+        }
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(d) = &e {
+            if d.is_unique_violation() {
+                let msg = d.message();
+                return DbError::Taken(if msg.contains("email") {
+                    "email"
+                } else {
+                    "username"
+                });
+            }
+        }
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// A user as stored. The password hash stays in here; nothing renders it.
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub name: String,
+    pub affiliation: String,
+    pub country: String,
+    pub password_hash: Option<Secret<String>>,
+    pub active: bool,
+    pub email_confirmed_at: Option<u64>,
+    /// Roles beyond `user`, which every user has.
+    pub roles: Vec<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub login_at: Option<u64>,
+    pub login_ip: Option<String>,
+    pub previous_login_at: Option<u64>,
+    pub previous_login_ip: Option<String>,
+    pub login_count: u64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new user is made of.
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub active: bool,
+    pub confirmed: bool,
+    pub roles: &'a [String],
+}
+
+/// What a one-time token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Confirms the address in the token's `email` (registration, or an email change).
+    Confirm,
+    /// Sets a new password.
+    Reset,
+    /// Lets the address in `email` register (`--registration invite`); its user id is
+    /// `invite:<address>`, so a newer invitation to the same address voids the older.
+    Invite,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Confirm => "confirm",
+            Purpose::Reset => "reset",
+            Purpose::Invite => "invite",
+        }
+    }
+}
+
+/// The lower-cased form under which usernames and emails are unique.
+pub fn key(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+fn ts(v: Option<i64>) -> Option<u64> {
+    v.map(|t| t.max(0) as u64)
+}
+
+fn roles_of(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn user_of(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        affiliation: row.try_get("affiliation")?,
+        country: row.try_get("country")?,
+        password_hash: row
+            .try_get::<Option<String>, _>("password_hash")?
+            .map(Secret::new),
+        active: row.try_get::<i64, _>("active")? != 0,
+        email_confirmed_at: ts(row.try_get("email_confirmed_at")?),
+        roles: roles_of(&row.try_get::<String, _>("roles")?),
+        created_at: ts(Some(row.try_get("created_at")?)).unwrap_or(0),
+        updated_at: ts(Some(row.try_get("updated_at")?)).unwrap_or(0),
+        login_at: ts(row.try_get("login_at")?),
+        login_ip: row.try_get("login_ip")?,
+        previous_login_at: ts(row.try_get("previous_login_at")?),
+        previous_login_ip: row.try_get("previous_login_ip")?,
+        login_count: ts(Some(row.try_get("login_count")?)).unwrap_or(0),
+    })
+}
+
+/// A random identifier or token: `bytes` random bytes, base64url.
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    let mut buf = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut buf).expect("the system RNG");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// How a one-time token is stored: its SHA-256, so the database never holds a usable one.
+pub fn token_hash(token: &str) -> String {
+    use base64::Engine;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: &'static str,
+}
+
+impl Db {
+    /// Opens (and migrates) the database of `--database-url`, or `accounts.db` in `data_dir`.
+    pub async fn open(url: Option<&Secret<String>>, data_dir: &Path) -> Result<Db, ConfigError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match url {
+            Some(u)
+                if u.expose().starts_with("postgres://")
+                    || u.expose().starts_with("postgresql://") =>
+            {
+                (u.expose().clone(), "postgres")
+            }
+            Some(u) if u.expose().starts_with("sqlite:") => (u.expose().clone(), "sqlite"),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "--database-url",
+                    "must be postgres://… or sqlite:…",
+                ))
+            }
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    ConfigError::new(
+                        "--data-dir",
+                        format!("cannot create {}: {e}", data_dir.display()),
+                    )
+                })?;
+                (
+                    format!(
+                        "sqlite://{}?mode=rwc",
+                        data_dir.join("accounts.db").display()
+                    ),
+                    "sqlite",
+                )
+            }
+        };
+        let flag = if backend == "postgres" {
+            "--database-url"
+        } else {
+            "--data-dir"
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == "sqlite" { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                ConfigError::new(flag, format!("cannot open the accounts database: {e}"))
+            })?;
+        let db = Db { pool, backend };
+        if backend == "sqlite" {
+            // Readers beside a writer (the CLI while the server runs), and a wait, not an
+            // error, when another process holds the write lock.
+            for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 5000"] {
+                sqlx::query(pragma)
+                    .execute(&db.pool)
+                    .await
+                    .map_err(|e| ConfigError::new(flag, e.to_string()))?;
+            }
+        }
+        db.migrate().await.map_err(|e| {
+            ConfigError::new(flag, format!("cannot migrate the accounts database: {e}"))
+        })?;
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS gatehouse_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, statements) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT version FROM gatehouse_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in *statements {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("INSERT INTO gatehouse_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(unix_now() as i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(
+                version,
+                backend = self.backend,
+                "accounts database migrated"
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_user(&self, new: &NewUser<'_>) -> Result<User, DbError> {
+        let now = unix_now() as i64;
+        let id = random_token(12);
+        sqlx::query(
+            "INSERT INTO users (id, username, username_key, email, email_key, name, affiliation,
+                country, password_hash, active, email_confirmed_at, roles, created_at, updated_at,
+                login_count)
+             VALUES ($1, $2, $3, $4, $5, $6, '', '', $7, $8, $9, $10, $11, $12, 0)",
+        )
+        .bind(&id)
+        .bind(new.username.trim())
+        .bind(key(new.username))
+        .bind(new.email.trim())
+        .bind(key(new.email))
+        .bind(new.name.trim())
+        .bind(new.password_hash)
+        .bind(i64::from(new.active))
+        .bind(new.confirmed.then_some(now))
+        .bind(new.roles.join(" "))
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.user(&id)
+            .await?
+            .ok_or_else(|| DbError::Unavailable("a new user vanished".into()))
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>, DbError> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_of).transpose()?)
+    }
+
+    /// The user whose username or email is `login` (case-insensitively).
+    pub async fn find(&self, login: &str) -> Result<Option<User>, DbError> {
+        let k = key(login);
+        let row = sqlx::query("SELECT * FROM users WHERE username_key = $1 OR email_key = $2")
+            .bind(&k)
+            .bind(&k)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_of).transpose()?)
+    }
+
+    pub async fn list(&self) -> Result<Vec<User>, DbError> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY created_at, username_key")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_of).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_password(&self, id: &str, hash: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash)
+            .bind(unix_now() as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_active(&self, id: &str, active: bool) -> Result<(), DbError> {
+        sqlx::query("UPDATE users SET active = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(active))
+            .bind(unix_now() as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_roles(&self, id: &str, roles: &[String]) -> Result<(), DbError> {
+        sqlx::query("UPDATE users SET roles = $1, updated_at = $2 WHERE id = $3")
+            .bind(roles.join(" "))
+            .bind(unix_now() as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_profile(
+        &self,
+        id: &str,
+        name: &str,
+        affiliation: &str,
+        country: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE users SET name = $1, affiliation = $2, country = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(name.trim())
+        .bind(affiliation.trim())
+        .bind(country.trim())
+        .bind(unix_now() as i64)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a successful login: the previous one moves down.
+    pub async fn record_login(&self, id: &str, ip: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE users SET previous_login_at = login_at, previous_login_ip = login_ip,
+                login_at = $1, login_ip = $2, login_count = login_count + 1 WHERE id = $3",
+        )
+        .bind(unix_now() as i64)
+        .bind(ip)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A new one-time token for `user_id`; any older one of the same purpose is voided.
+    /// Returns the token (only here; the database keeps its hash).
+    pub async fn issue_token(
+        &self,
+        user_id: &str,
+        purpose: Purpose,
+        email: &str,
+        ttl: Duration,
+    ) -> Result<Secret<String>, DbError> {
+        let token = random_token(24); // 192 bits
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM user_tokens WHERE user_id = $1 AND purpose = $2")
+            .bind(user_id)
+            .bind(purpose.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO user_tokens (hash, user_id, purpose, email, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash(&token))
+        .bind(user_id)
+        .bind(purpose.as_str())
+        .bind(email)
+        .bind((unix_now() + ttl.as_secs()) as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Secret::new(token))
+    }
+
+    /// Whether `token` is a live token of `purpose`: its user id and email, without using it.
+    pub async fn peek_token(
+        &self,
+        token: &str,
+        purpose: Purpose,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT user_id, email FROM user_tokens WHERE hash = $1 AND purpose = $2 AND expires_at > $3",
+        )
+        .bind(token_hash(token))
+        .bind(purpose.as_str())
+        .bind(unix_now() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("user_id")?, r.try_get("email")?)),
+            None => None,
+        })
+    }
+
+    /// Uses `token` up: deletes it and returns its user id and email when it was live. Two
+    /// requests racing with one token: only one gets it.
+    pub async fn take_token(
+        &self,
+        token: &str,
+        purpose: Purpose,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let Some((user_id, email)) = self.peek_token(token, purpose).await? else {
+            return Ok(None);
+        };
+        let deleted = sqlx::query("DELETE FROM user_tokens WHERE hash = $1")
+            .bind(token_hash(token))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok((deleted == 1).then_some((user_id, email)))
+    }
+
+    /// Confirms `email` for the user: it becomes their address if it is not taken meanwhile.
+    pub async fn confirm_email(&self, id: &str, email: &str) -> Result<(), DbError> {
+        let now = unix_now() as i64;
+        sqlx::query(
+            "UPDATE users SET email = $1, email_key = $2, email_confirmed_at = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(email.trim())
+        .bind(key(email))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether an address belongs to someone already.
+    pub async fn email_taken(&self, email: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT id FROM users WHERE email_key = $1")
+            .bind(key(email))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+}

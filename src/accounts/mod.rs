@@ -1,0 +1,232 @@
+//! `accounts`: the people behind the cookies. Registration, login and logout, profile,
+//! password change and reset, email confirmation and "your sessions", as server-rendered
+//! pages behind the main listener, with users in SQL ([`db`]).
+//!
+//! A room of its own: it uses the core (the sessions API to issue and revoke sessions, the
+//! gateway's metrics and client address) and the core never uses it. The login flow has a
+//! seam between "password accepted" and "session issued" ([`web::Step`]), where a second
+//! factor will sit.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod guard;
+pub mod mail;
+pub mod pages;
+pub mod password;
+mod web;
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tower::ServiceExt;
+
+use crate::auth::Gateway;
+use crate::config::ServeArgs;
+use crate::error::ConfigError;
+use crate::server::{ModuleBody, Modules};
+
+pub use config::{AccountsArgs, DatabaseArgs, Registration, Roles};
+
+/// One-time tokens (confirmation, reset, invitation) live this long.
+pub const TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
+/// Invitations live longer: a person may read their mail days later.
+pub const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The module's counters, exposed beside the core's on /metrics.
+pub struct AccountMetrics {
+    logins: Family<[(&'static str, &'static str); 1], Counter>,
+    pub registrations: Counter,
+    pub password_resets: Counter,
+    pub throttled: Counter,
+}
+
+impl AccountMetrics {
+    fn new() -> (AccountMetrics, Registry) {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let m = AccountMetrics {
+            logins: Family::default(),
+            registrations: Counter::default(),
+            password_resets: Counter::default(),
+            throttled: Counter::default(),
+        };
+        registry.register(
+            "logins",
+            "Login attempts by result (ok, failed, throttled, inactive, unconfirmed, busy)",
+            m.logins.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Accounts registered",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "password_resets",
+            "Passwords reset through an emailed link",
+            m.password_resets.clone(),
+        );
+        registry.register(
+            "throttled_requests",
+            "Requests refused by a login delay or a per-IP rate limit",
+            m.throttled.clone(),
+        );
+        (m, registry)
+    }
+
+    pub fn login(&self, result: &'static str) {
+        self.logins.get_or_create(&[("result", result)]).inc();
+    }
+}
+
+/// Settings the pages read on every request.
+pub struct Settings {
+    pub cookie_name: String,
+    pub csrf_cookie: String,
+    pub secure: bool,
+    pub cookie_domain: Option<String>,
+    pub session_ttl: Duration,
+    pub registration: Registration,
+    pub registration_domains: Vec<String>,
+    pub blocked_domains: Vec<String>,
+    pub allowed_redirect_hosts: Vec<String>,
+    pub public_url: String,
+    pub min_password: usize,
+}
+
+pub struct Accounts {
+    pub gateway: Arc<Gateway>,
+    pub db: db::Db,
+    pub passwords: password::Passwords,
+    pub mailer: mail::Mailer,
+    pub roles: Roles,
+    pub settings: Settings,
+    /// Failed logins per account and per IP.
+    pub throttle: guard::Throttle,
+    /// Registrations and reset requests per IP.
+    pub rate: guard::RateLimit,
+    pub metrics: AccountMetrics,
+}
+
+/// Writes an audit line: who did what from where. Never a password, token or hash.
+#[macro_export]
+macro_rules! audit {
+    ($event:expr, $user:expr, $ip:expr $(, $k:ident = $v:expr)*) => {
+        tracing::info!(target: "gatehouse::audit", event = $event, user = %$user, ip = %$ip $(, $k = $v)*, "audit")
+    };
+}
+
+impl Accounts {
+    /// Opens the database and builds the module from `serve`'s flags.
+    pub async fn open(
+        args: &ServeArgs,
+        gateway: Arc<Gateway>,
+    ) -> Result<Arc<Accounts>, ConfigError> {
+        let a = &args.accounts;
+        a.validate()?;
+        let data_dir = &args.store.data_dir;
+        let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
+        let roles = Roles::load(a.database.roles.as_deref())?;
+        let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
+        let mut allowed: Vec<String> = a
+            .allowed_redirect_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if let Some(d) = &a.cookie_domain {
+            allowed.push(format!(
+                ".{}",
+                d.trim_start_matches('.').to_ascii_lowercase()
+            ));
+        }
+        let (metrics, registry) = AccountMetrics::new();
+        gateway.metrics.add_module(registry);
+        let settings = Settings {
+            cookie_name: args.cookie_name.clone(),
+            csrf_cookie: format!("{}_csrf", args.cookie_name),
+            secure: !a.insecure_cookies,
+            cookie_domain: a.cookie_domain.clone(),
+            session_ttl: a.session_ttl,
+            registration: a.registration,
+            registration_domains: domains(&a.registration_domains),
+            blocked_domains: domains(&a.blocked_domains),
+            allowed_redirect_hosts: allowed,
+            public_url: a
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.listen))
+                .trim_end_matches('/')
+                .to_owned(),
+            min_password: a.password_min_length,
+        };
+        tracing::info!(
+            database = db.backend(),
+            registration = ?a.registration,
+            mail = if a.smtp_url.is_some() { "smtp" } else { "files" },
+            "accounts ready"
+        );
+        Ok(Arc::new(Accounts {
+            gateway,
+            db,
+            passwords: password::Passwords::new(
+                password::OWASP_M_KIB,
+                password::OWASP_T,
+                password::OWASP_P,
+                a.password_min_length,
+            ),
+            mailer,
+            roles,
+            settings,
+            throttle: guard::Throttle::new(3, Duration::from_secs(60)),
+            rate: guard::RateLimit::new(a.ip_rate_limit, Duration::from_secs(3600)),
+            metrics,
+        }))
+    }
+
+    /// The module as the main listener calls it.
+    pub fn modules(self: &Arc<Self>) -> Arc<dyn Modules> {
+        Arc::new(Routes(web::router(self.clone())))
+    }
+}
+
+fn domains(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect()
+}
+
+/// The peer address of the connection, handed to the handlers.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub IpAddr);
+
+struct Routes(axum::Router);
+
+impl Modules for Routes {
+    fn call(
+        &self,
+        mut request: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Pin<Box<dyn std::future::Future<Output = Response<ModuleBody>> + Send>> {
+        request.extensions_mut().insert(Peer(peer));
+        let router = self.0.clone();
+        Box::pin(async move {
+            let response = match router.oneshot(request.map(axum::body::Body::new)).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            response.map(|body| {
+                body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                    .boxed_unsync()
+            })
+        })
+    }
+}

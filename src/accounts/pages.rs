@@ -1,0 +1,179 @@
+//! The askama templates: one struct per page, and what every page shares.
+
+use askama::Template;
+
+use super::db::User;
+
+/// What the layout needs on every page.
+pub struct Page {
+    /// The signed-in user's username, for the navigation.
+    pub signed_in: Option<String>,
+    /// Which navigation entry is the current page.
+    pub section: &'static str,
+    /// The CSRF token every form carries.
+    pub csrf: String,
+}
+
+/// Field errors of a form, by field name.
+#[derive(Default)]
+pub struct Errors(pub Vec<(&'static str, String)>);
+
+impl Errors {
+    pub fn add(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.push((field, message.into()));
+    }
+    pub fn get(&self, field: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or("", |(_, m)| m.as_str())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct Login {
+    pub page: Page,
+    pub username: String,
+    pub rd: String,
+    pub error: String,
+    pub notice: String,
+    pub registration_open: bool,
+}
+
+#[derive(Template)]
+#[template(path = "register.html")]
+pub struct Register {
+    pub page: Page,
+    pub username: String,
+    pub email: String,
+    pub name: String,
+    pub invite: String,
+    pub min_hint: String,
+    pub error: String,
+    pub errors: Errors,
+}
+
+impl Register {
+    fn err(&self, field: &str) -> &str {
+        self.errors.get(field)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct Message {
+    pub page: Page,
+    pub heading: String,
+    pub lines: Vec<String>,
+    pub link_href: String,
+    pub link_text: String,
+}
+
+#[derive(Template)]
+#[template(path = "logout.html")]
+pub struct Logout {
+    pub page: Page,
+}
+
+#[derive(Template)]
+#[template(path = "forgot.html")]
+pub struct Forgot {
+    pub page: Page,
+    pub email: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "reset.html")]
+pub struct Reset {
+    pub page: Page,
+    pub token: String,
+    pub min_hint: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+pub struct Password {
+    pub page: Page,
+    pub min_hint: String,
+    pub notice: String,
+    pub errors: Errors,
+}
+
+impl Password {
+    fn err(&self, field: &str) -> &str {
+        self.errors.get(field)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct Account {
+    pub page: Page,
+    pub user: User,
+    pub roles: String,
+    pub created: String,
+    pub previous_login: String,
+    pub new_email: String,
+    pub notice: String,
+    pub errors: Errors,
+}
+
+impl Account {
+    fn err(&self, field: &str) -> &str {
+        self.errors.get(field)
+    }
+}
+
+pub struct SessionRow {
+    pub sid: String,
+    pub device: String,
+    pub ip: String,
+    pub created: String,
+    pub last_seen: String,
+    pub current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "sessions.html")]
+pub struct Sessions {
+    pub page: Page,
+    pub sessions: Vec<SessionRow>,
+    pub notice: String,
+}
+
+/// `2026-11-30 09:44 UTC` from Unix seconds.
+pub fn date(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::date(1_796_031_866), "2026-11-30 09:44 UTC");
+        assert_eq!(super::date(951_782_400), "2000-02-29 00:00 UTC");
+    }
+}
