@@ -17,17 +17,21 @@ mod gatehouse;
 mod http;
 mod nginx;
 mod ports;
+mod postgres;
 mod process;
 pub mod proxy;
 mod redis;
+mod web;
 
 pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;
 pub use nginx::*;
 pub use ports::*;
+pub use postgres::*;
 pub use process::*;
 pub use redis::*;
+pub use web::*;
 
 use std::collections::HashMap;
 use std::fmt::Display;

@@ -1,0 +1,794 @@
+//! accounts, end to end: real `gatehouse serve` processes, the pages driven over HTTP like a
+//! browser, mail read from the `.eml` files, users in SQLite and in a real PostgreSQL.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use support::*;
+
+const PW: &str = "tangerine kayak moonlit orbit";
+const PW2: &str = "violet harbour drum sixty";
+const PW3: &str = "copper lantern quietly folds";
+const COOKIE: &str = "gatehouse_session";
+
+fn roles_file(dir: &TempDir) -> String {
+    let path = dir.join("roles.toml");
+    std::fs::write(
+        &path,
+        "[roles.user]\nscopes = [\"public:read\"]\n[roles.editor]\nscopes = [\"public:read\", \"papers:write\"]\n[roles.admin]\nscopes = [\"admin\"]\n",
+    )
+    .unwrap();
+    path
+}
+
+/// gatehouse with accounts on plain http, its data in `dir/data`.
+fn start(dir: &TempDir, extra: &[&str]) -> Gatehouse {
+    let roles = roles_file(dir);
+    let data = dir.join("data");
+    let mut all = vec!["--insecure-cookies", "--roles", &roles, "--data-dir", &data];
+    all.extend_from_slice(extra);
+    Gatehouse::spawn(&args(&all))
+}
+
+/// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s): a
+/// revocation made by another process reaches the server through the store.
+fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if auth(gh, token).status == 401 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn auth(gh: &Gatehouse, token: &str) -> Response {
+    http_get(
+        gh.addr(),
+        "/auth",
+        &[("Cookie", &format!("{COOKIE}={token}"))],
+    )
+}
+
+/// The claims of the JWT in an `/auth` answer.
+fn claims(r: &Response) -> serde_json::Value {
+    let jwt = r
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_else(|| panic!("no JWT: {r:?}"));
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn login(b: &mut Browser, username: &str, password: &str) -> Response {
+    b.submit(
+        "/login",
+        "/login",
+        &[("username", username), ("password", password)],
+    )
+}
+
+/// The `token` query parameter of a link.
+fn token_of(link: &str) -> String {
+    link.split("token=").nth(1).unwrap().to_string()
+}
+
+/// Register → confirm → login → /auth with the role's scopes → change password (others end)
+/// → forgot/reset (single use, newest only; all sessions end) → logout. Every secret the
+/// flow handled is then looked for in the logs.
+fn full_flow(gh: &Gatehouse, data: &Path) -> Vec<String> {
+    let mut secrets = vec![PW.to_string(), PW2.to_string(), PW3.to_string()];
+    let mut a = Browser::new(gh.addr());
+    let r = a.submit(
+        "/register",
+        "/register",
+        &[
+            ("username", "alice"),
+            ("email", "Alice@Example.org"),
+            ("name", "Alice Liddell"),
+            ("password", PW),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Check your email"), "{}", r.body);
+
+    // Not confirmed yet: refused, and a new link is sent, which voids the first.
+    let r = login(&mut a, "alice", PW);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("Confirm your email"), "{}", r.body);
+    let first = link_in(&wait_mail(data, 1), "/email/confirm?token=");
+    let second = link_in(&wait_mail(data, 2), "/email/confirm?token=");
+    assert!(wait_mail(data, 2).contains("To: Alice@Example.org"));
+    secrets.extend([token_of(&first), token_of(&second)]);
+    assert_eq!(a.get(&first).status, 400, "a superseded link still worked");
+    let r = a.get(&second);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("confirmed"));
+    assert_eq!(
+        a.get(&second).status,
+        400,
+        "a confirmation link worked twice"
+    );
+
+    // Login by email, any case; back to where the user was going.
+    let form = a.get("/login?rd=/papers/1");
+    let csrf = hidden(&form.body, "csrf").unwrap();
+    assert_eq!(hidden(&form.body, "rd").as_deref(), Some("/papers/1"));
+    let r = a.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("username", "ALICE@example.ORG"),
+            ("password", PW),
+            ("rd", "/papers/1"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/papers/1"));
+    let set = r
+        .header_all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with(COOKIE))
+        .unwrap()
+        .to_string();
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=604800"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    let token_a = a.cookie(COOKIE).unwrap().to_string();
+    secrets.push(token_a.clone());
+    let r = auth(gh, &token_a);
+    assert_eq!(r.status, 200);
+    let c = claims(&r);
+    assert_eq!(c["preferred_username"], "alice");
+    assert_eq!(c["scope"], "public:read", "{c}");
+    assert_eq!(c["email"], "Alice@Example.org");
+
+    // A second device.
+    let mut b = Browser::new(gh.addr());
+    b.user_agent = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36".into();
+    assert_eq!(login(&mut b, "alice", PW).status, 303);
+    let token_b = b.cookie(COOKIE).unwrap().to_string();
+    secrets.push(token_b.clone());
+    let sessions = a.get("/account/sessions");
+    assert!(
+        sessions.body.contains("Firefox on Linux"),
+        "{}",
+        sessions.body
+    );
+    assert!(
+        sessions.body.contains("Chrome on Windows"),
+        "{}",
+        sessions.body
+    );
+    assert!(sessions.body.contains("this session"));
+
+    // Change password: the other session ends, this one stays.
+    let r = a.submit(
+        "/account/password",
+        "/account/password",
+        &[("current_password", PW), ("password", PW2)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(auth(gh, &token_a).status, 200);
+    assert_eq!(auth(gh, &token_b).status, 401);
+    assert!(wait_mail(data, 3).contains("Your password was changed"));
+
+    // Forgot: two requests, only the newest link works, once; every session ends.
+    let mut c = Browser::new(gh.addr());
+    for _ in 0..2 {
+        let r = c.submit(
+            "/password/forgot",
+            "/password/forgot",
+            &[("email", "alice@example.org")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let old = link_in(&wait_mail(data, 4), "/password/reset?token=");
+    let new = link_in(&wait_mail(data, 5), "/password/reset?token=");
+    secrets.extend([token_of(&old), token_of(&new)]);
+    assert_eq!(
+        c.get(&old).status,
+        400,
+        "a superseded reset link still worked"
+    );
+    let r = c.submit(
+        &new,
+        "/password/reset",
+        &[("token", &token_of(&new)), ("password", PW3)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("Sign in with the new password"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        auth(gh, &token_a).status,
+        401,
+        "a reset left a session alive"
+    );
+    assert_eq!(c.get(&new).status, 400, "a reset link worked twice");
+    let r = c.submit(
+        "/password/forgot",
+        "/password/reset",
+        &[("token", &token_of(&new)), ("password", PW)],
+    );
+    assert_eq!(r.status, 400, "a used reset token set a password");
+    assert_eq!(login(&mut c, "alice", PW2).status, 401);
+
+    // Logout ends the session server-side and clears the cookie.
+    assert_eq!(login(&mut c, "alice", PW3).status, 303);
+    let token_c = c.cookie(COOKIE).unwrap().to_string();
+    secrets.push(token_c.clone());
+    assert_eq!(auth(gh, &token_c).status, 200);
+    let r = c.submit("/logout", "/logout", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(c.cookie(COOKIE).is_none());
+    assert_eq!(auth(gh, &token_c).status, 401);
+    assert!(
+        gh.wait_for_log("event=\"logout\"", Duration::from_secs(5))
+            || gh.logs().contains("\"logout\"")
+    );
+    secrets
+}
+
+/// Nothing secret in any log line.
+fn assert_no_secrets(logs: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "a secret reached the logs: {s}\n{logs}"
+        );
+    }
+    assert!(
+        !logs.contains("$argon2"),
+        "a password hash reached the logs:\n{logs}"
+    );
+}
+
+#[test]
+fn pages_full_flow_on_sqlite() {
+    let dir = TempDir::new("accounts-sqlite");
+    let gh = start(&dir, &[]);
+    let secrets = full_flow(&gh, &dir.path().join("data"));
+    assert!(gh.logs().contains("backend=\"sqlite\""), "{}", gh.logs());
+    assert_no_secrets(&gh.logs(), &secrets);
+}
+
+#[test]
+fn pages_full_flow_on_postgres_with_sessions_in_redis() {
+    let pg = Postgres::start();
+    let redis = RedisServer::start();
+    let dir = TempDir::new("accounts-pg");
+    let gh = start(
+        &dir,
+        &["--database-url", &pg.url(), "--redis-url", &redis.url()],
+    );
+    let secrets = full_flow(&gh, &dir.path().join("data"));
+    assert!(gh.logs().contains("backend=\"postgres\""), "{}", gh.logs());
+    assert_eq!(pg.psql("SELECT count(*) FROM users"), "1");
+    assert!(!dir.path().join("data/accounts.db").exists());
+    assert_no_secrets(&gh.logs(), &secrets);
+    // No password, hash or token in Redis either: sessions are stored under token hashes.
+    let keys = redis.cmd(&["KEYS", "*"]);
+    let mut values = keys.clone();
+    for key in keys.split_whitespace() {
+        values += &redis.cmd(&["DUMP", key]);
+    }
+    assert_no_secrets(&values, &secrets);
+}
+
+#[test]
+fn tokens_expire_are_single_use_and_only_the_newest_works_on_both_backends() {
+    use gatehouse::accounts::db::{Db, NewUser, Purpose};
+    let pg = Postgres::start();
+    let dir = TempDir::new("accounts-db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = gatehouse::secret::Secret::new(pg.url());
+        for db in [
+            Db::open(None, dir.path()).await.unwrap(),
+            Db::open(Some(&url), dir.path()).await.unwrap(),
+        ] {
+            let u = db
+                .create_user(&NewUser {
+                    username: "Bob",
+                    email: "bob@example.org",
+                    name: "Bob",
+                    password_hash: None,
+                    active: true,
+                    confirmed: false,
+                    roles: &[],
+                })
+                .await
+                .unwrap();
+            // Unique case-insensitively.
+            for (username, email) in [("BOB", "other@example.org"), ("carol", "BOB@example.ORG")] {
+                let again = db
+                    .create_user(&NewUser {
+                        username,
+                        email,
+                        name: "x",
+                        password_hash: None,
+                        active: true,
+                        confirmed: false,
+                        roles: &[],
+                    })
+                    .await;
+                assert!(again.is_err(), "{} took {username}/{email}", db.backend());
+            }
+            assert_eq!(db.find("bob@EXAMPLE.org").await.unwrap().unwrap().id, u.id);
+            let dead = db
+                .issue_token(&u.id, Purpose::Reset, &u.email, Duration::ZERO)
+                .await
+                .unwrap();
+            assert!(
+                db.take_token(dead.expose(), Purpose::Reset)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "expired token taken"
+            );
+            let t1 = db
+                .issue_token(&u.id, Purpose::Reset, &u.email, Duration::from_secs(1800))
+                .await
+                .unwrap();
+            let t2 = db
+                .issue_token(&u.id, Purpose::Reset, &u.email, Duration::from_secs(1800))
+                .await
+                .unwrap();
+            assert!(
+                db.take_token(t1.expose(), Purpose::Reset)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "superseded token taken"
+            );
+            assert!(
+                db.take_token(t2.expose(), Purpose::Confirm)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "token of another purpose"
+            );
+            assert!(db
+                .take_token(t2.expose(), Purpose::Reset)
+                .await
+                .unwrap()
+                .is_some());
+            assert!(
+                db.take_token(t2.expose(), Purpose::Reset)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "token used twice"
+            );
+        }
+    });
+    // Stored hashed: the database never holds a usable token.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM user_tokens WHERE length(hash) = 43"),
+        pg.psql("SELECT count(*) FROM user_tokens")
+    );
+}
+
+#[test]
+fn csrf_cross_site_and_fixation() {
+    let dir = TempDir::new("accounts-csrf");
+    let gh = start(&dir, &[]);
+    let data = dir.path().join("data");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data.display().to_string(),
+            "--username",
+            "dora",
+            "--email",
+            "dora@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let mut b = Browser::new(gh.addr());
+    let page = b.get("/login");
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let fields = |csrf: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("username", "dora".to_string()),
+            ("password", PW.to_string()),
+        ]
+    };
+    let as_refs = |v: &Vec<(&'static str, String)>| {
+        v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()
+    };
+    let post = |b: &mut Browser, f: Vec<(&str, String)>, extra: &[(&str, &str)]| {
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        b.post_with("/login", &f, extra)
+    };
+    // Missing, wrong, cross-site Origin, Sec-Fetch-Site: cross-site.
+    let r = post(&mut b, as_refs(&fields(""))[1..].to_vec(), &[]);
+    assert_eq!(r.status, 403, "no token");
+    let r = post(&mut b, as_refs(&fields(&"x".repeat(43))), &[]);
+    assert_eq!(r.status, 403, "wrong token");
+    let r = post(
+        &mut b,
+        as_refs(&fields(&csrf)),
+        &[("Origin", "https://evil.example")],
+    );
+    assert_eq!(r.status, 403, "cross-site origin");
+    let r = post(
+        &mut b,
+        as_refs(&fields(&csrf)),
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
+    assert_eq!(r.status, 403, "sec-fetch-site");
+    // Without a cookie jar (a form posted from elsewhere, cookies blocked): refused.
+    let mut stranger = Browser::new(gh.addr());
+    let r = post(&mut stranger, as_refs(&fields(&csrf)), &[]);
+    assert_eq!(r.status, 403, "token without its cookie");
+    assert!(r.body.contains("This form has expired"));
+
+    // Fixation: a session planted in the browser before login is ended, never reused.
+    let planted = cli_stdout(&gatehouse_cli(&[
+        "session",
+        "create",
+        "--data-dir",
+        &data.display().to_string(),
+        "--sub",
+        "attacker",
+    ]));
+    b.cookies.push((COOKIE.into(), planted.clone()));
+    let r = post(&mut b, as_refs(&fields(&csrf)), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let mine = b.cookie(COOKIE).unwrap().to_string();
+    assert_ne!(mine, planted);
+    assert_eq!(
+        auth(&gh, &planted).status,
+        401,
+        "the planted session survived the login"
+    );
+    assert_eq!(auth(&gh, &mine).status, 200);
+}
+
+#[test]
+fn redirects_go_only_to_this_site() {
+    let dir = TempDir::new("accounts-rd");
+    let gh = start(&dir, &["--allowed-redirect-hosts", "app.example.org"]);
+    let data = dir.join("data");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "erin",
+            "--email",
+            "erin@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(login(&mut b, "erin", PW).status, 303);
+    for bad in [
+        "//evil.com/x",
+        "/\\evil.com",
+        "/\t/evil.com",
+        "/%09/evil.com",
+        "/%2F%2Fevil.com",
+        "/%5Cevil.com",
+        "https://app.example.org@evil.com/",
+        "https://evil.com/",
+        "javascript:alert(1)",
+        "/x\r\nSet-Cookie:a=b",
+        "/x%0d%0aSet-Cookie:a=b",
+    ] {
+        let r = b.get(&format!("/login?rd={}", url_encode(bad)));
+        assert_eq!(r.status, 303, "{bad:?}");
+        assert_eq!(r.header("location"), Some("/account"), "{bad:?}");
+    }
+    for good in ["/papers/1?x=y", "https://app.example.org/dash"] {
+        let r = b.get(&format!("/login?rd={}", url_encode(good)));
+        assert_eq!(r.header("location"), Some(good), "{good:?}");
+    }
+    // After a form login too.
+    let mut c = Browser::new(gh.addr());
+    let page = c.get("/login");
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let r = c.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("username", "erin"),
+            ("password", PW),
+            ("rd", "//evil.com"),
+        ],
+    );
+    assert_eq!(r.header("location"), Some("/account"));
+}
+
+#[test]
+fn login_delays_grow_but_the_real_user_gets_in() {
+    let dir = TempDir::new("accounts-throttle");
+    let gh = start(&dir, &[]);
+    let data = dir.join("data");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "frank",
+            "--email",
+            "frank@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let mut attacker = Browser::new(gh.addr());
+    for _ in 0..3 {
+        assert_eq!(
+            login(&mut attacker, "frank", "wrong password guess").status,
+            401
+        );
+    }
+    // Delayed now, even with the right password; the answer says for how long.
+    let r = login(&mut attacker, "frank", PW);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait));
+    std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(100));
+    let mut user = Browser::new(gh.addr());
+    assert_eq!(
+        login(&mut user, "frank", PW).status,
+        303,
+        "locked out after the delay"
+    );
+    let metrics = http_get(gh.admin_addr(), "/metrics", &[]).body;
+    assert!(
+        metrics.contains("gatehouse_logins_total{result=\"failed\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_throttled_requests_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn known_and_unknown_addresses_get_the_same_answers_and_limits_apply() {
+    let dir = TempDir::new("accounts-enum");
+    let gh = start(&dir, &["--ip-rate-limit", "3"]);
+    let data = dir.join("data");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "gina",
+            "--email",
+            "gina@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let mut b = Browser::new(gh.addr());
+    let strip = |r: &Response| {
+        let csrf = hidden(&r.body, "csrf").unwrap_or_default();
+        (r.status, r.body.replace(&csrf, ""))
+    };
+    let known = strip(&b.submit(
+        "/password/forgot",
+        "/password/forgot",
+        &[("email", "gina@example.org")],
+    ));
+    let unknown = strip(&b.submit(
+        "/password/forgot",
+        "/password/forgot",
+        &[("email", "nobody@example.org")],
+    ));
+    assert_eq!(known, unknown);
+    // Registering a taken address answers as a new one does (the owner is told by mail).
+    let taken = strip(&b.submit(
+        "/register",
+        "/register",
+        &[
+            ("username", "gina2"),
+            ("email", "GINA@example.org"),
+            ("name", "G"),
+            ("password", PW),
+        ],
+    ));
+    assert_eq!(taken.0, 200);
+    // Over the per-IP limit: 429 with Retry-After.
+    let r = b.submit(
+        "/password/forgot",
+        "/password/forgot",
+        &[("email", "gina@example.org")],
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    let r = b.submit(
+        "/register",
+        "/register",
+        &[
+            ("username", "hank"),
+            ("email", "hank@example.org"),
+            ("name", "H"),
+            ("password", PW),
+        ],
+    );
+    assert_eq!(r.status, 429);
+    // The owner of the taken address got a note; the unknown address nothing.
+    let all = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = mails(&dir.path().join("data"));
+            if m.len() >= 2 || Instant::now() > deadline {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(all.iter().any(|m| m.contains("Reset your password")));
+    assert!(all.iter().any(|m| m.contains("Someone tried to register")));
+    assert!(all.iter().all(|m| !m.contains("nobody@")));
+}
+
+#[test]
+fn cli_users_roles_and_deactivation_reach_live_sessions() {
+    let dir = TempDir::new("accounts-cli");
+    let gh = start(&dir, &[]);
+    let data = dir.join("data");
+    let roles = dir.join("roles.toml");
+    let cli = |a: &[&str]| {
+        let mut all = a.to_vec();
+        all.extend(["--data-dir", &data, "--roles", &roles]);
+        gatehouse_cli(&all)
+    };
+    // The password never from argv: a bad one from stdin is refused with exit 64.
+    let weak = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--roles",
+            &roles,
+            "--username",
+            "ivan",
+            "--email",
+            "ivan@example.org",
+        ],
+        "password1234",
+    );
+    assert_eq!(weak.status.code(), Some(64), "{weak:?}");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--roles",
+            &roles,
+            "--username",
+            "ivan",
+            "--email",
+            "ivan@example.org",
+            "--name",
+            "Ivan",
+            "--json",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let record: serde_json::Value = serde_json::from_str(&cli_stdout(&created)).unwrap();
+    assert_eq!(record["active"], true);
+    assert!(record["email_confirmed_at"].is_number());
+    let listed = cli_stdout(&cli(&["user", "list", "--json"]));
+    assert_eq!(listed.lines().count(), 1);
+    assert!(!listed.contains("argon2"));
+
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(login(&mut b, "ivan", PW).status, 303);
+    let t1 = b.cookie(COOKIE).unwrap().to_string();
+    assert_eq!(claims(&auth(&gh, &t1))["scope"], "public:read");
+    // A role change ends the sessions; the next login carries the new scopes.
+    assert!(cli(&["user", "role", "add", "ivan", "editor"])
+        .status
+        .success());
+    assert!(refused_soon(&gh, &t1), "a session kept its old scopes");
+    assert_eq!(login(&mut b, "ivan", PW).status, 303);
+    let t2 = b.cookie(COOKIE).unwrap().to_string();
+    assert_eq!(claims(&auth(&gh, &t2))["scope"], "papers:write public:read");
+    assert_eq!(
+        cli(&["user", "role", "add", "ivan", "nosuch"])
+            .status
+            .code(),
+        Some(64)
+    );
+    // Deactivation ends every session at once and stops new logins.
+    assert!(cli(&["user", "deactivate", "ivan@example.org"])
+        .status
+        .success());
+    assert!(
+        refused_soon(&gh, &t2),
+        "a deactivated user's session lived on"
+    );
+    assert_eq!(login(&mut b, "ivan", PW).status, 403);
+    assert!(cli(&["user", "activate", "ivan"]).status.success());
+    assert_eq!(login(&mut b, "ivan", PW).status, 303);
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli_stdout(&cli(&["user", "show", "IVAN", "--json"]))).unwrap();
+    assert_eq!(shown["login_count"], 3);
+    assert_eq!(shown["roles"], serde_json::json!(["user", "editor"]));
+}
+
+#[test]
+fn a_burst_of_logins_stays_within_bounded_memory() {
+    let dir = TempDir::new("accounts-burst");
+    let gh = start(&dir, &[]);
+    let data = dir.join("data");
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "judy",
+            "--email",
+            "judy@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let before = gh.rss_kib();
+    let addr = gh.addr();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..200)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut b = Browser::new(addr);
+                    login(&mut b, "judy", PW).status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let after = gh.rss_kib();
+    eprintln!("200 concurrent logins: RSS {before} KiB before, {after} KiB after");
+    let mut counts = std::collections::BTreeMap::new();
+    for s in &statuses {
+        *counts.entry(*s).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 303 || *s == 503),
+        "{counts:?}\n{}",
+        gh.logs()
+    );
+    assert!(statuses.contains(&303));
+    // 200 unbounded Argon2 hashes would hold 200 × 19 MiB; the cap keeps a few at once.
+    assert!(
+        after < before + 160 * 1024,
+        "RSS {before} KiB → {after} KiB"
+    );
+}
