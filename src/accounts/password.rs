@@ -162,10 +162,7 @@ impl Passwords {
     pub fn refuse(&self, password: &str, user_inputs: &[&str]) -> Option<String> {
         let len = password.chars().count();
         if len < self.min_len {
-            return Some(format!(
-                "Use at least {} characters (a few words together are easy to remember).",
-                self.min_len
-            ));
+            return Some(format!("Use at least {} characters.", self.min_len));
         }
         if len > MAX_LEN {
             return Some(format!("Use at most {MAX_LEN} characters."));

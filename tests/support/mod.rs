@@ -12,6 +12,7 @@
 // Each test binary uses a part of the harness.
 #![allow(dead_code, unused_imports)]
 
+mod chrome;
 mod echo;
 mod gatehouse;
 mod http;
@@ -23,6 +24,7 @@ pub mod proxy;
 mod redis;
 mod web;
 
+pub use chrome::*;
 pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;

@@ -44,6 +44,42 @@ server {
 }
 "#;
 
+/// `PROTECTED_SITE` with gatehouse's own pages on the same server (`gatehouse-pages.conf`)
+/// and the login page there: what a single-host deployment with accounts looks like.
+const SIGNIN_SITE: &str = r#"
+upstream gatehouse {
+    server 127.0.0.1:{{GATEHOUSE}};
+    keepalive 8;
+    keepalive_timeout 5s;
+}
+upstream app {
+    server 127.0.0.1:{{APP}};
+}
+server {
+    listen 127.0.0.1:{{PORT}};
+    set $gatehouse_login_url /login;
+    include {{NGINX}}/gatehouse-auth.conf;
+    include {{NGINX}}/gatehouse-pages.conf;
+    location / {
+        include {{NGINX}}/gatehouse-protect.conf;
+        proxy_pass http://app;
+    }
+}
+"#;
+
+/// Real nginx serving `SIGNIN_SITE`.
+pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
+    Nginx::start(&render(
+        SIGNIN_SITE,
+        &[
+            ("GATEHOUSE", gatehouse_port.to_string()),
+            ("APP", app_port.to_string()),
+            ("PORT", free_port().to_string()),
+            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
+        ],
+    ))
+}
+
 /// Real nginx serving `PROTECTED_SITE`: gatehouse on `gatehouse_port`, the application on
 /// `app_port`, nginx itself on a free port.
 pub fn protected_site(gatehouse_port: u16, app_port: u16) -> Nginx {
