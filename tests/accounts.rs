@@ -792,3 +792,199 @@ fn a_burst_of_logins_stays_within_bounded_memory() {
         "RSS {before} KiB → {after} KiB"
     );
 }
+
+#[test]
+fn json_api_full_flow() {
+    use serde_json::json;
+    let dir = TempDir::new("accounts-api");
+    let gh = start(&dir, &[]);
+    let data = dir.path().join("data");
+    let mut a = Browser::new(gh.addr());
+    let (r, v) = a.json(
+        "POST",
+        "/api/register",
+        &json!({"username": "kim", "email": "kim@example.org", "name": "Kim", "password": "short"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(v["error"], "invalid_fields");
+    assert!(v["fields"]["password"]
+        .as_str()
+        .unwrap()
+        .contains("at least 12"));
+    let (r, v) = a.json(
+        "POST",
+        "/api/register",
+        &json!({"username": "kim", "email": "kim@example.org", "name": "Kim", "password": PW}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(v["status"], "check_mail");
+    let confirm = link_in(&wait_mail(&data, 1), "/email/confirm?token=");
+    assert_eq!(a.get(&confirm).status, 200);
+
+    let (r, v) = a.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "kim", "password": "not the password"}),
+    );
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+    let (r, v) = a.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "kim", "password": PW}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(v["user"]["username"], "kim");
+    assert_eq!(v["user"]["scopes"], json!(["public:read"]));
+    let token = a.cookie(COOKIE).unwrap().to_string();
+    assert!(!r.body.contains(&token), "the API exposed a token");
+    let (r, me) = a.json("GET", "/api/me", &json!(null));
+    assert_eq!(
+        (r.status, me["email"].as_str()),
+        (200, Some("kim@example.org"))
+    );
+    assert!(!r.body.contains("argon2"));
+
+    // Sessions: list, revoke another device; another user's session is 404.
+    let mut b = Browser::new(gh.addr());
+    let (_, vb) = b.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "kim@example.org", "password": PW}),
+    );
+    let sid_b = vb["sid"].as_str().unwrap().to_string();
+    let token_b = b.cookie(COOKIE).unwrap().to_string();
+    let (_, list) = a.json("GET", "/api/sessions", &json!(null));
+    let list = list["sessions"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
+    assert!(list.iter().all(|s| !s.to_string().contains(&token_b)));
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &dir.join("data"),
+            "--username",
+            "lee",
+            "--email",
+            "lee@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success());
+    let mut other = Browser::new(gh.addr());
+    let (_, vo) = other.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "lee", "password": PW}),
+    );
+    let sid_other = vo["sid"].as_str().unwrap().to_string();
+    let (r, v) = a.json(
+        "DELETE",
+        &format!("/api/sessions/{sid_other}"),
+        &json!(null),
+    );
+    assert_eq!((r.status, v["error"].as_str()), (404, Some("not_found")));
+    assert_eq!(auth(&gh, other.cookie(COOKIE).unwrap()).status, 200);
+    let (r, _) = a.json("DELETE", &format!("/api/sessions/{sid_b}"), &json!(null));
+    assert_eq!(r.status, 204);
+    assert_eq!(auth(&gh, &token_b).status, 401);
+
+    // Password change: field errors by name; then the other sessions end.
+    assert_eq!(
+        b.json(
+            "POST",
+            "/api/login",
+            &json!({"username": "kim", "password": PW})
+        )
+        .0
+        .status,
+        200
+    );
+    let token_b = b.cookie(COOKIE).unwrap().to_string();
+    let (r, v) = a.json(
+        "POST",
+        "/api/password/change",
+        &json!({"current_password": "wrong wrong wrong", "password": PW2}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(v["fields"]["current_password"].is_string(), "{v}");
+    let (r, _) = a.json(
+        "POST",
+        "/api/password/change",
+        &json!({"current_password": PW, "password": PW2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(auth(&gh, &token).status, 200);
+    assert_eq!(auth(&gh, &token_b).status, 401);
+
+    // Forgot and reset.
+    let mut c = Browser::new(gh.addr());
+    let (r, _) = c.json(
+        "POST",
+        "/api/password/forgot",
+        &json!({"email": "kim@example.org"}),
+    );
+    assert_eq!(r.status, 202);
+    let mail = (2..=5)
+        .map(|n| wait_mail(&data, n))
+        .find(|m| m.contains("/password/reset?token="))
+        .unwrap();
+    let reset = token_of(&link_in(&mail, "/password/reset?token="));
+    let (r, _) = c.json(
+        "POST",
+        "/api/password/reset",
+        &json!({"token": reset, "password": PW3}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        auth(&gh, &token).status,
+        401,
+        "a reset left a session alive"
+    );
+    let (r, v) = c.json(
+        "POST",
+        "/api/password/reset",
+        &json!({"token": reset, "password": PW}),
+    );
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("invalid_token"))
+    );
+
+    // Only JSON, only from this site.
+    let r = c.post_with("/api/login", &[("username", "kim"), ("password", PW3)], &[]);
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = c.request(
+        "POST",
+        "/api/login",
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "https://evil.example"),
+        ],
+        json!({"username": "kim", "password": PW3})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+    // Logout.
+    let (r, _) = c.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "kim", "password": PW3}),
+    );
+    assert_eq!(r.status, 200);
+    let token_c = c.cookie(COOKIE).unwrap().to_string();
+    let (r, _) = c.json("POST", "/api/logout", &json!({}));
+    assert_eq!(r.status, 204);
+    assert!(c.cookie(COOKIE).is_none());
+    assert_eq!(auth(&gh, &token_c).status, 401);
+    let (r, v) = c.json("GET", "/api/me", &json!(null));
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+}

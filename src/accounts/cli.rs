@@ -206,10 +206,10 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             password_min_length,
             ..
         } => {
-            if let Some(p) = super::web::username_problem(&username) {
+            if let Some(p) = super::ops::username_problem(&username) {
                 return Err(ConfigError::new("--username", p).into());
             }
-            if let Some(p) = super::web::email_problem(&email) {
+            if let Some(p) = super::ops::email_problem(&email) {
                 return Err(ConfigError::new("--email", p).into());
             }
             if let Some(r) = extra.iter().find(|r| !roles.exists(r)) {
@@ -305,7 +305,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::Invite {
             email, public_url, ..
         } => {
-            if let Some(p) = super::web::email_problem(&email) {
+            if let Some(p) = super::ops::email_problem(&email) {
                 return Err(ConfigError::new("--email", p).into());
             }
             let token = db

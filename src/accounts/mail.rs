@@ -93,7 +93,7 @@ impl Mailer {
                             .as_millis(),
                         super::db::random_token(6)
                     );
-                    let tmp = dir.join(format!(".{name}"));
+                    let tmp = dir.join(format!(".{name}.tmp"));
                     let formatted = message.formatted();
                     // Whole files only: written aside, then renamed into place.
                     match tokio::fs::write(&tmp, formatted).await {

@@ -7,11 +7,13 @@
 //! seam between "password accepted" and "session issued" ([`web::Step`]), where a second
 //! factor will sit.
 
+mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod guard;
 pub mod mail;
+mod ops;
 pub mod pages;
 pub mod password;
 mod web;

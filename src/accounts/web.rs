@@ -15,7 +15,8 @@ use axum::{Form, Router};
 use cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
-use super::db::{self, DbError, NewUser, Purpose, User};
+use super::db::{self, DbError, Purpose, User};
+use super::ops::{self, Caller, Problem};
 use super::pages::{self, Errors, Page};
 use super::{Accounts, Peer, Registration};
 use crate::audit;
@@ -39,6 +40,7 @@ pub fn router(accounts: Arc<Accounts>) -> Router {
         .route("/account/sessions", get(sessions_page).post(revoke_session))
         .route("/password/forgot", get(forgot_page).post(forgot))
         .route("/password/reset", get(reset_page).post(reset))
+        .merge(super::api::routes())
         .fallback(not_found)
         .with_state(accounts)
 }
@@ -119,6 +121,23 @@ impl FromRequestParts<Arc<Accounts>> for Ctx {
 }
 
 impl Ctx {
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub(super) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The caller's live session, if their cookie names one.
+    pub(super) fn session(&self) -> Option<&Listed> {
+        self.session.as_ref()
+    }
+
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(|t| t.expose().as_str())
+    }
+
     fn page(&self, section: &'static str) -> Page {
         Page {
             signed_in: self.session.as_ref().map(|l| {
@@ -236,36 +255,7 @@ fn see_other(to: &str) -> Response {
 }
 
 fn unavailable(app: &Accounts, ctx: &Ctx, why: &dyn std::fmt::Display) -> Response {
-    tracing::warn!(error = %why, "accounts: a dependency failed; answering 503");
-    let mut r = message(
-        app,
-        ctx,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        &["We could not complete this just now. Nothing was changed; please try again in a moment."],
-        None,
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    r
-}
-
-fn too_many(app: &Accounts, ctx: &Ctx, wait: Duration) -> Response {
-    app.metrics.throttled.inc();
-    let secs = wait.as_secs().max(1);
-    let line = format!("Too many attempts. Please wait {secs} seconds and try again.");
-    let mut r = message(
-        app,
-        ctx,
-        StatusCode::TOO_MANY_REQUESTS,
-        "Slow down",
-        &[&line],
-        None,
-    );
-    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    r
+    problem_page(app, ctx, Problem::unavailable(why))
 }
 
 fn forbidden(app: &Accounts, ctx: &Ctx) -> Response {
@@ -385,14 +375,34 @@ fn login_form(
     )
 }
 
-/// What follows an accepted password. Today always a session; a second factor (passkey,
-/// TOTP) will be a step here, between the password and the session.
-enum Step {
-    IssueSession,
+impl Ctx {
+    pub(super) fn caller(&self) -> Caller<'_> {
+        Caller {
+            ip: self.ip,
+            user_agent: self.user_agent(),
+            token: self.token(),
+        }
+    }
 }
 
-fn next_step(_user: &User) -> Step {
-    Step::IssueSession
+/// A problem as a page of its own (the forms render their field errors themselves).
+fn problem_page(app: &Accounts, ctx: &Ctx, p: Problem) -> Response {
+    let (heading, link) = match p.code {
+        "throttled" | "rate_limited" => ("Slow down", None),
+        "registration_closed" => ("Registration is closed", Some(("/login", "Go to sign in"))),
+        "invalid_token" => (
+            "This link has expired",
+            Some(("/password/forgot", "Ask for a new link")),
+        ),
+        _ => ("Temporarily unavailable", None),
+    };
+    let mut r = message(app, ctx, p.status, heading, &[&p.message], link);
+    if let Some(wait) = p.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    r
 }
 
 async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response {
@@ -400,128 +410,27 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
         return forbidden(&app, &ctx);
     }
     let rd = redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
-    let account_key = format!("u:{}", db::key(&f.username));
-    let ip_key = format!("ip:{}", ctx.ip);
-    let wait = app
-        .throttle
-        .wait(&account_key)
-        .max(app.throttle.wait(&ip_key));
-    if !wait.is_zero() {
-        app.metrics.login("throttled");
-        audit!("login_throttled", db::key(&f.username), ctx.ip);
-        return too_many(&app, &ctx, wait);
-    }
-    let user = match app.db.find(&f.username).await {
-        Ok(u) => u,
-        Err(e) => return unavailable(&app, &ctx, &e),
-    };
-    let password = Secret::new(f.password);
-    // Unknown users verify a dummy hash: the same work, the same time, the same answer.
-    let verified = match app
-        .passwords
-        .verify(
-            &password,
-            user.as_ref().and_then(|u| u.password_hash.as_ref()),
-        )
-        .await
-    {
-        Ok(v) => v,
-        Err(busy) => {
-            app.metrics.login("busy");
-            return unavailable(&app, &ctx, &busy);
-        }
-    };
-    let user = match user {
-        Some(u) if verified.ok => u,
-        _ => {
-            app.throttle.fail(&account_key);
-            app.throttle.fail(&ip_key);
-            app.metrics.login("failed");
-            audit!("login_failed", db::key(&f.username), ctx.ip);
-            return login_form(
+    match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
+        Ok((issued, _)) => {
+            let mut r = see_other(if rd.is_empty() { "/account" } else { &rd });
+            set_session_cookie(
                 &app,
-                &ctx,
-                StatusCode::UNAUTHORIZED,
-                &f.username,
-                &rd,
-                "Wrong username or password.",
-                "",
+                r.headers_mut(),
+                issued.token.expose(),
+                app.settings.session_ttl,
             );
+            r
         }
-    };
-    app.throttle.succeed(&account_key);
-    if !user.active {
-        app.metrics.login("inactive");
-        audit!("login_inactive", user.id, ctx.ip);
-        return login_form(
-            &app,
-            &ctx,
-            StatusCode::FORBIDDEN,
-            &f.username,
-            &rd,
-            "This account is deactivated. Contact the administrators.",
-            "",
-        );
-    }
-    if user.email_confirmed_at.is_none() {
-        app.metrics.login("unconfirmed");
-        send_confirmation(&app, &user, &user.email).await;
-        return login_form(
-            &app,
-            &ctx,
-            StatusCode::FORBIDDEN,
-            &f.username,
-            &rd,
-            "Confirm your email address first: we have sent you a new link.",
-            "",
-        );
-    }
-    if verified.rehash {
-        if let Ok(h) = app.passwords.hash(&password).await {
-            if let Err(e) = app.db.set_password(&user.id, &h).await {
-                tracing::warn!(user = user.id, error = %e, "password rehash not stored");
-            }
+        Err(p) if matches!(p.code, "invalid_credentials" | "inactive" | "unconfirmed") => {
+            login_form(&app, &ctx, p.status, &f.username, &rd, &p.message, "")
         }
-    }
-    match next_step(&user) {
-        Step::IssueSession => issue_session(&app, &ctx, &user, &rd).await,
+        Err(p) => problem_page(&app, &ctx, p),
     }
 }
 
-/// The session for a user whose login is complete; the cookie, and the way on.
-async fn issue_session(app: &Accounts, ctx: &Ctx, user: &User, rd: &str) -> Response {
-    let sessions = app.gateway.sessions();
-    // Never reuse what the browser had: a session it carried before is ended, and the new
-    // one has a new token (no fixation).
-    if let Some(old) = &ctx.token {
-        let _ = sessions.revoke(old.expose()).await;
-    }
-    let (roles, scopes) = app.roles.of(&user.roles);
-    let session = crate::session::Session {
-        username: Some(user.username.clone()),
-        email: Some(user.email.clone()),
-        name: (!user.name.is_empty()).then(|| user.name.clone()),
-        roles,
-        scopes,
-        ip: Some(ctx.ip.to_string()),
-        user_agent: ctx.user_agent(),
-        ..crate::sessions::Sessions::draft(user.id.clone(), app.settings.session_ttl)
-    };
-    let issued = match sessions.issue(&session).await {
-        Ok(i) => i,
-        Err(e) => return unavailable(app, ctx, &e),
-    };
-    if let Err(e) = app.db.record_login(&user.id, &ctx.ip.to_string()).await {
-        tracing::warn!(user = user.id, error = %e, "login not recorded");
-    }
-    app.metrics.login("ok");
-    audit!("login", user.id, ctx.ip, sid = issued.sid.as_str());
-    let mut r = see_other(if rd.is_empty() { "/account" } else { rd });
-    add_cookie(
-        r.headers_mut(),
-        &session_cookie(app, issued.token.expose(), app.settings.session_ttl),
-    );
-    r
+/// Sets (or with an empty value and no lifetime, clears) the session cookie.
+pub(super) fn set_session_cookie(app: &Accounts, h: &mut HeaderMap, value: &str, ttl: Duration) {
+    add_cookie(h, &session_cookie(app, value, ttl));
 }
 
 fn session_cookie<'a>(app: &Accounts, value: &'a str, ttl: Duration) -> Cookie<'a> {
@@ -559,15 +468,17 @@ async fn logout(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response 
         return forbidden(&app, &ctx);
     }
     if let (Some(token), Some(listed)) = (&ctx.token, &ctx.session) {
-        if let Err(e) = app.gateway.sessions().revoke(token.expose()).await {
-            return unavailable(&app, &ctx, &e);
+        let done = ops::logout(
+            &app,
+            &ctx.caller(),
+            token.expose(),
+            &listed.session.sub,
+            &listed.sid,
+        )
+        .await;
+        if let Err(p) = done {
+            return problem_page(&app, &ctx, p);
         }
-        audit!(
-            "logout",
-            listed.session.sub,
-            ctx.ip,
-            sid = listed.sid.as_str()
-        );
     }
     let mut r = login_form(
         &app,
@@ -581,7 +492,7 @@ async fn logout(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response 
         "",
         "You are signed out.",
     );
-    add_cookie(r.headers_mut(), &session_cookie(&app, "", Duration::ZERO));
+    set_session_cookie(&app, r.headers_mut(), "", Duration::ZERO);
     r
 }
 
@@ -605,36 +516,16 @@ pub struct RegisterForm {
     invite: String,
 }
 
-fn registration_closed(app: &Accounts, ctx: &Ctx) -> Response {
-    message(
-        app,
-        ctx,
-        StatusCode::FORBIDDEN,
-        "Registration is closed",
-        &[if app.settings.registration == Registration::Invite {
-            "New accounts need an invitation. Ask the administrators for one; the link in it opens this page."
-        } else {
-            "New accounts are created by the administrators."
-        }],
-        Some(("/login", "Go to sign in")),
-    )
-}
-
 async fn register_page(State(app): App, ctx: Ctx, Query(q): Query<RegisterQuery>) -> Response {
     let mut form = RegisterForm {
         invite: q.invite,
         ..Default::default()
     };
-    match app.settings.registration {
-        Registration::Open => {}
-        Registration::Closed => return registration_closed(&app, &ctx),
-        Registration::Invite => match app.db.peek_token(&form.invite, Purpose::Invite).await {
-            Ok(Some((_, email))) => form.email = email,
-            Ok(None) => return registration_closed(&app, &ctx),
-            Err(e) => return unavailable(&app, &ctx, &e),
-        },
+    match ops::registration_open(&app, &form.invite).await {
+        Ok(invited) => form.email = invited.unwrap_or_default(),
+        Err(p) => return problem_page(&app, &ctx, p),
     }
-    register_form(&app, &ctx, StatusCode::OK, &form, Errors::default(), "")
+    register_form(&app, &ctx, StatusCode::OK, &form, Errors::default())
 }
 
 fn register_form(
@@ -643,7 +534,6 @@ fn register_form(
     status: StatusCode,
     f: &RegisterForm,
     errors: Errors,
-    error: &str,
 ) -> Response {
     html(
         app,
@@ -656,126 +546,26 @@ fn register_form(
             name: f.name.clone(),
             invite: f.invite.clone(),
             min_hint: min_hint(app),
-            error: error.into(),
+            error: String::new(),
             errors,
         },
     )
-}
-
-/// Why a username cannot be used, or `None`.
-pub fn username_problem(u: &str) -> Option<&'static str> {
-    let n = u.chars().count();
-    if !(3..=64).contains(&n) {
-        return Some("Use 3 to 64 characters.");
-    }
-    if !u.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Some("Start with a letter.");
-    }
-    if !u
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Some("Use only letters, digits, - and _.");
-    }
-    None
-}
-
-/// Whether `e` looks like a deliverable address (the confirmation mail proves it).
-pub fn email_problem(e: &str) -> Option<&'static str> {
-    let Some((local, domain)) = e.rsplit_once('@') else {
-        return Some("Enter an email address like name@example.org.");
-    };
-    if local.is_empty()
-        || e.len() > 254
-        || !domain.contains('.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-        || e.chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\"\\".contains(c))
-    {
-        return Some("Enter an email address like name@example.org.");
-    }
-    None
-}
-
-fn domain_allowed(app: &Accounts, email: &str) -> bool {
-    let domain = email
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase();
-    let matches = |list: &[String]| {
-        list.iter().any(|d| match d.strip_prefix('.') {
-            Some(base) => domain == base || domain.ends_with(d.as_str()),
-            None => domain == *d,
-        })
-    };
-    (app.settings.registration_domains.is_empty() || matches(&app.settings.registration_domains))
-        && !matches(&app.settings.blocked_domains)
 }
 
 async fn register(State(app): App, ctx: Ctx, Form(f): Form<RegisterForm>) -> Response {
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
-    let invite_email = match app.settings.registration {
-        Registration::Open => None,
-        Registration::Closed => return registration_closed(&app, &ctx),
-        Registration::Invite => match app.db.peek_token(&f.invite, Purpose::Invite).await {
-            Ok(Some((_, email))) => Some(email),
-            Ok(None) => return registration_closed(&app, &ctx),
-            Err(e) => return unavailable(&app, &ctx, &e),
-        },
+    let registering = ops::Registering {
+        username: &f.username,
+        email: &f.email,
+        name: &f.name,
+        password: &f.password,
+        invite: &f.invite,
     };
-    if let Err(wait) = app.rate.check(ctx.ip) {
-        return too_many(&app, &ctx, wait);
-    }
-    let mut errors = Errors::default();
-    if let Some(p) = username_problem(f.username.trim()) {
-        errors.add("username", p);
-    }
-    if let Some(p) = email_problem(f.email.trim()) {
-        errors.add("email", p);
-    } else if !domain_allowed(&app, f.email.trim()) {
-        errors.add("email", "Addresses of this domain cannot register here.");
-    } else if invite_email
-        .as_deref()
-        .is_some_and(|e| db::key(e) != db::key(&f.email))
-    {
-        errors.add("email", "Use the address the invitation was sent to.");
-    }
-    if f.name.trim().is_empty() {
-        errors.add("name", "Enter your name.");
-    } else if f.name.chars().count() > 200 {
-        errors.add("name", "Use at most 200 characters.");
-    }
-    if let Some(p) = app.passwords.refuse(
-        &f.password,
-        &[f.username.as_str(), f.email.as_str(), f.name.as_str()],
-    ) {
-        errors.add("password", p);
-    }
-    if !errors.is_empty() {
-        return register_form(&app, &ctx, StatusCode::BAD_REQUEST, &f, errors, "");
-    }
-    let hash = match app.passwords.hash(&Secret::new(f.password.clone())).await {
-        Ok(h) => h,
-        Err(busy) => return unavailable(&app, &ctx, &busy),
-    };
-    let created = app
-        .db
-        .create_user(&NewUser {
-            username: &f.username,
-            email: &f.email,
-            name: &f.name,
-            password_hash: Some(&hash),
-            active: true,
-            confirmed: false,
-            roles: &[],
-        })
-        .await;
-    let check_mail = |app: &Accounts| {
-        message(
-            app,
+    match ops::register(&app, &ctx.caller(), &registering).await {
+        Ok(ops::Registered::CheckMail) => message(
+            &app,
             &ctx,
             StatusCode::OK,
             "Check your email",
@@ -784,70 +574,18 @@ async fn register(State(app): App, ctx: Ctx, Form(f): Form<RegisterForm>) -> Res
                 "The link works for 30 minutes. Nothing arrived? Look in your spam folder, or register again.",
             ],
             Some(("/login", "Go to sign in")),
-        )
-    };
-    match created {
-        Ok(user) => {
-            app.metrics.registrations.inc();
-            audit!("register", user.id, ctx.ip);
-            if invite_email.is_some() {
-                // The invitation went to this address: it is confirmed already.
-                let _ = app.db.take_token(&f.invite, Purpose::Invite).await;
-                if let Err(e) = app.db.confirm_email(&user.id, &user.email).await {
-                    return unavailable(&app, &ctx, &e);
-                }
-                return login_form(
-                    &app,
-                    &ctx,
-                    StatusCode::OK,
-                    &user.username,
-                    "",
-                    "",
-                    "Your account is ready. Sign in.",
-                );
-            }
-            send_confirmation(&app, &user, &user.email).await;
-            check_mail(&app)
-        }
-        Err(DbError::Taken("email")) => {
-            // The same answer as a new registration: whether an address has an account is
-            // told only to its owner, by mail.
-            if let Ok(Some(owner)) = app.db.find(&f.email).await {
-                app.mailer.send(
-                    &owner.id,
-                    &owner.email,
-                    "Someone tried to register with your address",
-                    format!(
-                        "Hello {},\n\nsomeone tried to create an account with this email address, which already has one (username {}).\nIf it was you, sign in or reset your password at {}/password/forgot.\nIf not, you can ignore this message.\n",
-                        owner.username, owner.username, app.settings.public_url
-                    ),
-                );
-            }
-            check_mail(&app)
-        }
-        Err(DbError::Taken(_)) => {
-            let mut errors = Errors::default();
-            errors.add("username", "This username is taken. Choose another.");
-            register_form(&app, &ctx, StatusCode::CONFLICT, &f, errors, "")
-        }
-        Err(e) => unavailable(&app, &ctx, &e),
-    }
-}
-
-async fn send_confirmation(app: &Accounts, user: &User, email: &str) {
-    match app.db.issue_token(&user.id, Purpose::Confirm, email, super::TOKEN_TTL).await {
-        Ok(token) => app.mailer.send(
-            &user.id,
-            email,
-            "Confirm your email address",
-            format!(
-                "Hello {},\n\nopen this link to confirm your email address:\n\n{}/email/confirm?token={}\n\nThe link works for 30 minutes. If you did not ask for it, ignore this message.\n",
-                user.username,
-                app.settings.public_url,
-                token.expose()
-            ),
         ),
-        Err(e) => tracing::warn!(user = user.id, error = %e, "confirmation not sent"),
+        Ok(ops::Registered::Ready(username)) => login_form(
+            &app,
+            &ctx,
+            StatusCode::OK,
+            &username,
+            "",
+            "",
+            "Your account is ready. Sign in.",
+        ),
+        Err(p) if !p.fields.is_empty() => register_form(&app, &ctx, p.status, &f, p.fields),
+        Err(p) => problem_page(&app, &ctx, p),
     }
 }
 
@@ -942,64 +680,27 @@ async fn forgot(State(app): App, ctx: Ctx, Form(f): Form<ForgotForm>) -> Respons
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
-    if let Err(wait) = app.rate.check(ctx.ip) {
-        return too_many(&app, &ctx, wait);
-    }
-    if let Some(p) = email_problem(f.email.trim()) {
-        return html(
+    match ops::forgot(&app, &ctx.caller(), &f.email) {
+        Ok(()) => message(
             &app,
             &ctx,
-            StatusCode::BAD_REQUEST,
+            StatusCode::OK,
+            "Check your email",
+            &["If an account uses that address, we have sent it a link to choose a new password. The link works for 30 minutes."],
+            Some(("/login", "Back to sign in")),
+        ),
+        Err(p) if !p.fields.is_empty() => html(
+            &app,
+            &ctx,
+            p.status,
             pages::Forgot {
                 page: ctx.page("forgot"),
                 email: f.email,
-                error: p.into(),
+                error: p.fields.get("email").to_owned(),
             },
-        );
+        ),
+        Err(p) => problem_page(&app, &ctx, p),
     }
-    // Looked up and mailed after the answer: known and unknown addresses get the same page
-    // in the same time.
-    let worker = app.clone();
-    let ip = ctx.ip;
-    tokio::spawn(async move {
-        let user = match worker.db.find(&f.email).await {
-            Ok(Some(u)) if u.active && db::key(&u.email) == db::key(&f.email) => u,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "password reset not sent");
-                return;
-            }
-        };
-        match worker
-            .db
-            .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
-            .await
-        {
-            Ok(token) => {
-                audit!("password_reset_requested", user.id, ip);
-                worker.mailer.send(
-                    &user.id,
-                    &user.email,
-                    "Reset your password",
-                    format!(
-                        "Hello {},\n\nopen this link to choose a new password:\n\n{}/password/reset?token={}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
-                        user.username,
-                        worker.settings.public_url,
-                        token.expose()
-                    ),
-                );
-            }
-            Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
-        }
-    });
-    message(
-        &app,
-        &ctx,
-        StatusCode::OK,
-        "Check your email",
-        &["If an account uses that address, we have sent it a link to choose a new password. The link works for 30 minutes."],
-        Some(("/login", "Back to sign in")),
-    )
 }
 
 fn expired_reset(app: &Accounts, ctx: &Ctx) -> Response {
@@ -1043,83 +744,32 @@ async fn reset(State(app): App, ctx: Ctx, Form(f): Form<ResetForm>) -> Response 
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
-    let user = match app.db.peek_token(&f.token, Purpose::Reset).await {
-        Ok(Some((id, _))) => match app.db.user(&id).await {
-            Ok(Some(u)) => u,
-            Ok(None) => return expired_reset(&app, &ctx),
-            Err(e) => return unavailable(&app, &ctx, &e),
-        },
-        Ok(None) => return expired_reset(&app, &ctx),
-        Err(e) => return unavailable(&app, &ctx, &e),
-    };
-    if let Some(p) = app.passwords.refuse(
-        &f.password,
-        &[
-            user.username.as_str(),
-            user.email.as_str(),
-            user.name.as_str(),
-        ],
-    ) {
-        return html(
+    match ops::reset(&app, &ctx.caller(), &f.token, &f.password).await {
+        Ok(user) => login_form(
+            &app,
+            &Ctx {
+                session: None,
+                ..ctx
+            },
+            StatusCode::OK,
+            &user.username,
+            "",
+            "",
+            "Your password is set, and every device was signed out. Sign in with the new password.",
+        ),
+        Err(p) if !p.fields.is_empty() => html(
             &app,
             &ctx,
-            StatusCode::BAD_REQUEST,
+            p.status,
             pages::Reset {
                 page: ctx.page("reset"),
                 token: f.token,
                 min_hint: min_hint(&app),
-                error: p,
+                error: p.fields.get("password").to_owned(),
             },
-        );
-    }
-    let hash = match app.passwords.hash(&Secret::new(f.password)).await {
-        Ok(h) => h,
-        Err(busy) => return unavailable(&app, &ctx, &busy),
-    };
-    // Used up before anything changes: of two racing requests, one sets the password.
-    match app.db.take_token(&f.token, Purpose::Reset).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return expired_reset(&app, &ctx),
-        Err(e) => return unavailable(&app, &ctx, &e),
-    }
-    if let Err(e) = app.db.set_password(&user.id, &hash).await {
-        return unavailable(&app, &ctx, &e);
-    }
-    // The link proved the mailbox: an unconfirmed address is confirmed now.
-    if user.email_confirmed_at.is_none() {
-        let _ = app.db.confirm_email(&user.id, &user.email).await;
-    }
-    let ended = match app.gateway.sessions().revoke_user(&user.id, None).await {
-        Ok(n) => n,
-        Err(e) => return unavailable(&app, &ctx, &e),
-    };
-    app.metrics.password_resets.inc();
-    audit!("password_reset", user.id, ctx.ip, sessions_ended = ended);
-    password_changed_mail(&app, &user);
-    login_form(
-        &app,
-        &Ctx {
-            session: None,
-            ..ctx
-        },
-        StatusCode::OK,
-        &user.username,
-        "",
-        "",
-        "Your password is set, and every device was signed out. Sign in with the new password.",
-    )
-}
-
-fn password_changed_mail(app: &Accounts, user: &User) {
-    app.mailer.send(
-        &user.id,
-        &user.email,
-        "Your password was changed",
-        format!(
-            "Hello {},\n\nthe password of your account was just changed, and your other devices were signed out.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
-            user.username, app.settings.public_url
         ),
-    );
+        Err(p) => problem_page(&app, &ctx, p),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1188,7 +838,7 @@ async fn account(State(app): App, ctx: Ctx, Form(f): Form<AccountForm>) -> Respo
     };
     let mut errors = Errors::default();
     if f.action == "email" {
-        if let Some(p) = email_problem(f.email.trim()) {
+        if let Some(p) = ops::email_problem(f.email.trim()) {
             errors.add("email", p);
         }
         let ok = match app
@@ -1218,7 +868,7 @@ async fn account(State(app): App, ctx: Ctx, Form(f): Form<AccountForm>) -> Respo
         }
         // A taken address gets the same answer and no mail: who owns it is not told.
         if !matches!(app.db.email_taken(&f.email).await, Ok(true)) {
-            send_confirmation(&app, &user, f.email.trim()).await;
+            ops::send_confirmation(&app, &user, f.email.trim()).await;
         }
         audit!("email_change_requested", user.id, ctx.ip);
         let notice = format!(
@@ -1305,63 +955,27 @@ async fn change_password(State(app): App, ctx: Ctx, Form(f): Form<PasswordForm>)
         Ok(u) => u,
         Err(r) => return r,
     };
-    let mut errors = Errors::default();
-    match app
-        .passwords
-        .verify(
-            &Secret::new(f.current_password),
-            user.password_hash.as_ref(),
-        )
-        .await
-    {
-        Ok(v) if v.ok => {}
-        Ok(_) => errors.add("current_password", "This is not your current password."),
-        Err(busy) => return unavailable(&app, &ctx, &busy),
-    }
-    if let Some(p) = app.passwords.refuse(
-        &f.password,
-        &[
-            user.username.as_str(),
-            user.email.as_str(),
-            user.name.as_str(),
-        ],
-    ) {
-        errors.add("password", p);
-    }
-    let page = |status, notice: &str, errors| {
-        html(
-            &app,
-            &ctx,
-            status,
-            pages::Password {
-                page: ctx.page("password"),
-                min_hint: min_hint(&app),
-                notice: notice.into(),
-                errors,
-            },
-        )
+    let done =
+        ops::change_password(&app, &ctx.caller(), &user, &f.current_password, &f.password).await;
+    let (status, notice, errors) = match done {
+        Ok(()) => (
+            StatusCode::OK,
+            "Your password is changed. Your other devices are signed out.",
+            Errors::default(),
+        ),
+        Err(p) if !p.fields.is_empty() => (p.status, "", p.fields),
+        Err(p) => return problem_page(&app, &ctx, p),
     };
-    if !errors.is_empty() {
-        return page(StatusCode::BAD_REQUEST, "", errors);
-    }
-    let hash = match app.passwords.hash(&Secret::new(f.password)).await {
-        Ok(h) => h,
-        Err(busy) => return unavailable(&app, &ctx, &busy),
-    };
-    if let Err(e) = app.db.set_password(&user.id, &hash).await {
-        return unavailable(&app, &ctx, &e);
-    }
-    let keep = ctx.token.as_ref().map(|t| t.expose().as_str());
-    let ended = match app.gateway.sessions().revoke_user(&user.id, keep).await {
-        Ok(n) => n,
-        Err(e) => return unavailable(&app, &ctx, &e),
-    };
-    audit!("password_changed", user.id, ctx.ip, sessions_ended = ended);
-    password_changed_mail(&app, &user);
-    page(
-        StatusCode::OK,
-        "Your password is changed. Your other devices are signed out.",
-        Errors::default(),
+    html(
+        &app,
+        &ctx,
+        status,
+        pages::Password {
+            page: ctx.page("password"),
+            min_hint: min_hint(&app),
+            notice: notice.into(),
+            errors,
+        },
     )
 }
 
@@ -1441,43 +1055,5 @@ async fn revoke_session(State(app): App, ctx: Ctx, Form(f): Form<RevokeForm>) ->
     match result {
         Ok(notice) => sessions_list(&app, &ctx, &user, &notice).await,
         Err(e) => unavailable(&app, &ctx, &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_and_emails() {
-        for ok in ["abc", "alice_b-2", &"a".repeat(64)] {
-            assert_eq!(username_problem(ok), None, "{ok}");
-        }
-        for bad in [
-            "ab",
-            "1abc",
-            "-abc",
-            "a b",
-            "ali.ce",
-            "alïce",
-            &"a".repeat(65),
-        ] {
-            assert!(username_problem(bad).is_some(), "{bad}");
-        }
-        for ok in ["a@b.org", "first.last+tag@sub.example.org"] {
-            assert_eq!(email_problem(ok), None, "{ok}");
-        }
-        for bad in [
-            "",
-            "a",
-            "a@b",
-            "@b.org",
-            "a@.org",
-            "a b@c.org",
-            "a@b.org\r\nBcc: x@y.z",
-            "<a@b.org>",
-        ] {
-            assert!(email_problem(bad).is_some(), "{bad:?}");
-        }
     }
 }

@@ -91,6 +91,25 @@ impl Browser {
         self.request("POST", path, &headers, body.as_bytes())
     }
 
+    /// A JSON request as a single-page app on this site sends it; the parsed answer.
+    pub fn json(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (Response, serde_json::Value) {
+        let origin = format!("http://{}", self.addr);
+        let text = body.to_string();
+        let r = self.request(
+            method,
+            path,
+            &[("Content-Type", "application/json"), ("Origin", &origin)],
+            text.as_bytes(),
+        );
+        let v = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+        (r, v)
+    }
+
     /// GETs `page`, then POSTs `fields` to `action` with the page's CSRF token.
     pub fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Response {
         let form = self.get(page);
@@ -138,6 +157,11 @@ pub fn mails(data_dir: &Path) -> Vec<String> {
             d.flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                // Not a file still being written (gatehouse writes `.name.tmp`, then renames).
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -1,0 +1,316 @@
+//! The JSON API for single-page apps: the operations of the pages ([`super::ops`]) with the
+//! same rules and field names, JSON in and out. Errors are `{"error": code, "message": …,
+//! "fields": {name: message}}` with a stable `code`.
+//!
+//! Cross-site requests: every POST and DELETE must be `Content-Type: application/json`,
+//! which a cross-site form cannot send and a cross-site script can only send after a CORS
+//! preflight that gatehouse never grants, and is refused with a cross-site `Origin` or
+//! `Sec-Fetch-Site`. No token is ever in a response: the session travels in its cookie.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::db::User;
+use super::ops::{self, Problem};
+use super::web::{self, Ctx};
+use super::Accounts;
+use crate::secret::Secret;
+use crate::session::SessionKind;
+
+type App = State<Arc<Accounts>>;
+
+pub fn routes() -> Router<Arc<Accounts>> {
+    Router::new()
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/register", post(register))
+        .route("/api/password/forgot", post(forgot))
+        .route("/api/password/reset", post(reset))
+        .route("/api/password/change", post(change))
+        .route("/api/me", get(me))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{sid}", delete(revoke))
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(p: Problem) -> Response {
+    let fields: serde_json::Map<String, Value> = p
+        .fields
+        .0
+        .iter()
+        .map(|(f, m)| (f.to_string(), Value::String(m.clone())))
+        .collect();
+    let mut r = answer(
+        p.status,
+        json!({ "error": p.code, "message": p.message, "fields": fields }),
+    );
+    if let Some(wait) = p.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: &str) -> Response {
+    error(Problem::new(status, code, message))
+}
+
+/// The body, or the answer to a bad one; and the cross-site check every write passes.
+// The Err is the finished answer, built once on a refused request: boxing buys nothing.
+#[allow(clippy::result_large_err)]
+fn body<T>(app: &Accounts, ctx: &Ctx, body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    if super::guard::cross_site(ctx.headers(), &app.settings.allowed_redirect_hosts) {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "Cross-site requests are refused.",
+        ));
+    }
+    body.map(|Json(b)| b).map_err(|e| {
+        refusal(
+            e.status(),
+            "invalid_request",
+            "Send a JSON object with Content-Type: application/json.",
+        )
+    })
+}
+
+/// The signed-in user, or 401.
+async fn user(app: &Accounts, ctx: &Ctx) -> Result<User, Response> {
+    let Some(listed) = ctx.session() else {
+        return Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Sign in first.",
+        ));
+    };
+    match app.db.user(&listed.session.sub).await {
+        Ok(Some(u)) if u.active => Ok(u),
+        Ok(_) => Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Sign in first.",
+        )),
+        Err(e) => Err(error(e.into())),
+    }
+}
+
+fn user_json(app: &Accounts, u: &User) -> Value {
+    let (roles, scopes) = app.roles.of(&u.roles);
+    json!({
+        "id": u.id, "username": u.username, "email": u.email, "name": u.name,
+        "affiliation": u.affiliation, "country": u.country,
+        "email_confirmed": u.email_confirmed_at.is_some(), "roles": roles, "scopes": scopes,
+        "created_at": u.created_at, "previous_login_at": u.previous_login_at,
+        "previous_login_ip": u.previous_login_ip,
+    })
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejection>) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match ops::login(&app, &ctx.caller(), &b.username, Secret::new(b.password)).await {
+        Ok((issued, user)) => {
+            let mut r = answer(
+                StatusCode::OK,
+                json!({ "user": user_json(&app, &user), "sid": issued.sid }),
+            );
+            web::set_session_cookie(
+                &app,
+                r.headers_mut(),
+                issued.token.expose(),
+                app.settings.session_ttl,
+            );
+            r
+        }
+        Err(p) => error(p),
+    }
+}
+
+async fn logout(State(app): App, ctx: Ctx, b: Result<Json<Value>, JsonRejection>) -> Response {
+    if let Err(r) = body(&app, &ctx, b) {
+        return r;
+    }
+    if let (Some(token), Some(listed)) = (ctx.token(), ctx.session()) {
+        if let Err(p) =
+            ops::logout(&app, &ctx.caller(), token, &listed.session.sub, &listed.sid).await
+        {
+            return error(p);
+        }
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    web::set_session_cookie(&app, r.headers_mut(), "", std::time::Duration::ZERO);
+    r
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    username: String,
+    email: String,
+    #[serde(default)]
+    name: String,
+    password: String,
+    #[serde(default)]
+    invite: String,
+}
+
+async fn register(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<RegisterBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let registering = ops::Registering {
+        username: &b.username,
+        email: &b.email,
+        name: &b.name,
+        password: &b.password,
+        invite: &b.invite,
+    };
+    match ops::register(&app, &ctx.caller(), &registering).await {
+        Ok(ops::Registered::CheckMail) => {
+            answer(StatusCode::ACCEPTED, json!({ "status": "check_mail" }))
+        }
+        Ok(ops::Registered::Ready(_)) => answer(StatusCode::CREATED, json!({ "status": "ready" })),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct ForgotBody {
+    email: String,
+}
+
+async fn forgot(State(app): App, ctx: Ctx, b: Result<Json<ForgotBody>, JsonRejection>) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match ops::forgot(&app, &ctx.caller(), &b.email) {
+        Ok(()) => answer(StatusCode::ACCEPTED, json!({ "status": "check_mail" })),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct ResetBody {
+    token: String,
+    password: String,
+}
+
+async fn reset(State(app): App, ctx: Ctx, b: Result<Json<ResetBody>, JsonRejection>) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match ops::reset(&app, &ctx.caller(), &b.token, &b.password).await {
+        Ok(_) => answer(StatusCode::OK, json!({ "status": "password_set" })),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangeBody {
+    current_password: String,
+    password: String,
+}
+
+async fn change(State(app): App, ctx: Ctx, b: Result<Json<ChangeBody>, JsonRejection>) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match ops::change_password(&app, &ctx.caller(), &user, &b.current_password, &b.password).await {
+        Ok(()) => answer(StatusCode::OK, json!({ "status": "password_changed" })),
+        Err(p) => error(p),
+    }
+}
+
+async fn me(State(app): App, ctx: Ctx) -> Response {
+    match user(&app, &ctx).await {
+        Ok(u) => answer(StatusCode::OK, user_json(&app, &u)),
+        Err(r) => r,
+    }
+}
+
+async fn sessions(State(app): App, ctx: Ctx) -> Response {
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let current = ctx.session().map(|l| l.sid.clone());
+    match app.gateway.sessions().list(&user.id).await {
+        Ok(list) => {
+            let items: Vec<Value> = list
+                .into_iter()
+                .filter(|l| l.session.kind == SessionKind::User)
+                .map(|l| {
+                    json!({
+                        "sid": l.sid,
+                        "current": current.as_deref() == Some(l.sid.as_str()),
+                        "device": super::guard::device(l.session.user_agent.as_deref()),
+                        "ip": l.session.ip,
+                        "created_at": l.session.created_at,
+                        "last_seen": l.session.last_seen.unwrap_or(l.session.created_at),
+                        "expires_at": l.session.expires_at,
+                    })
+                })
+                .collect();
+            answer(StatusCode::OK, json!({ "sessions": items }))
+        }
+        Err(e) => error(e.into()),
+    }
+}
+
+async fn revoke(State(app): App, ctx: Ctx, Path(sid): Path<String>) -> Response {
+    if super::guard::cross_site(ctx.headers(), &app.settings.allowed_redirect_hosts) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "Cross-site requests are refused.",
+        );
+    }
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match app.gateway.sessions().revoke_sid(&user.id, &sid).await {
+        Ok(true) => {
+            crate::audit!("session_revoked", user.id, ctx.ip(), sid = sid.as_str());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // Another user's session, or none: the same 404.
+        Ok(false) => refusal(StatusCode::NOT_FOUND, "not_found", "No such session."),
+        Err(e) => error(e.into()),
+    }
+}

@@ -1,0 +1,641 @@
+//! The operations behind both the pages and the JSON API, with the same rules for both:
+//! each returns what happened or a [`Problem`] (a stable code, a message for people, field
+//! errors), and the caller renders it as a page or as JSON.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use super::db::{self, DbError, NewUser, Purpose, User};
+use super::pages::Errors;
+use super::{Accounts, Registration};
+use crate::audit;
+use crate::secret::Secret;
+use crate::sessions::Issued;
+
+/// Why an operation did not happen.
+pub struct Problem {
+    pub status: StatusCode,
+    /// Stable, for programs: `invalid_credentials`, `throttled`, `rate_limited`, `inactive`,
+    /// `unconfirmed`, `invalid_fields`, `username_taken`, `registration_closed`,
+    /// `invalid_token`, `unavailable`.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+    pub fields: Errors,
+    pub retry_after: Option<Duration>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            message: message.into(),
+            fields: Errors::default(),
+            retry_after: None,
+        }
+    }
+
+    /// A dependency failed (database, store, or every password permit taken): 503.
+    pub fn unavailable(why: &dyn std::fmt::Display) -> Problem {
+        tracing::warn!(error = %why, "accounts: a dependency failed; answering 503");
+        Problem {
+            retry_after: Some(Duration::from_secs(5)),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "We could not complete this just now. Nothing was changed; please try again in a moment.",
+            )
+        }
+    }
+
+    fn fields(fields: Errors) -> Problem {
+        Problem {
+            fields,
+            ..Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_fields",
+                "Some fields need another look.",
+            )
+        }
+    }
+
+    fn wait(app: &Accounts, code: &'static str, wait: Duration) -> Problem {
+        app.metrics.throttled.inc();
+        let secs = wait.as_secs().max(1);
+        Problem {
+            retry_after: Some(Duration::from_secs(secs)),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code,
+                format!("Too many attempts. Please wait {secs} seconds and try again."),
+            )
+        }
+    }
+
+    fn expired() -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+            "This link has expired: links work once, for 30 minutes, and only the newest one.",
+        )
+    }
+}
+
+impl From<DbError> for Problem {
+    fn from(e: DbError) -> Problem {
+        Problem::unavailable(&e)
+    }
+}
+
+impl From<crate::sessions::SessionsError> for Problem {
+    fn from(e: crate::sessions::SessionsError) -> Problem {
+        Problem::unavailable(&e)
+    }
+}
+
+impl From<super::password::Busy> for Problem {
+    fn from(e: super::password::Busy) -> Problem {
+        Problem::unavailable(&e)
+    }
+}
+
+/// Who is asking, as the operations need it.
+pub struct Caller<'a> {
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+    /// The session token the caller already holds, if any.
+    pub token: Option<&'a str>,
+}
+
+/// What follows an accepted password. Today always a session; a second factor (passkey,
+/// TOTP) will be a step here, between the password and the session.
+pub enum Step {
+    IssueSession,
+}
+
+fn next_step(_user: &User) -> Step {
+    Step::IssueSession
+}
+
+/// Checks a username-or-email and password, with the login delays; on success the session.
+pub async fn login(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    login: &str,
+    password: Secret<String>,
+) -> Result<(Issued, User), Problem> {
+    let account_key = format!("u:{}", db::key(login));
+    let ip_key = format!("ip:{}", caller.ip);
+    let wait = app
+        .throttle
+        .wait(&account_key)
+        .max(app.throttle.wait(&ip_key));
+    if !wait.is_zero() {
+        app.metrics.login("throttled");
+        audit!("login_throttled", db::key(login), caller.ip);
+        return Err(Problem::wait(app, "throttled", wait));
+    }
+    let user = app.db.find(login).await?;
+    // Unknown users verify a dummy hash: the same work, the same time, the same answer.
+    let verified = match app
+        .passwords
+        .verify(
+            &password,
+            user.as_ref().and_then(|u| u.password_hash.as_ref()),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(busy) => {
+            app.metrics.login("busy");
+            return Err(busy.into());
+        }
+    };
+    let user = match user {
+        Some(u) if verified.ok => u,
+        _ => {
+            app.throttle.fail(&account_key);
+            app.throttle.fail(&ip_key);
+            app.metrics.login("failed");
+            audit!("login_failed", db::key(login), caller.ip);
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "Wrong username or password.",
+            ));
+        }
+    };
+    app.throttle.succeed(&account_key);
+    if !user.active {
+        app.metrics.login("inactive");
+        audit!("login_inactive", user.id, caller.ip);
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "inactive",
+            "This account is deactivated. Contact the administrators.",
+        ));
+    }
+    if user.email_confirmed_at.is_none() {
+        app.metrics.login("unconfirmed");
+        send_confirmation(app, &user, &user.email).await;
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "unconfirmed",
+            "Confirm your email address first: we have sent you a new link.",
+        ));
+    }
+    if verified.rehash {
+        if let Ok(h) = app.passwords.hash(&password).await {
+            if let Err(e) = app.db.set_password(&user.id, &h).await {
+                tracing::warn!(user = user.id, error = %e, "password rehash not stored");
+            }
+        }
+    }
+    match next_step(&user) {
+        Step::IssueSession => Ok((issue_session(app, caller, &user).await?, user)),
+    }
+}
+
+/// The session for a user whose login is complete.
+async fn issue_session(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+) -> Result<Issued, Problem> {
+    let sessions = app.gateway.sessions();
+    // Never reuse what the caller had: a session it carried before is ended, and the new one
+    // has a new token (no fixation).
+    if let Some(old) = caller.token {
+        let _ = sessions.revoke(old).await;
+    }
+    let (roles, scopes) = app.roles.of(&user.roles);
+    let session = crate::session::Session {
+        username: Some(user.username.clone()),
+        email: Some(user.email.clone()),
+        name: (!user.name.is_empty()).then(|| user.name.clone()),
+        roles,
+        scopes,
+        ip: Some(caller.ip.to_string()),
+        user_agent: caller.user_agent.clone(),
+        ..crate::sessions::Sessions::draft(user.id.clone(), app.settings.session_ttl)
+    };
+    let issued = sessions.issue(&session).await?;
+    if let Err(e) = app.db.record_login(&user.id, &caller.ip.to_string()).await {
+        tracing::warn!(user = user.id, error = %e, "login not recorded");
+    }
+    app.metrics.login("ok");
+    audit!("login", user.id, caller.ip, sid = issued.sid.as_str());
+    Ok(issued)
+}
+
+/// Ends the session of `token`. `sub` is its user, for the audit line.
+pub async fn logout(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    token: &str,
+    sub: &str,
+    sid: &str,
+) -> Result<(), Problem> {
+    app.gateway.sessions().revoke(token).await?;
+    audit!("logout", sub, caller.ip, sid = sid);
+    Ok(())
+}
+
+pub struct Registering<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password: &'a str,
+    pub invite: &'a str,
+}
+
+/// What a registration led to.
+pub enum Registered {
+    /// A confirmation link went out (or, for a taken address, a note to its owner: the
+    /// caller cannot tell which).
+    CheckMail,
+    /// Invited: the address is confirmed already; the user may sign in.
+    Ready(String),
+}
+
+/// The invitation's address when registration needs one; `Err` when registration is closed
+/// to this caller.
+pub async fn registration_open(app: &Accounts, invite: &str) -> Result<Option<String>, Problem> {
+    let closed = || {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+            if app.settings.registration == Registration::Invite {
+                "New accounts need an invitation. Ask the administrators for one; the link in it opens this page."
+            } else {
+                "New accounts are created by the administrators."
+            },
+        )
+    };
+    match app.settings.registration {
+        Registration::Open => Ok(None),
+        Registration::Closed => Err(closed()),
+        Registration::Invite => match app.db.peek_token(invite, Purpose::Invite).await? {
+            Some((_, email)) => Ok(Some(email)),
+            None => Err(closed()),
+        },
+    }
+}
+
+pub async fn register(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    r: &Registering<'_>,
+) -> Result<Registered, Problem> {
+    let invite_email = registration_open(app, r.invite).await?;
+    if let Err(wait) = app.rate.check(caller.ip) {
+        return Err(Problem::wait(app, "rate_limited", wait));
+    }
+    let mut errors = Errors::default();
+    if let Some(p) = username_problem(r.username.trim()) {
+        errors.add("username", p);
+    }
+    if let Some(p) = email_problem(r.email.trim()) {
+        errors.add("email", p);
+    } else if !domain_allowed(app, r.email.trim()) {
+        errors.add("email", "Addresses of this domain cannot register here.");
+    } else if invite_email
+        .as_deref()
+        .is_some_and(|e| db::key(e) != db::key(r.email))
+    {
+        errors.add("email", "Use the address the invitation was sent to.");
+    }
+    if r.name.trim().is_empty() {
+        errors.add("name", "Enter your name.");
+    } else if r.name.chars().count() > 200 {
+        errors.add("name", "Use at most 200 characters.");
+    }
+    if let Some(p) = app
+        .passwords
+        .refuse(r.password, &[r.username, r.email, r.name])
+    {
+        errors.add("password", p);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::fields(errors));
+    }
+    let hash = app
+        .passwords
+        .hash(&Secret::new(r.password.to_owned()))
+        .await?;
+    let created = app
+        .db
+        .create_user(&NewUser {
+            username: r.username,
+            email: r.email,
+            name: r.name,
+            password_hash: Some(&hash),
+            active: true,
+            confirmed: false,
+            roles: &[],
+        })
+        .await;
+    match created {
+        Ok(user) => {
+            app.metrics.registrations.inc();
+            audit!("register", user.id, caller.ip);
+            if invite_email.is_some() {
+                // The invitation went to this address: it is confirmed already.
+                let _ = app.db.take_token(r.invite, Purpose::Invite).await;
+                app.db.confirm_email(&user.id, &user.email).await?;
+                return Ok(Registered::Ready(user.username));
+            }
+            send_confirmation(app, &user, &user.email).await;
+            Ok(Registered::CheckMail)
+        }
+        Err(DbError::Taken("email")) => {
+            // The same answer as a new registration: whether an address has an account is
+            // told only to its owner, by mail.
+            if let Ok(Some(owner)) = app.db.find(r.email).await {
+                app.mailer.send(
+                    &owner.id,
+                    &owner.email,
+                    "Someone tried to register with your address",
+                    format!(
+                        "Hello {},\n\nsomeone tried to create an account with this email address, which already has one (username {}).\nIf it was you, sign in or reset your password at {}/password/forgot.\nIf not, you can ignore this message.\n",
+                        owner.username, owner.username, app.settings.public_url
+                    ),
+                );
+            }
+            Ok(Registered::CheckMail)
+        }
+        Err(DbError::Taken(_)) => {
+            let mut errors = Errors::default();
+            errors.add("username", "This username is taken. Choose another.");
+            Err(Problem {
+                status: StatusCode::CONFLICT,
+                code: "username_taken",
+                ..Problem::fields(errors)
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why a username cannot be used, or `None`.
+pub fn username_problem(u: &str) -> Option<&'static str> {
+    let n = u.chars().count();
+    if !(3..=64).contains(&n) {
+        return Some("Use 3 to 64 characters.");
+    }
+    if !u.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Some("Start with a letter.");
+    }
+    if !u
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Some("Use only letters, digits, - and _.");
+    }
+    None
+}
+
+/// Whether `e` looks like a deliverable address (the confirmation mail proves it).
+pub fn email_problem(e: &str) -> Option<&'static str> {
+    let Some((local, domain)) = e.rsplit_once('@') else {
+        return Some("Enter an email address like name@example.org.");
+    };
+    if local.is_empty()
+        || e.len() > 254
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || e.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>()[],;:\"\\".contains(c))
+    {
+        return Some("Enter an email address like name@example.org.");
+    }
+    None
+}
+
+fn domain_allowed(app: &Accounts, email: &str) -> bool {
+    let domain = email
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase();
+    let matches = |list: &[String]| {
+        list.iter().any(|d| match d.strip_prefix('.') {
+            Some(base) => domain == base || domain.ends_with(d.as_str()),
+            None => domain == *d,
+        })
+    };
+    (app.settings.registration_domains.is_empty() || matches(&app.settings.registration_domains))
+        && !matches(&app.settings.blocked_domains)
+}
+
+pub async fn send_confirmation(app: &Accounts, user: &User, email: &str) {
+    match app.db.issue_token(&user.id, Purpose::Confirm, email, super::TOKEN_TTL).await {
+        Ok(token) => app.mailer.send(
+            &user.id,
+            email,
+            "Confirm your email address",
+            format!(
+                "Hello {},\n\nopen this link to confirm your email address:\n\n{}/email/confirm?token={}\n\nThe link works for 30 minutes. If you did not ask for it, ignore this message.\n",
+                user.username,
+                app.settings.public_url,
+                token.expose()
+            ),
+        ),
+        Err(e) => tracing::warn!(user = user.id, error = %e, "confirmation not sent"),
+    }
+}
+
+/// Sends a reset link to `email` if it is an active user's. The answer is the same either
+/// way, and comes before the lookup: known and unknown addresses take the same time.
+pub fn forgot(
+    app: &std::sync::Arc<Accounts>,
+    caller: &Caller<'_>,
+    email: &str,
+) -> Result<(), Problem> {
+    if let Err(wait) = app.rate.check(caller.ip) {
+        return Err(Problem::wait(app, "rate_limited", wait));
+    }
+    if let Some(p) = email_problem(email.trim()) {
+        let mut errors = Errors::default();
+        errors.add("email", p);
+        return Err(Problem::fields(errors));
+    }
+    let worker = app.clone();
+    let ip = caller.ip;
+    let email = email.trim().to_owned();
+    tokio::spawn(async move {
+        let user = match worker.db.find(&email).await {
+            Ok(Some(u)) if u.active && db::key(&u.email) == db::key(&email) => u,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "password reset not sent");
+                return;
+            }
+        };
+        match worker
+            .db
+            .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
+            .await
+        {
+            Ok(token) => {
+                audit!("password_reset_requested", user.id, ip);
+                worker.mailer.send(
+                    &user.id,
+                    &user.email,
+                    "Reset your password",
+                    format!(
+                        "Hello {},\n\nopen this link to choose a new password:\n\n{}/password/reset?token={}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
+                        user.username,
+                        worker.settings.public_url,
+                        token.expose()
+                    ),
+                );
+            }
+            Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
+        }
+    });
+    Ok(())
+}
+
+/// The user a live reset token belongs to, without using it.
+pub async fn reset_user(app: &Accounts, token: &str) -> Result<User, Problem> {
+    match app.db.peek_token(token, Purpose::Reset).await? {
+        Some((id, _)) => app.db.user(&id).await?.ok_or_else(Problem::expired),
+        None => Err(Problem::expired()),
+    }
+}
+
+/// Sets a new password with a reset token, and ends every session of the user.
+pub async fn reset(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    token: &str,
+    password: &str,
+) -> Result<User, Problem> {
+    let user = reset_user(app, token).await?;
+    if let Some(p) = app
+        .passwords
+        .refuse(password, &[&user.username, &user.email, &user.name])
+    {
+        let mut errors = Errors::default();
+        errors.add("password", p);
+        return Err(Problem::fields(errors));
+    }
+    let hash = app
+        .passwords
+        .hash(&Secret::new(password.to_owned()))
+        .await?;
+    // Used up before anything changes: of two racing requests, one sets the password.
+    if app.db.take_token(token, Purpose::Reset).await?.is_none() {
+        return Err(Problem::expired());
+    }
+    app.db.set_password(&user.id, &hash).await?;
+    // The link proved the mailbox: an unconfirmed address is confirmed now.
+    if user.email_confirmed_at.is_none() {
+        let _ = app.db.confirm_email(&user.id, &user.email).await;
+    }
+    let ended = app.gateway.sessions().revoke_user(&user.id, None).await?;
+    app.metrics.password_resets.inc();
+    audit!("password_reset", user.id, caller.ip, sessions_ended = ended);
+    password_changed_mail(app, &user);
+    Ok(user)
+}
+
+/// Changes a signed-in user's password; every session but the caller's ends.
+pub async fn change_password(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    current: &str,
+    new: &str,
+) -> Result<(), Problem> {
+    let mut errors = Errors::default();
+    if !app
+        .passwords
+        .verify(
+            &Secret::new(current.to_owned()),
+            user.password_hash.as_ref(),
+        )
+        .await?
+        .ok
+    {
+        errors.add("current_password", "This is not your current password.");
+    }
+    if let Some(p) = app
+        .passwords
+        .refuse(new, &[&user.username, &user.email, &user.name])
+    {
+        errors.add("password", p);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::fields(errors));
+    }
+    let hash = app.passwords.hash(&Secret::new(new.to_owned())).await?;
+    app.db.set_password(&user.id, &hash).await?;
+    let ended = app
+        .gateway
+        .sessions()
+        .revoke_user(&user.id, caller.token)
+        .await?;
+    audit!(
+        "password_changed",
+        user.id,
+        caller.ip,
+        sessions_ended = ended
+    );
+    password_changed_mail(app, user);
+    Ok(())
+}
+
+fn password_changed_mail(app: &Accounts, user: &User) {
+    app.mailer.send(
+        &user.id,
+        &user.email,
+        "Your password was changed",
+        format!(
+            "Hello {},\n\nthe password of your account was just changed, and your other devices were signed out.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
+            user.username, app.settings.public_url
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_and_emails() {
+        for ok in ["abc", "alice_b-2", &"a".repeat(64)] {
+            assert_eq!(username_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "ab",
+            "1abc",
+            "-abc",
+            "a b",
+            "ali.ce",
+            "alïce",
+            &"a".repeat(65),
+        ] {
+            assert!(username_problem(bad).is_some(), "{bad}");
+        }
+        for ok in ["a@b.org", "first.last+tag@sub.example.org"] {
+            assert_eq!(email_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.org",
+            "a@.org",
+            "a b@c.org",
+            "a@b.org\r\nBcc: x@y.z",
+            "<a@b.org>",
+        ] {
+            assert!(email_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}
