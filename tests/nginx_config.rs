@@ -360,7 +360,7 @@ fn auth_subrequests_reuse_keepalive_connections() {
 fn example_conf_is_valid() {
     // example.conf as shipped, except that its `include snippets/…` point at this checkout.
     let example = std::fs::read_to_string(format!("{NGINX_DIR}/example.conf")).unwrap();
-    assert_eq!(example.matches("include snippets/").count(), 2);
+    assert_eq!(example.matches("include snippets/").count(), 3);
     let conf = example.replace("include snippets/", &format!("include {NGINX_DIR}/"));
     if let Err(why) = Nginx::check_config(&conf) {
         panic!("nginx -t rejects example.conf:\n{why}");

@@ -1,0 +1,139 @@
+//! Login throughput: `POST /login` per second, latency and RSS at 1, 16 and 200 concurrent
+//! clients, against a real `gatehouse serve` (release build, embedded store, SQLite users),
+//! with the Argon2id parameters in use (OWASP: m=19 MiB, t=2, p=1).
+//!
+//! `cargo bench --bench logins`. The ceiling, measured in the same run on the same machine:
+//! Argon2id verifications per second with one thread per CPU and nothing else (this process,
+//! the same parameters). A login is one verification plus a session write and a SQL update,
+//! so the ratio says how much the rest costs. Beyond one hash per CPU, logins queue (at most
+//! 3 s) and the rest get 503: memory stays bounded whatever the burst.
+//! Nothing here is an assertion: a benchmark reports, it does not fail.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gatehouse::accounts::password::{Passwords, OWASP_M_KIB, OWASP_P, OWASP_T};
+use gatehouse::secret::Secret;
+use support::*;
+
+const PW: &str = "tangerine kayak moonlit orbit";
+const SECONDS: u64 = 8;
+
+fn hash_ceiling() -> f64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p = Arc::new(Passwords::new(OWASP_M_KIB, OWASP_T, OWASP_P, 12));
+        let pw = Secret::new(PW.to_string());
+        let stored = Secret::new(p.hash(&pw).await.unwrap());
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let done = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..cpus)
+            .map(|_| {
+                let (p, pw, stored, done) = (p.clone(), pw.clone(), stored.clone(), done.clone());
+                tokio::spawn(async move {
+                    while start.elapsed() < Duration::from_secs(SECONDS) {
+                        assert!(p.verify(&pw, Some(&stored)).await.unwrap().ok);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+struct Level {
+    clients: usize,
+    ok: u64,
+    busy: u64,
+    other: u64,
+    logins_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_mib: f64,
+}
+
+fn level(gh: &Gatehouse, clients: usize) -> Level {
+    let stop = AtomicBool::new(false);
+    let latencies = Mutex::new(Vec::new());
+    let (ok, busy, other) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..clients {
+            s.spawn(|| {
+                let mut b = Browser::new(gh.addr());
+                let page = b.get("/login");
+                let csrf = hidden(&page.body, "csrf").unwrap();
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = b.post("/login", &[("csrf", &csrf), ("username", "bench"), ("password", PW)]);
+                    mine.push(t.elapsed());
+                    match r.status {
+                        303 => ok.fetch_add(1, Ordering::Relaxed),
+                        503 => busy.fetch_add(1, Ordering::Relaxed),
+                        _ => other.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                latencies.lock().unwrap().extend(mine);
+            });
+        }
+        std::thread::sleep(Duration::from_secs(SECONDS));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = latencies.into_inner().unwrap();
+    l.sort();
+    let pct = |q: f64| l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let ok = ok.into_inner();
+    Level {
+        clients,
+        ok,
+        busy: busy.into_inner(),
+        other: other.into_inner(),
+        logins_per_s: ok as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        rss_mib: gh.rss_kib() as f64 / 1024.0,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let dir = TempDir::new("bench-logins");
+    let data = dir.join("data");
+    let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
+    let created = gatehouse_cli_stdin(
+        &["user", "create", "--data-dir", &data, "--username", "bench", "--email", "bench@example.org"],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let idle = gh.rss_kib() as f64 / 1024.0;
+    let ceiling = hash_ceiling();
+    let levels: Vec<Level> = [1, 16, 200].iter().map(|&c| level(&gh, c)).collect();
+    let mut out = format!(
+        "Logins through POST /login (Argon2id m={} KiB, t={}, p={}), {} s per level; idle RSS {:.1} MiB.\n\
+         Ceiling: {:.1} Argon2id verifications/s on all CPUs in one process.\n\n\
+         | clients | logins/s | × ceiling | p50 ms | p99 ms | 303 | 503 | other | RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n",
+        OWASP_M_KIB, OWASP_T, OWASP_P, SECONDS, idle, ceiling
+    );
+    for l in &levels {
+        out += &format!(
+            "| {} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {:.1} |\n",
+            l.clients, l.logins_per_s, l.logins_per_s / ceiling, l.p50_ms, l.p99_ms, l.ok, l.busy, l.other, l.rss_mib
+        );
+    }
+    print!("{out}");
+    let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load");
+    std::fs::create_dir_all(&report).unwrap();
+    std::fs::write(report.join("logins.md"), out).unwrap();
+}
