@@ -76,7 +76,10 @@ fn level(gh: &Gatehouse, clients: usize) -> Level {
                 let mut mine = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let r = b.post("/login", &[("csrf", &csrf), ("username", "bench"), ("password", PW)]);
+                    let r = b.post(
+                        "/login",
+                        &[("csrf", &csrf), ("username", "bench"), ("password", PW)],
+                    );
                     mine.push(t.elapsed());
                     match r.status {
                         303 => ok.fetch_add(1, Ordering::Relaxed),
@@ -93,7 +96,10 @@ fn level(gh: &Gatehouse, clients: usize) -> Level {
     let elapsed = start.elapsed().as_secs_f64();
     let mut l = latencies.into_inner().unwrap();
     l.sort();
-    let pct = |q: f64| l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    let pct = |q: f64| {
+        l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
     let ok = ok.into_inner();
     Level {
         clients,
@@ -113,7 +119,16 @@ fn main() {
     let data = dir.join("data");
     let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
     let created = gatehouse_cli_stdin(
-        &["user", "create", "--data-dir", &data, "--username", "bench", "--email", "bench@example.org"],
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "bench",
+            "--email",
+            "bench@example.org",
+        ],
         PW,
     );
     assert!(created.status.success(), "{created:?}");
@@ -129,7 +144,15 @@ fn main() {
     for l in &levels {
         out += &format!(
             "| {} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {:.1} |\n",
-            l.clients, l.logins_per_s, l.logins_per_s / ceiling, l.p50_ms, l.p99_ms, l.ok, l.busy, l.other, l.rss_mib
+            l.clients,
+            l.logins_per_s,
+            l.logins_per_s / ceiling,
+            l.p50_ms,
+            l.p99_ms,
+            l.ok,
+            l.busy,
+            l.other,
+            l.rss_mib
         );
     }
     print!("{out}");

@@ -149,6 +149,12 @@ impl Accounts {
                 d.trim_start_matches('.').to_ascii_lowercase()
             ));
         }
+        if a.public_url.is_none() {
+            tracing::warn!(
+                public_url = %format!("http://{}", args.listen),
+                "links in mail point at --listen; set --public-url to the address people use"
+            );
+        }
         let (metrics, registry) = AccountMetrics::new();
         gateway.metrics.add_module(registry);
         let settings = Settings {
