@@ -118,20 +118,7 @@ fn main() {
     let dir = TempDir::new("bench-logins");
     let data = dir.join("data");
     let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "bench",
-            "--email",
-            "bench@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "bench", "bench@example.org", PW);
     let idle = gh.rss_kib() as f64 / 1024.0;
     let ceiling = hash_ceiling();
     let levels: Vec<Level> = [1, 16, 200].iter().map(|&c| level(&gh, c)).collect();

@@ -387,20 +387,7 @@ fn csrf_cross_site_and_fixation() {
     let dir = TempDir::new("accounts-csrf");
     let gh = start(&dir, &[]);
     let data = dir.path().join("data");
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data.display().to_string(),
-            "--username",
-            "dora",
-            "--email",
-            "dora@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data.display().to_string(), "dora", "dora@example.org", PW);
     let mut b = Browser::new(gh.addr());
     let page = b.get("/login");
     let csrf = hidden(&page.body, "csrf").unwrap();
@@ -468,20 +455,7 @@ fn redirects_go_only_to_this_site() {
     let dir = TempDir::new("accounts-rd");
     let gh = start(&dir, &["--allowed-redirect-hosts", "app.example.org"]);
     let data = dir.join("data");
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "erin",
-            "--email",
-            "erin@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "erin", "erin@example.org", PW);
     let mut b = Browser::new(gh.addr());
     assert_eq!(login(&mut b, "erin", PW).status, 303);
     for bad in [
@@ -526,20 +500,7 @@ fn login_delays_grow_but_the_real_user_gets_in() {
     let dir = TempDir::new("accounts-throttle");
     let gh = start(&dir, &[]);
     let data = dir.join("data");
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "frank",
-            "--email",
-            "frank@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "frank", "frank@example.org", PW);
     let mut attacker = Browser::new(gh.addr());
     for _ in 0..3 {
         assert_eq!(
@@ -575,20 +536,7 @@ fn known_and_unknown_addresses_get_the_same_answers_and_limits_apply() {
     let dir = TempDir::new("accounts-enum");
     let gh = start(&dir, &["--ip-rate-limit", "3"]);
     let data = dir.join("data");
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "gina",
-            "--email",
-            "gina@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "gina", "gina@example.org", PW);
     let mut b = Browser::new(gh.addr());
     let strip = |r: &Response| {
         let csrf = hidden(&r.body, "csrf").unwrap_or_default();
@@ -747,20 +695,7 @@ fn a_burst_of_logins_stays_within_bounded_memory() {
     let dir = TempDir::new("accounts-burst");
     let gh = start(&dir, &[]);
     let data = dir.join("data");
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "judy",
-            "--email",
-            "judy@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "judy", "judy@example.org", PW);
     let before = gh.rss_kib();
     let addr = gh.addr();
     let statuses: Vec<u16> = std::thread::scope(|s| {
@@ -861,20 +796,7 @@ fn json_api_full_flow() {
     assert_eq!(list.len(), 2);
     assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
     assert!(list.iter().all(|s| !s.to_string().contains(&token_b)));
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &dir.join("data"),
-            "--username",
-            "lee",
-            "--email",
-            "lee@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success());
+    create_user(&dir.join("data"), "lee", "lee@example.org", PW);
     let mut other = Browser::new(gh.addr());
     let (_, vo) = other.json(
         "POST",
@@ -986,5 +908,157 @@ fn json_api_full_flow() {
     assert_eq!(
         (r.status, v["error"].as_str()),
         (401, Some("unauthenticated"))
+    );
+}
+
+#[test]
+fn profile_and_email_change_need_the_password_and_a_confirmation() {
+    use serde_json::json;
+    let dir = TempDir::new("accounts-email");
+    let gh = start(&dir, &[]);
+    let data = dir.path().join("data");
+    create_user(&dir.join("data"), "mona", "mona@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(login(&mut b, "mona", PW).status, 303);
+    let r = b.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "profile"),
+            ("name", "Mona L"),
+            ("affiliation", "Louvre"),
+            ("country", "France"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Profile saved") && r.body.contains("Louvre"));
+    let r = b.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "email"),
+            ("email", "mona@new.example"),
+            ("current_password", "not it at all"),
+        ],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("This is not your current password"));
+    let r = b.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "email"),
+            ("email", "mona@new.example"),
+            ("current_password", PW),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Unchanged until the new address is confirmed.
+    assert_eq!(
+        b.json("GET", "/api/me", &json!(null)).1["email"],
+        "mona@example.org"
+    );
+    let mail = wait_mail(&data, 1);
+    assert!(mail.contains("To: mona@new.example"), "{mail}");
+    assert_eq!(b.get(&link_in(&mail, "/email/confirm?token=")).status, 200);
+    let me = b.json("GET", "/api/me", &json!(null)).1;
+    assert_eq!(
+        (me["email"].as_str(), me["affiliation"].as_str()),
+        (Some("mona@new.example"), Some("Louvre"))
+    );
+    // The old address is told.
+    let notice = wait_mail(&data, 2);
+    assert!(
+        notice.contains("To: mona@example.org") && notice.contains("email address was changed"),
+        "{notice}"
+    );
+    assert_eq!(
+        login(&mut Browser::new(gh.addr()), "mona@new.example", PW).status,
+        303
+    );
+}
+
+#[test]
+fn registration_closed_or_by_invitation() {
+    let dir = TempDir::new("accounts-closed");
+    let closed = start(&dir, &["--registration", "closed"]);
+    let mut b = Browser::new(closed.addr());
+    assert_eq!(b.get("/register").status, 403);
+    let r = b.submit(
+        "/login",
+        "/register",
+        &[
+            ("username", "nick"),
+            ("email", "nick@example.org"),
+            ("name", "N"),
+            ("password", PW),
+        ],
+    );
+    assert_eq!(r.status, 403);
+    drop(closed);
+
+    let dir = TempDir::new("accounts-invite");
+    let gh = start(
+        &dir,
+        &[
+            "--registration",
+            "invite",
+            "--registration-domains",
+            "example.org",
+        ],
+    );
+    let data = dir.join("data");
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(b.get("/register").status, 403, "no invitation");
+    let link = cli_stdout(&gatehouse_cli(&[
+        "user",
+        "invite",
+        "--data-dir",
+        &data,
+        "--email",
+        "olga@example.org",
+        "--public-url",
+        &gh.url(),
+    ]));
+    let path = link.trim().strip_prefix(&gh.url()).unwrap().to_string();
+    let page = b.get(&path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("olga@example.org"));
+    let invite = path.split("invite=").nth(1).unwrap().to_string();
+    // Another address than the invited one is refused.
+    let r = b.submit(
+        &path,
+        "/register",
+        &[
+            ("username", "olga"),
+            ("email", "eve@example.org"),
+            ("name", "Olga"),
+            ("password", PW),
+            ("invite", &invite),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = b.submit(
+        &path,
+        "/register",
+        &[
+            ("username", "olga"),
+            ("email", "olga@example.org"),
+            ("name", "Olga"),
+            ("password", PW),
+            ("invite", &invite),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Your account is ready"), "{}", r.body);
+    assert_eq!(
+        login(&mut b, "olga", PW).status,
+        303,
+        "an invited address needs no confirmation"
+    );
+    assert_eq!(
+        Browser::new(gh.addr()).get(&path).status,
+        403,
+        "an invitation worked twice"
     );
 }

@@ -69,8 +69,14 @@ server {
 
 /// Real nginx serving `SIGNIN_SITE`.
 pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
+    site(SIGNIN_SITE, gatehouse_port, app_port)
+}
+
+/// Real nginx serving `template` with the shipped snippets, gatehouse and the application
+/// filled in, on a free port.
+fn site(template: &str, gatehouse_port: u16, app_port: u16) -> Nginx {
     Nginx::start(&render(
-        SIGNIN_SITE,
+        template,
         &[
             ("GATEHOUSE", gatehouse_port.to_string()),
             ("APP", app_port.to_string()),
@@ -83,15 +89,7 @@ pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
 /// Real nginx serving `PROTECTED_SITE`: gatehouse on `gatehouse_port`, the application on
 /// `app_port`, nginx itself on a free port.
 pub fn protected_site(gatehouse_port: u16, app_port: u16) -> Nginx {
-    Nginx::start(&render(
-        PROTECTED_SITE,
-        &[
-            ("GATEHOUSE", gatehouse_port.to_string()),
-            ("APP", app_port.to_string()),
-            ("PORT", free_port().to_string()),
-            ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
-        ],
-    ))
+    site(PROTECTED_SITE, gatehouse_port, app_port)
 }
 
 /// An `nginx` master + one worker, running from its own temp dir so it needs neither root

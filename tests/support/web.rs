@@ -121,6 +121,25 @@ impl Browser {
     }
 }
 
+/// `gatehouse user create` on the accounts database in `data_dir`, the password on stdin;
+/// panics with the output when it fails.
+pub fn create_user(data_dir: &str, username: &str, email: &str, password: &str) {
+    let out = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            data_dir,
+            "--username",
+            username,
+            "--email",
+            email,
+        ],
+        password,
+    );
+    assert!(out.status.success(), "user create {username}: {out:?}");
+}
+
 /// `application/x-www-form-urlencoded`.
 pub fn form_encode(fields: &[(&str, &str)]) -> String {
     fields
