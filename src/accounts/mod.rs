@@ -43,6 +43,16 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 /// Invitations live longer: a person may read their mail days later.
 pub const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The values of `gatehouse_logins_total{result}`.
+pub const LOGIN_RESULTS: [&str; 6] = [
+    "ok",
+    "failed",
+    "throttled",
+    "inactive",
+    "unconfirmed",
+    "busy",
+];
+
 /// The module's counters, exposed beside the core's on /metrics.
 pub struct AccountMetrics {
     logins: Family<[(&'static str, &'static str); 1], Counter>,
@@ -60,6 +70,11 @@ impl AccountMetrics {
             password_resets: Counter::default(),
             throttled: Counter::default(),
         };
+        // Every result from the start, at 0: a series that appears only at its first event
+        // makes rate() and alerts miss it.
+        for result in LOGIN_RESULTS {
+            let _ = m.logins.get_or_create(&[("result", result)]);
+        }
         registry.register(
             "logins",
             "Login attempts by result (ok, failed, throttled, inactive, unconfirmed, busy)",
@@ -83,7 +98,9 @@ impl AccountMetrics {
         (m, registry)
     }
 
+    /// Counts a login attempt; `result` is one of [`LOGIN_RESULTS`].
     pub fn login(&self, result: &'static str) {
+        debug_assert!(LOGIN_RESULTS.contains(&result), "{result}");
         self.logins.get_or_create(&[("result", result)]).inc();
     }
 }
