@@ -99,14 +99,14 @@ async fn user(app: &Accounts, ctx: &Ctx) -> Result<User, Response> {
             "Sign in first.",
         ));
     };
-    match app.db.user(&listed.session.sub).await {
-        Ok(Some(u)) if u.active => Ok(u),
-        Ok(_) => Err(refusal(
+    match ops::active_user(app, listed).await {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(refusal(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "Sign in first.",
         )),
-        Err(e) => Err(error(e.into())),
+        Err(p) => Err(error(p)),
     }
 }
 

@@ -120,6 +120,14 @@ fn next_step(_user: &User) -> Step {
     Step::IssueSession
 }
 
+/// The user behind a live session, when they still exist and are active.
+pub async fn active_user(
+    app: &Accounts,
+    listed: &crate::sessions::Listed,
+) -> Result<Option<User>, Problem> {
+    Ok(app.db.user(&listed.session.sub).await?.filter(|u| u.active))
+}
+
 /// Checks a username-or-email and password, with the login delays; on success the session.
 pub async fn login(
     app: &Accounts,

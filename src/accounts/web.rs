@@ -297,25 +297,16 @@ fn redirect_target(app: &Accounts, ctx: &Ctx, rd: &str) -> Option<String> {
 /// The signed-in user, or the answer that sends the browser to sign in.
 async fn signed_in(app: &Accounts, ctx: &Ctx, here: &str) -> Result<User, Response> {
     let Some(listed) = &ctx.session else {
-        return Err(see_other(&format!("/login?rd={}", urlencode(here))));
+        return Err(see_other(&format!(
+            "/login?rd={}",
+            crate::forward::percent_encode(here)
+        )));
     };
-    match app.db.user(&listed.session.sub).await {
-        Ok(Some(u)) if u.active => Ok(u),
-        Ok(_) => Err(see_other("/login")),
-        Err(e) => Err(unavailable(app, ctx, &e)),
+    match ops::active_user(app, listed).await {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(see_other("/login")),
+        Err(p) => Err(problem_page(app, ctx, p)),
     }
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn min_hint(app: &Accounts) -> String {

@@ -46,30 +46,14 @@ server {
 
 /// `PROTECTED_SITE` with gatehouse's own pages on the same server (`gatehouse-pages.conf`)
 /// and the login page there: what a single-host deployment with accounts looks like.
-const SIGNIN_SITE: &str = r#"
-upstream gatehouse {
-    server 127.0.0.1:{{GATEHOUSE}};
-    keepalive 8;
-    keepalive_timeout 5s;
-}
-upstream app {
-    server 127.0.0.1:{{APP}};
-}
-server {
-    listen 127.0.0.1:{{PORT}};
-    set $gatehouse_login_url /login;
-    include {{NGINX}}/gatehouse-auth.conf;
-    include {{NGINX}}/gatehouse-pages.conf;
-    location / {
-        include {{NGINX}}/gatehouse-protect.conf;
-        proxy_pass http://app;
-    }
-}
-"#;
-
-/// Real nginx serving `SIGNIN_SITE`.
 pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
-    site(SIGNIN_SITE, gatehouse_port, app_port)
+    let remote_login = "set $gatehouse_login_url https://login.example.test/login;\n    include {{NGINX}}/gatehouse-auth.conf;\n";
+    assert!(PROTECTED_SITE.contains(remote_login));
+    let template = PROTECTED_SITE.replace(
+        remote_login,
+        "set $gatehouse_login_url /login;\n    include {{NGINX}}/gatehouse-auth.conf;\n    include {{NGINX}}/gatehouse-pages.conf;\n",
+    );
+    site(&template, gatehouse_port, app_port)
 }
 
 /// Real nginx serving `template` with the shipped snippets, gatehouse and the application
