@@ -33,6 +33,93 @@ fn start(dir: &TempDir, extra: &[&str]) -> Gatehouse {
     Gatehouse::spawn(&args(&all))
 }
 
+/// Where a test's users live.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// `accounts.db` in the data directory.
+    Sqlite,
+    /// A throw-away PostgreSQL cluster.
+    Postgres,
+}
+
+/// One test's deployment: the server, the users' database and a directory holding the role
+/// file and the data directory (mail lands in `data/mail`). Fields drop in this order.
+struct Site {
+    gh: Gatehouse,
+    pg: Option<Postgres>,
+    dir: TempDir,
+}
+
+impl Site {
+    fn start(name: &str, backend: Backend, extra: &[&str]) -> Site {
+        let dir = TempDir::new(name);
+        let pg = matches!(backend, Backend::Postgres).then(Postgres::start);
+        let url = pg.as_ref().map(Postgres::url);
+        let mut all = extra.to_vec();
+        if let Some(url) = &url {
+            all.extend(["--database-url", url]);
+        }
+        let gh = start(&dir, &all);
+        let label = match backend {
+            Backend::Sqlite => "backend=\"sqlite\"",
+            Backend::Postgres => "backend=\"postgres\"",
+        };
+        assert!(gh.logs().contains(label), "{}", gh.logs());
+        Site { gh, pg, dir }
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data")
+    }
+
+    /// `gatehouse <args>` on this site's users: its data directory and role file, and the
+    /// PostgreSQL URL by environment, as the README tells operators to pass it.
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let (data, roles) = (self.data(), self.dir.join("roles.toml"));
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", &data, "--roles", &roles]);
+        let url = self.pg.as_ref().map(Postgres::url);
+        let env: Vec<_> = url
+            .iter()
+            .map(|u| ("GATEHOUSE_DATABASE_URL", u.as_str()))
+            .collect();
+        gatehouse_cli_with(&all, &env, stdin)
+    }
+
+    fn create_user(&self, username: &str, email: &str, password: &str) {
+        let out = self.cli(
+            &["user", "create", "--username", username, "--email", email],
+            Some(password),
+        );
+        assert!(out.status.success(), "user create {username}: {out:?}");
+    }
+}
+
+/// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    json_api_full_flow,
+    profile_and_email_change_need_the_password_and_a_confirmation,
+    registration_by_invitation,
+    cli_users_roles_and_deactivation_reach_live_sessions,
+);
+
 /// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s): a
 /// revocation made by another process reaches the server through the store.
 fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
@@ -601,42 +688,27 @@ fn known_and_unknown_addresses_get_the_same_answers_and_limits_apply() {
     assert!(all.iter().all(|m| !m.contains("nobody@")));
 }
 
-#[test]
-fn cli_users_roles_and_deactivation_reach_live_sessions() {
-    let dir = TempDir::new("accounts-cli");
-    let gh = start(&dir, &[]);
-    let data = dir.join("data");
-    let roles = dir.join("roles.toml");
-    let cli = |a: &[&str]| {
-        let mut all = a.to_vec();
-        all.extend(["--data-dir", &data, "--roles", &roles]);
-        gatehouse_cli(&all)
-    };
+fn cli_users_roles_and_deactivation_reach_live_sessions(backend: Backend) {
+    let site = Site::start("accounts-cli", backend, &[]);
+    let gh = &site.gh;
+    let cli = |a: &[&str]| site.cli(a, None);
     // The password never from argv: a bad one from stdin is refused with exit 64.
-    let weak = gatehouse_cli_stdin(
+    let weak = site.cli(
         &[
             "user",
             "create",
-            "--data-dir",
-            &data,
-            "--roles",
-            &roles,
             "--username",
             "ivan",
             "--email",
             "ivan@example.org",
         ],
-        "password1234",
+        Some("password1234"),
     );
     assert_eq!(weak.status.code(), Some(64), "{weak:?}");
-    let created = gatehouse_cli_stdin(
+    let created = site.cli(
         &[
             "user",
             "create",
-            "--data-dir",
-            &data,
-            "--roles",
-            &roles,
             "--username",
             "ivan",
             "--email",
@@ -645,7 +717,7 @@ fn cli_users_roles_and_deactivation_reach_live_sessions() {
             "Ivan",
             "--json",
         ],
-        PW,
+        Some(PW),
     );
     assert!(created.status.success(), "{created:?}");
     let record: serde_json::Value = serde_json::from_str(&cli_stdout(&created)).unwrap();
@@ -728,12 +800,10 @@ fn a_burst_of_logins_stays_within_bounded_memory() {
     );
 }
 
-#[test]
-fn json_api_full_flow() {
+fn json_api_full_flow(backend: Backend) {
     use serde_json::json;
-    let dir = TempDir::new("accounts-api");
-    let gh = start(&dir, &[]);
-    let data = dir.path().join("data");
+    let site = Site::start("accounts-api", backend, &[]);
+    let (gh, data) = (&site.gh, site.dir.path().join("data"));
     let mut a = Browser::new(gh.addr());
     let (r, v) = a.json(
         "POST",
@@ -796,7 +866,7 @@ fn json_api_full_flow() {
     assert_eq!(list.len(), 2);
     assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
     assert!(list.iter().all(|s| !s.to_string().contains(&token_b)));
-    create_user(&dir.join("data"), "lee", "lee@example.org", PW);
+    site.create_user("lee", "lee@example.org", PW);
     let mut other = Browser::new(gh.addr());
     let (_, vo) = other.json(
         "POST",
@@ -911,13 +981,11 @@ fn json_api_full_flow() {
     );
 }
 
-#[test]
-fn profile_and_email_change_need_the_password_and_a_confirmation() {
+fn profile_and_email_change_need_the_password_and_a_confirmation(backend: Backend) {
     use serde_json::json;
-    let dir = TempDir::new("accounts-email");
-    let gh = start(&dir, &[]);
-    let data = dir.path().join("data");
-    create_user(&dir.join("data"), "mona", "mona@example.org", PW);
+    let site = Site::start("accounts-email", backend, &[]);
+    let (gh, data) = (&site.gh, site.dir.path().join("data"));
+    site.create_user("mona", "mona@example.org", PW);
     let mut b = Browser::new(gh.addr());
     assert_eq!(login(&mut b, "mona", PW).status, 303);
     let r = b.submit(
@@ -979,7 +1047,7 @@ fn profile_and_email_change_need_the_password_and_a_confirmation() {
 }
 
 #[test]
-fn registration_closed_or_by_invitation() {
+fn registration_closed() {
     let dir = TempDir::new("accounts-closed");
     let closed = start(&dir, &["--registration", "closed"]);
     let mut b = Browser::new(closed.addr());
@@ -995,11 +1063,12 @@ fn registration_closed_or_by_invitation() {
         ],
     );
     assert_eq!(r.status, 403);
-    drop(closed);
+}
 
-    let dir = TempDir::new("accounts-invite");
-    let gh = start(
-        &dir,
+fn registration_by_invitation(backend: Backend) {
+    let site = Site::start(
+        "accounts-invite",
+        backend,
         &[
             "--registration",
             "invite",
@@ -1007,19 +1076,20 @@ fn registration_closed_or_by_invitation() {
             "example.org",
         ],
     );
-    let data = dir.join("data");
+    let gh = &site.gh;
     let mut b = Browser::new(gh.addr());
     assert_eq!(b.get("/register").status, 403, "no invitation");
-    let link = cli_stdout(&gatehouse_cli(&[
-        "user",
-        "invite",
-        "--data-dir",
-        &data,
-        "--email",
-        "olga@example.org",
-        "--public-url",
-        &gh.url(),
-    ]));
+    let link = cli_stdout(&site.cli(
+        &[
+            "user",
+            "invite",
+            "--email",
+            "olga@example.org",
+            "--public-url",
+            &gh.url(),
+        ],
+        None,
+    ));
     let path = link.trim().strip_prefix(&gh.url()).unwrap().to_string();
     let page = b.get(&path);
     assert_eq!(page.status, 200, "{}", page.body);

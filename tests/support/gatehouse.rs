@@ -28,19 +28,22 @@ pub(crate) fn gatehouse_command(cwd: &Path) -> Command {
 /// Runs in a throwaway directory, so a default `./gatehouse-data` never lands in the repo;
 /// pass `--data-dir` (or use `Gatehouse::cli`) to share an embedded store with a server.
 pub fn gatehouse_cli(args: &[&str]) -> Output {
-    let dir = TempDir::new("cli");
-    let mut cmd = gatehouse_command(dir.path());
-    cmd.args(args);
-    run_with_timeout(cmd, dir.path(), Duration::from_secs(60))
+    gatehouse_cli_with(args, &[], None)
 }
 
 /// `gatehouse_cli` with `input` on stdin: how secrets reach the CLI, e.g.
 /// `gatehouse_cli_stdin(&["session", "revoke", "--redis-url", &url], &token)`.
 pub fn gatehouse_cli_stdin(args: &[&str], input: &str) -> Output {
+    gatehouse_cli_with(args, &[], Some(input))
+}
+
+/// `gatehouse_cli` with environment variables (the other way secrets reach the CLI, e.g.
+/// `GATEHOUSE_DATABASE_URL`) and optional stdin.
+pub fn gatehouse_cli_with(args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Output {
     let dir = TempDir::new("cli");
     let mut cmd = gatehouse_command(dir.path());
-    cmd.args(args);
-    run_with_input(cmd, dir.path(), Duration::from_secs(60), Some(input))
+    cmd.args(args).envs(env.iter().copied());
+    run_with_input(cmd, dir.path(), Duration::from_secs(60), input)
 }
 
 /// stdout of a successful CLI run, trimmed (e.g. the token from `session create`);
