@@ -118,6 +118,7 @@ on_both_backends!(
     profile_and_email_change_need_the_password_and_a_confirmation,
     registration_by_invitation,
     cli_users_roles_and_deactivation_reach_live_sessions,
+    a_role_file_change_ends_the_sessions_whose_scopes_it_changes,
 );
 
 /// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s): a
@@ -760,6 +761,53 @@ fn cli_users_roles_and_deactivation_reach_live_sessions(backend: Backend) {
         serde_json::from_str(&cli_stdout(&cli(&["user", "show", "IVAN", "--json"]))).unwrap();
     assert_eq!(shown["login_count"], 3);
     assert_eq!(shown["roles"], serde_json::json!(["user", "editor"]));
+}
+
+fn a_role_file_change_ends_the_sessions_whose_scopes_it_changes(backend: Backend) {
+    let mut site = Site::start("accounts-roles", backend, &[]);
+    site.create_user("pat", "pat@example.org", PW);
+    site.create_user("quin", "quin@example.org", PW);
+    assert!(site
+        .cli(&["user", "role", "add", "quin", "editor"], None)
+        .status
+        .success());
+    let session = |site: &Site, user: &str| {
+        let mut b = Browser::new(site.gh.addr());
+        assert_eq!(login(&mut b, user, PW).status, 303);
+        b.cookie(COOKIE).unwrap().to_string()
+    };
+    let (pat, quin) = (session(&site, "pat"), session(&site, "quin"));
+    // Only the editors' scopes change.
+    let roles = site.dir.path().join("roles.toml");
+    let text = std::fs::read_to_string(&roles).unwrap().replace(
+        "\"public:read\", \"papers:write\"",
+        "\"public:read\", \"papers:write\", \"papers:review\"",
+    );
+    std::fs::write(&roles, text).unwrap();
+    site.gh.restart();
+    assert!(
+        refused_soon(&site.gh, &quin),
+        "an editor kept the old scopes"
+    );
+    assert_eq!(
+        auth(&site.gh, &pat).status,
+        200,
+        "a plain user was logged out"
+    );
+    assert!(
+        site.gh.logs().contains("role scopes changed"),
+        "{}",
+        site.gh.logs()
+    );
+    let quin = session(&site, "quin");
+    assert_eq!(
+        claims(&auth(&site.gh, &quin))["scope"],
+        "papers:review papers:write public:read"
+    );
+    // Unchanged file, no change: a restart logs nobody out.
+    site.gh.restart();
+    assert_eq!(auth(&site.gh, &quin).status, 200);
+    assert_eq!(auth(&site.gh, &pat).status, 200);
 }
 
 #[test]

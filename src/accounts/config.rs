@@ -175,6 +175,20 @@ impl Roles {
         self.0.contains_key(role)
     }
 
+    /// Each role with its scopes, space-separated: what `Db::set_role_scopes` records.
+    pub fn table(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(role, scopes)| {
+                let sorted: BTreeSet<&str> = scopes.iter().map(String::as_str).collect();
+                (
+                    role.clone(),
+                    sorted.into_iter().collect::<Vec<_>>().join(" "),
+                )
+            })
+            .collect()
+    }
+
     /// The roles a user has (always `user` first) and the scopes they grant, sorted.
     pub fn of(&self, extra: &[String]) -> (Vec<String>, Vec<String>) {
         let mut roles = vec!["user".to_string()];

@@ -7,6 +7,7 @@
 //! it holds the same way on both. Migrations are numbered statements applied once, in a
 //! transaction each, recorded in `gatehouse_migrations`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,10 +19,11 @@ use crate::secret::Secret;
 use crate::session::unix_now;
 
 /// Every schema change, in order; never edit one that has shipped, append.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE users (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE users (
             id TEXT PRIMARY KEY,
             username TEXT NOT NULL,
             username_key TEXT NOT NULL UNIQUE,
@@ -42,16 +44,23 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             previous_login_ip TEXT,
             login_count BIGINT NOT NULL
         )",
-        "CREATE TABLE user_tokens (
+            "CREATE TABLE user_tokens (
             hash TEXT PRIMARY KEY,
             user_id TEXT NOT NULL,
             purpose TEXT NOT NULL,
             email TEXT NOT NULL,
             expires_at BIGINT NOT NULL
         )",
-        "CREATE INDEX user_tokens_user ON user_tokens (user_id, purpose)",
-    ],
-)];
+            "CREATE INDEX user_tokens_user ON user_tokens (user_id, purpose)",
+        ],
+    ),
+    (
+        2,
+        // The scopes each role granted when the server last started: a role file changed
+        // between two starts ends the sessions of the users whose scopes it changed.
+        &["CREATE TABLE role_scopes (role TEXT PRIMARY KEY, scopes TEXT NOT NULL)"],
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -388,6 +397,33 @@ impl Db {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// The scopes of each role (space-separated) as last recorded by `set_role_scopes`.
+    pub async fn role_scopes(&self) -> Result<BTreeMap<String, String>, DbError> {
+        let rows = sqlx::query("SELECT role, scopes FROM role_scopes")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("role")?, r.try_get("scopes")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    pub async fn set_role_scopes(&self, table: &BTreeMap<String, String>) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM role_scopes")
+            .execute(&mut *tx)
+            .await?;
+        for (role, scopes) in table {
+            sqlx::query("INSERT INTO role_scopes (role, scopes) VALUES ($1, $2)")
+                .bind(role)
+                .bind(scopes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -198,7 +198,7 @@ impl Accounts {
             mail = if a.smtp_url.is_some() { "smtp" } else { "files" },
             "accounts ready"
         );
-        Ok(Arc::new(Accounts {
+        let app = Arc::new(Accounts {
             gateway,
             db,
             passwords: password::Passwords::new(
@@ -213,13 +213,68 @@ impl Accounts {
             throttle: guard::Throttle::new(3, Duration::from_secs(60)),
             rate: guard::RateLimit::new(a.ip_rate_limit, Duration::from_secs(3600)),
             metrics,
-        }))
+        });
+        tokio::spawn(end_sessions_of_changed_roles(app.clone()));
+        Ok(app)
     }
 
     /// The module as the main listener calls it.
     pub fn modules(self: &Arc<Self>) -> Arc<dyn Modules> {
         Arc::new(Routes(web::router(self.clone())))
     }
+}
+
+/// A role file edited between two starts reaches live sessions at once: the sessions of every
+/// user holding a role whose scopes changed (or that appeared or went) are revoked, and the
+/// next login carries the new scopes, as `user role add|remove` does. Retried until the
+/// session store answers (Redis may come up after gatehouse); the new table is recorded only
+/// once every affected user's sessions are gone.
+async fn end_sessions_of_changed_roles(app: Arc<Accounts>) {
+    let now = app.roles.table();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match revoke_for_changed_roles(&app, &now).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "role change: sessions not yet ended");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn revoke_for_changed_roles(
+    app: &Accounts,
+    now: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let before = app.db.role_scopes().await?;
+    let changed: std::collections::BTreeSet<&String> = now
+        .keys()
+        .chain(before.keys())
+        .filter(|role| now.get(*role) != before.get(*role))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (mut users, mut sessions) = (0, 0);
+    for user in app.db.list().await? {
+        let (roles, _) = app.roles.of(&user.roles);
+        if roles.iter().any(|r| changed.contains(&r)) {
+            sessions += app.gateway.sessions().revoke_user(&user.id, None).await?;
+            users += 1;
+        }
+    }
+    app.db.set_role_scopes(now).await?;
+    if users > 0 {
+        tracing::info!(
+            roles = ?changed,
+            users,
+            sessions,
+            "role scopes changed since the last start: their users' sessions ended"
+        );
+    }
+    Ok(())
 }
 
 fn domains(list: &[String]) -> Vec<String> {
