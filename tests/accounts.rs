@@ -731,15 +731,15 @@ fn cli_users_roles_and_deactivation_reach_live_sessions(backend: Backend) {
     let mut b = Browser::new(gh.addr());
     assert_eq!(login(&mut b, "ivan", PW).status, 303);
     let t1 = b.cookie(COOKIE).unwrap().to_string();
-    assert_eq!(claims(&auth(&gh, &t1))["scope"], "public:read");
+    assert_eq!(claims(&auth(gh, &t1))["scope"], "public:read");
     // A role change ends the sessions; the next login carries the new scopes.
     assert!(cli(&["user", "role", "add", "ivan", "editor"])
         .status
         .success());
-    assert!(refused_soon(&gh, &t1), "a session kept its old scopes");
+    assert!(refused_soon(gh, &t1), "a session kept its old scopes");
     assert_eq!(login(&mut b, "ivan", PW).status, 303);
     let t2 = b.cookie(COOKIE).unwrap().to_string();
-    assert_eq!(claims(&auth(&gh, &t2))["scope"], "papers:write public:read");
+    assert_eq!(claims(&auth(gh, &t2))["scope"], "papers:write public:read");
     assert_eq!(
         cli(&["user", "role", "add", "ivan", "nosuch"])
             .status
@@ -751,7 +751,7 @@ fn cli_users_roles_and_deactivation_reach_live_sessions(backend: Backend) {
         .status
         .success());
     assert!(
-        refused_soon(&gh, &t2),
+        refused_soon(gh, &t2),
         "a deactivated user's session lived on"
     );
     assert_eq!(login(&mut b, "ivan", PW).status, 403);
@@ -928,10 +928,10 @@ fn json_api_full_flow(backend: Backend) {
         &json!(null),
     );
     assert_eq!((r.status, v["error"].as_str()), (404, Some("not_found")));
-    assert_eq!(auth(&gh, other.cookie(COOKIE).unwrap()).status, 200);
+    assert_eq!(auth(gh, other.cookie(COOKIE).unwrap()).status, 200);
     let (r, _) = a.json("DELETE", &format!("/api/sessions/{sid_b}"), &json!(null));
     assert_eq!(r.status, 204);
-    assert_eq!(auth(&gh, &token_b).status, 401);
+    assert_eq!(auth(gh, &token_b).status, 401);
 
     // Password change: field errors by name; then the other sessions end.
     assert_eq!(
@@ -958,8 +958,8 @@ fn json_api_full_flow(backend: Backend) {
         &json!({"current_password": PW, "password": PW2}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(auth(&gh, &token).status, 200);
-    assert_eq!(auth(&gh, &token_b).status, 401);
+    assert_eq!(auth(gh, &token).status, 200);
+    assert_eq!(auth(gh, &token_b).status, 401);
 
     // Forgot and reset.
     let mut c = Browser::new(gh.addr());
@@ -980,11 +980,7 @@ fn json_api_full_flow(backend: Backend) {
         &json!({"token": reset, "password": PW3}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        auth(&gh, &token).status,
-        401,
-        "a reset left a session alive"
-    );
+    assert_eq!(auth(gh, &token).status, 401, "a reset left a session alive");
     let (r, v) = c.json(
         "POST",
         "/api/password/reset",
@@ -1021,7 +1017,7 @@ fn json_api_full_flow(backend: Backend) {
     let (r, _) = c.json("POST", "/api/logout", &json!({}));
     assert_eq!(r.status, 204);
     assert!(c.cookie(COOKIE).is_none());
-    assert_eq!(auth(&gh, &token_c).status, 401);
+    assert_eq!(auth(gh, &token_c).status, 401);
     let (r, v) = c.json("GET", "/api/me", &json!(null));
     assert_eq!(
         (r.status, v["error"].as_str()),
