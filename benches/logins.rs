@@ -113,6 +113,51 @@ fn level(gh: &Gatehouse, clients: usize) -> Level {
     }
 }
 
+/// Whether a failed login says, by its time, that the name exists: a wrong password for a
+/// real user against a name nobody has (the server verifies a dummy hash then), interleaved,
+/// `ROUNDS` each. A correct login between rounds clears the account's delay, and each request
+/// comes from its own address (`X-Real-IP`, loopback is a trusted proxy), so no throttle
+/// answers instead of the password check. Returns the p50 and p90 in ms of each.
+fn failure_timing(gh: &Gatehouse) -> ([f64; 2], [f64; 2]) {
+    const ROUNDS: usize = 40;
+    let mut b = Browser::new(gh.addr());
+    let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
+    let origin = format!("http://{}", gh.addr());
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    let mut attempt = |user: &str, password: &str, ip: String| {
+        let t = Instant::now();
+        let r = b.post_with(
+            "/login",
+            &[("csrf", &csrf), ("username", user), ("password", password)],
+            &[("Origin", &origin), ("X-Real-IP", &ip)],
+        );
+        (r.status, t.elapsed().as_secs_f64() * 1000.0)
+    };
+    for round in 0..ROUNDS {
+        let ip = |n: usize| format!("10.0.{round}.{n}");
+        let nobody = format!("nobody{round}");
+        let mut order = [("bench", true), (nobody.as_str(), false)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (n, (user, real)) in order.into_iter().enumerate() {
+            let (status, ms) = attempt(user, "not the password at all", ip(n));
+            assert_eq!(status, 401, "{user}: {status}");
+            if real {
+                known.push(ms)
+            } else {
+                unknown.push(ms)
+            }
+        }
+        assert_eq!(attempt("bench", PW, ip(3)).0, 303);
+    }
+    let quantiles = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        [v[v.len() / 2], v[v.len() * 9 / 10]]
+    };
+    (quantiles(&mut known), quantiles(&mut unknown))
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let dir = TempDir::new("bench-logins");
@@ -121,6 +166,7 @@ fn main() {
     create_user(&data, "bench", "bench@example.org", PW);
     let idle = gh.rss_kib() as f64 / 1024.0;
     let ceiling = hash_ceiling();
+    let (known, unknown) = failure_timing(&gh);
     let levels: Vec<Level> = [1, 16, 200].iter().map(|&c| level(&gh, c)).collect();
     let mut out = format!(
         "Logins through POST /login (Argon2id m={} KiB, t={}, p={}), {} s per level; idle RSS {:.1} MiB.\n\
@@ -142,6 +188,15 @@ fn main() {
             l.rss_mib
         );
     }
+    out += &format!(
+        "\nA wrong password, one client: a real user p50 {:.1} ms, p90 {:.1} ms; a name nobody has \
+         p50 {:.1} ms, p90 {:.1} ms (unknown / known at p50: {:.2}).\n",
+        known[0],
+        known[1],
+        unknown[0],
+        unknown[1],
+        unknown[0] / known[0]
+    );
     print!("{out}");
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load");
     std::fs::create_dir_all(&report).unwrap();
