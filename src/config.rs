@@ -40,6 +40,10 @@ pub enum Command {
     #[cfg(feature = "accounts")]
     #[command(subcommand)]
     User(crate::accounts::cli::UserCommand),
+    /// Manage OAuth2 clients (registry).
+    #[cfg(feature = "registry")]
+    #[command(subcommand)]
+    Client(crate::registry::cli::ClientCommand),
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +221,9 @@ pub struct ServeArgs {
     #[cfg(feature = "accounts")]
     #[command(flatten)]
     pub accounts: crate::accounts::AccountsArgs,
+    #[cfg(feature = "registry")]
+    #[command(flatten)]
+    pub registry: crate::registry::RegistryArgs,
 }
 
 #[derive(Debug, Subcommand)]

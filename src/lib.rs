@@ -19,6 +19,8 @@ pub mod error;
 pub mod forward;
 pub mod metrics;
 pub mod policy;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod secret;
 pub mod server;
 pub mod session;
@@ -93,6 +95,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Keys(cmd) => cli::keys(cmd),
         #[cfg(feature = "accounts")]
         Command::User(args) => accounts::cli::user(args).await,
+        #[cfg(feature = "registry")]
+        Command::Client(args) => registry::cli::client(args).await,
     }
 }
 
@@ -136,7 +140,11 @@ pub async fn build_modules(
     #[cfg(feature = "accounts")]
     {
         let accounts = accounts::Accounts::open(args, gateway.clone()).await?;
-        Ok(Some(accounts.modules()))
+        #[cfg(feature = "registry")]
+        let extra = registry::Registry::new(&args.registry, accounts.clone())?.router();
+        #[cfg(not(feature = "registry"))]
+        let extra = axum::Router::new();
+        Ok(Some(accounts.modules(extra)))
     }
     #[cfg(not(feature = "accounts"))]
     {

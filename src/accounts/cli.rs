@@ -128,11 +128,11 @@ impl UserCommand {
     }
 }
 
-fn other(e: impl std::fmt::Display) -> Failure {
+pub(crate) fn other(e: impl std::fmt::Display) -> Failure {
     Failure::Other(anyhow::anyhow!("{e}"))
 }
 
-async fn find(db: &Db, login: &str) -> Result<User, Failure> {
+pub(crate) async fn find(db: &Db, login: &str) -> Result<User, Failure> {
     db.find(login)
         .await
         .map_err(other)?
@@ -151,7 +151,11 @@ fn record(u: &User, roles: &Roles) -> serde_json::Value {
     })
 }
 
-fn print(json_out: bool, value: &serde_json::Value, text: String) -> Result<(), Failure> {
+pub(crate) fn print(
+    json_out: bool,
+    value: &serde_json::Value,
+    text: String,
+) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     if json_out {
         writeln!(out, "{value}")
@@ -161,11 +165,12 @@ fn print(json_out: bool, value: &serde_json::Value, text: String) -> Result<(), 
     .map_err(other)
 }
 
-async fn end_sessions(store: &StoreArgs, user: &User) -> Result<u64, Failure> {
+/// Ends every session of `sub` (a user, or a client's tokens) from the command line.
+pub(crate) async fn end_sessions(store: &StoreArgs, sub: &str) -> Result<u64, Failure> {
     store.validate()?;
     let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
     Sessions::new(&store, None)
-        .revoke_user(&user.id, None)
+        .revoke_user(sub, None)
         .await
         .map_err(|e| match e {
             crate::sessions::SessionsError::Store(s) => Failure::Store(s),
@@ -284,7 +289,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::Deactivate { user, .. } => {
             let u = find(&db, &user).await?;
             db.set_active(&u.id, false).await.map_err(other)?;
-            let n = end_sessions(&store, &u).await?;
+            let n = end_sessions(&store, &u.id).await?;
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n, "audit");
             eprintln!("{} is deactivated; {n} session(s) ended", u.username);
             Ok(())
@@ -297,7 +302,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             let u = find(&db, &user).await?;
             let hash = new_password(&u.username, &u.email, password_min_length).await?;
             db.set_password(&u.id, &hash).await.map_err(other)?;
-            let n = end_sessions(&store, &u).await?;
+            let n = end_sessions(&store, &u.id).await?;
             tracing::info!(target: "gatehouse::audit", event = "password_set", user = %u.id, sessions_ended = n, "audit");
             eprintln!("password set for {}; {n} session(s) ended", u.username);
             Ok(())
@@ -347,7 +352,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
                 now.push(role.clone());
             }
             db.set_roles(&u.id, &now).await.map_err(other)?;
-            let n = end_sessions(&store, &u).await?;
+            let n = end_sessions(&store, &u.id).await?;
             tracing::info!(target: "gatehouse::audit", event = if add { "role_added" } else { "role_removed" }, user = %u.id, role = role.as_str(), sessions_ended = n, "audit");
             eprintln!(
                 "{}: roles {}; {n} session(s) ended",

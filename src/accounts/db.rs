@@ -60,6 +60,26 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // between two starts ends the sessions of the users whose scopes it changed.
         &["CREATE TABLE role_scopes (role TEXT PRIMARY KEY, scopes TEXT NOT NULL)"],
     ),
+    (
+        3,
+        // registry: OAuth2 clients. Lists are space-separated (URIs and scopes hold no
+        // spaces); the secret is stored as its SHA-256, none for a public client.
+        &["CREATE TABLE oauth_clients (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT,
+            name TEXT NOT NULL,
+            description TEXT NOT NULL,
+            homepage TEXT NOT NULL,
+            owner TEXT,
+            confidential BIGINT NOT NULL,
+            redirect_uris TEXT NOT NULL,
+            grants TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            disabled BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )"],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -282,6 +302,11 @@ impl Db {
             ConfigError::new(flag, format!("cannot migrate the accounts database: {e}"))
         })?;
         Ok(db)
+    }
+
+    /// The pool, for the `registry` module's tables in the same database.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn backend(&self) -> &'static str {

@@ -218,9 +218,10 @@ impl Accounts {
         Ok(app)
     }
 
-    /// The module as the main listener calls it.
-    pub fn modules(self: &Arc<Self>) -> Arc<dyn Modules> {
-        Arc::new(Routes(web::router(self.clone())))
+    /// The module as the main listener calls it, with `extra` routes (the registry's) beside
+    /// the pages.
+    pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
+        Arc::new(Routes(web::router(self.clone()).merge(extra)))
     }
 }
 

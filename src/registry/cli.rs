@@ -1,0 +1,266 @@
+//! `gatehouse client …`: registering and managing OAuth2 clients from the command line, on the
+//! same database and session store as the server, while it runs. A new or rotated secret is
+//! printed once, on stdout.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::clients::{self, check_redirect_uri, Client, NewClient, GRANTS};
+use crate::accounts::cli::{end_sessions, find, other, print, Common};
+use crate::accounts::db::Db;
+use crate::config::ConfigError;
+use crate::Failure;
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client; prints its client_id and (confidential clients) its secret, once.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "")]
+        homepage: String,
+        /// An allowed grant (repeatable): client_credentials, authorization_code,
+        /// refresh_token. Default: client_credentials, or authorization_code and
+        /// refresh_token for a public client.
+        #[arg(long = "grant", id = "grant")]
+        grant: Vec<String>,
+        /// An allowed scope (repeatable).
+        #[arg(long = "scope", id = "scope")]
+        scope: Vec<String>,
+        /// An exact redirect URI (repeatable): https, or http on a loopback host.
+        #[arg(long = "redirect-uri", id = "redirect_uri")]
+        redirect_uri: Vec<String>,
+        /// A public client (a browser or native app): no secret, no client_credentials.
+        #[arg(long)]
+        public: bool,
+        /// The user (username or email) who owns it.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Every client.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One client.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        client_id: String,
+    },
+    /// Refuse the client from now on and end every token it holds.
+    Disable {
+        #[command(flatten)]
+        common: Common,
+        client_id: String,
+    },
+    /// Let a disabled client get tokens again.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        client_id: String,
+    },
+    /// A new secret, printed once; the old one is refused and the client's tokens end.
+    RotateSecret {
+        #[command(flatten)]
+        common: Common,
+        client_id: String,
+    },
+}
+
+impl ClientCommand {
+    fn common(&self) -> &Common {
+        match self {
+            ClientCommand::Create { common, .. }
+            | ClientCommand::List { common }
+            | ClientCommand::Show { common, .. }
+            | ClientCommand::Disable { common, .. }
+            | ClientCommand::Enable { common, .. }
+            | ClientCommand::RotateSecret { common, .. } => common,
+        }
+    }
+}
+
+fn line(c: &Client) -> String {
+    format!(
+        "{}  {}  {}{}  grants={}  scopes={}",
+        c.client_id,
+        c.name,
+        if c.confidential {
+            "confidential"
+        } else {
+            "public"
+        },
+        if c.disabled { " (disabled)" } else { "" },
+        c.grants.join(","),
+        c.scopes.join(","),
+    )
+}
+
+async fn existing(db: &Db, id: &str) -> Result<Client, Failure> {
+    clients::find(db, id)
+        .await
+        .map_err(other)?
+        .ok_or_else(|| ConfigError::new("CLIENT_ID", format!("no client {id:?}")).into())
+}
+
+pub async fn client(command: ClientCommand) -> Result<(), Failure> {
+    let common = command.common();
+    let db = Db::open(
+        common.database.database_url.as_ref(),
+        &common.store.data_dir,
+    )
+    .await?;
+    let json_out = common.json;
+    let store = common.store.clone();
+    match command {
+        ClientCommand::Create {
+            name,
+            description,
+            homepage,
+            grant,
+            scope,
+            redirect_uri,
+            public,
+            owner,
+            ..
+        } => {
+            let grants = if !grant.is_empty() {
+                grant
+            } else if public {
+                vec!["authorization_code".into(), "refresh_token".into()]
+            } else {
+                vec!["client_credentials".into()]
+            };
+            if let Some(g) = grants.iter().find(|g| !GRANTS.contains(&g.as_str())) {
+                return Err(ConfigError::new(
+                    "--grant",
+                    format!("{g:?} is not one of {}", GRANTS.join(", ")),
+                )
+                .into());
+            }
+            if public && grants.iter().any(|g| g == "client_credentials") {
+                return Err(ConfigError::new(
+                    "--grant",
+                    "a public client cannot use client_credentials (it has no secret)",
+                )
+                .into());
+            }
+            if let Some(e) = redirect_uri
+                .iter()
+                .find_map(|u| check_redirect_uri(u).err())
+            {
+                return Err(ConfigError::new("--redirect-uri", e).into());
+            }
+            if grants.iter().any(|g| g == "authorization_code") && redirect_uri.is_empty() {
+                return Err(ConfigError::new(
+                    "--redirect-uri",
+                    "authorization_code needs at least one redirect URI",
+                )
+                .into());
+            }
+            if scope
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return Err(ConfigError::new("--scope", "a scope is a word without spaces").into());
+            }
+            if name.trim().is_empty() {
+                return Err(ConfigError::new("--name", "a client needs a name").into());
+            }
+            let owner = match owner {
+                Some(o) => Some(find(&db, &o).await?.id),
+                None => None,
+            };
+            let (c, secret) = clients::create(
+                &db,
+                &NewClient {
+                    name: name.trim(),
+                    description: &description,
+                    homepage: &homepage,
+                    owner: owner.as_deref(),
+                    confidential: !public,
+                    redirect_uris: &redirect_uri,
+                    grants: &grants,
+                    scopes: &scope,
+                },
+            )
+            .await
+            .map_err(other)?;
+            let secret = secret.as_ref().map(|s| s.expose().as_str());
+            tracing::info!(target: "gatehouse::audit", event = "client_created", client_id = %c.client_id, "audit");
+            print(
+                json_out,
+                &json!({"client_id": c.client_id, "client_secret": secret}),
+                match secret {
+                    Some(s) => format!(
+                        "client_id: {}\nclient_secret: {s}\n(the secret is shown this once: store it now)",
+                        c.client_id
+                    ),
+                    None => format!("client_id: {} (public: no secret)", c.client_id),
+                },
+            )
+        }
+        ClientCommand::List { .. } => {
+            for c in clients::list_clients(&db, None).await.map_err(other)? {
+                print(json_out, &json!(c), line(&c))?;
+            }
+            Ok(())
+        }
+        ClientCommand::Show { client_id, .. } => {
+            let c = existing(&db, &client_id).await?;
+            print(
+                json_out,
+                &json!(c),
+                serde_json::to_string_pretty(&c).map_err(other)?,
+            )
+        }
+        ClientCommand::Disable { client_id, .. } => {
+            let c = existing(&db, &client_id).await?;
+            clients::set_disabled(&db, &c.client_id, true)
+                .await
+                .map_err(other)?;
+            let n = end_sessions(&store, &c.client_id).await?;
+            tracing::info!(target: "gatehouse::audit", event = "client_disabled", client_id = %c.client_id, tokens = n, "audit");
+            print(
+                json_out,
+                &json!({"client_id": c.client_id, "disabled": true, "tokens_revoked": n}),
+                format!("{} disabled; {n} tokens revoked", c.client_id),
+            )
+        }
+        ClientCommand::Enable { client_id, .. } => {
+            let c = existing(&db, &client_id).await?;
+            clients::set_disabled(&db, &c.client_id, false)
+                .await
+                .map_err(other)?;
+            print(
+                json_out,
+                &json!({"client_id": c.client_id, "disabled": false}),
+                format!("{} enabled", c.client_id),
+            )
+        }
+        ClientCommand::RotateSecret { client_id, .. } => {
+            let c = existing(&db, &client_id).await?;
+            if !c.confidential {
+                return Err(ConfigError::new("CLIENT_ID", "a public client has no secret").into());
+            }
+            let secret = clients::rotate_secret(&db, &c.client_id)
+                .await
+                .map_err(other)?;
+            let n = end_sessions(&store, &c.client_id).await?;
+            tracing::info!(target: "gatehouse::audit", event = "client_secret_rotated", client_id = %c.client_id, tokens = n, "audit");
+            print(
+                json_out,
+                &json!({"client_id": c.client_id, "client_secret": secret.expose(), "tokens_revoked": n}),
+                format!(
+                    "client_secret: {}\n(the old secret is refused from now on; {n} tokens revoked)",
+                    secret.expose()
+                ),
+            )
+        }
+    }
+}

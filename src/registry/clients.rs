@@ -1,0 +1,264 @@
+//! The client registry: OAuth2 clients in the accounts database (`oauth_clients`).
+//!
+//! A confidential client's secret is 256 random bits, shown once, stored as its SHA-256 (a
+//! high-entropy secret needs no slow hash) and compared in constant time. Redirect URIs match
+//! exactly; only https, or http on a loopback host, without a fragment or a wildcard.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::accounts::db::{random_token, token_hash, Db, DbError};
+use crate::secret::Secret;
+use crate::session::unix_now;
+
+/// The grants a client may be allowed.
+pub const GRANTS: &[&str] = &["client_credentials", "authorization_code", "refresh_token"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub description: String,
+    pub homepage: String,
+    /// The user id of the owner, if a user registered it.
+    pub owner: Option<String>,
+    pub confidential: bool,
+    pub redirect_uris: Vec<String>,
+    pub grants: Vec<String>,
+    pub scopes: Vec<String>,
+    pub disabled: bool,
+    pub created_at: u64,
+    #[serde(skip)]
+    secret_hash: Option<String>,
+}
+
+impl Client {
+    pub fn allows_grant(&self, grant: &str) -> bool {
+        self.grants.iter().any(|g| g == grant)
+    }
+
+    /// Whether `presented` is this client's secret (constant time; a public client has none).
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        let presented = token_hash(presented);
+        // Unknown clients and public ones compare against a hash that matches nothing, so
+        // every refusal costs the same.
+        let stored = self.secret_hash.as_deref().unwrap_or(NO_SECRET);
+        aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), stored.as_bytes())
+            .is_ok()
+    }
+}
+
+/// A hash no secret has (not base64 of 32 bytes): what an unknown or public client's secret
+/// is compared with.
+const NO_SECRET: &str = "-------------------------------------------";
+
+/// `Client::secret_matches` for a client that does not exist: the same work, always false.
+pub fn no_client_matches(presented: &str) -> bool {
+    let presented = std::hint::black_box(token_hash(presented));
+    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), NO_SECRET.as_bytes())
+        .is_ok()
+}
+
+/// What `create` needs.
+pub struct NewClient<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub homepage: &'a str,
+    pub owner: Option<&'a str>,
+    pub confidential: bool,
+    pub redirect_uris: &'a [String],
+    pub grants: &'a [String],
+    pub scopes: &'a [String],
+}
+
+/// A client secret: 256 bits, base64url, with a prefix secret scanners can find.
+fn new_secret() -> Secret<String> {
+    Secret::new(format!("gcs_{}", random_token(32)))
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn client_of(row: &AnyRow) -> Result<Client, sqlx::Error> {
+    Ok(Client {
+        client_id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        homepage: row.try_get("homepage")?,
+        owner: row.try_get("owner")?,
+        confidential: row.try_get::<i64, _>("confidential")? != 0,
+        redirect_uris: list(&row.try_get::<String, _>("redirect_uris")?),
+        grants: list(&row.try_get::<String, _>("grants")?),
+        scopes: list(&row.try_get::<String, _>("scopes")?),
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+        secret_hash: row.try_get("secret_hash")?,
+    })
+}
+
+/// Whether `uri` may be registered as a redirect URI, and why not.
+pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
+    if uri.contains('#') {
+        return Err("a redirect URI has no fragment");
+    }
+    if uri.contains('*') || uri.contains(char::is_whitespace) {
+        return Err("a redirect URI is exact: no wildcards or spaces");
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err("a redirect URI is absolute: https://host/path");
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("a redirect URI needs a host and no user information");
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err("a redirect URI uses https (http only on a loopback host)"),
+    }
+}
+
+/// Creates a client; its secret (confidential clients only) is returned this once.
+pub async fn create(
+    db: &Db,
+    new: &NewClient<'_>,
+) -> Result<(Client, Option<Secret<String>>), DbError> {
+    let id = random_token(16);
+    let secret = new.confidential.then(new_secret);
+    let now = unix_now() as i64;
+    sqlx::query(
+        "INSERT INTO oauth_clients (id, secret_hash, name, description, homepage, owner,
+            confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11)",
+    )
+    .bind(&id)
+    .bind(secret.as_ref().map(|s| token_hash(s.expose())))
+    .bind(new.name)
+    .bind(new.description)
+    .bind(new.homepage)
+    .bind(new.owner)
+    .bind(i64::from(new.confidential))
+    .bind(new.redirect_uris.join(" "))
+    .bind(new.grants.join(" "))
+    .bind(new.scopes.join(" "))
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    let client = find(db, &id).await?.ok_or(DbError::Taken("client_id"))?;
+    Ok((client, secret))
+}
+
+pub async fn find(db: &Db, id: &str) -> Result<Option<Client>, DbError> {
+    let row = sqlx::query("SELECT * FROM oauth_clients WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.as_ref().map(client_of).transpose()?)
+}
+
+/// Every client, or those `owner` registered.
+pub async fn list_clients(db: &Db, owner: Option<&str>) -> Result<Vec<Client>, DbError> {
+    let rows = match owner {
+        Some(owner) => {
+            sqlx::query("SELECT * FROM oauth_clients WHERE owner = $1 ORDER BY created_at, id")
+                .bind(owner)
+                .fetch_all(db.pool())
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT * FROM oauth_clients ORDER BY created_at, id")
+                .fetch_all(db.pool())
+                .await?
+        }
+    };
+    Ok(rows.iter().map(client_of).collect::<Result<_, _>>()?)
+}
+
+pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, DbError> {
+    let done = sqlx::query("UPDATE oauth_clients SET disabled = $1, updated_at = $2 WHERE id = $3")
+        .bind(i64::from(disabled))
+        .bind(unix_now() as i64)
+        .bind(id)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A new secret for a confidential client; the old one stops working now.
+pub async fn rotate_secret(db: &Db, id: &str) -> Result<Secret<String>, DbError> {
+    let secret = new_secret();
+    sqlx::query(
+        "UPDATE oauth_clients SET secret_hash = $1, updated_at = $2 WHERE id = $3 AND confidential = 1",
+    )
+    .bind(token_hash(secret.expose()))
+    .bind(unix_now() as i64)
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_https_or_loopback_http_without_fragments_or_wildcards() {
+        for ok in [
+            "https://app.example.org/cb",
+            "https://app.example.org:8443/cb?x=1",
+            "http://127.0.0.1:9000/cb",
+            "http://localhost/cb",
+            "http://[::1]:8000/cb",
+        ] {
+            assert_eq!(check_redirect_uri(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://app.example.org/cb",
+            "https://app.example.org/cb#frag",
+            "https://*.example.org/cb",
+            "https://user@app.example.org/cb",
+            "javascript://x/%0aalert(1)",
+            "/relative",
+            "https:///nohost",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        let c = Client {
+            client_id: "c".into(),
+            name: String::new(),
+            description: String::new(),
+            homepage: String::new(),
+            owner: None,
+            confidential: true,
+            redirect_uris: vec![],
+            grants: vec![],
+            scopes: vec![],
+            disabled: false,
+            created_at: 0,
+            secret_hash: Some(token_hash("gcs_right")),
+        };
+        assert!(c.secret_matches("gcs_right"));
+        assert!(!c.secret_matches("gcs_wrong"));
+        let public = Client {
+            secret_hash: None,
+            ..c
+        };
+        assert!(!public.secret_matches(""));
+        assert!(!public.secret_matches(NO_SECRET));
+    }
+}

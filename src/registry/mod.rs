@@ -1,0 +1,63 @@
+//! `registry`: an OAuth2 authorization server for API clients. Clients live in the accounts
+//! database; the access tokens it issues are sessions of kind `client`, so `/auth` resolves
+//! them on the same hot path as a browser's cookie, with exactly the granted scopes and the
+//! `client_id` in the JWT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::accounts::Accounts;
+use crate::config::parse_duration;
+use crate::error::ConfigError;
+
+pub mod cli;
+pub mod clients;
+mod oauth;
+
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Lifetime of an access token: the `expires_in` of the token response and the stored
+    /// session's, the same number.
+    #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+}
+
+impl RegistryArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.access_token_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "--access-token-ttl",
+                "must be at least 60s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The module's state: the accounts module it stands on (database, gateway, public URL).
+pub struct Registry {
+    accounts: Arc<Accounts>,
+    access_ttl: Duration,
+}
+
+impl Registry {
+    pub fn new(args: &RegistryArgs, accounts: Arc<Accounts>) -> Result<Arc<Registry>, ConfigError> {
+        args.validate()?;
+        Ok(Arc::new(Registry {
+            accounts,
+            access_ttl: args.access_token_ttl,
+        }))
+    }
+
+    /// The authorization server's issuer identifier (RFC 8414): the public URL of the pages.
+    fn issuer(&self) -> &str {
+        &self.accounts.settings.public_url
+    }
+
+    /// The routes, to merge into the accounts router.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        oauth::routes().with_state(self.clone())
+    }
+}

@@ -1,0 +1,399 @@
+//! The OAuth2 endpoints for programs: token (RFC 6749), revocation (RFC 7009), introspection
+//! (RFC 7662) and the server's metadata (RFC 8414). Every answer is JSON with
+//! `Cache-Control: no-store`; errors are RFC 6749 §5.2's.
+//!
+//! Access tokens are sessions of kind `client` (prefix `gtc_`) whose `client_id` is the
+//! client's, so `/auth` turns them into JWTs on the same cache hit as a browser session.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::clients::{self, Client};
+use super::Registry;
+use crate::session::{unix_now, SessionKind};
+use crate::sessions::Sessions;
+
+pub fn routes() -> Router<Arc<Registry>> {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
+        .route("/oauth/introspect", post(introspect))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+/// An RFC 6749 §5.2 error.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+
+    fn request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// Client authentication failed: 401 with a `WWW-Authenticate` challenge.
+    fn client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
+    }
+
+    /// The store or database did not answer: fail closed.
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %e, "oauth: store or database unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "try again shortly",
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut r = no_store(
+            self.status,
+            json!({"error": self.error, "error_description": self.description}),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"gatehouse\""),
+            );
+        }
+        r
+    }
+}
+
+/// JSON that no cache keeps (RFC 6749 §5.1).
+fn no_store(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, axum::Json(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The form parameters of a request: `application/x-www-form-urlencoded`, each at most once
+/// (RFC 6749 §3.2), empty values treated as absent.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| {
+                    t.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                })
+            });
+        if !form {
+            return Err(OAuthError::request(
+                "send the parameters as application/x-www-form-urlencoded",
+            ));
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| OAuthError::request("the form is not valid"))?;
+        for (i, (k, _)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(seen, _)| seen == k) {
+                return Err(OAuthError::request(format!("{k} is given more than once")));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One value of RFC 6749 §2.3.1's Basic credentials, form-decoded.
+fn form_decode(s: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={s}")).ok()?;
+    match pairs.as_slice() {
+        [(_, v)] => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The calling client, authenticated by `client_secret_basic` or `client_secret_post`; a
+/// public client is named by `client_id` alone. Anything else is `invalid_client`, at the
+/// same cost whether the client exists or not.
+async fn authenticate(
+    reg: &Registry,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Client, OAuthError> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().map_err(|_| OAuthError::client())?;
+            let (scheme, rest) = v.split_once(' ').ok_or_else(OAuthError::client)?;
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return Err(OAuthError::client());
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .map_err(|_| OAuthError::client())?;
+            let raw = String::from_utf8(raw).map_err(|_| OAuthError::client())?;
+            let (id, secret) = raw.split_once(':').ok_or_else(OAuthError::client)?;
+            Some((
+                form_decode(id).ok_or_else(OAuthError::client)?,
+                form_decode(secret).ok_or_else(OAuthError::client)?,
+            ))
+        }
+    };
+    let body = params.get("client_id").map(|id| {
+        (
+            id.to_owned(),
+            params.get("client_secret").map(str::to_owned),
+        )
+    });
+    let (id, secret) = match (basic, body) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::request(
+                "use one client authentication method, not two",
+            ))
+        }
+        (Some((id, secret)), None) => (id, Some(secret)),
+        (None, Some(pair)) => pair,
+        (None, None) => return Err(OAuthError::client()),
+    };
+    let client = clients::find(&reg.accounts.db, &id)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    let ok = match (&client, &secret) {
+        (Some(c), Some(secret)) => c.confidential && c.secret_matches(secret),
+        (Some(c), None) => !c.confidential,
+        // The same work as for a known client: one hash, one constant-time comparison.
+        (None, secret) => clients::no_client_matches(secret.as_deref().unwrap_or("")),
+    };
+    match client {
+        Some(c) if ok && !c.disabled => Ok(c),
+        _ => {
+            tracing::info!(target: "gatehouse::audit", event = "client_auth_failed", client_id = %id, "audit");
+            Err(OAuthError::client())
+        }
+    }
+}
+
+async fn token(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: Bytes) -> Response {
+    match token_inner(&reg, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn token_inner(
+    reg: &Registry,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OAuthError> {
+    let params = Params::parse(headers, body)?;
+    let client = authenticate(reg, headers, &params).await?;
+    match params.get("grant_type") {
+        None => Err(OAuthError::request("grant_type is missing")),
+        Some("client_credentials") => client_credentials(reg, &client, &params).await,
+        Some(other) => Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("{other:?} is not a grant this server offers"),
+        )),
+    }
+}
+
+/// The scopes asked for, each one the client's; all of the client's when none are named.
+fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
+    let Some(asked) = asked else {
+        return Ok(allowed.to_vec());
+    };
+    let mut scopes: Vec<String> = asked
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    if let Some(s) = scopes.iter().find(|s| !allowed.contains(s)) {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!("scope {s:?} is not allowed for this client"),
+        ));
+    }
+    Ok(scopes)
+}
+
+async fn client_credentials(
+    reg: &Registry,
+    client: &Client,
+    params: &Params,
+) -> Result<Response, OAuthError> {
+    if !client.confidential || !client.allows_grant("client_credentials") {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "this client may not use client_credentials",
+        ));
+    }
+    let scopes = granted_scopes(params.get("scope"), &client.scopes)?;
+    let ttl = reg.access_ttl;
+    let session = crate::session::Session {
+        kind: SessionKind::Client,
+        client_id: Some(client.client_id.clone()),
+        name: Some(client.name.clone()),
+        scopes: scopes.clone(),
+        ..Sessions::draft(client.client_id.clone(), ttl)
+    };
+    let issued = reg
+        .accounts
+        .gateway
+        .sessions()
+        .issue(&session)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    tracing::info!(
+        target: "gatehouse::audit",
+        event = "token_issued",
+        grant = "client_credentials",
+        client_id = %client.client_id,
+        sid = %issued.sid,
+        "audit"
+    );
+    Ok(no_store(
+        StatusCode::OK,
+        json!({
+            "access_token": issued.token.expose(),
+            "token_type": "Bearer",
+            "expires_in": ttl.as_secs(),
+            "scope": scopes.join(" "),
+        }),
+    ))
+}
+
+/// The live session of `token` if it was issued to `client`; None for anything else (unknown,
+/// expired, revoked, a browser session, another client's).
+async fn owned_token(
+    reg: &Registry,
+    client: &Client,
+    token: &str,
+) -> Result<Option<crate::sessions::Listed>, OAuthError> {
+    let found = reg
+        .accounts
+        .gateway
+        .sessions()
+        .find(token)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    Ok(found.filter(|l| {
+        l.session.kind != SessionKind::User
+            && l.session.client_id.as_deref() == Some(client.client_id.as_str())
+    }))
+}
+
+/// RFC 7009: 200 whether or not the token existed; only the client's own tokens end.
+async fn revoke(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: Bytes) -> Response {
+    let run = async {
+        let params = Params::parse(&headers, &body)?;
+        let client = authenticate(&reg, &headers, &params).await?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::request("token is missing"))?;
+        if let Some(l) = owned_token(&reg, &client, token).await? {
+            reg.accounts
+                .gateway
+                .sessions()
+                .revoke(token)
+                .await
+                .map_err(OAuthError::unavailable)?;
+            tracing::info!(target: "gatehouse::audit", event = "token_revoked", client_id = %client.client_id, sid = %l.sid, "audit");
+        }
+        Ok::<_, OAuthError>(no_store(StatusCode::OK, json!({})))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// RFC 7662: what a token is, for the client it was issued to; `{"active": false}` otherwise.
+async fn introspect(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: Bytes) -> Response {
+    let run = async {
+        let params = Params::parse(&headers, &body)?;
+        let client = authenticate(&reg, &headers, &params).await?;
+        if !client.confidential {
+            return Err(OAuthError::client());
+        }
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::request("token is missing"))?;
+        let answer = match owned_token(&reg, &client, token).await? {
+            None => json!({"active": false}),
+            Some(l) => {
+                let s = &l.session;
+                let mut v = json!({
+                    "active": s.is_live(unix_now()),
+                    "scope": s.scopes.join(" "),
+                    "client_id": s.client_id,
+                    "sub": s.sub,
+                    "token_type": "Bearer",
+                    "exp": s.expires_at,
+                    "iat": s.created_at,
+                    "iss": reg.issuer(),
+                });
+                if let Some(u) = &s.username {
+                    v["username"] = json!(u);
+                }
+                v
+            }
+        };
+        Ok(no_store(StatusCode::OK, answer))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// RFC 8414: what this server offers, at the issuer's well-known address.
+async fn metadata(State(reg): State<Arc<Registry>>) -> Response {
+    let base = reg.issuer();
+    let auth_methods = json!(["client_secret_basic", "client_secret_post"]);
+    let mut r = axum::Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/oauth/token"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "introspection_endpoint": format!("{base}/oauth/introspect"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+    }))
+    .into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}

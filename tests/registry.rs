@@ -1,0 +1,540 @@
+//! registry, end to end: real `gatehouse serve` processes, clients registered with the CLI,
+//! every OAuth2 exchange made by an independent client library (the `oauth2` crate) over real
+//! HTTP, tokens checked where they are used: at `/auth`. On SQLite with the embedded session
+//! store, and on a real PostgreSQL with sessions in a real Redis.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, IntrospectionUrl, Scope,
+    TokenIntrospectionResponse, TokenResponse, TokenUrl,
+};
+use support::*;
+
+/// Where the test's clients and sessions live.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// SQLite in the data directory, sessions in the embedded store.
+    Sqlite,
+    /// A throw-away PostgreSQL, sessions in a real Redis.
+    PostgresRedis,
+}
+
+/// One test's deployment. Fields drop in this order: the server before what it uses.
+struct Site {
+    gh: Gatehouse,
+    pg: Option<Postgres>,
+    redis: Option<RedisServer>,
+    dir: TempDir,
+}
+
+impl Site {
+    fn start(name: &str, backend: Backend) -> Site {
+        let dir = TempDir::new(name);
+        let (pg, redis) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::PostgresRedis => (Some(Postgres::start()), Some(RedisServer::start())),
+        };
+        let data = dir.join("data");
+        let mut all = vec!["--insecure-cookies".to_string(), "--data-dir".into(), data];
+        if let (Some(pg), Some(redis)) = (&pg, &redis) {
+            all.extend([
+                "--database-url".into(),
+                pg.url(),
+                "--redis-url".into(),
+                redis.url(),
+            ]);
+        }
+        let gh = Gatehouse::spawn(&all);
+        Site { gh, pg, redis, dir }
+    }
+
+    /// `gatehouse <args>` on this site's database and session store; the database URL by
+    /// environment, as the README tells operators to pass it.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let data = self.dir.join("data");
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", &data]);
+        let redis = self.redis.as_ref().map(RedisServer::url);
+        if let Some(url) = &redis {
+            all.extend(["--redis-url", url]);
+        }
+        let url = self.pg.as_ref().map(Postgres::url);
+        let env: Vec<_> = url
+            .iter()
+            .map(|u| ("GATEHOUSE_DATABASE_URL", u.as_str()))
+            .collect();
+        gatehouse_cli_with(&all, &env, None)
+    }
+
+    /// Registers a client with the CLI: its id and secret.
+    fn client(&self, args: &[&str]) -> (String, Option<String>) {
+        let mut all = vec!["client", "create", "--json"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&cli_stdout(&self.cli(&all))).unwrap();
+        (
+            v["client_id"].as_str().unwrap().to_string(),
+            v["client_secret"].as_str().map(str::to_string),
+        )
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gh.url())
+    }
+
+    /// The `oauth2` crate's client for a registered client, pointed at this server.
+    fn oauth(&self, id: &str, secret: Option<&str>) -> OAuthClient {
+        let mut c = BasicClient::new(ClientId::new(id.to_string()));
+        if let Some(s) = secret {
+            c = c.set_client_secret(ClientSecret::new(s.to_string()));
+        }
+        c.set_token_uri(TokenUrl::new(self.url("/oauth/token")).unwrap())
+            .set_introspection_url(IntrospectionUrl::new(self.url("/oauth/introspect")).unwrap())
+    }
+
+    /// RFC 7009 revocation by hand: the `oauth2` crate revokes over https only, and these
+    /// servers listen on plain loopback http.
+    fn revoke(&self, id: &str, secret: &str, token: &str) -> Response {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        http_request(
+            "POST",
+            self.gh.addr(),
+            "/oauth/revoke",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &format!("Basic {basic}")),
+            ],
+            format!("token={token}&token_type_hint=access_token").as_bytes(),
+        )
+    }
+
+    /// `POST /oauth/token` by hand, for what a well-behaved library will not send.
+    fn token_raw(&self, headers: &[(&str, &str)], body: &str) -> (Response, serde_json::Value) {
+        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        let r = http_request(
+            "POST",
+            self.gh.addr(),
+            "/oauth/token",
+            &all,
+            body.as_bytes(),
+        );
+        let v = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+        (r, v)
+    }
+}
+
+/// The `oauth2` crate's client with a token and an introspection endpoint.
+type OAuthClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    oauth2::basic::BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+/// The `oauth2` crate's HTTP, through the tests' own loopback client.
+fn http(request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
+    let uri = request.uri();
+    let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = try_http_request(
+        request.method().as_str(),
+        &addr,
+        path,
+        &borrowed,
+        request.body(),
+        Duration::from_secs(10),
+    )?;
+    let mut builder = oauth2::http::Response::builder().status(r.status);
+    for (k, v) in &r.headers {
+        builder = builder.header(k, v);
+    }
+    Ok(builder.body(r.body.into_bytes()).unwrap())
+}
+
+fn bearer(gh: &Gatehouse, token: &str) -> Response {
+    http_get(
+        gh.addr(),
+        "/auth",
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+}
+
+/// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s).
+fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if bearer(gh, token).status == 401 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The claims of the JWT in an `/auth` answer.
+fn claims(r: &Response) -> serde_json::Value {
+    let jwt = r
+        .header("x-auth-request-jwt")
+        .or(r.header("authorization"))
+        .unwrap();
+    let jwt = jwt.trim_start_matches("Bearer ");
+    let payload = jwt.split('.').nth(1).unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres_redis::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres_redis {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::PostgresRedis)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    client_credentials_reach_auth_with_exactly_the_granted_scopes,
+    disabling_or_rotating_a_client_ends_its_tokens,
+);
+
+fn client_credentials_reach_auth_with_exactly_the_granted_scopes(backend: Backend) {
+    let site = Site::start("registry-cc", backend);
+    let (id, secret) = site.client(&[
+        "--name",
+        "Harvester",
+        "--scope",
+        "papers:read",
+        "--scope",
+        "papers:write",
+    ]);
+    let secret = secret.expect("a confidential client has a secret");
+    assert!(
+        secret.starts_with("gcs_") && secret.len() >= 4 + 43,
+        "{secret}"
+    );
+    let client = site.oauth(&id, Some(&secret));
+
+    // Basic authentication (the library's default), one of the two scopes.
+    let token = client
+        .exchange_client_credentials()
+        .add_scope(Scope::new("papers:read".into()))
+        .request(&http)
+        .unwrap();
+    let access = token.access_token().secret().clone();
+    assert!(
+        access.starts_with("gtc_"),
+        "a client token has the client prefix"
+    );
+    assert_eq!(token.expires_in(), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        token
+            .scopes()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        ["papers:read"]
+    );
+    let r = bearer(&site.gh, &access);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = claims(&r);
+    assert_eq!(c["scope"], "papers:read", "{c}");
+    assert_eq!(c["client_id"], id.as_str(), "{c}");
+    assert_eq!(c["sub"], id.as_str(), "{c}");
+
+    // The stored lifetime is the expires_in: introspection tells both.
+    let seen = client
+        .introspect(token.access_token())
+        .request(&http)
+        .unwrap();
+    assert!(seen.active());
+    assert_eq!(seen.client_id().map(|c| c.as_str()), Some(id.as_str()));
+    let (exp, iat) = (seen.exp().unwrap(), seen.iat().unwrap());
+    assert_eq!((exp - iat).num_seconds(), 3600);
+
+    // client_secret_post, no scope asked: every scope of the client.
+    let post = site
+        .oauth(&id, Some(&secret))
+        .set_auth_type(AuthType::RequestBody);
+    let all = post.exchange_client_credentials().request(&http).unwrap();
+    let r = bearer(&site.gh, all.access_token().secret());
+    assert_eq!(claims(&r)["scope"], "papers:read papers:write");
+
+    // The token response is never cached.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let (r, _) = site.token_raw(
+        &[("Authorization", &format!("Basic {basic}"))],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+
+    // Revocation (RFC 7009): /auth refuses it, introspection calls it inactive.
+    let r = site.revoke(&id, &secret, &access);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        refused_soon(&site.gh, &access),
+        "a revoked token still passed /auth"
+    );
+    assert!(!client
+        .introspect(token.access_token())
+        .request(&http)
+        .unwrap()
+        .active());
+    assert_eq!(bearer(&site.gh, all.access_token().secret()).status, 200);
+
+    // Another client sees nothing of this client's tokens and cannot revoke them.
+    let (other_id, other_secret) = site.client(&["--name", "Other", "--scope", "papers:read"]);
+    let other = site.oauth(&other_id, other_secret.as_deref());
+    assert!(!other
+        .introspect(all.access_token())
+        .request(&http)
+        .unwrap()
+        .active());
+    let r = site.revoke(
+        &other_id,
+        other_secret.as_deref().unwrap(),
+        all.access_token().secret(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(bearer(&site.gh, all.access_token().secret()).status, 200);
+    // Nor of a token nobody issued.
+    let unknown = oauth2::AccessToken::new("gtc_nothing".into());
+    assert!(!client.introspect(&unknown).request(&http).unwrap().active());
+}
+
+fn disabling_or_rotating_a_client_ends_its_tokens(backend: Backend) {
+    let site = Site::start("registry-life", backend);
+    let (id, secret) = site.client(&["--name", "Mirror", "--scope", "papers:read"]);
+    let secret = secret.unwrap();
+    let token = |secret: &str| {
+        site.oauth(&id, Some(secret))
+            .exchange_client_credentials()
+            .request(&http)
+    };
+    let first = token(&secret).unwrap();
+    let first = first.access_token().secret().clone();
+    assert_eq!(bearer(&site.gh, &first).status, 200);
+
+    let out = site.cli(&["client", "disable", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        refused_soon(&site.gh, &first),
+        "a disabled client's token lived on"
+    );
+    assert!(token(&secret).is_err(), "a disabled client got a token");
+    assert!(site.cli(&["client", "enable", &id]).status.success());
+    let second = token(&secret).unwrap().access_token().secret().clone();
+    assert_eq!(bearer(&site.gh, &second).status, 200);
+
+    let rotated: serde_json::Value = serde_json::from_str(&cli_stdout(&site.cli(&[
+        "client",
+        "rotate-secret",
+        "--json",
+        &id,
+    ])))
+    .unwrap();
+    let new_secret = rotated["client_secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    assert!(
+        refused_soon(&site.gh, &second),
+        "a token outlived its secret"
+    );
+    assert!(token(&secret).is_err(), "the old secret still works");
+    let third = token(new_secret).unwrap().access_token().secret().clone();
+    assert_eq!(bearer(&site.gh, &third).status, 200);
+
+    let listed = cli_stdout(&site.cli(&["client", "list", "--json"]));
+    assert_eq!(listed.lines().count(), 1);
+    assert!(
+        !listed.contains(new_secret) && !listed.contains("gcs_"),
+        "{listed}"
+    );
+    // The secrets never reach a log line.
+    for s in [secret.as_str(), new_secret, &first, &second, &third] {
+        assert!(!site.gh.logs().contains(s), "a secret in the logs");
+    }
+}
+
+#[test]
+fn token_endpoint_refusals_follow_rfc_6749() {
+    let site = Site::start("registry-refuse", Backend::Sqlite);
+    let (id, secret) = site.client(&["--name", "Bot", "--scope", "papers:read"]);
+    let secret = secret.unwrap();
+    let basic = |id: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    };
+    let error = |v: &serde_json::Value| v["error"].as_str().unwrap_or("").to_string();
+
+    // Wrong secret by Basic and by body, unknown client: 401 invalid_client with a challenge.
+    for (headers, body) in [
+        (
+            vec![("Authorization", basic(&id, "gcs_wrong"))],
+            "grant_type=client_credentials".to_string(),
+        ),
+        (
+            vec![],
+            format!("grant_type=client_credentials&client_id={id}&client_secret=gcs_wrong"),
+        ),
+        (
+            vec![("Authorization", basic("nosuchclient", &secret))],
+            "grant_type=client_credentials".to_string(),
+        ),
+        (vec![], "grant_type=client_credentials".to_string()),
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (r, v) = site.token_raw(&h, &body);
+        assert_eq!(
+            (r.status, error(&v)),
+            (401, "invalid_client".into()),
+            "{body}"
+        );
+        assert!(r.header("www-authenticate").is_some());
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let auth = basic(&id, &secret);
+    let with_basic = [("Authorization", auth.as_str())];
+    // Scope escalation.
+    let (r, v) = site.token_raw(&with_basic, "grant_type=client_credentials&scope=admin");
+    assert_eq!((r.status, error(&v)), (400, "invalid_scope".into()));
+    let (r, v) = site.token_raw(
+        &with_basic,
+        "grant_type=client_credentials&scope=papers%3Aread+papers%3Awrite",
+    );
+    assert_eq!((r.status, error(&v)), (400, "invalid_scope".into()));
+    // Grants this server never offers.
+    for grant in ["password&username=a&password=b", "implicit", "urn:x"] {
+        let (r, v) = site.token_raw(&with_basic, &format!("grant_type={grant}"));
+        assert_eq!(
+            (r.status, error(&v)),
+            (400, "unsupported_grant_type".into()),
+            "{grant}"
+        );
+    }
+    // A repeated parameter, two authentication methods, no grant, not a form.
+    for body in [
+        "grant_type=client_credentials&scope=papers%3Aread&scope=papers%3Aread".to_string(),
+        format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"),
+        "scope=papers%3Aread".to_string(),
+    ] {
+        let (r, v) = site.token_raw(&with_basic, &body);
+        assert_eq!(
+            (r.status, error(&v)),
+            (400, "invalid_request".into()),
+            "{body}"
+        );
+    }
+    let r = http_request(
+        "POST",
+        site.gh.addr(),
+        "/oauth/token",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        br#"{"grant_type":"client_credentials"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // A public client has no secret and cannot use client_credentials.
+    let refused = site.cli(&[
+        "client",
+        "create",
+        "--name",
+        "SPA",
+        "--public",
+        "--grant",
+        "client_credentials",
+    ]);
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
+    let (public, none) = site.client(&[
+        "--name",
+        "SPA",
+        "--public",
+        "--redirect-uri",
+        "http://127.0.0.1:9999/cb",
+    ]);
+    assert!(none.is_none());
+    let (r, v) = site.token_raw(
+        &[],
+        &format!("grant_type=client_credentials&client_id={public}"),
+    );
+    assert_eq!(
+        (r.status, error(&v)),
+        (400, "unauthorized_client".into()),
+        "{}",
+        r.body
+    );
+    // Redirect URIs are checked when a client is registered.
+    for bad in [
+        "http://app.example.org/cb",
+        "https://app.example.org/cb#x",
+        "https://*.example.org/cb",
+    ] {
+        let out = site.cli(&[
+            "client",
+            "create",
+            "--name",
+            "X",
+            "--public",
+            "--redirect-uri",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(64), "{bad}: {out:?}");
+    }
+
+    // The metadata (RFC 8414) names the endpoints this server has.
+    let r = http_get(
+        site.gh.addr(),
+        "/.well-known/oauth-authorization-server",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let m: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        m["token_endpoint"],
+        format!("{}/oauth/token", site.gh.url())
+    );
+    assert_eq!(
+        m["grant_types_supported"],
+        serde_json::json!(["client_credentials"])
+    );
+    assert!(m["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&"client_secret_basic".into()));
+}
