@@ -15,6 +15,8 @@ use oauth2::{
 };
 use support::*;
 
+const PW: &str = "tangerine kayak moonlit orbit";
+
 /// Where the test's clients and sessions live.
 #[derive(Clone, Copy)]
 enum Backend {
@@ -40,7 +42,20 @@ impl Site {
             Backend::PostgresRedis => (Some(Postgres::start()), Some(RedisServer::start())),
         };
         let data = dir.join("data");
-        let mut all = vec!["--insecure-cookies".to_string(), "--data-dir".into(), data];
+        let roles = dir.join("roles.toml");
+        // Users may read and write papers; no user may administer.
+        std::fs::write(
+            &roles,
+            "[roles.user]\nscopes = [\"papers:read\", \"papers:write\"]\n",
+        )
+        .unwrap();
+        let mut all = vec![
+            "--insecure-cookies".to_string(),
+            "--data-dir".into(),
+            data,
+            "--roles".into(),
+            roles,
+        ];
         if let (Some(pg), Some(redis)) = (&pg, &redis) {
             all.extend([
                 "--database-url".into(),
@@ -56,9 +71,13 @@ impl Site {
     /// `gatehouse <args>` on this site's database and session store; the database URL by
     /// environment, as the README tells operators to pass it.
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        let data = self.dir.join("data");
+        self.cli_stdin(args, None)
+    }
+
+    fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let (data, roles) = (self.dir.join("data"), self.dir.join("roles.toml"));
         let mut all = args.to_vec();
-        all.extend(["--data-dir", &data]);
+        all.extend(["--data-dir", &data, "--roles", &roles]);
         let redis = self.redis.as_ref().map(RedisServer::url);
         if let Some(url) = &redis {
             all.extend(["--redis-url", url]);
@@ -68,7 +87,16 @@ impl Site {
             .iter()
             .map(|u| ("GATEHOUSE_DATABASE_URL", u.as_str()))
             .collect();
-        gatehouse_cli_with(&all, &env, None)
+        gatehouse_cli_with(&all, &env, stdin)
+    }
+
+    fn create_user(&self, username: &str) {
+        let email = format!("{username}@example.org");
+        let out = self.cli_stdin(
+            &["user", "create", "--username", username, "--email", &email],
+            Some(PW),
+        );
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// Registers a client with the CLI: its id and secret.
@@ -226,6 +254,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     client_credentials_reach_auth_with_exactly_the_granted_scopes,
     disabling_or_rotating_a_client_ends_its_tokens,
+    authorization_code_with_pkce_consent_and_refresh_rotation,
 );
 
 fn client_credentials_reach_auth_with_exactly_the_granted_scopes(backend: Backend) {
@@ -537,4 +566,257 @@ fn token_endpoint_refusals_follow_rfc_6749() {
         .as_array()
         .unwrap()
         .contains(&"client_secret_basic".into()));
+}
+
+// ---------------------------------------------------------------------------------------
+// The authorization code grant: a user in a browser, the client through the `oauth2` crate.
+
+/// Where the client's redirect URI points: nothing listens, the test reads the `Location`.
+const CALLBACK: &str = "http://127.0.0.1:9/cb";
+
+/// `GET` an authorization URL as a browser, signing in as `user` when sent to `/login`:
+/// the answer after sign-in (a consent page, or the redirect back to the client).
+fn open_authorize(b: &mut Browser, url: &str, user: &str) -> Response {
+    let path = url
+        .split_once("/oauth/")
+        .map(|(_, p)| format!("/oauth/{p}"))
+        .unwrap();
+    let r = b.get(&path);
+    let to_login = r.header("location").unwrap_or("");
+    if r.status != 303 || !to_login.starts_with("/login") {
+        return r;
+    }
+    let page = b.get(to_login);
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let rd = hidden(&page.body, "rd").unwrap();
+    assert!(
+        rd.starts_with("/oauth/authorize?"),
+        "sign-in does not come back: {rd}"
+    );
+    let r = b.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("username", user),
+            ("password", PW),
+            ("rd", &rd),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some(rd.as_str()));
+    b.get(&rd)
+}
+
+/// Answers a consent page as its buttons would.
+fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -> Response {
+    assert_eq!(page.status, 200, "{}", page.body);
+    let mut fields: Vec<(String, String)> = [
+        "csrf",
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+    ]
+    .iter()
+    .filter_map(|n| hidden(&page.body, n).map(|v| (n.to_string(), v)))
+    .collect();
+    fields.push(("decision".into(), decision.into()));
+    let borrowed: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    b.post("/oauth/authorize", &borrowed)
+}
+
+/// The query parameters of the redirect back to the client.
+fn callback(r: &Response) -> std::collections::HashMap<String, String> {
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with(CALLBACK), "sent elsewhere: {location}");
+    oauth2::url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The RFC 6749 §5.2 error code of a failed token request.
+fn error_code<T: std::fmt::Debug, E: std::error::Error + 'static>(
+    r: Result<T, oauth2::RequestTokenError<E, oauth2::basic::BasicErrorResponse>>,
+) -> String {
+    match r {
+        Err(oauth2::RequestTokenError::ServerResponse(e)) => e.error().to_string(),
+        other => panic!("expected an OAuth error, got {other:?}"),
+    }
+}
+
+fn authorization_code_with_pkce_consent_and_refresh_rotation(backend: Backend) {
+    use oauth2::{AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl};
+    let site = Site::start("registry-code", backend);
+    site.create_user("rosa");
+    let (id, secret) = site.client(&[
+        "--name",
+        "Paper Shelf",
+        "--homepage",
+        "https://shelf.example.org",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+        "--scope",
+        "papers:write",
+        "--scope",
+        "admin",
+    ]);
+    let secret = secret.unwrap();
+    let client = BasicClient::new(ClientId::new(id.clone()))
+        .set_client_secret(ClientSecret::new(secret.clone()))
+        .set_auth_uri(AuthUrl::new(site.url("/oauth/authorize")).unwrap())
+        .set_token_uri(TokenUrl::new(site.url("/oauth/token")).unwrap())
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).unwrap());
+    let authorize = |scopes: &[&str]| {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut req = client
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge);
+        for s in scopes {
+            req = req.add_scope(Scope::new(s.to_string()));
+        }
+        let (url, state) = req.url();
+        (url.to_string(), state, verifier)
+    };
+
+    // Signed out: to /login and back; a consent page names the client and the scopes. The
+    // user may read papers but not administer: `admin` is not offered, though asked for.
+    let mut b = Browser::new(site.gh.addr());
+    let (url, state, verifier) = authorize(&["papers:read", "admin"]);
+    let page = open_authorize(&mut b, &url, "rosa");
+    assert!(
+        page.body.contains("Paper Shelf") && page.body.contains("shelf.example.org"),
+        "{} {}",
+        page.status,
+        page.body
+    );
+    assert!(page.body.contains("Read your papers"), "{}", page.body);
+    assert!(
+        !page.body.contains("(admin)"),
+        "a scope the user lacks was offered"
+    );
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    assert_eq!(
+        back["state"],
+        *state.secret(),
+        "state not echoed byte for byte"
+    );
+    assert_eq!(back["iss"], site.gh.url());
+    let code = back["code"].clone();
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .set_pkce_verifier(verifier)
+        .request(&http)
+        .unwrap();
+    let access = tokens.access_token().secret().clone();
+    let r = bearer(&site.gh, &access);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = claims(&r);
+    assert_eq!(
+        (c["scope"].as_str(), c["client_id"].as_str()),
+        (Some("papers:read"), Some(id.as_str())),
+        "{c}"
+    );
+    assert_eq!(
+        c["preferred_username"].as_str().or(c["username"].as_str()),
+        Some("rosa"),
+        "{c}"
+    );
+    assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3600)));
+    let first_refresh = tokens.refresh_token().unwrap().clone();
+
+    // Consent is remembered: the next request comes straight back with a code.
+    let (url, _, verifier2) = authorize(&["papers:read"]);
+    let back2 = callback(&open_authorize(&mut b, &url, "rosa"));
+    let second = client
+        .exchange_code(AuthorizationCode::new(back2["code"].clone()))
+        .set_pkce_verifier(verifier2)
+        .request(&http)
+        .unwrap();
+
+    // A replayed code is refused and revokes every token it produced.
+    let (_, verifier_again) = PkceCodeChallenge::new_random_sha256();
+    let replay = client
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier_again)
+        .request(&http);
+    assert_eq!(error_code(replay), "invalid_grant");
+    assert!(
+        refused_soon(&site.gh, &access),
+        "a replayed code's token lived on"
+    );
+    assert_eq!(
+        error_code(client.exchange_refresh_token(&first_refresh).request(&http)),
+        "invalid_grant"
+    );
+    assert_eq!(
+        bearer(&site.gh, second.access_token().secret()).status,
+        200,
+        "another grant was hit"
+    );
+
+    // Refresh: rotation on every use, scopes may narrow and never widen.
+    let r1 = second.refresh_token().unwrap().clone();
+    let wider = client
+        .exchange_refresh_token(&r1)
+        .add_scope(Scope::new("papers:write".into()))
+        .request(&http);
+    assert_eq!(error_code(wider), "invalid_scope");
+    let rotated = client.exchange_refresh_token(&r1).request(&http).unwrap();
+    let r2 = rotated.refresh_token().unwrap().clone();
+    assert_ne!(r2.secret(), r1.secret(), "the refresh token did not rotate");
+    assert_eq!(
+        bearer(&site.gh, rotated.access_token().secret()).status,
+        200
+    );
+    // The spent one again (a thief, or the client after a theft): the whole family ends.
+    assert_eq!(
+        error_code(client.exchange_refresh_token(&r1).request(&http)),
+        "invalid_grant"
+    );
+    assert!(refused_soon(&site.gh, rotated.access_token().secret()));
+    assert!(refused_soon(&site.gh, second.access_token().secret()));
+    assert_eq!(
+        error_code(client.exchange_refresh_token(&r2).request(&http)),
+        "invalid_grant"
+    );
+
+    // Revoking a refresh token (RFC 7009) ends its family's access tokens.
+    let (url, _, verifier3) = authorize(&["papers:read"]);
+    let third = client
+        .exchange_code(AuthorizationCode::new(
+            callback(&open_authorize(&mut b, &url, "rosa"))["code"].clone(),
+        ))
+        .set_pkce_verifier(verifier3)
+        .request(&http)
+        .unwrap();
+    assert_eq!(bearer(&site.gh, third.access_token().secret()).status, 200);
+    let r = site.revoke(&id, &secret, third.refresh_token().unwrap().secret());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(refused_soon(&site.gh, third.access_token().secret()));
+
+    // Denying sends the browser back with access_denied.
+    let mut other = Browser::new(site.gh.addr());
+    site.create_user("sami");
+    let (url, state, _) = authorize(&["papers:read"]);
+    let page = open_authorize(&mut other, &url, "sami");
+    let back = callback(&answer_consent(&mut other, &page, "deny"));
+    assert_eq!(
+        (back["error"].as_str(), back["state"].as_str()),
+        ("access_denied", state.secret().as_str())
+    );
 }

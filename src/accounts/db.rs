@@ -80,6 +80,58 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             updated_at BIGINT NOT NULL
         )"],
     ),
+    (
+        4,
+        // registry: what a user granted a client. A grant (one per authorization code
+        // redeemed) is a token family: its refresh tokens rotate within it, and its access
+        // tokens (sessions, by sid) all end when it is revoked. Codes and refresh tokens are
+        // stored as SHA-256; a used one is kept (used = 1) to recognise a replay.
+        &[
+            "CREATE TABLE oauth_codes (
+                hash TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                redirect_uri TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                challenge TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used BIGINT NOT NULL,
+                grant_id TEXT
+            )",
+            "CREATE TABLE oauth_grants (
+                id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                revoked BIGINT NOT NULL
+            )",
+            "CREATE INDEX oauth_grants_user ON oauth_grants (user_id, client_id)",
+            "CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
+            "CREATE TABLE oauth_refresh (
+                hash TEXT PRIMARY KEY,
+                grant_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used BIGINT NOT NULL
+            )",
+            "CREATE INDEX oauth_refresh_grant ON oauth_refresh (grant_id)",
+            "CREATE TABLE oauth_access (
+                sid TEXT NOT NULL,
+                grant_id TEXT NOT NULL,
+                sub TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                PRIMARY KEY (grant_id, sid)
+            )",
+            "CREATE TABLE oauth_consents (
+                user_id TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (user_id, client_id)
+            )",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ pub mod mail;
 mod ops;
 pub mod pages;
 pub mod password;
-mod web;
+pub(crate) mod web;
 
 use std::net::IpAddr;
 use std::pin::Pin;

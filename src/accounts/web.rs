@@ -73,13 +73,23 @@ impl IntoResponse for Unavailable {
     }
 }
 
-impl FromRequestParts<Arc<Accounts>> for Ctx {
+/// A router state that leads to the accounts module: its own, and the registry's, whose pages
+/// use the same `Ctx`, layout and sign-in.
+pub trait WithAccounts: Send + Sync {
+    fn accounts(&self) -> &Accounts;
+}
+
+impl WithAccounts for Arc<Accounts> {
+    fn accounts(&self) -> &Accounts {
+        self
+    }
+}
+
+impl<S: WithAccounts> FromRequestParts<S> for Ctx {
     type Rejection = Unavailable;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<Accounts>,
-    ) -> Result<Ctx, Unavailable> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Ctx, Unavailable> {
+        let app = state.accounts();
         let peer = parts
             .extensions
             .get::<Peer>()
@@ -138,7 +148,7 @@ impl Ctx {
         self.token.as_ref().map(|t| t.expose().as_str())
     }
 
-    fn page(&self, section: &'static str) -> Page {
+    pub(crate) fn page(&self, section: &'static str) -> Page {
         Page {
             signed_in: self.session.as_ref().map(|l| {
                 l.session
@@ -170,7 +180,7 @@ impl Ctx {
 // Answers
 
 /// An HTML page with the headers every page gets, and the CSRF cookie when it is new.
-fn html(app: &Accounts, ctx: &Ctx, status: StatusCode, page: impl Template) -> Response {
+pub(crate) fn html(app: &Accounts, ctx: &Ctx, status: StatusCode, page: impl Template) -> Response {
     let body = match page.render() {
         Ok(b) => b,
         Err(e) => {
@@ -222,7 +232,7 @@ fn add_cookie(h: &mut HeaderMap, cookie: &Cookie<'_>) {
     }
 }
 
-fn message(
+pub(crate) fn message(
     app: &Accounts,
     ctx: &Ctx,
     status: StatusCode,
@@ -245,7 +255,7 @@ fn message(
     )
 }
 
-fn see_other(to: &str) -> Response {
+pub(crate) fn see_other(to: &str) -> Response {
     let mut r = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -258,7 +268,7 @@ fn unavailable(app: &Accounts, ctx: &Ctx, why: &dyn std::fmt::Display) -> Respon
     problem_page(app, ctx, Problem::unavailable(why))
 }
 
-fn forbidden(app: &Accounts, ctx: &Ctx) -> Response {
+pub(crate) fn forbidden(app: &Accounts, ctx: &Ctx) -> Response {
     message(
         app,
         ctx,
@@ -281,7 +291,7 @@ async fn not_found(State(app): App, ctx: Ctx) -> Response {
 }
 
 /// Every POST: from this site, with the form's CSRF token.
-fn post_allowed(app: &Accounts, ctx: &Ctx, csrf: &str) -> bool {
+pub(crate) fn post_allowed(app: &Accounts, ctx: &Ctx, csrf: &str) -> bool {
     !ctx.new_csrf
         && super::guard::csrf_ok(Some(&ctx.csrf), Some(csrf))
         && !super::guard::cross_site(&ctx.headers, &app.settings.allowed_redirect_hosts)
@@ -295,7 +305,7 @@ fn redirect_target(app: &Accounts, ctx: &Ctx, rd: &str) -> Option<String> {
 }
 
 /// The signed-in user, or the answer that sends the browser to sign in.
-async fn signed_in(app: &Accounts, ctx: &Ctx, here: &str) -> Result<User, Response> {
+pub(crate) async fn signed_in(app: &Accounts, ctx: &Ctx, here: &str) -> Result<User, Response> {
     let Some(listed) = &ctx.session else {
         return Err(see_other(&format!(
             "/login?rd={}",

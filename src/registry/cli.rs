@@ -6,9 +6,13 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::clients::{self, check_redirect_uri, Client, NewClient, GRANTS};
-use crate::accounts::cli::{end_sessions, find, other, print, Common};
+use super::grants;
+use crate::accounts::cli::{find, other, print, Common};
 use crate::accounts::db::Db;
 use crate::config::ConfigError;
+use crate::config::StoreArgs;
+use crate::sessions::{Sessions, SessionsError};
+use crate::store::Store;
 use crate::Failure;
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +110,28 @@ async fn existing(db: &Db, id: &str) -> Result<Client, Failure> {
         .await
         .map_err(other)?
         .ok_or_else(|| ConfigError::new("CLIENT_ID", format!("no client {id:?}")).into())
+}
+
+/// Ends every token of a client: its own (client_credentials) and those of every grant users
+/// made it (their refresh tokens too). How many access tokens ended.
+async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, Failure> {
+    store.validate()?;
+    let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
+    let sessions = Sessions::new(&store, None);
+    let own = sessions
+        .revoke_user(client_id, None)
+        .await
+        .map_err(|e| match e {
+            SessionsError::Store(s) => Failure::Store(s),
+            other => Failure::Other(other.into()),
+        })?;
+    let granted = grants::revoke_grants(db, &sessions, client_id, None)
+        .await
+        .map_err(|e| match e {
+            grants::RevokeError::Sessions(SessionsError::Store(s)) => Failure::Store(s),
+            other => Failure::Other(other.into()),
+        })?;
+    Ok(own + granted)
 }
 
 pub async fn client(command: ClientCommand) -> Result<(), Failure> {
@@ -224,7 +250,7 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
             clients::set_disabled(&db, &c.client_id, true)
                 .await
                 .map_err(other)?;
-            let n = end_sessions(&store, &c.client_id).await?;
+            let n = end_tokens(&store, &db, &c.client_id).await?;
             tracing::info!(target: "gatehouse::audit", event = "client_disabled", client_id = %c.client_id, tokens = n, "audit");
             print(
                 json_out,
@@ -251,7 +277,7 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
             let secret = clients::rotate_secret(&db, &c.client_id)
                 .await
                 .map_err(other)?;
-            let n = end_sessions(&store, &c.client_id).await?;
+            let n = end_tokens(&store, &db, &c.client_id).await?;
             tracing::info!(target: "gatehouse::audit", event = "client_secret_rotated", client_id = %c.client_id, tokens = n, "audit");
             print(
                 json_out,

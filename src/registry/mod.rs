@@ -12,8 +12,10 @@ use crate::accounts::Accounts;
 use crate::config::parse_duration;
 use crate::error::ConfigError;
 
+mod authorize;
 pub mod cli;
 pub mod clients;
+pub mod grants;
 mod oauth;
 
 #[derive(Debug, Clone, Args)]
@@ -22,6 +24,9 @@ pub struct RegistryArgs {
     /// session's, the same number.
     #[arg(long, env = "GATEHOUSE_ACCESS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
+    /// Lifetime of a refresh token; each use rotates it (a new one, the old one spent).
+    #[arg(long, env = "GATEHOUSE_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
 }
 
 impl RegistryArgs {
@@ -32,6 +37,12 @@ impl RegistryArgs {
                 "must be at least 60s",
             ));
         }
+        if self.refresh_token_ttl < self.access_token_ttl {
+            return Err(ConfigError::new(
+                "--refresh-token-ttl",
+                "must be at least --access-token-ttl",
+            ));
+        }
         Ok(())
     }
 }
@@ -40,6 +51,13 @@ impl RegistryArgs {
 pub struct Registry {
     accounts: Arc<Accounts>,
     access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+impl crate::accounts::web::WithAccounts for Arc<Registry> {
+    fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
 }
 
 impl Registry {
@@ -48,6 +66,7 @@ impl Registry {
         Ok(Arc::new(Registry {
             accounts,
             access_ttl: args.access_token_ttl,
+            refresh_ttl: args.refresh_token_ttl,
         }))
     }
 

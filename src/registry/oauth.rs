@@ -17,12 +17,18 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::clients::{self, Client};
+use super::grants;
 use super::Registry;
+use crate::accounts::db::User;
 use crate::session::{unix_now, SessionKind};
 use crate::sessions::Sessions;
 
 pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
+        .route(
+            "/oauth/authorize",
+            get(super::authorize::authorize_page).post(super::authorize::authorize),
+        )
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
         .route("/oauth/introspect", post(introspect))
@@ -220,6 +226,8 @@ async fn token_inner(
     match params.get("grant_type") {
         None => Err(OAuthError::request("grant_type is missing")),
         Some("client_credentials") => client_credentials(reg, &client, &params).await,
+        Some("authorization_code") => authorization_code(reg, &client, &params).await,
+        Some("refresh_token") => refresh(reg, &client, &params).await,
         Some(other) => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -228,11 +236,8 @@ async fn token_inner(
     }
 }
 
-/// The scopes asked for, each one the client's; all of the client's when none are named.
-fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
-    let Some(asked) = asked else {
-        return Ok(allowed.to_vec());
-    };
+/// A `scope` parameter as a sorted list without repeats.
+pub(super) fn scope_list(asked: &str) -> Vec<String> {
     let mut scopes: Vec<String> = asked
         .split(' ')
         .filter(|s| !s.is_empty())
@@ -240,14 +245,223 @@ fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>
         .collect();
     scopes.sort();
     scopes.dedup();
+    scopes
+}
+
+/// The scopes asked for, each one of `allowed`; all of `allowed` when none are named.
+fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
+    let Some(asked) = asked else {
+        return Ok(allowed.to_vec());
+    };
+    let scopes = scope_list(asked);
     if let Some(s) = scopes.iter().find(|s| !allowed.contains(s)) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            format!("scope {s:?} is not allowed for this client"),
+            format!("scope {s:?} is not allowed here"),
         ));
     }
     Ok(scopes)
+}
+
+fn invalid_grant(description: &str) -> OAuthError {
+    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+fn unauthorized_client(grant: &str) -> OAuthError {
+    OAuthError::new(
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        format!("this client may not use {grant}"),
+    )
+}
+
+/// PKCE S256 (RFC 7636 §4.6): BASE64URL(SHA-256(verifier)) is the challenge.
+fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    let shaped = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    shaped
+        && aws_lc_rs::constant_time::verify_slices_are_equal(
+            crate::accounts::db::token_hash(verifier).as_bytes(),
+            challenge.as_bytes(),
+        )
+        .is_ok()
+}
+
+/// Ends a grant's tokens after a replay or a reuse; the answer is `invalid_grant` whatever
+/// happens here, so a failure is logged, not returned.
+async fn revoke_after_replay(reg: &Registry, grant_id: &str, what: &'static str) {
+    let sessions = reg.accounts.gateway.sessions();
+    match grants::revoke_grant(&reg.accounts.db, &sessions, grant_id).await {
+        Ok(n) => {
+            tracing::warn!(target: "gatehouse::audit", event = what, grant = %grant_id, tokens_revoked = n, "audit")
+        }
+        Err(e) => {
+            tracing::error!(event = what, grant = %grant_id, error = %e, "a replayed grant could not be revoked")
+        }
+    }
+}
+
+/// The live user behind a grant, or `invalid_grant` (deactivated or gone).
+async fn grant_user(reg: &Registry, user_id: &str) -> Result<User, OAuthError> {
+    match reg.accounts.db.user(user_id).await {
+        Ok(Some(u)) if u.active => Ok(u),
+        Ok(_) => Err(invalid_grant(
+            "the user of this grant can no longer sign in",
+        )),
+        Err(e) => Err(OAuthError::unavailable(e)),
+    }
+}
+
+async fn authorization_code(
+    reg: &Registry,
+    client: &Client,
+    params: &Params,
+) -> Result<Response, OAuthError> {
+    if !client.allows_grant("authorization_code") {
+        return Err(unauthorized_client("authorization_code"));
+    }
+    let code = params
+        .get("code")
+        .ok_or_else(|| OAuthError::request("code is missing"))?;
+    let db = &reg.accounts.db;
+    let Some(found) = grants::find_code(db, code)
+        .await
+        .map_err(OAuthError::unavailable)?
+    else {
+        return Err(invalid_grant("unknown code"));
+    };
+    if found.used {
+        if let Some(grant) = &found.grant_id {
+            revoke_after_replay(reg, grant, "code_replayed").await;
+        }
+        return Err(invalid_grant("this code was used before"));
+    }
+    if found.expired {
+        return Err(invalid_grant("this code has expired"));
+    }
+    let bound = found.client_id == client.client_id
+        && params.get("redirect_uri") == Some(found.redirect_uri.as_str())
+        && params
+            .get("code_verifier")
+            .is_some_and(|v| pkce_matches(v, &found.challenge));
+    if !bound {
+        // Burnt: a code presented with the wrong client, URI or verifier never works again.
+        grants::use_code(db, code, None)
+            .await
+            .map_err(OAuthError::unavailable)?;
+        return Err(invalid_grant(
+            "the code does not match this client, redirect_uri or code_verifier",
+        ));
+    }
+    let user = grant_user(reg, &found.user_id).await?;
+    let grant = grants::create_grant(db, &client.client_id, &user.id, &found.scopes)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    if !grants::use_code(db, code, Some(&grant))
+        .await
+        .map_err(OAuthError::unavailable)?
+    {
+        revoke_after_replay(reg, &grant, "code_replayed").await;
+        return Err(invalid_grant("this code was used before"));
+    }
+    user_tokens(reg, client, &user, &grant, &found.scopes, &found.scopes).await
+}
+
+async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Response, OAuthError> {
+    if !client.allows_grant("refresh_token") {
+        return Err(unauthorized_client("refresh_token"));
+    }
+    let token = params
+        .get("refresh_token")
+        .ok_or_else(|| OAuthError::request("refresh_token is missing"))?;
+    let db = &reg.accounts.db;
+    let found = grants::find_refresh(db, token)
+        .await
+        .map_err(OAuthError::unavailable)?
+        .filter(|r| r.client_id == client.client_id)
+        .ok_or_else(|| invalid_grant("unknown refresh token"))?;
+    if found.used && !found.grant_revoked {
+        revoke_after_replay(reg, &found.grant_id, "refresh_reused").await;
+    }
+    if found.used || found.grant_revoked || found.expired {
+        return Err(invalid_grant("this refresh token is no longer valid"));
+    }
+    let scopes = granted_scopes(params.get("scope"), &found.scopes)?;
+    let user = grant_user(reg, &found.user_id).await?;
+    if !grants::use_refresh(db, token)
+        .await
+        .map_err(OAuthError::unavailable)?
+    {
+        revoke_after_replay(reg, &found.grant_id, "refresh_reused").await;
+        return Err(invalid_grant("this refresh token is no longer valid"));
+    }
+    user_tokens(reg, client, &user, &found.grant_id, &scopes, &found.scopes).await
+}
+
+/// The token response of a user's grant: an access token of `scopes` (the user's current
+/// scopes permitting), recorded under the grant, and a new refresh token of `grant_scopes`
+/// when the client may refresh.
+async fn user_tokens(
+    reg: &Registry,
+    client: &Client,
+    user: &User,
+    grant: &str,
+    scopes: &[String],
+    grant_scopes: &[String],
+) -> Result<Response, OAuthError> {
+    let (roles, mine) = reg.accounts.roles.of(&user.roles);
+    let scopes: Vec<String> = scopes
+        .iter()
+        .filter(|s| mine.contains(s))
+        .cloned()
+        .collect();
+    let ttl = reg.access_ttl;
+    let session = crate::session::Session {
+        kind: SessionKind::Client,
+        client_id: Some(client.client_id.clone()),
+        username: Some(user.username.clone()),
+        email: Some(user.email.clone()),
+        name: Some(user.name.clone()).filter(|n| !n.is_empty()),
+        roles,
+        scopes: scopes.clone(),
+        ..Sessions::draft(user.id.clone(), ttl)
+    };
+    let sessions = reg.accounts.gateway.sessions();
+    let issued = sessions
+        .issue(&session)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    grants::record_access(
+        &reg.accounts.db,
+        grant,
+        &issued.sid,
+        &user.id,
+        session.expires_at,
+    )
+    .await
+    .map_err(OAuthError::unavailable)?;
+    let mut body = json!({
+        "access_token": issued.token.expose(),
+        "token_type": "Bearer",
+        "expires_in": ttl.as_secs(),
+        "scope": scopes.join(" "),
+    });
+    if client.allows_grant("refresh_token") {
+        let refresh = grants::issue_refresh(
+            &reg.accounts.db,
+            grant,
+            grant_scopes,
+            reg.refresh_ttl.as_secs(),
+        )
+        .await
+        .map_err(OAuthError::unavailable)?;
+        body["refresh_token"] = json!(refresh.expose());
+    }
+    tracing::info!(target: "gatehouse::audit", event = "token_issued", grant = %grant, client_id = %client.client_id, user = %user.id, sid = %issued.sid, "audit");
+    Ok(no_store(StatusCode::OK, body))
 }
 
 async fn client_credentials(
@@ -325,7 +539,18 @@ async fn revoke(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: Byte
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::request("token is missing"))?;
-        if let Some(l) = owned_token(&reg, &client, token).await? {
+        if token.starts_with("grt_") {
+            let found = grants::find_refresh(&reg.accounts.db, token)
+                .await
+                .map_err(OAuthError::unavailable)?;
+            if let Some(r) = found.filter(|r| r.client_id == client.client_id) {
+                let sessions = reg.accounts.gateway.sessions();
+                let n = grants::revoke_grant(&reg.accounts.db, &sessions, &r.grant_id)
+                    .await
+                    .map_err(OAuthError::unavailable)?;
+                tracing::info!(target: "gatehouse::audit", event = "grant_revoked", client_id = %client.client_id, grant = %r.grant_id, tokens_revoked = n, "audit");
+            }
+        } else if let Some(l) = owned_token(&reg, &client, token).await? {
             reg.accounts
                 .gateway
                 .sessions()
@@ -381,11 +606,15 @@ async fn metadata(State(reg): State<Arc<Registry>>) -> Response {
     let auth_methods = json!(["client_secret_basic", "client_secret_post"]);
     let mut r = axum::Json(json!({
         "issuer": base,
+        "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/oauth/token"),
         "revocation_endpoint": format!("{base}/oauth/revoke"),
         "introspection_endpoint": format!("{base}/oauth/introspect"),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,

@@ -1,0 +1,378 @@
+//! `GET/POST /oauth/authorize`: the authorization code grant's browser half (RFC 6749 §4.1,
+//! PKCE S256 required as RFC 9700 asks, `iss` in the answer as RFC 9207 asks).
+//!
+//! An unknown client or a redirect URI that is not exactly a registered one gets an error
+//! page and no redirect: the browser is never sent anywhere the client's owner did not
+//! register. Every other error goes back to the registered URI. A signed-out user is sent to
+//! `/login` and comes back here; consent is asked once per client and remembered until the
+//! user withdraws it.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use axum::Form;
+use serde::Deserialize;
+
+use super::clients::{self, Client};
+use super::grants::{self, NewCode};
+use super::Registry;
+use crate::accounts::pages::Page;
+use crate::accounts::web::{self, Ctx};
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct Params {
+    response_type: String,
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    state: String,
+    code_challenge: String,
+    code_challenge_method: String,
+    // The consent form's own fields.
+    csrf: String,
+    decision: String,
+}
+
+impl Params {
+    /// The parameters the consent form carries back, as they came.
+    fn hidden(&self) -> Vec<(&'static str, String)> {
+        [
+            ("response_type", &self.response_type),
+            ("client_id", &self.client_id),
+            ("redirect_uri", &self.redirect_uri),
+            ("scope", &self.scope),
+            ("state", &self.state),
+            ("code_challenge", &self.code_challenge),
+            ("code_challenge_method", &self.code_challenge_method),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.clone()))
+        .collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+struct Consent {
+    page: Page,
+    client_name: String,
+    homepage: String,
+    owner: String,
+    redirect_host: String,
+    scopes: Vec<(String, String)>,
+    hidden: Vec<(&'static str, String)>,
+}
+
+/// A request that passed the checks: the client, where to answer, what it asks for.
+struct Valid {
+    client: Client,
+    redirect_uri: String,
+    /// None: the client's scopes.
+    asked: Option<Vec<String>>,
+}
+
+/// Why a request is refused: on a page of ours, or at the client's registered URI.
+enum Refusal {
+    Page(&'static str),
+    Redirect {
+        uri: String,
+        error: &'static str,
+        description: String,
+        state: String,
+    },
+}
+
+/// The checks both GET and POST make, in RFC 6749 §4.1.2.1's order: first whether the
+/// client and redirect URI can be trusted with an answer at all.
+async fn check(reg: &Registry, p: &Params) -> Result<Result<Valid, Refusal>, Response> {
+    let client = match clients::find(&reg.accounts.db, &p.client_id).await {
+        Ok(Some(c)) if !c.disabled => c,
+        Ok(_) => {
+            return Ok(Err(Refusal::Page(
+                "This application is not registered here, or it has been disabled.",
+            )))
+        }
+        Err(e) => return Err(reg.unavailable(&e)),
+    };
+    let redirect_uri = if p.redirect_uri.is_empty() {
+        match client.redirect_uris.as_slice() {
+            [only] => only.clone(),
+            _ => {
+                return Ok(Err(Refusal::Page(
+                    "The application did not say where to send you back.",
+                )))
+            }
+        }
+    } else if client.redirect_uris.contains(&p.redirect_uri) {
+        p.redirect_uri.clone()
+    } else {
+        return Ok(Err(Refusal::Page(
+            "The application asked to send you back to an address it has not registered.",
+        )));
+    };
+    let refuse = |error, description: &str| {
+        Ok(Err(Refusal::Redirect {
+            uri: redirect_uri.clone(),
+            error,
+            description: description.to_owned(),
+            state: p.state.clone(),
+        }))
+    };
+    if p.response_type != "code" {
+        return refuse(
+            "unsupported_response_type",
+            "only response_type=code is offered",
+        );
+    }
+    if !client.allows_grant("authorization_code") {
+        return refuse(
+            "unauthorized_client",
+            "this client may not use the authorization code grant",
+        );
+    }
+    if p.code_challenge_method != "S256" || !valid_challenge(&p.code_challenge) {
+        return refuse(
+            "invalid_request",
+            "PKCE is required: code_challenge with code_challenge_method=S256",
+        );
+    }
+    let asked = (!p.scope.trim().is_empty()).then(|| super::oauth::scope_list(&p.scope));
+    if let Some(s) = asked.iter().flatten().find(|s| !client.scopes.contains(s)) {
+        return refuse(
+            "invalid_scope",
+            &format!("scope {s:?} is not allowed for this client"),
+        );
+    }
+    Ok(Ok(Valid {
+        client,
+        redirect_uri,
+        asked,
+    }))
+}
+
+/// A PKCE S256 challenge: BASE64URL(SHA-256(verifier)), 43 characters.
+fn valid_challenge(c: &str) -> bool {
+    c.len() == 43
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `uri` with the answer's parameters added to its query.
+fn answer_uri(uri: &str, params: &[(&str, &str)]) -> String {
+    let query = serde_urlencoded::to_string(params).unwrap_or_default();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}{query}")
+}
+
+fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
+    match r {
+        Refusal::Page(why) => web::message(
+            &reg.accounts,
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "This sign-in request cannot be used",
+            &[why, "Go back to the application and try again; if it keeps happening, tell the application's owner."],
+            None,
+        ),
+        Refusal::Redirect {
+            uri,
+            error,
+            description,
+            state,
+        } => {
+            let mut params = vec![("error", error), ("error_description", description.as_str())];
+            if !state.is_empty() {
+                params.push(("state", state.as_str()));
+            }
+            params.push(("iss", reg.issuer()));
+            web::see_other(&answer_uri(&uri, &params))
+        }
+    }
+}
+
+/// In words, what a scope lets a client do.
+fn scope_words(scope: &str) -> String {
+    match scope.split_once(':') {
+        _ if scope == "admin" => "Administer this service".into(),
+        Some((what, "read")) => format!("Read your {what}"),
+        Some((what, "write")) => format!("Change your {what}"),
+        _ => format!("Use “{scope}”"),
+    }
+}
+
+pub async fn authorize_page(
+    State(reg): State<Arc<Registry>>,
+    ctx: Ctx,
+    uri: Uri,
+    Query(p): Query<Params>,
+) -> Response {
+    let valid = match check(&reg, &p).await {
+        Err(r) => return r,
+        Ok(Err(refusal)) => return refused(&reg, &ctx, refusal),
+        Ok(Ok(v)) => v,
+    };
+    let here = uri
+        .path_and_query()
+        .map_or("/oauth/authorize", |p| p.as_str());
+    let user = match web::signed_in(&reg.accounts, &ctx, here).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let granted = reg.grantable(&valid, &user);
+    match grants::consent(&reg.accounts.db, &user.id, &valid.client.client_id).await {
+        Ok(given) if granted.iter().all(|s| given.contains(s)) => {
+            issue(&reg, &p, &valid, &user.id, &granted).await
+        }
+        Ok(_) => consent_page(&reg, &ctx, &p, &valid, &granted).await,
+        Err(e) => reg.unavailable(&e),
+    }
+}
+
+async fn consent_page(
+    reg: &Registry,
+    ctx: &Ctx,
+    p: &Params,
+    valid: &Valid,
+    granted: &[String],
+) -> Response {
+    let c = &valid.client;
+    let owner = match &c.owner {
+        Some(id) => match reg.accounts.db.user(id).await {
+            Ok(Some(u)) => u.username,
+            Ok(None) => "a former user".into(),
+            Err(e) => return reg.unavailable(&e),
+        },
+        None => "the administrators of this site".into(),
+    };
+    let redirect_host = valid
+        .redirect_uri
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+        .to_owned();
+    web::html(
+        &reg.accounts,
+        ctx,
+        StatusCode::OK,
+        Consent {
+            page: ctx.page(""),
+            client_name: c.name.clone(),
+            homepage: c.homepage.clone(),
+            owner,
+            redirect_host,
+            scopes: granted
+                .iter()
+                .map(|s| (s.clone(), scope_words(s)))
+                .collect(),
+            hidden: p.hidden(),
+        },
+    )
+}
+
+pub async fn authorize(
+    State(reg): State<Arc<Registry>>,
+    ctx: Ctx,
+    Form(p): Form<Params>,
+) -> Response {
+    if !web::post_allowed(&reg.accounts, &ctx, &p.csrf) {
+        return web::forbidden(&reg.accounts, &ctx);
+    }
+    let valid = match check(&reg, &p).await {
+        Err(r) => return r,
+        Ok(Err(refusal)) => return refused(&reg, &ctx, refusal),
+        Ok(Ok(v)) => v,
+    };
+    let user = match web::signed_in(&reg.accounts, &ctx, "/oauth/authorize").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if p.decision != "allow" {
+        return refused(
+            &reg,
+            &ctx,
+            Refusal::Redirect {
+                uri: valid.redirect_uri,
+                error: "access_denied",
+                description: "the user denied access".into(),
+                state: p.state.clone(),
+            },
+        );
+    }
+    let granted = reg.grantable(&valid, &user);
+    if let Err(e) = grants::remember_consent(
+        &reg.accounts.db,
+        &user.id,
+        &valid.client.client_id,
+        &granted,
+    )
+    .await
+    {
+        return reg.unavailable(&e);
+    }
+    tracing::info!(target: "gatehouse::audit", event = "consent_given", user = %user.id, client_id = %valid.client.client_id, "audit");
+    issue(&reg, &p, &valid, &user.id, &granted).await
+}
+
+/// Issues the code and sends the browser back with it.
+async fn issue(
+    reg: &Registry,
+    p: &Params,
+    valid: &Valid,
+    user_id: &str,
+    granted: &[String],
+) -> Response {
+    let code = match grants::issue_code(
+        &reg.accounts.db,
+        &NewCode {
+            client_id: &valid.client.client_id,
+            user_id,
+            redirect_uri: &valid.redirect_uri,
+            scopes: granted,
+            challenge: &p.code_challenge,
+        },
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return reg.unavailable(&e),
+    };
+    let mut params = vec![("code", code.expose().as_str())];
+    if !p.state.is_empty() {
+        params.push(("state", p.state.as_str()));
+    }
+    params.push(("iss", reg.issuer()));
+    web::see_other(&answer_uri(&valid.redirect_uri, &params))
+}
+
+impl Registry {
+    /// What a grant may hold: the scopes asked for (or all the client's), narrowed to the
+    /// user's own.
+    fn grantable(&self, valid: &Valid, user: &crate::accounts::db::User) -> Vec<String> {
+        let (_, mine) = self.accounts.roles.of(&user.roles);
+        valid
+            .asked
+            .as_ref()
+            .unwrap_or(&valid.client.scopes)
+            .iter()
+            .filter(|s| mine.contains(s))
+            .cloned()
+            .collect()
+    }
+
+    fn unavailable(&self, e: &dyn std::fmt::Display) -> Response {
+        tracing::warn!(error = %e, "oauth: database or store unavailable");
+        let mut r = axum::response::IntoResponse::into_response((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable; try again in a moment.",
+        ));
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        r
+    }
+}

@@ -1,0 +1,307 @@
+//! What users granted clients: authorization codes, grants (token families), refresh tokens,
+//! the access tokens each grant produced, and remembered consent. All in the accounts
+//! database; codes and refresh tokens only as SHA-256.
+//!
+//! A grant is one authorization code redeemed. Its refresh tokens rotate on every use; a used
+//! one presented again (a stolen copy, or the thief's) revokes the grant: every refresh token
+//! and every access token it produced. So does a replayed authorization code.
+
+use sqlx::Row;
+
+use crate::accounts::db::{random_token, token_hash, Db, DbError};
+use crate::secret::Secret;
+use crate::session::unix_now;
+use crate::sessions::{Sessions, SessionsError};
+
+/// An authorization code lives this long (RFC 6749 §4.1.2 recommends at most 10 minutes).
+pub const CODE_TTL_SECS: u64 = 60;
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// An authorization code's record.
+pub struct Code {
+    pub client_id: String,
+    pub user_id: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub challenge: String,
+    pub expired: bool,
+    pub used: bool,
+    /// The grant it produced once redeemed: what a replay revokes.
+    pub grant_id: Option<String>,
+}
+
+pub struct NewCode<'a> {
+    pub client_id: &'a str,
+    pub user_id: &'a str,
+    pub redirect_uri: &'a str,
+    pub scopes: &'a [String],
+    pub challenge: &'a str,
+}
+
+pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, DbError> {
+    let code = Secret::new(random_token(32));
+    sqlx::query(
+        "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, challenge,
+            expires_at, used, grant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL)",
+    )
+    .bind(token_hash(code.expose()))
+    .bind(new.client_id)
+    .bind(new.user_id)
+    .bind(new.redirect_uri)
+    .bind(new.scopes.join(" "))
+    .bind(new.challenge)
+    .bind((unix_now() + CODE_TTL_SECS) as i64)
+    .execute(db.pool())
+    .await?;
+    Ok(code)
+}
+
+pub async fn find_code(db: &Db, code: &str) -> Result<Option<Code>, DbError> {
+    let row = sqlx::query("SELECT * FROM oauth_codes WHERE hash = $1")
+        .bind(token_hash(code))
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Code {
+        client_id: r.try_get("client_id")?,
+        user_id: r.try_get("user_id")?,
+        redirect_uri: r.try_get("redirect_uri")?,
+        scopes: words(&r.try_get::<String, _>("scopes")?),
+        challenge: r.try_get("challenge")?,
+        expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
+        used: r.try_get::<i64, _>("used")? != 0,
+        grant_id: r.try_get("grant_id")?,
+    }))
+}
+
+/// Marks the code used, recording the grant it produced (None: burnt without one). False
+/// when another request used it first.
+pub async fn use_code(db: &Db, code: &str, grant: Option<&str>) -> Result<bool, DbError> {
+    let done =
+        sqlx::query("UPDATE oauth_codes SET used = 1, grant_id = $1 WHERE hash = $2 AND used = 0")
+            .bind(grant)
+            .bind(token_hash(code))
+            .execute(db.pool())
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A new grant of `scopes` by `user_id` to `client_id`; its id.
+pub async fn create_grant(
+    db: &Db,
+    client_id: &str,
+    user_id: &str,
+    scopes: &[String],
+) -> Result<String, DbError> {
+    let id = random_token(16);
+    sqlx::query(
+        "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked)
+         VALUES ($1, $2, $3, $4, $5, 0)",
+    )
+    .bind(&id)
+    .bind(client_id)
+    .bind(user_id)
+    .bind(scopes.join(" "))
+    .bind(unix_now() as i64)
+    .execute(db.pool())
+    .await?;
+    Ok(id)
+}
+
+/// A refresh token's record, with its grant's.
+pub struct Refresh {
+    pub grant_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub scopes: Vec<String>,
+    pub expired: bool,
+    pub used: bool,
+    pub grant_revoked: bool,
+}
+
+pub async fn issue_refresh(
+    db: &Db,
+    grant_id: &str,
+    scopes: &[String],
+    ttl_secs: u64,
+) -> Result<Secret<String>, DbError> {
+    let token = Secret::new(format!("grt_{}", random_token(32)));
+    sqlx::query(
+        "INSERT INTO oauth_refresh (hash, grant_id, scopes, expires_at, used)
+         VALUES ($1, $2, $3, $4, 0)",
+    )
+    .bind(token_hash(token.expose()))
+    .bind(grant_id)
+    .bind(scopes.join(" "))
+    .bind((unix_now() + ttl_secs) as i64)
+    .execute(db.pool())
+    .await?;
+    Ok(token)
+}
+
+pub async fn find_refresh(db: &Db, token: &str) -> Result<Option<Refresh>, DbError> {
+    let row = sqlx::query(
+        "SELECT r.grant_id, r.scopes, r.expires_at, r.used, g.client_id, g.user_id, g.revoked
+         FROM oauth_refresh r JOIN oauth_grants g ON g.id = r.grant_id WHERE r.hash = $1",
+    )
+    .bind(token_hash(token))
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Refresh {
+        grant_id: r.try_get("grant_id")?,
+        client_id: r.try_get("client_id")?,
+        user_id: r.try_get("user_id")?,
+        scopes: words(&r.try_get::<String, _>("scopes")?),
+        expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
+        used: r.try_get::<i64, _>("used")? != 0,
+        grant_revoked: r.try_get::<i64, _>("revoked")? != 0,
+    }))
+}
+
+/// Marks a refresh token used; false when another request used it first.
+pub async fn use_refresh(db: &Db, token: &str) -> Result<bool, DbError> {
+    let done = sqlx::query("UPDATE oauth_refresh SET used = 1 WHERE hash = $1 AND used = 0")
+        .bind(token_hash(token))
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Remembers that the access token `sid` (a session of `sub`) belongs to `grant_id`.
+pub async fn record_access(
+    db: &Db,
+    grant_id: &str,
+    sid: &str,
+    sub: &str,
+    expires_at: u64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO oauth_access (sid, grant_id, sub, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(sid)
+    .bind(grant_id)
+    .bind(sub)
+    .bind(expires_at as i64)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Sessions(#[from] SessionsError),
+}
+
+/// Revokes a grant: no refresh token of it works again, and each access token it produced
+/// ends now. The number of access tokens ended.
+pub async fn revoke_grant(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    grant_id: &str,
+) -> Result<u64, RevokeError> {
+    sqlx::query("UPDATE oauth_grants SET revoked = 1 WHERE id = $1")
+        .bind(grant_id)
+        .execute(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    sqlx::query("UPDATE oauth_refresh SET used = 1 WHERE grant_id = $1")
+        .bind(grant_id)
+        .execute(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    let rows = sqlx::query("SELECT sid, sub FROM oauth_access WHERE grant_id = $1")
+        .bind(grant_id)
+        .fetch_all(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    let mut ended = 0;
+    for r in rows {
+        let (sid, sub): (String, String) = (
+            r.try_get("sid").map_err(DbError::from)?,
+            r.try_get("sub").map_err(DbError::from)?,
+        );
+        if sessions.revoke_sid(&sub, &sid).await? {
+            ended += 1;
+        }
+    }
+    sqlx::query("DELETE FROM oauth_access WHERE grant_id = $1")
+        .bind(grant_id)
+        .execute(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    Ok(ended)
+}
+
+/// Revokes every live grant of `client_id` (disabled, or its secret rotated), or only those
+/// `user_id` made (the user withdrew access). The number of access tokens ended.
+pub async fn revoke_grants(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    client_id: &str,
+    user_id: Option<&str>,
+) -> Result<u64, RevokeError> {
+    let rows =
+        sqlx::query("SELECT id, user_id FROM oauth_grants WHERE client_id = $1 AND revoked = 0")
+            .bind(client_id)
+            .fetch_all(db.pool())
+            .await
+            .map_err(DbError::from)?;
+    let mut ended = 0;
+    for r in rows {
+        let (id, user): (String, String) = (
+            r.try_get("id").map_err(DbError::from)?,
+            r.try_get("user_id").map_err(DbError::from)?,
+        );
+        if user_id.is_none_or(|u| u == user) {
+            ended += revoke_grant(db, sessions, &id).await?;
+        }
+    }
+    Ok(ended)
+}
+
+/// The scopes `user_id` already consented to for `client_id`.
+pub async fn consent(db: &Db, user_id: &str, client_id: &str) -> Result<Vec<String>, DbError> {
+    let row =
+        sqlx::query("SELECT scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+            .bind(user_id)
+            .bind(client_id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row
+        .map(|r| r.try_get::<String, _>("scopes"))
+        .transpose()?
+        .map(|s| words(&s))
+        .unwrap_or_default())
+}
+
+pub async fn remember_consent(
+    db: &Db,
+    user_id: &str,
+    client_id: &str,
+    scopes: &[String],
+) -> Result<(), DbError> {
+    let mut tx = db.pool().begin().await?;
+    sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+        .bind(user_id)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO oauth_consents (user_id, client_id, scopes, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user_id)
+    .bind(client_id)
+    .bind(scopes.join(" "))
+    .bind(unix_now() as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
