@@ -820,3 +820,145 @@ fn authorization_code_with_pkce_consent_and_refresh_rotation(backend: Backend) {
         ("access_denied", state.secret().as_str())
     );
 }
+
+#[test]
+fn authorization_requests_refuse_the_rfc_9700_attacks() {
+    use oauth2::{AuthorizationCode, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
+    let site = Site::start("registry-attacks", Backend::Sqlite);
+    site.create_user("tess");
+    let code_client = |name: &str| {
+        site.client(&[
+            "--name",
+            name,
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+            "--redirect-uri",
+            CALLBACK,
+            "--scope",
+            "papers:read",
+        ])
+    };
+    let (id, secret) = code_client("Reader");
+    let (other_id, other_secret) = code_client("Another");
+    let oauth = |id: &str, secret: &str| {
+        BasicClient::new(ClientId::new(id.into()))
+            .set_client_secret(ClientSecret::new(secret.into()))
+            .set_token_uri(TokenUrl::new(site.url("/oauth/token")).unwrap())
+            .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).unwrap())
+    };
+    let client = oauth(&id, secret.as_deref().unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let query = |fields: &[(&str, &str)]| format!("/oauth/authorize?{}", form_encode(fields));
+    let base = |redirect: &str, state: &str| {
+        vec![
+            ("response_type", "code".to_string()),
+            ("client_id", id.clone()),
+            ("redirect_uri", redirect.to_string()),
+            ("scope", "papers:read".to_string()),
+            ("state", state.to_string()),
+            ("code_challenge", challenge.as_str().to_string()),
+            ("code_challenge_method", "S256".to_string()),
+        ]
+    };
+    let url_of = |fields: &[(&str, String)]| {
+        let f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        query(&f)
+    };
+
+    // Signed in, consent given once.
+    let mut b = Browser::new(site.gh.addr());
+    let page = open_authorize(&mut b, &site.url(&url_of(&base(CALLBACK, "s1"))), "tess");
+    let first = callback(&answer_consent(&mut b, &page, "allow"));
+
+    // Redirect URI variants: an error page of ours, never a redirect.
+    for variant in [
+        "http://127.0.0.1:9/cb/",
+        "http://127.0.0.1:9/CB",
+        "HTTP://127.0.0.1:9/cb",
+        "http://127.0.0.1:99/cb",
+        "http://evil@127.0.0.1:9/cb",
+        "http://127.0.0.1:9/cb/../cb",
+        "http://127.0.0.1:9/cb?x=1",
+        "http://127.0.0.1:9/cb#f",
+        "https://evil.example/cb",
+    ] {
+        let r = b.get(&url_of(&base(variant, "s")));
+        assert_eq!(r.status, 400, "{variant}: {}", r.body);
+        assert!(r.header("location").is_none(), "{variant} redirected");
+        assert!(r.body.contains("not registered"), "{variant}");
+    }
+    // An unknown client: the same page.
+    let mut unknown = base(CALLBACK, "s");
+    unknown[1].1 = "nosuchclient".into();
+    let r = b.get(&url_of(&unknown));
+    assert_eq!((r.status, r.header("location")), (400, None));
+
+    // Other errors go back to the registered URI, with the state.
+    let error_of = |fields: &[(&str, String)], b: &mut Browser| {
+        let back = callback(&b.get(&url_of(fields)));
+        assert_eq!(back["state"], "s");
+        back["error"].clone()
+    };
+    let mut no_pkce = base(CALLBACK, "s");
+    no_pkce.retain(|(k, _)| !k.starts_with("code_challenge"));
+    assert_eq!(error_of(&no_pkce, &mut b), "invalid_request");
+    let mut plain = base(CALLBACK, "s");
+    plain[5].1 = "a".repeat(43);
+    plain[6].1 = "plain".into();
+    assert_eq!(error_of(&plain, &mut b), "invalid_request");
+    let mut implicit = base(CALLBACK, "s");
+    implicit[0].1 = "token".into();
+    assert_eq!(error_of(&implicit, &mut b), "unsupported_response_type");
+    let mut escalate = base(CALLBACK, "s");
+    escalate[3].1 = "papers:read admin".into();
+    assert_eq!(error_of(&escalate, &mut b), "invalid_scope");
+
+    // The state comes back byte for byte, whatever it holds.
+    let odd = "a b&c=d/é%~+";
+    let back = callback(&b.get(&url_of(&base(CALLBACK, odd))));
+    assert_eq!(back["state"], odd);
+
+    // A wrong verifier burns the code: the right one fails after it.
+    let wrong = client
+        .exchange_code(AuthorizationCode::new(back["code"].clone()))
+        .set_pkce_verifier(PkceCodeVerifier::new("x".repeat(43)))
+        .request(&http);
+    assert_eq!(error_code(wrong), "invalid_grant");
+    let after = client
+        .exchange_code(AuthorizationCode::new(back["code"].clone()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.secret().clone()))
+        .request(&http);
+    assert_eq!(error_code(after), "invalid_grant", "a burnt code worked");
+
+    // A code redeemed by another client is refused, and burnt.
+    let other = oauth(&other_id, other_secret.as_deref().unwrap());
+    let stolen = other
+        .exchange_code(AuthorizationCode::new(first["code"].clone()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.secret().clone()))
+        .request(&http);
+    assert_eq!(error_code(stolen), "invalid_grant");
+
+    // A consent form without its CSRF token, or from another site: 403.
+    let r = b.post(
+        "/oauth/authorize",
+        &[("client_id", &id), ("decision", "allow")],
+    );
+    assert_eq!(r.status, 403);
+
+    // Deactivating the user ends what they granted: access tokens now, refresh at next use.
+    let back = callback(&b.get(&url_of(&base(CALLBACK, "s"))));
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(back["code"].clone()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.secret().clone()))
+        .request(&http)
+        .unwrap();
+    assert_eq!(bearer(&site.gh, tokens.access_token().secret()).status, 200);
+    assert!(site.cli(&["user", "deactivate", "tess"]).status.success());
+    assert!(refused_soon(&site.gh, tokens.access_token().secret()));
+    let refreshed = client
+        .exchange_refresh_token(tokens.refresh_token().unwrap())
+        .request(&http);
+    assert_eq!(error_code(refreshed), "invalid_grant");
+}

@@ -76,9 +76,11 @@ struct Valid {
     asked: Option<Vec<String>>,
 }
 
-/// Why a request is refused: on a page of ours, or at the client's registered URI.
+/// Why a request is refused: on a page of ours, at the client's registered URI, or because
+/// the database did not answer.
 enum Refusal {
     Page(&'static str),
+    Unavailable(String),
     Redirect {
         uri: String,
         error: &'static str,
@@ -89,39 +91,39 @@ enum Refusal {
 
 /// The checks both GET and POST make, in RFC 6749 §4.1.2.1's order: first whether the
 /// client and redirect URI can be trusted with an answer at all.
-async fn check(reg: &Registry, p: &Params) -> Result<Result<Valid, Refusal>, Response> {
+async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
     let client = match clients::find(&reg.accounts.db, &p.client_id).await {
         Ok(Some(c)) if !c.disabled => c,
         Ok(_) => {
-            return Ok(Err(Refusal::Page(
+            return Err(Refusal::Page(
                 "This application is not registered here, or it has been disabled.",
-            )))
+            ))
         }
-        Err(e) => return Err(reg.unavailable(&e)),
+        Err(e) => return Err(Refusal::Unavailable(e.to_string())),
     };
     let redirect_uri = if p.redirect_uri.is_empty() {
         match client.redirect_uris.as_slice() {
             [only] => only.clone(),
             _ => {
-                return Ok(Err(Refusal::Page(
+                return Err(Refusal::Page(
                     "The application did not say where to send you back.",
-                )))
+                ))
             }
         }
     } else if client.redirect_uris.contains(&p.redirect_uri) {
         p.redirect_uri.clone()
     } else {
-        return Ok(Err(Refusal::Page(
+        return Err(Refusal::Page(
             "The application asked to send you back to an address it has not registered.",
-        )));
+        ));
     };
     let refuse = |error, description: &str| {
-        Ok(Err(Refusal::Redirect {
+        Err(Refusal::Redirect {
             uri: redirect_uri.clone(),
             error,
             description: description.to_owned(),
             state: p.state.clone(),
-        }))
+        })
     };
     if p.response_type != "code" {
         return refuse(
@@ -148,11 +150,11 @@ async fn check(reg: &Registry, p: &Params) -> Result<Result<Valid, Refusal>, Res
             &format!("scope {s:?} is not allowed for this client"),
         );
     }
-    Ok(Ok(Valid {
+    Ok(Valid {
         client,
         redirect_uri,
         asked,
-    }))
+    })
 }
 
 /// A PKCE S256 challenge: BASE64URL(SHA-256(verifier)), 43 characters.
@@ -171,6 +173,7 @@ fn answer_uri(uri: &str, params: &[(&str, &str)]) -> String {
 
 fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
     match r {
+        Refusal::Unavailable(e) => reg.unavailable(&e),
         Refusal::Page(why) => web::message(
             &reg.accounts,
             ctx,
@@ -212,9 +215,8 @@ pub async fn authorize_page(
     Query(p): Query<Params>,
 ) -> Response {
     let valid = match check(&reg, &p).await {
-        Err(r) => return r,
-        Ok(Err(refusal)) => return refused(&reg, &ctx, refusal),
-        Ok(Ok(v)) => v,
+        Ok(v) => v,
+        Err(refusal) => return refused(&reg, &ctx, refusal),
     };
     let here = uri
         .path_and_query()
@@ -282,9 +284,8 @@ pub async fn authorize(
         return web::forbidden(&reg.accounts, &ctx);
     }
     let valid = match check(&reg, &p).await {
-        Err(r) => return r,
-        Ok(Err(refusal)) => return refused(&reg, &ctx, refusal),
-        Ok(Ok(v)) => v,
+        Ok(v) => v,
+        Err(refusal) => return refused(&reg, &ctx, refusal),
     };
     let user = match web::signed_in(&reg.accounts, &ctx, "/oauth/authorize").await {
         Ok(u) => u,
