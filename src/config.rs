@@ -44,6 +44,10 @@ pub enum Command {
     #[cfg(feature = "registry")]
     #[command(subcommand)]
     Client(crate::registry::cli::ClientCommand),
+    /// Personal access tokens (registry).
+    #[cfg(feature = "registry")]
+    #[command(subcommand)]
+    Token(crate::registry::cli::TokenCommand),
 }
 
 #[derive(Debug, Args)]

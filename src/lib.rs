@@ -97,6 +97,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::User(args) => accounts::cli::user(args).await,
         #[cfg(feature = "registry")]
         Command::Client(args) => registry::cli::client(args).await,
+        #[cfg(feature = "registry")]
+        Command::Token(args) => registry::cli::token(args).await,
     }
 }
 

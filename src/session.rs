@@ -64,6 +64,9 @@ pub struct Session {
     pub ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// The name its holder gave it (a personal access token's), for lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl Session {
@@ -84,6 +87,7 @@ impl Session {
             last_seen: None,
             ip: None,
             user_agent: None,
+            label: None,
         }
     }
 

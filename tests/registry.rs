@@ -255,6 +255,7 @@ on_both_backends!(
     client_credentials_reach_auth_with_exactly_the_granted_scopes,
     disabling_or_rotating_a_client_ends_its_tokens,
     authorization_code_with_pkce_consent_and_refresh_rotation,
+    personal_tokens_and_authorized_apps,
 );
 
 fn client_credentials_reach_auth_with_exactly_the_granted_scopes(backend: Backend) {
@@ -961,4 +962,173 @@ fn authorization_requests_refuse_the_rfc_9700_attacks() {
         .exchange_refresh_token(tokens.refresh_token().unwrap())
         .request(&http);
     assert_eq!(error_code(refreshed), "invalid_grant");
+}
+
+fn personal_tokens_and_authorized_apps(backend: Backend) {
+    use oauth2::{AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl};
+    let site = Site::start("registry-pat", backend);
+    site.create_user("uma");
+    let mut b = Browser::new(site.gh.addr());
+    let page = b.get("/account/tokens");
+    assert_eq!(page.status, 303, "signed out is sent to sign in");
+    let login = b.get("/login");
+    let csrf = hidden(&login.body, "csrf").unwrap();
+    assert_eq!(
+        b.post(
+            "/login",
+            &[("csrf", &csrf), ("username", "uma"), ("password", PW)]
+        )
+        .status,
+        303
+    );
+
+    // Create one on the page: shown once, then listed by name.
+    let page = b.get("/account/tokens");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let r = b.post(
+        "/account/tokens",
+        &[
+            ("csrf", &csrf),
+            ("action", "create"),
+            ("name", "nightly harvest"),
+            ("scope", "papers:read"),
+            ("expires", "30"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r
+        .body
+        .split("value=\"gtp_")
+        .nth(1)
+        .map(|t| format!("gtp_{}", &t[..t.find('"').unwrap()]))
+        .expect("the new token on the page");
+    let auth = bearer(&site.gh, &token);
+    assert_eq!(auth.status, 200);
+    assert_eq!(claims(&auth)["scope"], "papers:read");
+    let listed = b.get("/account/tokens");
+    assert!(
+        listed.body.contains("nightly harvest") && !listed.body.contains(&token),
+        "shown twice"
+    );
+    // A scope the user does not have is refused.
+    let r = b.post(
+        "/account/tokens",
+        &[
+            ("csrf", &csrf),
+            ("action", "create"),
+            ("name", "root"),
+            ("scope", "admin"),
+        ],
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("not one of yours"));
+    // Revoke on the page: /auth refuses it.
+    let sid = hidden(&listed.body, "sid").unwrap();
+    let r = b.post(
+        "/account/tokens",
+        &[("csrf", &csrf), ("action", "revoke"), ("sid", &sid)],
+    );
+    assert!(r.body.contains("revoked"), "{}", r.body);
+    assert!(refused_soon(&site.gh, &token));
+
+    // The administrators' CLI: create, list, revoke.
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&site.cli(&[
+        "token",
+        "create",
+        "--json",
+        "--user",
+        "uma",
+        "--name",
+        "ci",
+        "--scope",
+        "papers:write",
+        "--expires-in",
+        "1d",
+    ])))
+    .unwrap();
+    let cli_token = made["token"].as_str().unwrap();
+    assert_eq!(
+        claims(&bearer(&site.gh, cli_token))["scope"],
+        "papers:write"
+    );
+    let list = cli_stdout(&site.cli(&["token", "list", "--user", "uma"]));
+    assert!(list.contains(" ci ") && !list.contains(cli_token), "{list}");
+    assert_eq!(
+        site.cli(&["token", "create", "--user", "uma", "--name", "x", "--scope", "admin"])
+            .status
+            .code(),
+        Some(64)
+    );
+    assert!(site
+        .cli(&[
+            "token",
+            "revoke",
+            "--user",
+            "uma",
+            "--sid",
+            made["sid"].as_str().unwrap()
+        ])
+        .status
+        .success());
+    assert!(refused_soon(&site.gh, cli_token));
+
+    // Authorized apps: listed after consent; withdrawing ends the app's tokens.
+    let (id, secret) = site.client(&[
+        "--name",
+        "Shelf",
+        "--grant",
+        "authorization_code",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+    ]);
+    let client = BasicClient::new(ClientId::new(id.clone()))
+        .set_client_secret(ClientSecret::new(secret.unwrap()))
+        .set_auth_uri(AuthUrl::new(site.url("/oauth/authorize")).unwrap())
+        .set_token_uri(TokenUrl::new(site.url("/oauth/token")).unwrap())
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).unwrap());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .url();
+    let page = open_authorize(&mut b, url.as_str(), "uma");
+    let code = callback(&answer_consent(&mut b, &page, "allow"))["code"].clone();
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier)
+        .request(&http)
+        .unwrap();
+    assert!(
+        tokens.refresh_token().is_none(),
+        "no refresh_token grant, no refresh token"
+    );
+    assert_eq!(bearer(&site.gh, tokens.access_token().secret()).status, 200);
+    let apps = b.get("/account/apps");
+    assert!(
+        apps.body.contains("Shelf") && apps.body.contains("papers:read"),
+        "{}",
+        apps.body
+    );
+    let csrf = hidden(&apps.body, "csrf").unwrap();
+    let r = b.post("/account/apps", &[("csrf", &csrf), ("client_id", &id)]);
+    assert!(
+        r.body.contains("Access withdrawn") && !r.body.contains("<strong>Shelf"),
+        "{}",
+        r.body
+    );
+    assert!(refused_soon(&site.gh, tokens.access_token().secret()));
+    // And it must ask again.
+    let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+    let (url, _) = client
+        .authorize_url(CsrfToken::new_random)
+        .set_pkce_challenge(challenge)
+        .url();
+    assert_eq!(
+        open_authorize(&mut b, url.as_str(), "uma").status,
+        200,
+        "consent was not forgotten"
+    );
 }

@@ -12,6 +12,8 @@ pub struct Page {
     pub section: &'static str,
     /// The CSRF token every form carries.
     pub csrf: String,
+    /// The registry's pages (tokens, apps) are there to link to.
+    pub registry: bool,
 }
 
 /// Field errors of a form, by field name.

@@ -158,6 +158,7 @@ impl Ctx {
             }),
             section,
             csrf: self.csrf.clone(),
+            registry: cfg!(feature = "registry"),
         }
     }
 
@@ -264,7 +265,7 @@ pub(crate) fn see_other(to: &str) -> Response {
     r
 }
 
-fn unavailable(app: &Accounts, ctx: &Ctx, why: &dyn std::fmt::Display) -> Response {
+pub(crate) fn unavailable(app: &Accounts, ctx: &Ctx, why: &dyn std::fmt::Display) -> Response {
     problem_page(app, ctx, Problem::unavailable(why))
 }
 

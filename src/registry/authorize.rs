@@ -173,7 +173,7 @@ fn answer_uri(uri: &str, params: &[(&str, &str)]) -> String {
 
 fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
     match r {
-        Refusal::Unavailable(e) => reg.unavailable(&e),
+        Refusal::Unavailable(e) => web::unavailable(&reg.accounts, ctx, &e),
         Refusal::Page(why) => web::message(
             &reg.accounts,
             ctx,
@@ -228,10 +228,10 @@ pub async fn authorize_page(
     let granted = reg.grantable(&valid, &user);
     match grants::consent(&reg.accounts.db, &user.id, &valid.client.client_id).await {
         Ok(given) if granted.iter().all(|s| given.contains(s)) => {
-            issue(&reg, &p, &valid, &user.id, &granted).await
+            issue(&reg, &ctx, &p, &valid, &user.id, &granted).await
         }
         Ok(_) => consent_page(&reg, &ctx, &p, &valid, &granted).await,
-        Err(e) => reg.unavailable(&e),
+        Err(e) => web::unavailable(&reg.accounts, &ctx, &e),
     }
 }
 
@@ -247,7 +247,7 @@ async fn consent_page(
         Some(id) => match reg.accounts.db.user(id).await {
             Ok(Some(u)) => u.username,
             Ok(None) => "a former user".into(),
-            Err(e) => return reg.unavailable(&e),
+            Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
         },
         None => "the administrators of this site".into(),
     };
@@ -312,15 +312,16 @@ pub async fn authorize(
     )
     .await
     {
-        return reg.unavailable(&e);
+        return web::unavailable(&reg.accounts, &ctx, &e);
     }
     tracing::info!(target: "gatehouse::audit", event = "consent_given", user = %user.id, client_id = %valid.client.client_id, "audit");
-    issue(&reg, &p, &valid, &user.id, &granted).await
+    issue(&reg, &ctx, &p, &valid, &user.id, &granted).await
 }
 
 /// Issues the code and sends the browser back with it.
 async fn issue(
     reg: &Registry,
+    ctx: &Ctx,
     p: &Params,
     valid: &Valid,
     user_id: &str,
@@ -339,7 +340,7 @@ async fn issue(
     .await
     {
         Ok(c) => c,
-        Err(e) => return reg.unavailable(&e),
+        Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
     };
     let mut params = vec![("code", code.expose().as_str())];
     if !p.state.is_empty() {
@@ -362,18 +363,5 @@ impl Registry {
             .filter(|s| mine.contains(s))
             .cloned()
             .collect()
-    }
-
-    fn unavailable(&self, e: &dyn std::fmt::Display) -> Response {
-        tracing::warn!(error = %e, "oauth: database or store unavailable");
-        let mut r = axum::response::IntoResponse::into_response((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Temporarily unavailable; try again in a moment.",
-        ));
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("5"),
-        );
-        r
     }
 }

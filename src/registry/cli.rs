@@ -290,3 +290,127 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
         }
     }
 }
+
+/// `gatehouse token …`: personal access tokens, for administrators (users have
+/// `/account/tokens`).
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for a user; prints it once.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// The user (username or email).
+        #[arg(long)]
+        user: String,
+        /// What it is for.
+        #[arg(long)]
+        name: String,
+        /// A scope of the user's (repeatable).
+        #[arg(long = "scope", id = "scope")]
+        scope: Vec<String>,
+        /// Lifetime.
+        #[arg(long, default_value = "90d", value_parser = crate::config::parse_duration)]
+        expires_in: std::time::Duration,
+    },
+    /// A user's tokens.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke one of a user's tokens by its sid (from `token list`).
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        sid: String,
+    },
+}
+
+pub async fn token(command: TokenCommand) -> Result<(), Failure> {
+    let (TokenCommand::Create { common, user, .. }
+    | TokenCommand::List { common, user }
+    | TokenCommand::Revoke { common, user, .. }) = &command;
+    let db = Db::open(
+        common.database.database_url.as_ref(),
+        &common.store.data_dir,
+    )
+    .await?;
+    let roles = crate::accounts::Roles::load(common.database.roles.as_deref())?;
+    let user = find(&db, user).await?;
+    common.store.validate()?;
+    let store = Store::open(
+        &common.store.settings(),
+        Some(std::time::Duration::from_secs(2)),
+    )
+    .await?;
+    let sessions = Sessions::new(&store, None);
+    let store_failure = |e: SessionsError| match e {
+        SessionsError::Store(s) => Failure::Store(s),
+        other => Failure::Other(other.into()),
+    };
+    let json_out = common.json;
+    match command {
+        TokenCommand::Create {
+            name,
+            scope,
+            expires_in,
+            ..
+        } => {
+            let issued =
+                super::personal::create(&sessions, &roles, &user, &name, &scope, expires_in)
+                    .await
+                    .map_err(|e| match e {
+                        super::personal::PatError::Sessions(e) => store_failure(e),
+                        super::personal::PatError::Name => {
+                            ConfigError::new("--name", e.to_string()).into()
+                        }
+                        super::personal::PatError::Scope(_) => {
+                            ConfigError::new("--scope", e.to_string()).into()
+                        }
+                    })?;
+            print(
+                json_out,
+                &json!({"token": issued.token.expose(), "sid": issued.sid}),
+                issued.token.expose().clone(),
+            )
+        }
+        TokenCommand::List { .. } => {
+            for l in super::personal::list(&sessions, &user.id)
+                .await
+                .map_err(store_failure)?
+            {
+                let s = &l.session;
+                let name = s.label.clone().unwrap_or_default();
+                print(
+                    json_out,
+                    &json!({"sid": l.sid, "name": name, "scopes": s.scopes,
+                        "created_at": s.created_at, "expires_at": s.expires_at, "last_seen": s.last_seen}),
+                    format!(
+                        "{}  {name}  scopes={}  expires={}",
+                        l.sid,
+                        s.scopes.join(","),
+                        crate::accounts::pages::date(s.expires_at)
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { sid, .. } => {
+            if super::personal::revoke(&sessions, &user.id, &sid)
+                .await
+                .map_err(store_failure)?
+            {
+                print(json_out, &json!({"revoked": sid}), format!("{sid} revoked"))
+            } else {
+                Err(
+                    ConfigError::new("--sid", format!("{} has no token {sid:?}", user.username))
+                        .into(),
+                )
+            }
+        }
+    }
+}

@@ -305,3 +305,43 @@ pub async fn remember_consent(
     tx.commit().await?;
     Ok(())
 }
+
+/// Every client `user_id` consented to: client id, scopes, when.
+pub async fn consents_of(
+    db: &Db,
+    user_id: &str,
+) -> Result<Vec<(String, Vec<String>, u64)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT client_id, scopes, created_at FROM oauth_consents WHERE user_id = $1 ORDER BY created_at",
+    )
+    .bind(user_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("client_id")?,
+                words(&r.try_get::<String, _>("scopes")?),
+                r.try_get::<i64, _>("created_at")?.max(0) as u64,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::from)
+}
+
+/// The user withdraws a client's access: the consent is forgotten and every grant they made
+/// it is revoked. The number of access tokens ended.
+pub async fn withdraw(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    user_id: &str,
+    client_id: &str,
+) -> Result<u64, RevokeError> {
+    sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
+        .bind(user_id)
+        .bind(client_id)
+        .execute(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    revoke_grants(db, sessions, client_id, Some(user_id)).await
+}

@@ -17,6 +17,8 @@ pub mod cli;
 pub mod clients;
 pub mod grants;
 mod oauth;
+mod pages;
+pub mod personal;
 
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
@@ -27,6 +29,9 @@ pub struct RegistryArgs {
     /// Lifetime of a refresh token; each use rotates it (a new one, the old one spent).
     #[arg(long, env = "GATEHOUSE_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
+    /// Offer "never" as the expiry of personal access tokens.
+    #[arg(long, env = "GATEHOUSE_ALLOW_NON_EXPIRING_TOKENS")]
+    pub allow_non_expiring_tokens: bool,
 }
 
 impl RegistryArgs {
@@ -52,6 +57,7 @@ pub struct Registry {
     accounts: Arc<Accounts>,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    allow_non_expiring: bool,
 }
 
 impl crate::accounts::web::WithAccounts for Arc<Registry> {
@@ -67,6 +73,7 @@ impl Registry {
             accounts,
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
+            allow_non_expiring: args.allow_non_expiring_tokens,
         }))
     }
 
@@ -77,6 +84,8 @@ impl Registry {
 
     /// The routes, to merge into the accounts router.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        oauth::routes().with_state(self.clone())
+        oauth::routes()
+            .merge(pages::routes())
+            .with_state(self.clone())
     }
 }
