@@ -216,3 +216,200 @@ async fn sign_in_through_nginx_and_revoke_from_another_browser() {
         c.close().await.unwrap();
     }
 }
+
+/// An application asks a user for access (the authorization code grant, PKCE), the user signs
+/// in and consents in the browser, the application calls the API through nginx with its
+/// token; then the user makes a personal access token and withdraws the application's access.
+#[cfg(feature = "registry")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_apps_and_tokens_through_nginx() {
+    use base64::Engine;
+    let dir = TempDir::new("browser-registry");
+    let data = dir.join("data");
+    let roles = dir.join("roles.toml");
+    std::fs::write(
+        &roles,
+        "[roles.user]\nscopes = [\"papers:read\", \"papers:write\"]\n",
+    )
+    .unwrap();
+    let app = EchoServer::start();
+    let gh = Gatehouse::spawn(&args(&[
+        "--insecure-cookies",
+        "--data-dir",
+        &data,
+        "--roles",
+        &roles,
+    ]));
+    let nginx = signin_site(gh.addr().port(), app.port());
+    let site = format!("http://{}", nginx.addr());
+    let cli = |a: &[&str], stdin: Option<&str>| {
+        let mut all = a.to_vec();
+        all.extend(["--data-dir", &data, "--roles", &roles]);
+        gatehouse_cli_with(&all, &[], stdin)
+    };
+    assert!(cli(
+        &[
+            "user",
+            "create",
+            "--username",
+            "bea",
+            "--email",
+            "bea@example.org"
+        ],
+        Some(PW)
+    )
+    .status
+    .success());
+    let callback = format!("{site}/callback");
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&cli(
+        &[
+            "client",
+            "create",
+            "--json",
+            "--name",
+            "Paper Shelf",
+            "--homepage",
+            "https://shelf.example.org",
+            "--grant",
+            "authorization_code",
+            "--redirect-uri",
+            &callback,
+            "--scope",
+            "papers:read",
+            "--scope",
+            "papers:write",
+        ],
+        None,
+    )))
+    .unwrap();
+    let (id, secret) = (
+        made["client_id"].as_str().unwrap(),
+        made["client_secret"].as_str().unwrap(),
+    );
+    // PKCE: a verifier and its S256 challenge.
+    let verifier = "a-verifier-of-enough-length-for-rfc-7636-section-4.1";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let authorize = format!(
+        "{site}/oauth/authorize?response_type=code&client_id={id}&redirect_uri={}&scope=papers%3Aread&state=xyz&code_challenge={challenge}&code_challenge_method=S256",
+        url_encode(&callback)
+    );
+
+    let driver = ChromeDriver::start();
+    let c = browser(&driver).await;
+    c.goto(&authorize).await.unwrap();
+    wait_path(&c, "/login").await;
+    sign_in(&c, "bea", PW).await;
+    wait_path(&c, "/oauth/authorize").await;
+    let consent = c.source().await.unwrap();
+    assert!(
+        consent.contains("Paper Shelf") && consent.contains("Read your papers"),
+        "{consent}"
+    );
+    shoot(&c, "consent").await;
+    c.find(Locator::Css("button[value=allow]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_path(&c, "/callback").await;
+    let back = c.current_url().await.unwrap();
+    let query: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
+    assert_eq!(query["state"], "xyz");
+
+    // The application redeems the code through nginx and calls the API with the token.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let body = format!(
+        "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={verifier}",
+        query["code"],
+        url_encode(&callback)
+    );
+    let r = http_request(
+        "POST",
+        nginx.addr(),
+        "/oauth/token",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &format!("Basic {basic}")),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let access = token["access_token"].as_str().unwrap().to_string();
+    let call = |token: &str| {
+        http_get(
+            nginx.addr(),
+            "/api/papers",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    };
+    let r = call(&access);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("X-Auth-Request-User: bea"), "{}", r.body);
+
+    // A personal access token, made on the page.
+    c.goto(&format!("{site}/account/tokens")).await.unwrap();
+    c.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("nightly harvest")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=scope][value='papers:read']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("form button[type=submit]:not(.quiet)"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("input[readonly]"))
+        .await
+        .unwrap();
+    shoot(&c, "tokens").await;
+    let pat = c
+        .find(Locator::Css("input[readonly]"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pat.starts_with("gtp_"));
+    assert_eq!(call(&pat).status, 200);
+
+    // Authorized apps: withdraw, and the application's token stops working.
+    c.goto(&format!("{site}/account/apps")).await.unwrap();
+    shoot(&c, "apps").await;
+    c.find(Locator::Css("tbody form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("[role=status]"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while call(&access).status != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a withdrawn app's token still worked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        call(&pat).status,
+        200,
+        "the personal token went with the app"
+    );
+    c.close().await.unwrap();
+}
