@@ -36,6 +36,11 @@ struct Site {
 
 impl Site {
     fn start(name: &str, backend: Backend) -> Site {
+        Site::start_with(name, backend, |_| Vec::new())
+    }
+
+    /// `start` with more flags for `serve`, made from the test's directory.
+    fn start_with(name: &str, backend: Backend, extra: impl Fn(&TempDir) -> Vec<String>) -> Site {
         let dir = TempDir::new(name);
         let (pg, redis) = match backend {
             Backend::Sqlite => (None, None),
@@ -64,6 +69,7 @@ impl Site {
                 redis.url(),
             ]);
         }
+        all.extend(extra(&dir));
         let gh = Gatehouse::spawn(&all);
         Site { gh, pg, redis, dir }
     }
@@ -1131,4 +1137,47 @@ fn personal_tokens_and_authorized_apps(backend: Backend) {
         200,
         "consent was not forgotten"
     );
+}
+
+#[test]
+fn the_api_catalog_for_programs_and_people() {
+    let site = Site::start_with("registry-catalog", Backend::Sqlite, |dir| {
+        let path = dir.join("apis.toml");
+        std::fs::write(
+            &path,
+            "[[api]]\nname = \"Papers\"\ndescription = \"Search and fetch papers.\"\n\
+             base_url = \"https://example.org/api/papers\"\nscopes = [\"papers:read\"]\n\
+             docs = \"https://example.org/docs/papers\"\n",
+        )
+        .unwrap();
+        vec!["--api-catalog".into(), path]
+    });
+    let json = http_get(site.gh.addr(), "/api", &[("Accept", "application/json")]);
+    assert_eq!(json.status, 200, "{}", json.body);
+    let v: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(v["apis"][0]["name"], "Papers");
+    assert_eq!(v["apis"][0]["scopes"], serde_json::json!(["papers:read"]));
+    assert_eq!(
+        v["token_endpoint"],
+        format!("{}/oauth/token", site.gh.url())
+    );
+    assert_eq!(json.header("vary"), Some("Accept"));
+    let page = http_get(site.gh.addr(), "/api", &[("Accept", "text/html,*/*;q=0.8")]);
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        page.body.contains("Search and fetch papers.") && page.body.contains("/account/tokens")
+    );
+
+    // A catalog that does not parse stops the server with one line naming the flag.
+    let dir = TempDir::new("registry-catalog-bad");
+    let bad = dir.join("apis.toml");
+    std::fs::write(&bad, "[[api]]\nname = \"x\"\nbase_url = 3\n").unwrap();
+    let data = dir.join("data");
+    let out = gatehouse_cli(&["serve", "--data-dir", &data, "--api-catalog", &bad]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-catalog"));
 }

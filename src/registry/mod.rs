@@ -13,6 +13,7 @@ use crate::config::parse_duration;
 use crate::error::ConfigError;
 
 mod authorize;
+pub mod catalog;
 pub mod cli;
 pub mod clients;
 pub mod grants;
@@ -32,6 +33,10 @@ pub struct RegistryArgs {
     /// Offer "never" as the expiry of personal access tokens.
     #[arg(long, env = "GATEHOUSE_ALLOW_NON_EXPIRING_TOKENS")]
     pub allow_non_expiring_tokens: bool,
+    /// The APIs `GET /api` lists (TOML, `[[api]]` tables: name, description, base_url,
+    /// scopes, docs).
+    #[arg(long, env = "GATEHOUSE_API_CATALOG")]
+    pub api_catalog: Option<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
@@ -58,6 +63,7 @@ pub struct Registry {
     access_ttl: Duration,
     refresh_ttl: Duration,
     allow_non_expiring: bool,
+    catalog: Vec<catalog::Api>,
 }
 
 impl crate::accounts::web::WithAccounts for Arc<Registry> {
@@ -74,6 +80,7 @@ impl Registry {
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
             allow_non_expiring: args.allow_non_expiring_tokens,
+            catalog: catalog::load(args.api_catalog.as_deref())?,
         }))
     }
 

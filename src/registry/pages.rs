@@ -22,6 +22,7 @@ pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
         .route("/account/tokens", get(tokens_page).post(tokens))
         .route("/account/apps", get(apps_page).post(apps))
+        .route("/api", get(super::catalog::catalog))
 }
 
 pub struct TokenRow {
@@ -92,7 +93,7 @@ async fn render_tokens(
                 name: s.label.clone().unwrap_or_default(),
                 scopes: s.scopes.join(" "),
                 created: date(s.created_at),
-                expires: if s.expires_at - s.created_at > never {
+                expires: if s.expires_at.saturating_sub(s.created_at) > never {
                     "never".into()
                 } else {
                     date(s.expires_at)
