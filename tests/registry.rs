@@ -48,10 +48,10 @@ impl Site {
         };
         let data = dir.join("data");
         let roles = dir.join("roles.toml");
-        // Users may read and write papers; no user may administer.
+        // Users may read and write papers; only admins may administer.
         std::fs::write(
             &roles,
-            "[roles.user]\nscopes = [\"papers:read\", \"papers:write\"]\n",
+            "[roles.user]\nscopes = [\"papers:read\", \"papers:write\"]\n[roles.admin]\nscopes = [\"admin\"]\n",
         )
         .unwrap();
         let mut all = vec![
@@ -567,7 +567,15 @@ fn token_endpoint_refusals_follow_rfc_6749() {
     );
     assert_eq!(
         m["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!(["authorization_code", "client_credentials", "refresh_token"])
+    );
+    assert_eq!(
+        m["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(
+        m["authorization_endpoint"],
+        format!("{}/oauth/authorize", site.gh.url())
     );
     assert!(m["token_endpoint_auth_methods_supported"]
         .as_array()
@@ -1180,4 +1188,119 @@ fn the_api_catalog_for_programs_and_people() {
     let out = gatehouse_cli(&["serve", "--data-dir", &data, "--api-catalog", &bad]);
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-catalog"));
+}
+
+#[test]
+fn users_register_and_manage_their_own_clients() {
+    let site = Site::start("registry-own", Backend::Sqlite);
+    site.create_user("vera");
+    site.create_user("walt");
+    let signed_in = |user: &str| {
+        let mut b = Browser::new(site.gh.addr());
+        let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
+        assert_eq!(
+            b.post(
+                "/login",
+                &[("csrf", &csrf), ("username", user), ("password", PW)]
+            )
+            .status,
+            303
+        );
+        b
+    };
+    let mut vera = signed_in("vera");
+    let page = vera.get("/account/clients");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let register = |b: &mut Browser, redirect: &str| {
+        b.post(
+            "/account/clients",
+            &[
+                ("csrf", &csrf),
+                ("action", "create"),
+                ("name", "Vera's Reader"),
+                ("redirect_uri", redirect),
+                ("scope", "papers:read"),
+                ("scope", "admin"),
+            ],
+        )
+    };
+    let r = register(&mut vera, "http://reader.example.org/cb");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("https"), "{}", r.body);
+    let r = register(&mut vera, CALLBACK);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let secret = hidden_value(&r.body, "The client secret");
+    let id = r
+        .body
+        .split("client ID is <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("gcs_"));
+    // What she may not give it, it does not get: a scope she lacks, client_credentials.
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli_stdout(&site.cli(&["client", "show", "--json", &id]))).unwrap();
+    assert_eq!(shown["scopes"], serde_json::json!(["papers:read"]));
+    assert_eq!(
+        shown["grants"],
+        serde_json::json!(["authorization_code", "refresh_token"])
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let (r, v) = site.token_raw(
+        &[("Authorization", &format!("Basic {basic}"))],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+
+    // Another user sees none of it and cannot touch it.
+    let mut walt = signed_in("walt");
+    let page = walt.get("/account/clients");
+    assert!(!page.body.contains(&id));
+    let walt_csrf = hidden(&page.body, "csrf").unwrap();
+    let r = walt.post(
+        "/account/clients",
+        &[
+            ("csrf", &walt_csrf),
+            ("action", "disable"),
+            ("client_id", &id),
+        ],
+    );
+    assert_eq!(r.status, 403);
+
+    // A new secret: shown once, the old one refused.
+    let r = vera.post(
+        "/account/clients",
+        &[("csrf", &csrf), ("action", "rotate"), ("client_id", &id)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new_secret = hidden_value(&r.body, "The client secret");
+    assert_ne!(new_secret, secret);
+    let (r, _) = site.token_raw(
+        &[("Authorization", &format!("Basic {basic}"))],
+        "grant_type=authorization_code&code=x",
+    );
+    assert_eq!(r.status, 401, "the old secret still works");
+
+    // An administrator sees every client.
+    assert!(site
+        .cli(&["user", "role", "add", "walt", "admin"])
+        .status
+        .success());
+    let mut admin = signed_in("walt");
+    assert!(admin.get("/account/clients").body.contains(&id));
+}
+
+/// The value of the read-only input labelled `label` (a secret shown once).
+fn hidden_value(html: &str, label: &str) -> String {
+    let at = html.find(&format!("aria-label=\"{label}\"")).expect(label);
+    let rest = &html[at..];
+    let start = rest.find("value=\"").unwrap() + 7;
+    html_unescape(&rest[start..start + rest[start..].find('"').unwrap()])
 }

@@ -112,26 +112,16 @@ async fn existing(db: &Db, id: &str) -> Result<Client, Failure> {
         .ok_or_else(|| ConfigError::new("CLIENT_ID", format!("no client {id:?}")).into())
 }
 
-/// Ends every token of a client: its own (client_credentials) and those of every grant users
-/// made it (their refresh tokens too). How many access tokens ended.
+/// `grants::end_client_tokens` from the command line, on the configured store.
 async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, Failure> {
     store.validate()?;
     let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
-    let sessions = Sessions::new(&store, None);
-    let own = sessions
-        .revoke_user(client_id, None)
-        .await
-        .map_err(|e| match e {
-            SessionsError::Store(s) => Failure::Store(s),
-            other => Failure::Other(other.into()),
-        })?;
-    let granted = grants::revoke_grants(db, &sessions, client_id, None)
+    grants::end_client_tokens(db, &Sessions::new(&store, None), client_id)
         .await
         .map_err(|e| match e {
             grants::RevokeError::Sessions(SessionsError::Store(s)) => Failure::Store(s),
             other => Failure::Other(other.into()),
-        })?;
-    Ok(own + granted)
+        })
 }
 
 pub async fn client(command: ClientCommand) -> Result<(), Failure> {

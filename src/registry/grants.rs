@@ -345,3 +345,15 @@ pub async fn withdraw(
         .map_err(DbError::from)?;
     revoke_grants(db, sessions, client_id, Some(user_id)).await
 }
+
+/// Ends every token of a client (disabled, or its secret rotated): its own
+/// (`client_credentials`, whose sessions have the client as subject) and those of every grant
+/// users made it. How many access tokens ended.
+pub async fn end_client_tokens(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    client_id: &str,
+) -> Result<u64, RevokeError> {
+    let own = sessions.revoke_user(client_id, None).await?;
+    Ok(own + revoke_grants(db, sessions, client_id, None).await?)
+}

@@ -15,13 +15,14 @@ use serde::Deserialize;
 
 use super::{clients, grants, personal, Registry};
 use crate::accounts::db::User;
-use crate::accounts::pages::{date, Page};
+use crate::accounts::pages::{date, Errors, Page};
 use crate::accounts::web::{self, Ctx};
 
 pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
         .route("/account/tokens", get(tokens_page).post(tokens))
         .route("/account/apps", get(apps_page).post(apps))
+        .route("/account/clients", get(clients_page).post(clients_post))
         .route("/api", get(super::catalog::catalog))
 }
 
@@ -258,6 +259,222 @@ async fn apps(State(reg): State<Arc<Registry>>, ctx: Ctx, Form(f): Form<AppForm>
                 "Access withdrawn: the application's tokens have ended.",
             )
             .await
+        }
+        Err(e) => web::unavailable(&reg.accounts, &ctx, &e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// /account/clients: applications a user registers (an admin sees and manages all)
+
+#[derive(Default)]
+struct ClientForm {
+    name: String,
+    homepage: String,
+    redirect_uri: String,
+}
+
+#[derive(Template)]
+#[template(path = "clients.html")]
+struct ClientsPage {
+    page: Page,
+    admin: bool,
+    clients: Vec<clients::Client>,
+    created: Option<(String, Option<String>)>,
+    notice: String,
+    form: ClientForm,
+    errors: Errors,
+    scopes: Vec<String>,
+}
+
+/// What a clients page shows besides the list.
+#[derive(Default)]
+struct ClientsView {
+    created: Option<(String, Option<String>)>,
+    notice: String,
+    form: ClientForm,
+    errors: Errors,
+}
+
+fn is_admin(reg: &Registry, user: &User) -> bool {
+    reg.accounts
+        .roles
+        .of(&user.roles)
+        .0
+        .iter()
+        .any(|r| r == "admin")
+}
+
+async fn render_clients(
+    reg: &Registry,
+    ctx: &Ctx,
+    user: &User,
+    status: StatusCode,
+    view: ClientsView,
+) -> Response {
+    let admin = is_admin(reg, user);
+    let owner = (!admin).then_some(user.id.as_str());
+    let list = match clients::list_clients(&reg.accounts.db, owner).await {
+        Ok(l) => l,
+        Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
+    };
+    web::html(
+        &reg.accounts,
+        ctx,
+        status,
+        ClientsPage {
+            page: ctx.page("clients"),
+            admin,
+            clients: list,
+            created: view.created,
+            notice: view.notice,
+            form: view.form,
+            errors: view.errors,
+            scopes: reg.accounts.roles.of(&user.roles).1,
+        },
+    )
+}
+
+async fn clients_page(State(reg): State<Arc<Registry>>, ctx: Ctx) -> Response {
+    match web::signed_in(&reg.accounts, &ctx, "/account/clients").await {
+        Ok(user) => render_clients(&reg, &ctx, &user, StatusCode::OK, ClientsView::default()).await,
+        Err(r) => r,
+    }
+}
+
+/// Registers, disables, enables or re-keys a client; `scope` repeats, so pairs.
+async fn clients_post(
+    State(reg): State<Arc<Registry>>,
+    ctx: Ctx,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.trim())
+    };
+    if !web::post_allowed(&reg.accounts, &ctx, field("csrf")) {
+        return web::forbidden(&reg.accounts, &ctx);
+    }
+    let user = match web::signed_in(&reg.accounts, &ctx, "/account/clients").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let db = &reg.accounts.db;
+    if field("action") != "create" {
+        let client = match clients::find(db, field("client_id")).await {
+            Ok(Some(c))
+                if is_admin(&reg, &user) || c.owner.as_deref() == Some(user.id.as_str()) =>
+            {
+                c
+            }
+            Ok(_) => return web::forbidden(&reg.accounts, &ctx),
+            Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+        };
+        let sessions = reg.accounts.gateway.sessions();
+        let id = client.client_id.as_str();
+        let outcome = match field("action") {
+            "enable" => clients::set_disabled(db, id, false)
+                .await
+                .map(|_| (None, "enabled".to_string())),
+            "disable" => match clients::set_disabled(db, id, true).await {
+                Ok(_) => match grants::end_client_tokens(db, &sessions, id).await {
+                    Ok(n) => Ok((None, format!("disabled; {n} tokens ended"))),
+                    Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+                },
+                Err(e) => Err(e),
+            },
+            "rotate" if client.confidential => match clients::rotate_secret(db, id).await {
+                Ok(secret) => match grants::end_client_tokens(db, &sessions, id).await {
+                    Ok(n) => Ok((
+                        Some(secret),
+                        format!("has a new secret; the old one is refused and {n} tokens ended"),
+                    )),
+                    Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+                },
+                Err(e) => Err(e),
+            },
+            _ => return web::forbidden(&reg.accounts, &ctx),
+        };
+        return match outcome {
+            Ok((secret, what)) => {
+                tracing::info!(target: "gatehouse::audit", event = "client_changed", action = field("action"), user = %user.id, client_id = %id, "audit");
+                let view = ClientsView {
+                    created: secret.map(|s| (id.to_owned(), Some(s.expose().clone()))),
+                    notice: format!("{} {what}.", client.name),
+                    ..ClientsView::default()
+                };
+                render_clients(&reg, &ctx, &user, StatusCode::OK, view).await
+            }
+            Err(e) => web::unavailable(&reg.accounts, &ctx, &e),
+        };
+    }
+
+    let form = ClientForm {
+        name: field("name").to_owned(),
+        homepage: field("homepage").to_owned(),
+        redirect_uri: field("redirect_uri").to_owned(),
+    };
+    let mut errors = Errors::default();
+    if form.name.is_empty() || form.name.chars().count() > 100 {
+        errors.add("name", "Give it a name of up to 100 characters.");
+    }
+    if let Err(e) = clients::check_redirect_uri(&form.redirect_uri) {
+        errors.add(
+            "redirect_uri",
+            format!("{}{}", e[..1].to_uppercase(), &e[1..]) + ".",
+        );
+    }
+    let mine = reg.accounts.roles.of(&user.roles).1;
+    let scopes: Vec<String> = pairs
+        .iter()
+        .filter(|(k, v)| k == "scope" && mine.contains(v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    if !errors.is_empty() {
+        let view = ClientsView {
+            form,
+            errors,
+            ..ClientsView::default()
+        };
+        return render_clients(&reg, &ctx, &user, StatusCode::BAD_REQUEST, view).await;
+    }
+    let public = field("public") == "yes";
+    // Users register applications that act for people; client_credentials (a program acting
+    // for itself) is for administrators, from the CLI.
+    let grants = [
+        "authorization_code".to_string(),
+        "refresh_token".to_string(),
+    ];
+    let homepage = if form.homepage.starts_with("https://") || form.homepage.starts_with("http://")
+    {
+        form.homepage.as_str()
+    } else {
+        ""
+    };
+    let made = clients::create(
+        db,
+        &clients::NewClient {
+            name: &form.name,
+            description: "",
+            homepage,
+            owner: Some(&user.id),
+            confidential: !public,
+            redirect_uris: std::slice::from_ref(&form.redirect_uri),
+            grants: &grants,
+            scopes: &scopes,
+        },
+    )
+    .await;
+    match made {
+        Ok((c, secret)) => {
+            tracing::info!(target: "gatehouse::audit", event = "client_created", user = %user.id, client_id = %c.client_id, "audit");
+            let view = ClientsView {
+                created: Some((c.client_id, secret.map(|s| s.expose().clone()))),
+                ..ClientsView::default()
+            };
+            render_clients(&reg, &ctx, &user, StatusCode::OK, view).await
         }
         Err(e) => web::unavailable(&reg.accounts, &ctx, &e),
     }
