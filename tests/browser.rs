@@ -37,7 +37,22 @@ async fn sign_in(c: &Client, username: &str, password: &str) {
         field.clear().await.unwrap();
         field.send_keys(value).await.unwrap();
     }
-    c.find(Locator::Css("form button[type=submit]"))
+    click(c, "form button[type=submit]").await;
+}
+
+/// Types `text` into the field with id `id`.
+async fn fill(c: &Client, id: &str, text: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Clicks the element `css` selects.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
         .await
         .unwrap()
         .click()
@@ -177,30 +192,10 @@ async fn sign_in_through_nginx_and_revoke_from_another_browser() {
     let anon = browser(&driver).await;
     anon.goto(&format!("{site}/register")).await.unwrap();
     shoot(&anon, "register").await;
-    anon.find(Locator::Id("username"))
-        .await
-        .unwrap()
-        .send_keys("9lives")
-        .await
-        .unwrap();
-    anon.find(Locator::Id("email"))
-        .await
-        .unwrap()
-        .send_keys("not-an-address")
-        .await
-        .unwrap();
-    anon.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys("password")
-        .await
-        .unwrap();
-    anon.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&anon, "username", "9lives").await;
+    fill(&anon, "email", "not-an-address").await;
+    fill(&anon, "password", "password").await;
+    click(&anon, "form button[type=submit]").await;
     anon.wait()
         .for_element(Locator::Css(".error"))
         .await
@@ -307,12 +302,7 @@ async fn consent_apps_and_tokens_through_nginx() {
         "{consent}"
     );
     shoot(&c, "consent").await;
-    c.find(Locator::Css("button[value=allow]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "button[value=allow]").await;
     wait_path(&c, "/callback").await;
     let back = c.current_url().await.unwrap();
     let query: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
@@ -351,24 +341,9 @@ async fn consent_apps_and_tokens_through_nginx() {
 
     // A personal access token, made on the page.
     c.goto(&format!("{site}/account/tokens")).await.unwrap();
-    c.find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("nightly harvest")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=scope][value='papers:read']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("form button[type=submit]:not(.quiet)"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "name", "nightly harvest").await;
+    click(&c, "input[name=scope][value='papers:read']").await;
+    click(&c, "form button[type=submit]:not(.quiet)").await;
     c.wait()
         .for_element(Locator::Css("input[readonly]"))
         .await
@@ -388,12 +363,7 @@ async fn consent_apps_and_tokens_through_nginx() {
     // Authorized apps: withdraw, and the application's token stops working.
     c.goto(&format!("{site}/account/apps")).await.unwrap();
     shoot(&c, "apps").await;
-    c.find(Locator::Css("tbody form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "tbody form button").await;
     c.wait()
         .for_element(Locator::Css("[role=status]"))
         .await

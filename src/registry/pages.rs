@@ -26,6 +26,37 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/api", get(super::catalog::catalog))
 }
 
+/// A posted form whose fields may repeat (`scope`), read as pairs.
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    /// The first value of `name`, trimmed; "" when absent.
+    fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.trim())
+    }
+
+    /// Every value of `name`.
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// A POST from this site with its CSRF token, by a signed-in user: the user, or the answer
+/// (403, or off to sign in and back to `here`).
+async fn poster(reg: &Registry, ctx: &Ctx, csrf: &str, here: &str) -> Result<User, Response> {
+    if !web::post_allowed(&reg.accounts, ctx, csrf) {
+        return Err(web::forbidden(&reg.accounts, ctx));
+    }
+    web::signed_in(&reg.accounts, ctx, here).await
+}
+
 pub struct TokenRow {
     sid: String,
     name: String,
@@ -129,22 +160,15 @@ async fn tokens_page(State(reg): State<Arc<Registry>>, ctx: Ctx) -> Response {
     }
 }
 
-/// The tokens form; `scope` repeats, so the body is read as pairs.
+/// Creates or revokes a personal access token.
 async fn tokens(
     State(reg): State<Arc<Registry>>,
     ctx: Ctx,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    if !web::post_allowed(&reg.accounts, &ctx, field("csrf")) {
-        return web::forbidden(&reg.accounts, &ctx);
-    }
-    let user = match web::signed_in(&reg.accounts, &ctx, "/account/tokens").await {
+    let form = Fields(pairs);
+    let field = |name: &str| form.get(name);
+    let user = match poster(&reg, &ctx, field("csrf"), "/account/tokens").await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -168,11 +192,7 @@ async fn tokens(
             _ => Duration::from_secs(90 * 86_400),
         },
     };
-    let scopes: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .map(|(_, v)| v.clone())
-        .collect();
+    let scopes = form.all("scope");
     let name = field("name").to_owned();
     match personal::create(&sessions, &reg.accounts.roles, &user, &name, &scopes, ttl).await {
         Ok(issued) => {
@@ -241,10 +261,7 @@ struct AppForm {
 }
 
 async fn apps(State(reg): State<Arc<Registry>>, ctx: Ctx, Form(f): Form<AppForm>) -> Response {
-    if !web::post_allowed(&reg.accounts, &ctx, &f.csrf) {
-        return web::forbidden(&reg.accounts, &ctx);
-    }
-    let user = match web::signed_in(&reg.accounts, &ctx, "/account/apps").await {
+    let user = match poster(&reg, &ctx, &f.csrf, "/account/apps").await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -342,22 +359,15 @@ async fn clients_page(State(reg): State<Arc<Registry>>, ctx: Ctx) -> Response {
     }
 }
 
-/// Registers, disables, enables or re-keys a client; `scope` repeats, so pairs.
+/// Registers, disables, enables or re-keys a client.
 async fn clients_post(
     State(reg): State<Arc<Registry>>,
     ctx: Ctx,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.trim())
-    };
-    if !web::post_allowed(&reg.accounts, &ctx, field("csrf")) {
-        return web::forbidden(&reg.accounts, &ctx);
-    }
-    let user = match web::signed_in(&reg.accounts, &ctx, "/account/clients").await {
+    let posted = Fields(pairs);
+    let field = |name: &str| posted.get(name);
+    let user = match poster(&reg, &ctx, field("csrf"), "/account/clients").await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -427,10 +437,10 @@ async fn clients_post(
         );
     }
     let mine = reg.accounts.roles.of(&user.roles).1;
-    let scopes: Vec<String> = pairs
-        .iter()
-        .filter(|(k, v)| k == "scope" && mine.contains(v))
-        .map(|(_, v)| v.clone())
+    let scopes: Vec<String> = posted
+        .all("scope")
+        .into_iter()
+        .filter(|s| mine.contains(s))
         .collect();
     if !errors.is_empty() {
         let view = ClientsView {
