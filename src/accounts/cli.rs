@@ -15,7 +15,7 @@ use crate::store::Store;
 use crate::Failure;
 
 /// The flags of every `user` subcommand: the same store and database as `serve`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Common {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -26,7 +26,7 @@ pub struct Common {
     pub json: bool,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum UserCommand {
     /// Create an active user with a confirmed email; the password is read from stdin.
     Create {
@@ -95,7 +95,7 @@ pub enum UserCommand {
     Role(RoleCommand),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum RoleCommand {
     Add {
         #[command(flatten)]
