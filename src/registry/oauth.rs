@@ -202,8 +202,11 @@ async fn authenticate(
     };
     match client {
         Some(c) if ok && !c.disabled => Ok(c),
-        _ => {
-            tracing::info!(target: "gatehouse::audit", event = "client_auth_failed", client_id = %id, "audit");
+        other => {
+            // Only a registered id is logged: what a caller typed may be anything, a secret
+            // pasted in the wrong field included.
+            let known = other.as_ref().map_or("unknown", |c| c.client_id.as_str());
+            tracing::info!(target: "gatehouse::audit", event = "client_auth_failed", client_id = %known, "audit");
             Err(OAuthError::client())
         }
     }
