@@ -83,7 +83,16 @@ impl Site {
     fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         let (data, roles) = (self.dir.join("data"), self.dir.join("roles.toml"));
         let mut all = args.to_vec();
-        all.extend(["--data-dir", &data, "--roles", &roles]);
+        // A loaded test machine can take longer than the default 250 ms for one store call;
+        // the CLI is not the hot path.
+        all.extend([
+            "--data-dir",
+            &data,
+            "--roles",
+            &roles,
+            "--store-timeout",
+            "5s",
+        ]);
         let redis = self.redis.as_ref().map(RedisServer::url);
         if let Some(url) = &redis {
             all.extend(["--redis-url", url]);
@@ -1074,17 +1083,15 @@ fn personal_tokens_and_authorized_apps(backend: Backend) {
             .code(),
         Some(64)
     );
-    assert!(site
-        .cli(&[
-            "token",
-            "revoke",
-            "--user",
-            "uma",
-            "--sid",
-            made["sid"].as_str().unwrap()
-        ])
-        .status
-        .success());
+    let revoked = site.cli(&[
+        "token",
+        "revoke",
+        "--user",
+        "uma",
+        "--sid",
+        made["sid"].as_str().unwrap(),
+    ]);
+    assert!(revoked.status.success(), "{revoked:?}");
     assert!(refused_soon(&site.gh, cli_token));
 
     // Authorized apps: listed after consent; withdrawing ends the app's tokens.
