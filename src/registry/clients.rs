@@ -40,13 +40,17 @@ impl Client {
 
     /// Whether `presented` is this client's secret (constant time; a public client has none).
     pub fn secret_matches(&self, presented: &str) -> bool {
-        let presented = token_hash(presented);
-        // Unknown clients and public ones compare against a hash that matches nothing, so
-        // every refusal costs the same.
-        let stored = self.secret_hash.as_deref().unwrap_or(NO_SECRET);
-        aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), stored.as_bytes())
-            .is_ok()
+        // A public client compares against a hash that matches nothing, so every refusal
+        // costs the same.
+        hash_matches(presented, self.secret_hash.as_deref().unwrap_or(NO_SECRET))
     }
+}
+
+/// One SHA-256 of `presented` and a constant-time comparison with `stored`.
+fn hash_matches(presented: &str, stored: &str) -> bool {
+    let presented = std::hint::black_box(token_hash(presented));
+    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), stored.as_bytes())
+        .is_ok()
 }
 
 /// A hash no secret has (not base64 of 32 bytes): what an unknown or public client's secret
@@ -55,9 +59,7 @@ const NO_SECRET: &str = "-------------------------------------------";
 
 /// `Client::secret_matches` for a client that does not exist: the same work, always false.
 pub fn no_client_matches(presented: &str) -> bool {
-    let presented = std::hint::black_box(token_hash(presented));
-    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), NO_SECRET.as_bytes())
-        .is_ok()
+    hash_matches(presented, NO_SECRET)
 }
 
 /// What `create` needs.
