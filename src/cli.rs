@@ -16,11 +16,19 @@ use crate::sessions::{Listed, Sessions, SessionsError};
 use crate::store::Store;
 use crate::Failure;
 
-async fn open(args: &StoreArgs) -> Result<Store, Failure> {
+/// Every administrative command's session store. A command waits at least [`CLI_WAIT`] for
+/// the store to answer, to connect and per call: the server's `--store-timeout` (250 ms by
+/// default) guards a hot path, and an operator would rather wait a moment than see a
+/// `revoke` fail halfway on a busy Redis.
+pub(crate) async fn open(args: &StoreArgs) -> Result<Store, Failure> {
     args.validate()?;
-    let wait = args.store_timeout.max(std::time::Duration::from_secs(2));
-    Ok(Store::open(&args.settings(), Some(wait)).await?)
+    let mut settings = args.settings();
+    settings.timeout = settings.timeout.max(CLI_WAIT);
+    Ok(Store::open(&settings, Some(CLI_WAIT)).await?)
 }
+
+/// See [`open`].
+const CLI_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     match cmd {

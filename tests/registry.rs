@@ -83,16 +83,7 @@ impl Site {
     fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         let (data, roles) = (self.dir.join("data"), self.dir.join("roles.toml"));
         let mut all = args.to_vec();
-        // A loaded test machine can take longer than the default 250 ms for one store call;
-        // the CLI is not the hot path.
-        all.extend([
-            "--data-dir",
-            &data,
-            "--roles",
-            &roles,
-            "--store-timeout",
-            "5s",
-        ]);
+        all.extend(["--data-dir", &data, "--roles", &roles]);
         let redis = self.redis.as_ref().map(RedisServer::url);
         if let Some(url) = &redis {
             all.extend(["--redis-url", url]);

@@ -11,7 +11,6 @@ use super::db::{Db, NewUser, Purpose, User};
 use super::{DatabaseArgs, Roles};
 use crate::config::{ConfigError, StoreArgs};
 use crate::sessions::Sessions;
-use crate::store::Store;
 use crate::Failure;
 
 /// The flags of every `user` subcommand: the same store and database as `serve`.
@@ -167,8 +166,7 @@ pub(crate) fn print(
 
 /// Ends every session of `sub` (a user, or a client's tokens) from the command line.
 pub(crate) async fn end_sessions(store: &StoreArgs, sub: &str) -> Result<u64, Failure> {
-    store.validate()?;
-    let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
+    let store = crate::cli::open(store).await?;
     Sessions::new(&store, None)
         .revoke_user(sub, None)
         .await

@@ -12,7 +12,6 @@ use crate::accounts::db::Db;
 use crate::config::ConfigError;
 use crate::config::StoreArgs;
 use crate::sessions::{Sessions, SessionsError};
-use crate::store::Store;
 use crate::Failure;
 
 #[derive(Debug, Subcommand)]
@@ -114,8 +113,7 @@ async fn existing(db: &Db, id: &str) -> Result<Client, Failure> {
 
 /// `grants::end_client_tokens` from the command line, on the configured store.
 async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, Failure> {
-    store.validate()?;
-    let store = Store::open(&store.settings(), Some(std::time::Duration::from_secs(2))).await?;
+    let store = crate::cli::open(store).await?;
     grants::end_client_tokens(db, &Sessions::new(&store, None), client_id)
         .await
         .map_err(|e| match e {
@@ -364,12 +362,7 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
     .await?;
     let roles = crate::accounts::Roles::load(common.database.roles.as_deref())?;
     let user = find(&db, user).await?;
-    common.store.validate()?;
-    let store = Store::open(
-        &common.store.settings(),
-        Some(std::time::Duration::from_secs(2)),
-    )
-    .await?;
+    let store = crate::cli::open(&common.store).await?;
     let sessions = Sessions::new(&store, None);
     let store_failure = |e: SessionsError| match e {
         SessionsError::Store(s) => Failure::Store(s),
