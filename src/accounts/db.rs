@@ -616,6 +616,16 @@ impl Db {
         Ok((deleted == 1).then_some((user_id, email)))
     }
 
+    /// Deletes the one-time tokens that expired unused before `now` (Unix seconds); a used one
+    /// is deleted when used. The number deleted.
+    pub async fn purge_expired_tokens(&self, now: u64) -> Result<u64, DbError> {
+        Ok(sqlx::query("DELETE FROM user_tokens WHERE expires_at < $1")
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
     /// Confirms `email` for the user: it becomes their address if it is not taken meanwhile.
     pub async fn confirm_email(&self, id: &str, email: &str) -> Result<(), DbError> {
         let now = unix_now() as i64;
@@ -639,5 +649,30 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_one_time_tokens_are_purged_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let reset = db
+            .issue_token("u", Purpose::Reset, "a@example.org", ttl)
+            .await
+            .unwrap();
+        let now = unix_now();
+        assert_eq!(db.purge_expired_tokens(now).await.unwrap(), 0);
+        assert!(db
+            .peek_token(reset.expose(), Purpose::Reset)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(db.purge_expired_tokens(now + 61).await.unwrap(), 1);
+        assert_eq!(db.purge_expired_tokens(now + 61).await.unwrap(), 0);
     }
 }

@@ -215,6 +215,11 @@ impl Accounts {
             metrics,
         });
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));
+        let db = app.db.clone();
+        hourly("expired one-time tokens", move || {
+            let db = db.clone();
+            async move { db.purge_expired_tokens(crate::session::unix_now()).await }
+        });
         Ok(app)
     }
 
@@ -223,6 +228,28 @@ impl Accounts {
     pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
         Arc::new(Routes(web::router(self.clone()).merge(extra)))
     }
+}
+
+/// Runs the database housekeeping `task` at start and then every hour while the server runs:
+/// `what` it deletes, for the log. A failure is logged and tried again an hour later.
+pub(crate) fn hourly<F, Fut>(what: &'static str, task: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, db::DbError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match task().await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "purged {what}"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot purge {what}; trying again in an hour")
+                }
+            }
+        }
+    });
 }
 
 /// A role file edited between two starts reaches live sessions at once: the sessions of every

@@ -191,6 +191,38 @@ pub async fn record_access(
     Ok(())
 }
 
+/// How long a spent code or refresh token is kept past its expiry, so that a replay within it
+/// is still recognised as one (and revokes its grant) rather than refused as unknown.
+pub const KEEP_SPENT_SECS: u64 = 24 * 3600;
+
+/// Deletes what can never matter again, as of `now` (Unix seconds): codes and refresh tokens
+/// [`KEEP_SPENT_SECS`] past their expiry, the records of expired access tokens (their
+/// sessions are gone from the store), and grants with no refresh token or access token left
+/// that are at least as old (a grant being created is never taken). Consent stays until
+/// withdrawn. The number of rows deleted.
+pub async fn purge(db: &Db, now: u64) -> Result<u64, DbError> {
+    let spent = now.saturating_sub(KEEP_SPENT_SECS) as i64;
+    let mut deleted = 0;
+    for (sql, before) in [
+        ("DELETE FROM oauth_codes WHERE expires_at < $1", spent),
+        ("DELETE FROM oauth_refresh WHERE expires_at < $1", spent),
+        ("DELETE FROM oauth_access WHERE expires_at < $1", now as i64),
+        (
+            "DELETE FROM oauth_grants WHERE created_at < $1
+               AND NOT EXISTS (SELECT 1 FROM oauth_refresh r WHERE r.grant_id = oauth_grants.id)
+               AND NOT EXISTS (SELECT 1 FROM oauth_access a WHERE a.grant_id = oauth_grants.id)",
+            spent,
+        ),
+    ] {
+        deleted += sqlx::query(sql)
+            .bind(before)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+    }
+    Ok(deleted)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RevokeError {
     #[error(transparent)]
@@ -356,4 +388,67 @@ pub async fn end_client_tokens(
 ) -> Result<u64, RevokeError> {
     let own = sessions.revoke_user(client_id, None).await?;
     Ok(own + revoke_grants(db, sessions, client_id, None).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn count(db: &Db, table: &str) -> i64 {
+        let sql = match table {
+            "oauth_codes" => "SELECT COUNT(*) AS n FROM oauth_codes",
+            "oauth_grants" => "SELECT COUNT(*) AS n FROM oauth_grants",
+            "oauth_refresh" => "SELECT COUNT(*) AS n FROM oauth_refresh",
+            _ => "SELECT COUNT(*) AS n FROM oauth_access",
+        };
+        sqlx::query(sql)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .get("n")
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_what_may_matter_and_deletes_what_never_will() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let scopes = ["read".to_owned()];
+        let code = NewCode {
+            client_id: "c",
+            user_id: "u",
+            redirect_uri: "https://app.example.org/cb",
+            scopes: &scopes,
+            challenge: "x",
+        };
+        issue_code(&db, &code).await.unwrap();
+        let grant = create_grant(&db, "c", "u", &scopes).await.unwrap();
+        issue_refresh(&db, &grant, &scopes, 3600).await.unwrap();
+        let now = unix_now();
+        record_access(&db, &grant, "sid", "client:c", now + 60)
+            .await
+            .unwrap();
+        let tables = [
+            "oauth_codes",
+            "oauth_grants",
+            "oauth_refresh",
+            "oauth_access",
+        ];
+
+        // Nothing is spent yet; a spent code is kept for a day past its expiry.
+        assert_eq!(purge(&db, now).await.unwrap(), 0);
+        assert_eq!(
+            purge(&db, now + KEEP_SPENT_SECS).await.unwrap(),
+            1,
+            "the access record"
+        );
+        assert_eq!(count(&db, "oauth_codes").await, 1);
+
+        // A day past every expiry: all of it, the grant last, once nothing refers to it.
+        let later = now + 3600 + KEEP_SPENT_SECS + 1;
+        assert_eq!(purge(&db, later).await.unwrap(), 3);
+        for table in tables {
+            assert_eq!(count(&db, table).await, 0, "{table}");
+        }
+        assert_eq!(purge(&db, later).await.unwrap(), 0);
+    }
 }
