@@ -429,12 +429,6 @@ mod tests {
         record_access(&db, &grant, "sid", "client:c", now + 60)
             .await
             .unwrap();
-        let tables = [
-            "oauth_codes",
-            "oauth_grants",
-            "oauth_refresh",
-            "oauth_access",
-        ];
 
         // Nothing is spent yet; a spent code is kept for a day past its expiry.
         assert_eq!(purge(&db, now).await.unwrap(), 0);
