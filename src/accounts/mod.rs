@@ -215,10 +215,8 @@ impl Accounts {
             metrics,
         });
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));
-        let db = app.db.clone();
-        hourly("expired one-time tokens", move || {
-            let db = db.clone();
-            async move { db.purge_expired_tokens(crate::session::unix_now()).await }
+        hourly("expired one-time tokens", &app.db, |db, now| async move {
+            db.purge_expired_tokens(now).await
         });
         Ok(app)
     }
@@ -230,18 +228,20 @@ impl Accounts {
     }
 }
 
-/// Runs the database housekeeping `task` at start and then every hour while the server runs:
-/// `what` it deletes, for the log. A failure is logged and tried again an hour later.
-pub(crate) fn hourly<F, Fut>(what: &'static str, task: F)
+/// Runs the database housekeeping `purge` on `db` at start and then every hour while the
+/// server runs, with the time (Unix seconds) it runs at: `what` it deletes, for the log. A
+/// failure is logged and tried again an hour later.
+pub(crate) fn hourly<F, Fut>(what: &'static str, db: &db::Db, purge: F)
 where
-    F: Fn() -> Fut + Send + 'static,
+    F: Fn(db::Db, u64) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<u64, db::DbError>> + Send,
 {
+    let db = db.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            match task().await {
+            match purge(db.clone(), crate::session::unix_now()).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "purged {what}"),
                 Err(e) => {

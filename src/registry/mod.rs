@@ -75,11 +75,11 @@ impl crate::accounts::web::WithAccounts for Arc<Registry> {
 impl Registry {
     pub fn new(args: &RegistryArgs, accounts: Arc<Accounts>) -> Result<Arc<Registry>, ConfigError> {
         args.validate()?;
-        let db = accounts.db.clone();
-        crate::accounts::hourly("spent OAuth codes, tokens and grants", move || {
-            let db = db.clone();
-            async move { grants::purge(&db, crate::session::unix_now()).await }
-        });
+        crate::accounts::hourly(
+            "spent OAuth codes, tokens and grants",
+            &accounts.db,
+            |db, now| async move { grants::purge(&db, now).await },
+        );
         Ok(Arc::new(Registry {
             accounts,
             access_ttl: args.access_token_ttl,
