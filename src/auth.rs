@@ -35,6 +35,27 @@ use crate::store::{SessionStore, Store};
 
 pub type Body = Full<Bytes>;
 
+/// What `/auth` answers, before it is written. A cached session's 200 stays its entry until
+/// then: hyper's path builds the response from it ([`Answer::into_response`]), the lean
+/// path (`server/lean.rs`) writes the entry's headers straight to the connection.
+pub enum Answer {
+    Allow(Arc<Entry>),
+    Response(Response<Body>),
+}
+
+impl Answer {
+    pub fn into_response(self) -> Response<Body> {
+        match self {
+            Answer::Allow(entry) => allow_headers(
+                entry.authorization.clone(),
+                Some(entry.user.clone()),
+                entry.email.clone(),
+            ),
+            Answer::Response(r) => r,
+        }
+    }
+}
+
 /// `last_seen` writes waiting for the background writer; more are dropped, not waited for.
 const TOUCH_QUEUE: usize = 1024;
 
@@ -44,7 +65,7 @@ pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-req
 const REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\"");
 const REALM_INVALID: HeaderValue =
     HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"");
-const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+pub(crate) const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Why a request was refused; each has a fixed JSON body.
@@ -264,11 +285,16 @@ impl Gateway {
     /// Answers one `/auth` request from `peer` (whose proxy headers count only if it is in
     /// `--trusted-proxies`).
     pub async fn auth(&self, headers: &HeaderMap, peer: IpAddr) -> Response<Body> {
+        self.answer(headers, peer).await.into_response()
+    }
+
+    /// [`Gateway::auth`]'s answer before it becomes a response (see [`Answer`]).
+    pub async fn answer(&self, headers: &HeaderMap, peer: IpAddr) -> Answer {
         let start = Instant::now();
-        let (response, outcome, method) = self.decide(headers, peer).await;
+        let (answer, outcome, method) = self.decide(headers, peer).await;
         self.metrics.auth(outcome, method).inc();
         self.metrics.auth_duration.observe(start.elapsed());
-        response
+        answer
     }
 
     /// `/auth/redirect`, for proxies that hand any non-2xx answer to the client (Traefik,
@@ -296,11 +322,7 @@ impl Gateway {
         }
     }
 
-    async fn decide(
-        &self,
-        headers: &HeaderMap,
-        peer: IpAddr,
-    ) -> (Response<Body>, Outcome, AuthMethod) {
+    async fn decide(&self, headers: &HeaderMap, peer: IpAddr) -> (Answer, Outcome, AuthMethod) {
         // Another spelling of an identity header (X_Auth_Request_User, X.Auth.Request.User…):
         // proxies pass it on, and CGI, WSGI and PHP upstreams read it as the real one.
         if has_identity_alias(headers) {
@@ -385,7 +407,7 @@ impl Gateway {
         if following {
             if let Some(entry) = self.cache.get(&key).await {
                 self.metrics.cache_hit.inc();
-                return admit(rule, &entry, label);
+                return admit(rule, entry, label);
             }
             if self.cache.is_known_missing(&key.hash) {
                 self.metrics.cache_negative.inc();
@@ -403,7 +425,7 @@ impl Gateway {
                 .map_err(Arc::new)
         };
         match filled {
-            Ok(entry) => admit(rule, &entry, label),
+            Ok(entry) => admit(rule, entry, label),
             Err(e) => match *e {
                 FillError::NotFound => (refuse(Refusal::Unknown, bearer), Outcome::Deny, label),
                 FillError::Store(ref err) => {
@@ -432,7 +454,7 @@ impl Gateway {
         method: Method,
         token: &str,
         rule: Option<&Requirement>,
-    ) -> (Response<Body>, Outcome) {
+    ) -> (Answer, Outcome) {
         let bearer = method == Method::Bearer;
         let Some(redis) = self.store.redis() else {
             // Refused at start by the configuration check; never a 200 if it were not.
@@ -463,7 +485,8 @@ impl Gateway {
             Ok(a) => {
                 let user = a.user.as_deref().map(header_value);
                 let email = a.email.as_deref().map(header_value);
-                (allow_headers(a.authorization, user, email), Outcome::Allow)
+                let response = allow_headers(a.authorization, user, email);
+                (Answer::Response(response), Outcome::Allow)
             }
             Err(ArxivError::Invalid) => (refuse(Refusal::Invalid, bearer), Outcome::Deny),
             Err(ArxivError::Unknown) => (refuse(Refusal::Unknown, bearer), Outcome::Deny),
@@ -599,9 +622,9 @@ fn has_identity_alias(headers: &HeaderMap) -> bool {
 /// Checked on every request, hit or miss; no decision is cached.
 fn admit(
     rule: Option<&Requirement>,
-    entry: &Entry,
+    entry: Arc<Entry>,
     label: AuthMethod,
-) -> (Response<Body>, Outcome, AuthMethod) {
+) -> (Answer, Outcome, AuthMethod) {
     if let Some(rule) = rule {
         let grants = Grants {
             scopes: &entry.session.scopes,
@@ -611,15 +634,7 @@ fn admit(
             return (refuse(Refusal::Forbidden, false), Outcome::Forbid, label);
         }
     }
-    (allow(entry), Outcome::Allow, label)
-}
-
-fn allow(entry: &Entry) -> Response<Body> {
-    allow_headers(
-        entry.authorization.clone(),
-        Some(entry.user.clone()),
-        entry.email.clone(),
-    )
+    (Answer::Allow(entry), Outcome::Allow, label)
 }
 
 fn allow_headers(
@@ -642,13 +657,13 @@ fn allow_headers(
     r
 }
 
-fn anonymous() -> Response<Body> {
+fn anonymous() -> Answer {
     let mut r = Response::new(Body::default());
     r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-    r
+    Answer::Response(r)
 }
 
-fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
+fn refuse(why: Refusal, bearer: bool) -> Answer {
     let mut r = Response::new(Body::new(Bytes::from_static(why.body())));
     *r.status_mut() = match why {
         Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -668,7 +683,7 @@ fn refuse(why: Refusal, bearer: bool) -> Response<Body> {
             },
         );
     }
-    r
+    Answer::Response(r)
 }
 
 #[cfg(test)]

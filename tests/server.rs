@@ -29,7 +29,7 @@ use gatehouse::store::SessionStore;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use support::{http_get, TempDir};
+use support::{http_get, split_responses, TempDir};
 
 struct InProcess {
     addr: SocketAddr,
@@ -352,4 +352,171 @@ async fn the_sessions_api_issues_lists_and_revokes() {
     );
 
     gh.stop().await;
+}
+
+/// Writes `requests` at once on one connection and reads until the server closes it.
+async fn converse(addr: SocketAddr, requests: String) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(requests.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .expect("the server closes the connection");
+        raw
+    })
+    .await
+    .unwrap()
+}
+
+/// The headers of a response but `date`, sorted, to compare two answers.
+fn headers_but_date(r: &support::Response) -> Vec<(String, String)> {
+    let mut h: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("date"))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect();
+    h.sort();
+    h
+}
+
+/// The lean path (`server/lean.rs`) answers bodiless `GET /auth` on keep-alive connections;
+/// the first request it does not take hands the connection, bytes already read included,
+/// to hyper. Pipelined in one write, every request is answered, in order, and the lean
+/// path's answers are hyper's, byte for byte but the date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_by_the_lean_path_then_by_hyper() {
+    let gh = InProcess::start(&[], None).await;
+    let token = gh
+        .issue(&Sessions::draft("u1", Duration::from_secs(600)))
+        .await;
+    let auth = |extra: &str| format!("GET /auth HTTP/1.1\r\nHost: gatehouse\r\n{extra}\r\n");
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let requests = [
+        auth(&bearer), // lean
+        auth(""),      // lean
+        // A body: hyper's from here on, and the body is read as a body, not a request.
+        auth("Content-Length: 28\r\n") + "GET /auth HTTP/1.1\r\nX: y\r\n",
+        auth(&bearer),
+        "GET /.well-known/jwks.json HTTP/1.1\r\nHost: gatehouse\r\n\r\n".into(),
+        auth("Transfer-Encoding: chunked\r\n") + "3\r\nabc\r\n0\r\n\r\n",
+        auth("Connection: close\r\n"),
+    ]
+    .concat();
+    let raw = converse(gh.addr, requests).await;
+    let answers = split_responses(&raw).unwrap();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 401, 401, 200, 200, 401, 401]);
+    assert_eq!(headers_but_date(&answers[0]), headers_but_date(&answers[3]));
+    assert_eq!(headers_but_date(&answers[1]), headers_but_date(&answers[2]));
+    assert_eq!(answers[1].body, answers[2].body);
+    assert!(answers[0].header("authorization").is_some());
+    assert!(answers[0].header("date").is_some() && answers[1].header("date").is_some());
+    gh.stop().await;
+}
+
+/// What the lean path does not take gets hyper's answer, as before the lean path existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_lean_path_leaves_get_hyper_s_answers() {
+    let gh = InProcess::start(&[], None).await;
+    let big = "a".repeat(40 * 1024);
+    for (request, status_line) in [
+        ("GET /auth HTTP/1.0\r\n\r\n".to_string(), "HTTP/1.0 401"),
+        (
+            "GET /auth HTTP/1.1\r\nBad Name: x\r\n\r\n".into(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "GET /auth HTTP/1.1\r\nX: a\r\n folded\r\n\r\n".into(),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET /auth HTTP/1.1\r\nX-Big: {big}\r\n\r\n"),
+            "HTTP/1.1 431",
+        ),
+        (
+            "HEAD /auth HTTP/1.1\r\nConnection: close\r\n\r\n".into(),
+            "HTTP/1.1 401",
+        ),
+        (
+            "GET /auth?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n".into(),
+            "HTTP/1.1 401",
+        ),
+    ] {
+        let raw = converse(gh.addr, request.clone()).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.starts_with(status_line),
+            "{:.60}: {text}",
+            request.escape_debug()
+        );
+        if request.starts_with("HEAD") {
+            assert!(text.ends_with("\r\n\r\n"), "no body for HEAD: {text}");
+        }
+    }
+    gh.stop().await;
+}
+
+/// `--header-timeout` holds on the lean path as on hyper's: a connection that stalls in a
+/// request head, or stays idle after an answer, is closed; one that keeps asking, with
+/// pauses shorter than the timeout, stays open however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_closes_stalled_and_idle_connections_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gh = InProcess::start(&["--header-timeout", "1s"], None).await;
+    let closes = |mut stream: tokio::net::TcpStream| async move {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest));
+        read.await.expect("closed by the server").unwrap();
+    };
+    let request = b"GET /auth HTTP/1.1\r\nHost: gatehouse\r\n\r\n";
+
+    let mut stalled = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    stalled.write_all(&request[..20]).await.unwrap();
+    closes(stalled).await;
+
+    let mut idle = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    closes(idle).await;
+
+    // Busy for three timeouts, with pauses of a tenth of one.
+    let mut busy = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        busy.write_all(request).await.unwrap();
+        let n = busy.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed while in use");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 401"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gh.stop().await;
+}
+
+/// At shutdown a keep-alive connection on the lean path is closed once idle, so the drain
+/// ends instead of waiting for `--shutdown-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_lean_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gh = InProcess::start(&["--shutdown-timeout", "60s"], None).await;
+    let mut conn = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    conn.write_all(b"GET /auth HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    conn.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    tokio::time::timeout(Duration::from_secs(30), gh.stop())
+        .await
+        .expect("the drain ends before --shutdown-timeout");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await.unwrap();
 }

@@ -183,6 +183,25 @@ pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// Every response in `raw` (a connection's whole output) in order, each framed by its
+/// `Content-Length`: for servers that always send one (gatehouse does), answering no HEAD.
+pub fn split_responses(mut raw: &[u8]) -> io::Result<Vec<Response>> {
+    let mut all = Vec::new();
+    while !raw.is_empty() {
+        let end = find(raw, b"\r\n\r\n").ok_or_else(|| invalid("no header end"))? + 4;
+        let response = parse_response(raw, false)?;
+        let len = match response.header("content-length") {
+            Some(len) => len.parse::<usize>().map_err(|_| invalid("bad content-length"))?,
+            None => return Err(invalid("a response without content-length")),
+        };
+        raw = raw
+            .get(end + len..)
+            .ok_or_else(|| invalid("body cut short"))?;
+        all.push(response);
+    }
+    Ok(all)
+}
+
 pub(crate) fn parse_response(mut raw: &[u8], head_only: bool) -> io::Result<Response> {
     loop {
         let end = find(raw, b"\r\n\r\n").ok_or_else(|| {

@@ -30,12 +30,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::auth::{Body, Gateway};
 use crate::store::SessionStore;
+
+mod lean;
 
 /// The body of a module's answer: boxed, since modules answer pages and APIs, not the hot
 /// path.
@@ -86,29 +88,47 @@ pub async fn serve(
     let (stop_main, main_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
 
-    let gw = gateway.clone();
-    let main_task = tokio::spawn(accept_loop(
-        main,
-        http.clone(),
-        main_stopped,
-        settings.max_connections,
-        settings.shutdown_timeout,
-        move |req, peer| {
-            let gw = gw.clone();
-            let modules = modules.clone();
-            async move { Ok::<_, Infallible>(route_main(&gw, modules.as_deref(), req, peer).await) }
-        },
-    ));
+    let main_task = {
+        let (gw, http) = (gateway.clone(), http.clone());
+        let header_timeout = settings.header_timeout;
+        tokio::spawn(accept_loop(
+            main,
+            main_stopped,
+            settings.max_connections,
+            settings.shutdown_timeout,
+            move |stream, peer, watcher, stop| {
+                let (gw, http, modules) = (gw.clone(), http.clone(), modules.clone());
+                async move {
+                    let lean = lean::serve(stream, peer, &gw, header_timeout, MAX_HEAD, stop);
+                    let lean::Handover::Hyper(io) = lean.await else {
+                        return;
+                    };
+                    let handler = move |req| {
+                        let (gw, modules) = (gw.clone(), modules.clone());
+                        async move {
+                            Ok::<_, Infallible>(
+                                route_main(&gw, modules.as_deref(), req, peer).await,
+                            )
+                        }
+                    };
+                    serve_hyper(&http, io, watcher, handler).await;
+                }
+            },
+        ))
+    };
     let gw = gateway.clone();
     let admin_task = tokio::spawn(accept_loop(
         admin,
-        http,
         admin_stopped,
         ADMIN_MAX_CONNECTIONS,
         Duration::from_secs(1),
-        move |req, _peer| {
+        move |stream, _peer, watcher, _stop| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(route_admin(&gw, req).await) }
+            let handler = move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(route_admin(&gw, req).await) }
+            };
+            serve_hyper(&http, stream, watcher, handler)
         },
     ));
 
@@ -145,19 +165,18 @@ pub const QUIET: Duration = Duration::from_millis(250);
 /// process of file descriptors either.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
-async fn accept_loop<F, Fut, B>(
+/// Accepts connections until `stop` turns true and serves each with `serve_conn`, which is
+/// given the connection's graceful-shutdown watcher (for hyper) and `stop` (for the lean
+/// path); then waits up to `drain_deadline` for every connection to end.
+async fn accept_loop<C, Fut>(
     listener: TcpListener,
-    http: http1::Builder,
     mut stop: watch::Receiver<bool>,
     max_connections: usize,
     drain_deadline: Duration,
-    handler: F,
+    serve_conn: C,
 ) where
-    F: Fn(Request<Incoming>, IpAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Fn(TcpStream, IpAddr, Watcher, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     // One permit per open connection. At the limit a new connection is closed at once: the
@@ -179,14 +198,11 @@ async fn accept_loop<F, Fut, B>(
                     };
                     refused_since_log = 0;
                     let _ = stream.set_nodelay(true);
-                    let handler = handler.clone();
-                    let peer = peer.ip();
-                    let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req, peer)));
-                    let conn = graceful.watch(conn);
+                    // The watcher lives as long as the connection, so that the drain below
+                    // waits for every connection, hyper's or the lean path's.
+                    let conn = serve_conn(stream, peer.ip(), graceful.watcher(), stop.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
+                        conn.await;
                         drop(slot);
                     });
                 }
@@ -205,6 +221,29 @@ async fn accept_loop<F, Fut, B>(
         .is_err()
     {
         tracing::warn!(deadline = ?drain_deadline, "connections still open at the drain deadline");
+    }
+}
+
+/// Serves one connection with hyper until it ends or a graceful shutdown closes it.
+fn serve_hyper<I, F, Fut, B>(
+    http: &http1::Builder,
+    io: I,
+    watcher: Watcher,
+    handler: F,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service_fn(handler)));
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 
