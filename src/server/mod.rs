@@ -3,8 +3,11 @@
 //! Main listener: `/auth`, `/auth/redirect` and `/.well-known/jwks.json`, answered by a raw
 //! match with an unboxed body; every other path falls through to the companion modules'
 //! router ([`Modules`]), when one is given, so that `accounts` and `registry` add routes
-//! without touching the hot path. Admin listener: `/healthz`, `/readyz`, `/metrics` — kept
-//! apart so probes and scrapes never share a port or a code path with authentication.
+//! without touching the hot path. Each main-listener connection starts on the lean path
+//! (`server/lean.rs`), which answers nginx's keep-alive auth subrequests without hyper's
+//! per-request machinery and hands the connection to hyper at the first request it does not
+//! take. Admin listener: `/healthz`, `/readyz`, `/metrics` — kept apart so probes and
+//! scrapes never share a port or a code path with authentication.
 //! `serve` takes already-bound listeners, so tests bind port 0.
 //!
 //! Shutdown: `/readyz` turns 503 at once; requests are still served for `--shutdown-delay`

@@ -191,7 +191,9 @@ pub fn split_responses(mut raw: &[u8]) -> io::Result<Vec<Response>> {
         let end = find(raw, b"\r\n\r\n").ok_or_else(|| invalid("no header end"))? + 4;
         let response = parse_response(raw, false)?;
         let len = match response.header("content-length") {
-            Some(len) => len.parse::<usize>().map_err(|_| invalid("bad content-length"))?,
+            Some(len) => len
+                .parse::<usize>()
+                .map_err(|_| invalid("bad content-length"))?,
             None => return Err(invalid("a response without content-length")),
         };
         raw = raw
