@@ -3,7 +3,7 @@
 //! Every connection of the main listener starts here. While its requests are a proxy's auth
 //! subrequest — `GET /auth HTTP/1.1` with no body and no `Connection`, `Expect` or `Upgrade`
 //! header, which is what nginx sends over an upstream keepalive pool — they are parsed
-//! (httparse, as hyper parses), decided by the same [`Gateway::auth`] and answered here,
+//! (httparse, as hyper parses), decided by the same [`Gateway::answer`] and answered here,
 //! without hyper's general per-request machinery. That machinery (dispatch, the service
 //! future, the response encoder, the request's `Incoming` body) was most of the CPU time per
 //! request that gatehouse spent beyond a bare 204 behind nginx (benches/README.md).
