@@ -5,10 +5,10 @@
 //! `cargo bench --bench load`). It starts a real `redis-server`, gatehouse (release build), a
 //! bare hyper server that answers 200 with an empty body (this binary, re-run with
 //! `--bare-hyper`), an nginx that answers `return 204` (the fastest possible external auth
-//! server), and an nginx with one worker whose four protected locations serve a static file
+//! server), and an nginx with one worker whose five protected locations serve a static file
 //! after `auth_request` to: an internal `return 204`; the 204 nginx over keepalive; gatehouse
-//! over keepalive; gatehouse without keepalive. Load comes from `wrk` (one thread, 16
-//! connections).
+//! over keepalive; gatehouse without keepalive; the bare hyper server over keepalive (what
+//! hyper alone costs behind nginx). Load comes from `wrk` (one thread, 16 connections).
 //!
 //! Every figure is the median of rounds that alternate candidate and ceiling, because the
 //! machine is shared and noisy; what matters is the ratio measured in the same run. The
@@ -149,6 +149,7 @@ fn main() {
     ]));
 
     let (mut bare, bare_port) = spawn_bare_hyper(None);
+    let bare_pid = bare.id();
     let _bare_guard = KillOnDrop(&mut bare);
 
     let ceiling = Nginx::start(&render(
@@ -161,6 +162,7 @@ fn main() {
             ("P", free_port().to_string()),
             ("GATEHOUSE", gh.addr().port().to_string()),
             ("CEILING", ceiling.addr().port().to_string()),
+            ("BARE", bare_port.to_string()),
             ("WWW", www.display().to_string()),
         ],
     ));
@@ -271,7 +273,15 @@ fn main() {
     // Every round runs both credentials against every location, so that cookie and bearer
     // see the same machine: run one block after the other and the drift of a shared machine
     // between blocks (the ceiling itself moved 7-20%) reads as a difference between them.
-    let locations = ["ceiling", "gatehouse", "internal", "gatehouse-nokeepalive"];
+    // "bare": the bare hyper server as the auth upstream, so that hyper's own cost behind
+    // nginx is measured, not assumed.
+    let locations = [
+        "ceiling",
+        "gatehouse",
+        "internal",
+        "gatehouse-nokeepalive",
+        "bare",
+    ];
     let credentials = [
         ("hit, cookie", &scripts.cookie),
         ("hit, bearer", &scripts.bearer),
@@ -283,6 +293,7 @@ fn main() {
                 let server = match *loc {
                     "ceiling" => ceiling.worker_pids(),
                     "internal" => Vec::new(),
+                    "bare" => vec![bare_pid],
                     _ => vec![gh.pid()],
                 };
                 runs[c][i].push(wrk_cpu(&via(loc), script, &nginx.worker_pids(), &server));
@@ -290,7 +301,7 @@ fn main() {
         }
     }
     for (c, (name, _)) in credentials.iter().enumerate() {
-        let [ceil, gate, internal, nokeep] = [0, 1, 2, 3].map(|i| median(&runs[c][i]));
+        let [ceil, gate, internal, nokeep, bare] = [0, 1, 2, 3, 4].map(|i| median(&runs[c][i]));
         report.rows.push(row(
             &format!("nginx {name}"),
             "gatehouse, keepalive",
@@ -306,6 +317,15 @@ fn main() {
             "gatehouse, keepalive",
             nokeep,
             gate,
+            None,
+            None,
+        ));
+        report.rows.push(row(
+            &format!("nginx {name}"),
+            "bare hyper, keepalive",
+            "204 nginx, keepalive",
+            bare,
+            ceil.clone(),
             None,
             None,
         ));
@@ -402,6 +422,7 @@ fn main() {
 const NGINX: &str = r#"
 upstream gatehouse { server 127.0.0.1:{{GATEHOUSE}}; keepalive 32; keepalive_timeout 5s; }
 upstream ceiling { server 127.0.0.1:{{CEILING}}; keepalive 32; }
+upstream bare { server 127.0.0.1:{{BARE}}; keepalive 32; }
 server {
     listen 127.0.0.1:{{P}};
     access_log off;
@@ -415,7 +436,13 @@ server {
     location = /_auth_ceiling { internal; proxy_pass http://ceiling/; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location = /_auth_gatehouse { internal; proxy_pass http://gatehouse/auth; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location = /_auth_gatehouse_nokeepalive { internal; proxy_pass http://127.0.0.1:{{GATEHOUSE}}/auth; }
+    location = /_auth_bare { internal; proxy_pass http://bare/; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location /internal/ { auth_request /_auth_internal; alias {{WWW}}/; }
+    location /bare/ {
+        auth_request /_auth_bare;
+        auth_request_set $jwt $upstream_http_authorization;
+        alias {{WWW}}/;
+    }
     location /ceiling/ {
         auth_request /_auth_ceiling;
         auth_request_set $jwt $upstream_http_authorization;
