@@ -628,7 +628,7 @@ fn admit(
     if let Some(rule) = rule {
         let grants = Grants {
             scopes: &entry.session.scopes,
-            roles: &entry.session.roles,
+            roles: entry.session.acting_roles(),
         };
         if !rule.admits(&grants) {
             return (refuse(Refusal::Forbidden, false), Outcome::Forbid, label);

@@ -89,6 +89,8 @@ impl From<OpenError> for Failure {
 
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> Result<(), Failure> {
+    #[cfg(feature = "registry")]
+    registry::install();
     match command {
         Command::Serve(args) => serve_until_signal(*args).await,
         Command::Session(cmd) => cli::session(cmd).await,

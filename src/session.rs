@@ -95,6 +95,16 @@ impl Session {
         now < self.expires_at
     }
 
+    /// The roles its holder acts with: a browser session's. A token (an OAuth client's or a
+    /// personal one) carries exactly the scopes it was granted and never a role, whatever an
+    /// older record holds, so a role rule never admits one (README, Security).
+    pub fn acting_roles(&self) -> &[String] {
+        match self.kind {
+            SessionKind::User => &self.roles,
+            SessionKind::Client | SessionKind::Personal => &[],
+        }
+    }
+
     /// The name the upstream sees in `X-Auth-Request-User`.
     pub fn display_user(&self) -> &str {
         self.username.as_deref().unwrap_or(&self.sub)

@@ -231,7 +231,7 @@ impl Signer {
             jti: URL_SAFE_NO_PAD.encode(jti),
             sid,
             scope: session.scopes.join(" "),
-            roles: &session.roles,
+            roles: session.acting_roles(),
             preferred_username: session.username.as_deref(),
             email: session.email.as_deref(),
             name: session.name.as_deref(),

@@ -1302,3 +1302,318 @@ fn hidden_value(html: &str, label: &str) -> String {
     let start = rest.find("value=\"").unwrap() + 7;
     html_unescape(&rest[start..start + rest[start..].find('"').unwrap()])
 }
+
+/// A signed-in browser of `user` on `site`.
+fn signed_in(site: &Site, user: &str) -> Browser {
+    let mut b = Browser::new(site.gh.addr());
+    let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
+    let r = b.post(
+        "/login",
+        &[("csrf", &csrf), ("username", user), ("password", PW)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    b
+}
+
+/// An authorization request of `client_id` for `scope`, with a fresh PKCE pair: the path and
+/// the verifier.
+fn authorize_path(client_id: &str, scope: &str) -> (String, String) {
+    use oauth2::PkceCodeChallenge;
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let path = format!(
+        "/oauth/authorize?{}",
+        form_encode(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", CALLBACK),
+            ("scope", scope),
+            ("state", "s1"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+    );
+    (path, verifier.secret().clone())
+}
+
+/// Redeems `code` at the token endpoint by hand: the JSON answer.
+fn redeem(site: &Site, id: &str, secret: &str, code: &str, verifier: &str) -> serde_json::Value {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let (r, v) = site.token_raw(
+        &[("Authorization", &format!("Basic {basic}"))],
+        &form_encode(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", verifier),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    v
+}
+
+/// A refresh by hand: the status and the RFC 6749 error, if any.
+fn refresh_status(site: &Site, id: &str, secret: &str, refresh: &str) -> (u16, String) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let (r, v) = site.token_raw(
+        &[("Authorization", &format!("Basic {basic}"))],
+        &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", refresh)]),
+    );
+    (r.status, v["error"].as_str().unwrap_or("").to_string())
+}
+
+/// Issue 17, 1.1: a client asking for nothing the user can grant (here: `admin`, which an
+/// ordinary user lacks; on a client a user registered, every scope they lack) still gets a
+/// consent page, and only consent recorded on it skips the page later and lists the app.
+#[test]
+fn consent_is_asked_even_when_no_scope_can_be_granted() {
+    let site = Site::start("registry-silent", Backend::Sqlite);
+    site.create_user("mallory");
+    site.create_user("vic");
+    // The attacker's client, registered the way any user can.
+    let mut mallory = signed_in(&site, "mallory");
+    let page = mallory.get("/account/clients");
+    let csrf = hidden(&page.body, "csrf").unwrap();
+    let r = mallory.post(
+        "/account/clients",
+        &[
+            ("csrf", &csrf),
+            ("action", "create"),
+            ("name", "Free Papers"),
+            ("redirect_uri", CALLBACK),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let secret = hidden_value(&r.body, "The client secret");
+    let id = r
+        .body
+        .split("client ID is <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The victim follows the attacker's link: a consent page, not a code.
+    let mut vic = signed_in(&site, "vic");
+    let (path, verifier) = authorize_path(&id, "");
+    let page = vic.get(&path);
+    assert_eq!(
+        page.status,
+        200,
+        "no consent was asked: {:?}",
+        page.header("location")
+    );
+    assert!(page.body.contains("Free Papers"), "{}", page.body);
+    assert!(page.body.contains("Know who you are"), "{}", page.body);
+    assert!(
+        !vic.get("/account/apps").body.contains("Free Papers"),
+        "listed before consent"
+    );
+
+    // Allowed: the code works, the app is listed and can be withdrawn.
+    let back = callback(&answer_consent(&mut vic, &page, "allow"));
+    let tokens = redeem(&site, &id, &secret, &back["code"], &verifier);
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(bearer(&site.gh, access).status, 200);
+    assert!(
+        vic.get("/account/apps").body.contains("Free Papers"),
+        "an app with a grant is not listed"
+    );
+    // Consent recorded: the next request for the same (empty) set comes straight back.
+    let (path, _) = authorize_path(&id, "");
+    let again = vic.get(&path);
+    assert_eq!(again.status, 303, "{}", again.body);
+    assert!(again.header("location").unwrap().starts_with(CALLBACK));
+}
+
+/// Issue 17, 1.2: an OAuth access token and a personal access token carry the scopes they
+/// were granted and never their user's roles, in the JWT and at role rules.
+#[test]
+fn tokens_carry_granted_scopes_and_never_roles() {
+    let site = Site::start_with("registry-roles", Backend::Sqlite, |dir| {
+        let policy = dir.join("policy.toml");
+        std::fs::write(
+            &policy,
+            "[[rule]]\npath = \"/admin\"\nroles = [\"admin\"]\n\n[default]\nanonymous = true\n",
+        )
+        .unwrap();
+        vec!["--policy".into(), policy]
+    });
+    site.create_user("ada");
+    assert!(site
+        .cli(&["user", "role", "add", "ada", "admin"])
+        .status
+        .success());
+    let (id, secret) = site.client(&[
+        "--name",
+        "Paper Shelf",
+        "--grant",
+        "authorization_code",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+    ]);
+    let secret = secret.unwrap();
+    let at = |uri: &str, headers: &[(&str, &str)]| {
+        let mut all = vec![("X-Original-URI", uri), ("X-Original-Method", "GET")];
+        all.extend_from_slice(headers);
+        http_get(site.gh.addr(), "/auth", &all)
+    };
+    let at_admin = |headers: &[(&str, &str)]| at("/admin/users", headers);
+    let elsewhere = |token: &str| at("/papers", &[("Authorization", &format!("Bearer {token}"))]);
+
+    // The admin's own browser session passes the role rule.
+    let mut b = signed_in(&site, "ada");
+    let cookie = format!(
+        "gatehouse_session={}",
+        b.cookie("gatehouse_session").unwrap()
+    );
+    let r = at_admin(&[("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let roles = claims(&r)["roles"].clone();
+    assert!(
+        roles
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("admin")),
+        "{roles}"
+    );
+
+    // A token she consented for papers:read does not.
+    let (path, verifier) = authorize_path(&id, "papers:read");
+    let page = b.get(&path);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let tokens = redeem(&site, &id, &secret, &back["code"], &verifier);
+    let access = tokens["access_token"].as_str().unwrap();
+    let auth = format!("Bearer {access}");
+    let r = at_admin(&[("Authorization", &auth)]);
+    assert_eq!(r.status, 403, "an OAuth token passed a role rule");
+    let r = elsewhere(access);
+    assert_eq!(claims(&r)["roles"], serde_json::json!([]), "{}", claims(&r));
+    assert_eq!(claims(&r)["scope"], "papers:read");
+
+    // Nor does her personal token with no scope.
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&site.cli(&[
+        "token", "create", "--json", "--user", "ada", "--name", "script",
+    ])))
+    .unwrap();
+    let pat = made["token"].as_str().unwrap();
+    let r = at_admin(&[("Authorization", &format!("Bearer {pat}"))]);
+    assert_eq!(r.status, 403, "a personal token passed a role rule");
+    let r = elsewhere(pat);
+    assert_eq!(claims(&r)["roles"], serde_json::json!([]));
+    assert_eq!(claims(&r)["scope"], "");
+}
+
+/// Issue 17, 1.3: a password set by an administrator, and a deactivation, end the user's
+/// OAuth grants: the refresh token is refused, and reactivation brings nothing back.
+#[test]
+fn resets_and_deactivation_end_oauth_grants_for_good() {
+    let site = Site::start("registry-reset", Backend::Sqlite);
+    site.create_user("nina");
+    let (id, secret) = site.client(&[
+        "--name",
+        "Paper Shelf",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+    ]);
+    let secret = secret.unwrap();
+    let grant = |b: &mut Browser| {
+        let (path, verifier) = authorize_path(&id, "papers:read");
+        let page = b.get(&path);
+        let r = if page.status == 200 {
+            answer_consent(b, &page, "allow")
+        } else {
+            page
+        };
+        let back = callback(&r);
+        let t = redeem(&site, &id, &secret, &back["code"], &verifier);
+        (
+            t["access_token"].as_str().unwrap().to_string(),
+            t["refresh_token"].as_str().unwrap().to_string(),
+        )
+    };
+    let mut b = signed_in(&site, "nina");
+    let (access, refresh) = grant(&mut b);
+    assert_eq!(refresh_status(&site, &id, &secret, &refresh).0, 200);
+
+    // A new password (the "I was hacked" reset): the grant's tokens end.
+    let (access, refresh) = {
+        let (a, r) = grant(&mut b);
+        assert_ne!(a, access);
+        (a, r)
+    };
+    let out = site.cli_stdin(
+        &["user", "set-password", "nina"],
+        Some("a brand new passphrase 42"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(refused_soon(&site.gh, &access));
+    assert_eq!(
+        refresh_status(&site, &id, &secret, &refresh),
+        (400, "invalid_grant".to_string()),
+        "the refresh token survived a new password"
+    );
+    // Consent given before the reset is asked again.
+    let mut b = Browser::new(site.gh.addr());
+    let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
+    let r = b.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("username", "nina"),
+            ("password", "a brand new passphrase 42"),
+        ],
+    );
+    assert_eq!(r.status, 303);
+    let (path, _) = authorize_path(&id, "papers:read");
+    assert_eq!(b.get(&path).status, 200, "consent survived the reset");
+
+    // Deactivated, then activated again: the grant stays dead.
+    let (_, refresh) = grant(&mut b);
+    assert!(site.cli(&["user", "deactivate", "nina"]).status.success());
+    assert!(site.cli(&["user", "activate", "nina"]).status.success());
+    assert_eq!(
+        refresh_status(&site, &id, &secret, &refresh),
+        (400, "invalid_grant".to_string()),
+        "reactivation revived a grant"
+    );
+}
+
+/// Issue 17, 1.4: the token, revocation and introspection endpoints read at most 64 KiB and
+/// 100 parameters, before client authentication.
+#[test]
+fn oauth_forms_are_capped_before_anything_else() {
+    let site = Site::start("registry-forms", Backend::Sqlite);
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"] {
+        let post = |body: &[u8]| {
+            http_request(
+                "POST",
+                site.gh.addr(),
+                path,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                body,
+            )
+        };
+        // 540 KB of one repeated parameter: refused by size, not parsed.
+        let big = "a=1&".repeat(135_000);
+        assert_eq!(post(big.as_bytes()).status, 413, "{path}");
+        // 101 parameters in a small body: invalid_request.
+        let many: String = (0..101).map(|i| format!("p{i}=x&")).collect();
+        let r = post(many.as_bytes());
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body.contains("invalid_request"), "{path}: {}", r.body);
+        assert!(r.body.contains("at most 100"), "{path}: {}", r.body);
+        // Within the caps, a repeat is still refused, by name.
+        let r = post(b"grant_type=client_credentials&grant_type=client_credentials");
+        assert!(r.body.contains("more than once"), "{path}: {}", r.body);
+    }
+}

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::db::{Db, NewUser, Purpose, User};
+use super::followers::{end_credentials, EndError, Ended};
 use super::{DatabaseArgs, Roles};
 use crate::config::{ConfigError, StoreArgs};
 use crate::sessions::Sessions;
@@ -170,9 +171,25 @@ pub(crate) async fn end_sessions(store: &StoreArgs, sub: &str) -> Result<u64, Fa
     Sessions::new(&store, None)
         .revoke_user(sub, None)
         .await
+        .map_err(sessions_failure)
+}
+
+fn sessions_failure(e: crate::sessions::SessionsError) -> Failure {
+    match e {
+        crate::sessions::SessionsError::Store(s) => Failure::Store(s),
+        other => Failure::Other(other.into()),
+    }
+}
+
+/// Ends a user's credentials from the command line, as a reset does on the pages: what the
+/// modules hold (OAuth grants), then every session and token.
+async fn end_user(store: &StoreArgs, db: &Db, user_id: &str) -> Result<Ended, Failure> {
+    let store = crate::cli::open(store).await?;
+    end_credentials(db, &Sessions::new(&store, None), user_id, None)
+        .await
         .map_err(|e| match e {
-            crate::sessions::SessionsError::Store(s) => Failure::Store(s),
-            other => Failure::Other(other.into()),
+            EndError::Sessions(s) => sessions_failure(s),
+            EndError::Db(d) => other(d),
         })
 }
 
@@ -287,9 +304,12 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::Deactivate { user, .. } => {
             let u = find(&db, &user).await?;
             db.set_active(&u.id, false).await.map_err(other)?;
-            let n = end_sessions(&store, &u.id).await?;
-            tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n, "audit");
-            eprintln!("{} is deactivated; {n} session(s) ended", u.username);
+            let n = end_user(&store, &db, &u.id).await?;
+            tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
+            eprintln!(
+                "{} is deactivated; {} session(s) and {} grant(s) ended",
+                u.username, n.sessions, n.grants
+            );
             Ok(())
         }
         UserCommand::SetPassword {
@@ -300,9 +320,12 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             let u = find(&db, &user).await?;
             let hash = new_password(&u.username, &u.email, password_min_length).await?;
             db.set_password(&u.id, &hash).await.map_err(other)?;
-            let n = end_sessions(&store, &u.id).await?;
-            tracing::info!(target: "gatehouse::audit", event = "password_set", user = %u.id, sessions_ended = n, "audit");
-            eprintln!("password set for {}; {n} session(s) ended", u.username);
+            let n = end_user(&store, &db, &u.id).await?;
+            tracing::info!(target: "gatehouse::audit", event = "password_set", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
+            eprintln!(
+                "password set for {}; {} session(s) and {} grant(s) ended",
+                u.username, n.sessions, n.grants
+            );
             Ok(())
         }
         UserCommand::Invite {

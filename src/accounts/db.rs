@@ -132,6 +132,21 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             )",
         ],
     ),
+    (
+        5,
+        // registry: grants made without a recorded consent (the consent page was skipped when
+        // the user could grant no scope) are ended; the registry ends their access tokens at
+        // start (grants::end_revoked_access).
+        &[
+            "UPDATE oauth_refresh SET used = 1 WHERE grant_id IN (
+                SELECT g.id FROM oauth_grants g WHERE NOT EXISTS (
+                    SELECT 1 FROM oauth_consents c
+                    WHERE c.user_id = g.user_id AND c.client_id = g.client_id))",
+            "UPDATE oauth_grants SET revoked = 1 WHERE revoked = 0 AND NOT EXISTS (
+                SELECT 1 FROM oauth_consents c
+                WHERE c.user_id = oauth_grants.user_id AND c.client_id = oauth_grants.client_id)",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod followers;
 pub mod guard;
 pub mod mail;
 mod ops;
@@ -134,11 +135,12 @@ pub struct Accounts {
     pub metrics: AccountMetrics,
 }
 
-/// Writes an audit line: who did what from where. Never a password, token or hash.
+/// Writes an audit line: who did what from where. Never a password, token or hash; the user
+/// is escaped and truncated ([`crate::telemetry::Untrusted`]).
 #[macro_export]
 macro_rules! audit {
     ($event:expr, $user:expr, $ip:expr $(, $k:ident = $v:expr)*) => {
-        tracing::info!(target: "gatehouse::audit", event = $event, user = %$user, ip = %$ip $(, $k = $v)*, "audit")
+        tracing::info!(target: "gatehouse::audit", event = $event, user = %$crate::telemetry::Untrusted(&$user), ip = %$ip $(, $k = $v)*, "audit")
     };
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 
 use super::db::{self, DbError, NewUser, Purpose, User};
+use super::followers::{end_credentials, EndError};
 use super::pages::Errors;
 use super::{Accounts, Registration};
 use crate::audit;
@@ -96,6 +97,12 @@ impl From<crate::sessions::SessionsError> for Problem {
     }
 }
 
+impl From<EndError> for Problem {
+    fn from(e: EndError) -> Problem {
+        Problem::unavailable(&e)
+    }
+}
+
 impl From<super::password::Busy> for Problem {
     fn from(e: super::password::Busy) -> Problem {
         Problem::unavailable(&e)
@@ -128,6 +135,17 @@ pub async fn active_user(
     Ok(app.db.user(&listed.session.sub).await?.filter(|u| u.active))
 }
 
+/// The longest name a login takes: an email address's limit (RFC 3696 errata).
+pub const MAX_LOGIN: usize = 320;
+
+/// A login name as a tag for throttles and logs: `login:` and 16 hex digits of the SHA-256 of
+/// its key, so that every spelling of one account shares one tag and nothing typed is kept.
+pub fn login_tag(login: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, db::key(login).as_bytes());
+    let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("login:{hex}")
+}
+
 /// Checks a username-or-email and password, with the login delays; on success the session.
 pub async fn login(
     app: &Accounts,
@@ -135,7 +153,19 @@ pub async fn login(
     login: &str,
     password: Secret<String>,
 ) -> Result<(Issued, User), Problem> {
-    let account_key = format!("u:{}", db::key(login));
+    // Refused before anything else: a longer name is no user's, and must cost no memory, no
+    // hash and no log line.
+    if login.len() > MAX_LOGIN {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_fields",
+            "A username or email address has at most 320 characters.",
+        ));
+    }
+    // The name as a bounded, unreadable tag: the throttle's key and what the log shows of a
+    // name that matched no one (it may be a password typed into the wrong field).
+    let tag = login_tag(login);
+    let account_key = format!("u:{tag}");
     let ip_key = format!("ip:{}", caller.ip);
     let wait = app
         .throttle
@@ -143,7 +173,7 @@ pub async fn login(
         .max(app.throttle.wait(&ip_key));
     if !wait.is_zero() {
         app.metrics.login("throttled");
-        audit!("login_throttled", db::key(login), caller.ip);
+        audit!("login_throttled", tag, caller.ip);
         return Err(Problem::wait(app, "throttled", wait));
     }
     let user = app.db.find(login).await?;
@@ -164,11 +194,11 @@ pub async fn login(
     };
     let user = match user {
         Some(u) if verified.ok => u,
-        _ => {
+        other => {
             app.throttle.fail(&account_key);
             app.throttle.fail(&ip_key);
             app.metrics.login("failed");
-            audit!("login_failed", db::key(login), caller.ip);
+            audit!("login_failed", other.map_or(tag, |u| u.id), caller.ip);
             return Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -293,6 +323,16 @@ pub async fn registration_open(app: &Accounts, invite: &str) -> Result<Option<St
     }
 }
 
+fn username_taken() -> Problem {
+    let mut errors = Errors::default();
+    errors.add("username", "This username is taken. Choose another.");
+    Problem {
+        status: StatusCode::CONFLICT,
+        code: "username_taken",
+        ..Problem::fields(errors)
+    }
+}
+
 pub async fn register(
     app: &Accounts,
     caller: &Caller<'_>,
@@ -360,6 +400,12 @@ pub async fn register(
             Ok(Registered::CheckMail)
         }
         Err(DbError::Taken("email")) => {
+            // A taken username gets the same answer whatever the address: which constraint
+            // the database checked first must not tell whether the address has an account.
+            let name_owner = app.db.find(r.username).await?;
+            if name_owner.is_some_and(|u| db::key(&u.username) == db::key(r.username)) {
+                return Err(username_taken());
+            }
             // The same answer as a new registration: whether an address has an account is
             // told only to its owner, by mail.
             if let Ok(Some(owner)) = app.db.find(r.email).await {
@@ -375,15 +421,7 @@ pub async fn register(
             }
             Ok(Registered::CheckMail)
         }
-        Err(DbError::Taken(_)) => {
-            let mut errors = Errors::default();
-            errors.add("username", "This username is taken. Choose another.");
-            Err(Problem {
-                status: StatusCode::CONFLICT,
-                code: "username_taken",
-                ..Problem::fields(errors)
-            })
-        }
+        Err(DbError::Taken(_)) => Err(username_taken()),
         Err(e) => Err(e.into()),
     }
 }
@@ -545,9 +583,15 @@ pub async fn reset(
     if user.email_confirmed_at.is_none() {
         let _ = app.db.confirm_email(&user.id, &user.email).await;
     }
-    let ended = app.gateway.sessions().revoke_user(&user.id, None).await?;
+    let ended = end_credentials(&app.db, &app.gateway.sessions(), &user.id, None).await?;
     app.metrics.password_resets.inc();
-    audit!("password_reset", user.id, caller.ip, sessions_ended = ended);
+    audit!(
+        "password_reset",
+        user.id,
+        caller.ip,
+        sessions_ended = ended.sessions,
+        grants_ended = ended.grants
+    );
     password_changed_mail(app, &user);
     Ok(user)
 }
@@ -583,16 +627,13 @@ pub async fn change_password(
     }
     let hash = app.passwords.hash(&Secret::new(new.to_owned())).await?;
     app.db.set_password(&user.id, &hash).await?;
-    let ended = app
-        .gateway
-        .sessions()
-        .revoke_user(&user.id, caller.token)
-        .await?;
+    let ended = end_credentials(&app.db, &app.gateway.sessions(), &user.id, caller.token).await?;
     audit!(
         "password_changed",
         user.id,
         caller.ip,
-        sessions_ended = ended
+        sessions_ended = ended.sessions,
+        grants_ended = ended.grants
     );
     password_changed_mail(app, user);
     Ok(())

@@ -423,8 +423,18 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
             );
             r
         }
-        Err(p) if matches!(p.code, "invalid_credentials" | "inactive" | "unconfirmed") => {
-            login_form(&app, &ctx, p.status, &f.username, &rd, &p.message, "")
+        Err(p)
+            if matches!(
+                p.code,
+                "invalid_credentials" | "inactive" | "unconfirmed" | "invalid_fields"
+            ) =>
+        {
+            let typed = if f.username.len() > ops::MAX_LOGIN {
+                ""
+            } else {
+                &f.username
+            };
+            login_form(&app, &ctx, p.status, typed, &rd, &p.message, "")
         }
         Err(p) => problem_page(&app, &ctx, p),
     }

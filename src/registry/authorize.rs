@@ -226,8 +226,10 @@ pub async fn authorize_page(
         Err(r) => return r,
     };
     let granted = reg.grantable(&valid, &user);
+    // Only a recorded consent that covers the request skips the page: an empty set of
+    // scopes needs one as much as any other (it still hands the client the user's identity).
     match grants::consent(&reg.accounts.db, &user.id, &valid.client.client_id).await {
-        Ok(given) if granted.iter().all(|s| given.contains(s)) => {
+        Ok(Some(given)) if granted.iter().all(|s| given.contains(s)) => {
             issue(&reg, &ctx, &p, &valid, &user.id, &granted).await
         }
         Ok(_) => consent_page(&reg, &ctx, &p, &valid, &granted).await,

@@ -298,8 +298,58 @@ pub async fn revoke_grants(
     Ok(ended)
 }
 
-/// The scopes `user_id` already consented to for `client_id`.
-pub async fn consent(db: &Db, user_id: &str, client_id: &str) -> Result<Vec<String>, DbError> {
+/// Ends the access tokens still recorded under revoked grants (a migration revokes grants
+/// but cannot reach the session store). The number ended.
+pub async fn end_revoked_access(db: &Db, sessions: &Sessions<'_>) -> Result<u64, RevokeError> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT a.grant_id FROM oauth_access a
+         JOIN oauth_grants g ON g.id = a.grant_id WHERE g.revoked = 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .map_err(DbError::from)?;
+    let mut ended = 0;
+    for r in rows {
+        let id: String = r.try_get("grant_id").map_err(DbError::from)?;
+        ended += revoke_grant(db, sessions, &id).await?;
+    }
+    Ok(ended)
+}
+
+/// Ends everything `user_id` granted clients (their credentials ended: a reset, a password
+/// change, deactivation): every grant is revoked, its refresh tokens spent, and the consents
+/// forgotten, since an attacker who held the password may have given them. The access tokens
+/// are sessions of the user and end with them. The number of grants ended.
+pub async fn end_user_grants(db: &Db, user_id: &str) -> Result<u64, DbError> {
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "UPDATE oauth_refresh SET used = 1
+         WHERE grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    let ended =
+        sqlx::query("UPDATE oauth_grants SET revoked = 1 WHERE user_id = $1 AND revoked = 0")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// The scopes `user_id` already consented to for `client_id`; None when they never consented
+/// (or withdrew), which is not the same as consenting to no scope.
+pub async fn consent(
+    db: &Db,
+    user_id: &str,
+    client_id: &str,
+) -> Result<Option<Vec<String>>, DbError> {
     let row =
         sqlx::query("SELECT scopes FROM oauth_consents WHERE user_id = $1 AND client_id = $2")
             .bind(user_id)
@@ -309,8 +359,7 @@ pub async fn consent(db: &Db, user_id: &str, client_id: &str) -> Result<Vec<Stri
     Ok(row
         .map(|r| r.try_get::<String, _>("scopes"))
         .transpose()?
-        .map(|s| words(&s))
-        .unwrap_or_default())
+        .map(|s| words(&s)))
 }
 
 pub async fn remember_consent(

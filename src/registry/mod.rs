@@ -57,6 +57,14 @@ impl RegistryArgs {
     }
 }
 
+/// Makes accounts end a user's grants with the user's credentials (a reset, a password
+/// change, `set-password`, deactivation). Called by the server and the CLI before either acts.
+pub fn install() {
+    crate::accounts::followers::follow("registry grants", |db, user| {
+        Box::pin(grants::end_user_grants(db, user))
+    });
+}
+
 /// The module's state: the accounts module it stands on (database, gateway, public URL).
 pub struct Registry {
     accounts: Arc<Accounts>,
@@ -75,11 +83,22 @@ impl crate::accounts::web::WithAccounts for Arc<Registry> {
 impl Registry {
     pub fn new(args: &RegistryArgs, accounts: Arc<Accounts>) -> Result<Arc<Registry>, ConfigError> {
         args.validate()?;
+        install();
         crate::accounts::hourly(
             "spent OAuth codes, tokens and grants",
             &accounts.db,
             |db, now| async move { grants::purge(&db, now).await },
         );
+        let sweep = accounts.clone();
+        tokio::spawn(async move {
+            match grants::end_revoked_access(&sweep.db, &sweep.gateway.sessions()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "ended the access tokens of revoked grants"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot end the access tokens of revoked grants")
+                }
+            }
+        });
         Ok(Arc::new(Registry {
             accounts,
             access_ttl: args.access_token_ttl,

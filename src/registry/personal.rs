@@ -36,7 +36,7 @@ pub async fn create(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(PatError::Name);
     }
-    let (user_roles, mine) = roles.of(&user.roles);
+    let (_, mine) = roles.of(&user.roles);
     if let Some(s) = scopes.iter().find(|s| !mine.contains(s)) {
         return Err(PatError::Scope(s.clone()));
     }
@@ -48,7 +48,6 @@ pub async fn create(
         username: Some(user.username.clone()),
         email: Some(user.email.clone()),
         name: Some(user.name.clone()).filter(|n| !n.is_empty()),
-        roles: user_roles,
         scopes,
         label: Some(name.to_owned()),
         ..Sessions::draft(user.id.clone(), ttl)

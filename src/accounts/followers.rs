@@ -1,0 +1,65 @@
+//! What the modules built on accounts hold for a user, ended when the user's credentials end:
+//! a password reset, change or `set-password`, and deactivation. Accounts knows none of them;
+//! each registers a follower once ([`follow`]) and [`end_credentials`] calls every one, so a
+//! page, the API and the CLI end the same things in the same order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
+
+use super::db::{Db, DbError};
+use crate::sessions::{Sessions, SessionsError};
+
+/// Ends what a module holds for the user `user_id` in the accounts database, so that nothing
+/// of it works again, reactivation included. How many things it ended.
+pub type Follower =
+    for<'a> fn(&'a Db, &'a str) -> Pin<Box<dyn Future<Output = Result<u64, DbError>> + Send + 'a>>;
+
+static FOLLOWERS: RwLock<Vec<(&'static str, Follower)>> = RwLock::new(Vec::new());
+
+/// Registers `f` under `name`; a second registration of the same name is ignored.
+pub fn follow(name: &'static str, f: Follower) {
+    let mut all = FOLLOWERS.write().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|(n, _)| *n == name) {
+        all.push((name, f));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Sessions(#[from] SessionsError),
+}
+
+/// What [`end_credentials`] ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ended {
+    pub sessions: u64,
+    /// What the followers ended (the registry: OAuth grants).
+    pub grants: u64,
+}
+
+/// Ends the user's credentials: first what the followers hold (so that no refresh token mints
+/// a new access token after the sessions are gone), then every session but `keep`'s (the
+/// caller's own, after a password change), tokens of every kind included.
+pub async fn end_credentials(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    user_id: &str,
+    keep: Option<&str>,
+) -> Result<Ended, EndError> {
+    let followers: Vec<Follower> = FOLLOWERS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, f)| *f)
+        .collect();
+    let mut ended = Ended::default();
+    for f in followers {
+        ended.grants += f(db, user_id).await?;
+    }
+    ended.sessions = sessions.revoke_user(user_id, keep).await?;
+    Ok(ended)
+}
