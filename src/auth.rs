@@ -529,6 +529,28 @@ impl Gateway {
         reported.unwrap_or(peer)
     }
 
+    /// When `session` stops being live (since the Unix epoch): at its expiry, or
+    /// `--session-idle` after its last use, whichever comes first. The one rule that `/auth`,
+    /// the pages, the API and the OAuth endpoints apply.
+    pub fn live_until(&self, session: &Session) -> Duration {
+        let expires = Duration::from_secs(session.expires_at);
+        match self.session_idle {
+            Some(idle) => {
+                let last_active = session.last_seen.unwrap_or(session.created_at);
+                expires.min(Duration::from_secs(last_active) + idle)
+            }
+            None => expires,
+        }
+    }
+
+    /// Whether `session` is live now ([`Gateway::live_until`]).
+    pub fn is_live(&self, session: &Session) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        now < self.live_until(session)
+    }
+
     /// The name of the session cookie (`--cookie-name`).
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name
@@ -554,11 +576,11 @@ impl Gateway {
         // Idle and last-seen are decided here, on fills only: an entry lives at most
         // --cache-ttl, so a session in use is filled (and seen) at least that often, and a
         // hit costs nothing for them.
-        let last_active = Duration::from_secs(session.last_seen.unwrap_or(session.created_at));
-        let idle_end = self.session_idle.map(|idle| last_active + idle);
-        if idle_end.is_some_and(|end| end <= now) {
+        let live_until = self.live_until(&session);
+        if live_until <= now {
             return Err(FillError::NotFound);
         }
+        let last_active = Duration::from_secs(session.last_seen.unwrap_or(session.created_at));
         if now.saturating_sub(last_active) >= self.touch_interval {
             self.touch(key.hash, &session, now.as_secs());
         }
@@ -570,11 +592,8 @@ impl Gateway {
         // Serve the JWT for 4/5 of its life, so the upstream always receives one with at least
         // a fifth of --jwt-ttl left; never past the session or --cache-ttl.
         let refresh = self.jwt_ttl.mul_f64(0.8);
-        let until_session_end = Duration::from_secs(session.expires_at).saturating_sub(now);
-        let until_idle = idle_end.map_or(Duration::MAX, |end| end.saturating_sub(now));
         let ttl = refresh
-            .min(until_session_end)
-            .min(until_idle)
+            .min(live_until.saturating_sub(now))
             .min(self.cache_ttl);
         let authorization = HeaderValue::try_from(format!("Bearer {}", minted.jwt))
             .map_err(|e| FillError::Sign(e.to_string()))?;

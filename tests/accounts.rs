@@ -1176,3 +1176,133 @@ fn registration_by_invitation(backend: Backend) {
         "an invitation worked twice"
     );
 }
+
+/// Issue 17, 1.5: with a taken username, a registered address and an unknown one get the same
+/// answer, on the pages and the API: which unique key the database checks first tells nothing.
+#[test]
+fn registration_with_a_taken_username_tells_nothing_of_the_address() {
+    let dir = TempDir::new("accounts-enum-name");
+    let gh = start(&dir, &[]);
+    create_user(&dir.join("data"), "gina", "gina@example.org", PW);
+    create_user(&dir.join("data"), "hugo", "hugo@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    let page = |b: &mut Browser, email: &str| {
+        let r = b.submit(
+            "/register",
+            "/register",
+            &[
+                ("username", "gina"),
+                ("email", email),
+                ("name", "G"),
+                ("password", PW2),
+            ],
+        );
+        let csrf = hidden(&r.body, "csrf").unwrap_or_default();
+        (r.status, r.body.replace(&csrf, "").replace(email, "EMAIL"))
+    };
+    let registered = page(&mut b, "hugo@example.org");
+    let unknown = page(&mut b, "nobody@example.org");
+    assert_eq!(registered.0, 409, "{}", registered.1);
+    assert_eq!(registered, unknown);
+    let api = |b: &mut Browser, email: &str| {
+        let (r, v) = b.json(
+            "POST",
+            "/api/register",
+            &serde_json::json!({"username": "GINA", "email": email, "name": "G", "password": PW2}),
+        );
+        (r.status, v["error"].clone())
+    };
+    let registered = api(&mut b, "hugo@example.org");
+    assert_eq!(
+        registered,
+        (409, serde_json::json!("username_taken")),
+        "a registered address"
+    );
+    assert_eq!(registered, api(&mut b, "nobody@example.org"));
+}
+
+/// Issue 17, 1.6: a login name over 320 bytes is refused (400) before anything else, on the
+/// page and the API, and never reaches the log; a name that matched no one is logged as a
+/// tag, so a newline cannot forge a line and a password typed as the name is not written.
+#[test]
+fn login_names_are_bounded_and_never_logged_as_typed() {
+    let dir = TempDir::new("accounts-names");
+    let gh = start(&dir, &[]);
+    create_user(&dir.join("data"), "ivy", "ivy@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    let huge = "n".repeat(1_500_000);
+    let r = login(&mut b, &huge, PW);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("at most 320 characters"), "{}", r.body);
+    assert!(r.body.len() < 100_000, "the name was echoed back");
+    let (r, v) = b.json(
+        "POST",
+        "/api/login",
+        &serde_json::json!({"username": huge, "password": PW}),
+    );
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("invalid_fields"))
+    );
+    // 321 bytes are refused; 320 are an ordinary wrong name.
+    assert_eq!(login(&mut b, &"n".repeat(321), PW).status, 400);
+    assert_eq!(login(&mut b, &"n".repeat(320), PW).status, 401);
+
+    let forged = "eve\nINFO audit event=\"login\" user=admin";
+    assert_eq!(login(&mut b, forged, PW).status, 401);
+    // The third failure from one address is the last without a delay.
+    assert_eq!(login(&mut b, PW3, PW).status, 401);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gh.logs().matches("login_failed").count() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = gh.logs();
+    assert_eq!(logs.matches("login_failed").count(), 3, "{logs}");
+    assert!(!logs.contains("nnnnnnnnnnnnnnnn"), "a long name was logged");
+    assert!(
+        !logs.contains("user=admin"),
+        "a name forged a log line:\n{logs}"
+    );
+    assert!(
+        !logs.contains(PW3),
+        "a password typed as the name was logged"
+    );
+    assert!(logs.contains("user=login:"), "{logs}");
+    assert!(logs.len() < 100_000, "{} bytes of log", logs.len());
+}
+
+/// Issue 17, 1.11: one rule decides whether a session is live. An idle session is refused at
+/// `/auth`, by the pages and by the API alike, and `/login` then shows its form instead of
+/// sending the browser back where it came from (which looped).
+#[test]
+fn an_idle_session_is_over_everywhere_at_once() {
+    let dir = TempDir::new("accounts-idle");
+    let gh = start(
+        &dir,
+        &[
+            "--touch-interval",
+            "1s",
+            "--cache-ttl",
+            "1s",
+            "--session-idle",
+            "3s",
+        ],
+    );
+    create_user(&dir.join("data"), "otto", "otto@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(login(&mut b, "otto", PW).status, 303);
+    let token = b.cookie(COOKIE).unwrap().to_string();
+    assert_eq!(auth(&gh, &token).status, 200);
+    assert_eq!(b.get("/account").status, 200);
+    // Nothing uses it for longer than --session-idle (time itself is what is tested here).
+    std::thread::sleep(Duration::from_millis(4_500));
+    assert_eq!(auth(&gh, &token).status, 401, "/auth");
+    let r = b.get("/account");
+    assert_eq!(r.status, 303, "the pages still accept an idle session");
+    assert!(r.header("location").unwrap().starts_with("/login"));
+    let (r, _) = b.json("GET", "/api/me", &serde_json::Value::Null);
+    assert_eq!(r.status, 401, "the API still accepts an idle session");
+    let r = b.get("/login?rd=/account");
+    assert_eq!(r.status, 200, "/login sent an idle session back to rd");
+    assert!(r.body.contains("name=\"password\""), "{}", r.body);
+}

@@ -90,10 +90,12 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Ctx, Unavailable> {
         let app = state.accounts();
-        let peer = parts
-            .extensions
-            .get::<Peer>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |p| p.0);
+        // No peer address is a bug in the wiring, never a reason to trust the request as
+        // loopback (a trusted proxy): fail closed.
+        let Some(Peer(peer)) = parts.extensions.get::<Peer>().copied() else {
+            tracing::error!("a request reached the accounts module without its peer address");
+            return Err(Unavailable);
+        };
         let ip = app.gateway.client_ip(&parts.headers, peer);
         let s = &app.settings;
         let mut csrf = None;
@@ -115,7 +117,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
                 .find(t.expose())
                 .await
                 .map_err(|_| Unavailable)?
-                .filter(|l| l.session.kind == SessionKind::User),
+                .filter(|l| l.session.kind == SessionKind::User && app.gateway.is_live(&l.session)),
             None => None,
         };
         let new_csrf = csrf.is_none();
