@@ -114,6 +114,12 @@ pub async fn run(command: Command) -> Result<(), Failure> {
 /// Builds everything `/auth` needs from the flags: store, keys, cache, metrics.
 pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failure> {
     args.validate()?;
+    // The data directory holds sessions, users, keys and mail: private, whatever an older
+    // version or a umask left readable. (Created where something is stored in it.)
+    if args.store.data_dir.is_dir() {
+        store::private_dir(&args.store.data_dir, "--data-dir")?;
+        store::tighten(&args.store.data_dir);
+    }
     let store = store::Store::open(&args.store.settings(), None).await?;
     let signer = signer::Signer::load(
         &args.keys.dir(&args.store.data_dir),

@@ -378,7 +378,7 @@ pub fn generate_into(dir: &Path, alg: JwtAlg, name: &str) -> Result<PathBuf, Con
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
 
-    std::fs::create_dir_all(dir).map_err(|e| keys_dir_error(dir, e))?;
+    crate::store::private_dir(dir, "--keys-dir")?;
     let path = dir.join(format!("{name}.pem"));
     let mut rand = [0u8; 8];
     aws_lc_rs::rand::fill(&mut rand).map_err(|_| keys_dir_error(dir, "no randomness"))?;

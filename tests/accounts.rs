@@ -1306,3 +1306,28 @@ fn an_idle_session_is_over_everywhere_at_once() {
     assert_eq!(r.status, 200, "/login sent an idle session back to rd");
     assert!(r.body.contains("name=\"password\""), "{}", r.body);
 }
+
+/// Issue 17, 1.9: the data directory (sessions, users, keys, mail with live reset links) is
+/// private: 0700, and what an older version left readable is tightened at start.
+#[test]
+fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("accounts-private");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("mail")).unwrap();
+    let old_mail = data.join("mail").join("old-reset-link.eml");
+    std::fs::write(&old_mail, "a live reset link").unwrap();
+    for (path, mode) in [
+        (&data, 0o755),
+        (&data.join("mail"), 0o755),
+        (&old_mail, 0o644),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let _gh = start(&dir, &[]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&data.join("mail")), 0o700, "the mail directory");
+    assert_eq!(mode(&data.join("keys")), 0o700, "the keys directory");
+    assert_eq!(mode(&old_mail), 0o600, "a mail file an older version wrote");
+}

@@ -1505,6 +1505,14 @@ fn tokens_carry_granted_scopes_and_never_roles() {
     let r = elsewhere(pat);
     assert_eq!(claims(&r)["roles"], serde_json::json!([]));
     assert_eq!(claims(&r)["scope"], "");
+
+    // Issue 17, 1.9: a request whose scope holds an escaped space (%20) survives the sign-in
+    // detour and comes back to the client (it used to land on /account).
+    let mut fresh = Browser::new(site.gh.addr());
+    let (path, _) = authorize_path(&id, "papers:read papers:read");
+    assert!(path.contains("%20"), "{path}");
+    let back = callback(&open_authorize(&mut fresh, &site.url(&path), "ada"));
+    assert!(back.contains_key("code"), "{back:?}");
 }
 
 /// Issue 17, 1.3: a password set by an administrator, and a deactivation, end the user's

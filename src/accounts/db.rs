@@ -326,12 +326,7 @@ impl Db {
                 ))
             }
             None => {
-                std::fs::create_dir_all(data_dir).map_err(|e| {
-                    ConfigError::new(
-                        "--data-dir",
-                        format!("cannot create {}: {e}", data_dir.display()),
-                    )
-                })?;
+                crate::store::private_dir(data_dir, "--data-dir")?;
                 (
                     format!(
                         "sqlite://{}?mode=rwc",

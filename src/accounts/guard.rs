@@ -17,7 +17,10 @@ use hyper::header::HeaderMap;
 /// control characters, and the same hidden behind percent-encoding) is `None`.
 pub fn safe_redirect(rd: &str, allowed: &[String]) -> Option<String> {
     let decoded = percent_decode(rd)?;
-    if !plain(rd) || !plain(&decoded) {
+    // The decoded form's query may hold what its escapes stand for (`scope=a%20b` is a space):
+    // only where it goes (before `?` and `#`) must be plain, and no part a control character.
+    let decoded_target = decoded.split(['?', '#']).next().unwrap_or("");
+    if !plain(rd) || !plain(decoded_target) || decoded.chars().any(char::is_control) {
         return None;
     }
     // Both the URL and its decoded form must pass: a server or browser behind us may decode.
@@ -266,6 +269,9 @@ mod tests {
             "http://APP.example.org:8443/x",
             "https://example.net/",
             "https://a.b.example.net/x",
+            // Issue 17, 1.9: an authorization request's escaped spaces survive sign-in.
+            "/oauth/authorize?scope=papers%3Aread%20papers%3Awrite&state=a%2Bb",
+            "/x?q=%5C%20%23",
         ] {
             assert_eq!(
                 safe_redirect(good, &allowed).as_deref(),
@@ -297,6 +303,9 @@ mod tests {
             "evil.com",
             "%",
             "/%zz",
+            "/%20/evil.com",
+            "/x?y=%0aSet-Cookie:a=b",
+            "%2F%2Fevil.com%3Fx%20y",
         ] {
             assert_eq!(safe_redirect(bad, &allowed), None, "{bad:?}");
         }

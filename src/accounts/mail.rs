@@ -41,12 +41,7 @@ impl Mailer {
             ),
             None => {
                 let dir = data_dir.join("mail");
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    ConfigError::new(
-                        "--data-dir",
-                        format!("cannot create {}: {e}", dir.display()),
-                    )
-                })?;
+                crate::store::private_dir(&dir, "--data-dir")?;
                 Transport::Files(dir)
             }
         };

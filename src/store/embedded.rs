@@ -53,12 +53,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     pub async fn open(settings: &StoreSettings) -> Result<Self, super::OpenError> {
         let dir = &settings.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            ConfigError::new(
-                "--data-dir",
-                format!("cannot create {}: {e}", dir.display()),
-            )
-        })?;
+        super::private_dir(dir, "--data-dir")?;
         let pool = Self::open_file(&dir.join("gatehouse.db"))
             .await
             .map_err(|e| {
