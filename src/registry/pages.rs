@@ -409,7 +409,7 @@ async fn clients_post(
         };
         return match outcome {
             Ok((secret, what)) => {
-                tracing::info!(target: "gatehouse::audit", event = "client_changed", action = %crate::telemetry::Untrusted(field("action")), user = %user.id, client_id = %crate::telemetry::Untrusted(&id), "audit");
+                tracing::info!(target: "gatehouse::audit", event = "client_changed", action = %crate::telemetry::Untrusted(field("action")), user = %user.id, client_id = %crate::telemetry::Untrusted(id), "audit");
                 let view = ClientsView {
                     created: secret.map(|s| (id.to_owned(), Some(s.expose().clone()))),
                     notice: format!("{} {what}.", client.name),
