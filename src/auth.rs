@@ -61,6 +61,11 @@ const TOUCH_QUEUE: usize = 1024;
 
 pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+/// On a 401 for a browser: the login location, `rd` encoded (nginx reads it with
+/// `auth_request_set` and redirects there).
+pub const X_GATEHOUSE_LOGIN: HeaderName = HeaderName::from_static("x-gatehouse-login");
+/// From a trusted proxy: its login URL, when gatehouse has no `--login-url`.
+pub const X_GATEHOUSE_LOGIN_URL: HeaderName = HeaderName::from_static("x-gatehouse-login-url");
 
 const REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\"");
 const REALM_INVALID: HeaderValue =
@@ -291,10 +296,45 @@ impl Gateway {
     /// [`Gateway::auth`]'s answer before it becomes a response (see [`Answer`]).
     pub async fn answer(&self, headers: &HeaderMap, peer: IpAddr) -> Answer {
         let start = Instant::now();
-        let (answer, outcome, method) = self.decide(headers, peer).await;
+        let (mut answer, outcome, method) = self.decide(headers, peer).await;
+        if let Answer::Response(r) = &mut answer {
+            if r.status() == StatusCode::UNAUTHORIZED {
+                self.add_login_location(r, headers, peer);
+            }
+        }
         self.metrics.auth(outcome, method).inc();
         self.metrics.auth_duration.observe(start.elapsed());
         answer
+    }
+
+    /// On a 401 to a browser (no `Authorization`), where to send it to sign in, in
+    /// [`X_GATEHOUSE_LOGIN`]: the login URL with `rd` set to the original request,
+    /// percent-encoded, which a proxy cannot do itself (nginx's `$request_uri` is not encoded,
+    /// so an `&` in the query ended `rd`). The login URL is `--login-url`, else the one a
+    /// trusted proxy sends in `X-Gatehouse-Login-Url` (the nginx snippet sends its
+    /// `$gatehouse_login_url`); with neither, nothing is added.
+    #[cold]
+    fn add_login_location(&self, r: &mut Response<Body>, headers: &HeaderMap, peer: IpAddr) {
+        if headers.contains_key(AUTHORIZATION) {
+            return;
+        }
+        let trusted = || self.trusted_proxies.iter().any(|c| c.contains(peer));
+        let login = match &self.login_url {
+            Some(url) => url.as_str(),
+            None => match headers.get(X_GATEHOUSE_LOGIN_URL).map(|v| v.to_str()) {
+                Some(Ok(url)) if trusted() && crate::forward::check_login_url(url).is_ok() => url,
+                _ => return,
+            },
+        };
+        let original = if trusted() {
+            crate::forward::original_url(headers)
+        } else {
+            None
+        };
+        let location = crate::forward::login_location(login, original.as_deref());
+        if let Ok(v) = HeaderValue::try_from(location) {
+            r.headers_mut().insert(X_GATEHOUSE_LOGIN, v);
+        }
     }
 
     /// `/auth/redirect`, for proxies that hand any non-2xx answer to the client (Traefik,

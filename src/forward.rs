@@ -43,11 +43,16 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
-/// A single, non-empty header value; `None` when absent, sent twice or not text.
+/// A single, non-empty header value; `None` when absent, sent twice or not UTF-8. (A raw
+/// non-ASCII byte in a URI is UTF-8 text here: `rd` carries it percent-encoded.)
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    crate::policy::one(headers, name)
+    let mut all = headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(v.as_bytes())
         .ok()
-        .flatten()
         .map(str::trim)
         .filter(|v| !v.is_empty())
 }

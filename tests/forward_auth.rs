@@ -504,8 +504,17 @@ fn check(which: Which, store: StoreKind) {
 
     // Denied, browsers: 302 to the login page, `rd` carrying the URL the browser asked for —
     // as the proxy saw it, whatever X-Forwarded-* the client itself sent.
-    let browser_denials: [(&str, Vec<(&str, &str)>); 3] = [
+    let browser_denials: [(&str, Vec<(&str, &str)>); 5] = [
         ("/some/path?x=1", vec![html]),
+        // Issue 17, 1.10: every byte of a deep link's query comes back.
+        (
+            "/search?q=a%26b&sort=%2Bdate&frag=%23top&plus=a+b&y=two",
+            vec![html],
+        ),
+        (
+            "/caf%C3%A9?rd=https://evil.example/&name=Zo%C3%AB",
+            vec![html],
+        ),
         (
             "/some/path?x=1",
             vec![("Cookie", "gatehouse_session=garbage"), html],
@@ -529,7 +538,7 @@ fn check(which: Which, store: StoreKind) {
             .strip_prefix(&format!("{LOGIN_URL}?rd="))
             .unwrap_or_else(|| panic!("Location {location:?} is not {LOGIN_URL}?rd=…"));
         assert!(
-            !rd.contains(['&', '?', '#', ' ']),
+            !rd.contains(['&', '?', '#', ' ', '+']),
             "rd is not percent-encoded: {location}"
         );
         assert_eq!(

@@ -132,6 +132,54 @@ fn upstream_receives_the_jwt_and_only_gatehouse_identity() {
     );
 }
 
+/// One round of percent-decoding (the login page's reading of `rd`).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Issue 17, 1.10: a deep link comes back whole. gatehouse builds the login location (nginx
+/// cannot encode `$request_uri`), so every byte of the query survives as `rd`: `&`, an
+/// encoded `&`, `+`, an encoded `#`, a query holding `rd=` itself, and non-ASCII.
+#[test]
+fn deep_links_keep_their_whole_query_through_the_login_redirect() {
+    let s = stack();
+    for path in [
+        "/dashboard?x=1&y=two",
+        "/search?q=a%26b&sort=%2Bdate&frag=%23top&plus=a+b",
+        "/r?rd=https://evil.example/&next=1",
+        "/caf%C3%A9?name=Zo%C3%AB&raw=\u{e9}t\u{e9}",
+    ] {
+        let r = http_get(s.nginx.addr(), path, &[("Accept", "text/html")]);
+        assert_eq!(r.status, 302, "{path}: {r:?}");
+        let location = r.header("location").expect("Location");
+        let rd = location
+            .strip_prefix("https://login.example.test/login?rd=")
+            .unwrap_or_else(|| panic!("{path}: {location}"));
+        assert!(
+            !rd.contains(['&', '?', '#', '+']),
+            "{path}: rd not encoded: {rd}"
+        );
+        let back = String::from_utf8(percent_decode(rd)).unwrap();
+        assert_eq!(
+            back,
+            format!("http://{}{path}", s.nginx.addr()),
+            "{location}"
+        );
+    }
+}
+
 #[test]
 fn no_credential_is_redirected_to_login_and_never_reaches_the_upstream() {
     let s = stack();
@@ -146,7 +194,7 @@ fn no_credential_is_redirected_to_login_and_never_reaches_the_upstream() {
         location.starts_with("https://login.example.test/login?rd="),
         "{location}"
     );
-    assert!(location.contains("/private/page"), "{location}");
+    assert!(location.contains("%2Fprivate%2Fpage%3Fx%3D1"), "{location}");
     assert!(
         s.app.requests().is_empty(),
         "the upstream must not be reached: {:?}",
