@@ -1331,3 +1331,70 @@ fn the_data_directory_is_private() {
     assert_eq!(mode(&data.join("keys")), 0o700, "the keys directory");
     assert_eq!(mode(&old_mail), 0o600, "a mail file an older version wrote");
 }
+
+/// Issue 17, 1.7: a new name or a confirmed new address reaches upstreams at once. Every
+/// other session carrying the old identity ends; the browser that made the change gets a
+/// re-issued session carrying the new one (so no two users reach upstreams with one email).
+#[test]
+fn a_new_name_or_address_ends_what_carries_the_old_one() {
+    let dir = TempDir::new("accounts-identity");
+    let gh = start(&dir, &[]);
+    let data = dir.path().join("data");
+    create_user(&dir.join("data"), "pia", "pia@example.org", PW);
+    let signed_in = || {
+        let mut b = Browser::new(gh.addr());
+        assert_eq!(login(&mut b, "pia", PW).status, 303);
+        b
+    };
+    let (mut here, other) = (signed_in(), signed_in());
+    let before = here.cookie(COOKIE).unwrap().to_string();
+    let r = here.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "profile"),
+            ("name", "Pia Neu"),
+            ("affiliation", ""),
+            ("country", ""),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let now = here.cookie(COOKIE).unwrap().to_string();
+    assert_ne!(now, before, "this browser's session was not re-issued");
+    assert!(refused_soon(&gh, &before), "the old token lived on");
+    assert!(
+        refused_soon(&gh, other.cookie(COOKIE).unwrap()),
+        "another session kept the old name"
+    );
+    let r = auth(&gh, &now);
+    assert_eq!(r.status, 200);
+    assert_eq!(claims(&r)["name"], "Pia Neu");
+
+    // A new address, confirmed in this browser: the same.
+    let other = signed_in();
+    let r = here.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "email"),
+            ("email", "pia@new.example"),
+            ("current_password", PW),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mail = wait_mail(&data, 1);
+    assert_eq!(
+        here.get(&link_in(&mail, "/email/confirm?token=")).status,
+        200
+    );
+    let newest = here.cookie(COOKIE).unwrap().to_string();
+    assert_ne!(newest, now);
+    assert!(
+        refused_soon(&gh, other.cookie(COOKIE).unwrap()),
+        "another session kept the old address"
+    );
+    let r = auth(&gh, &newest);
+    assert_eq!(r.status, 200);
+    assert_eq!(claims(&r)["email"], "pia@new.example");
+    assert_eq!(r.header("x-auth-request-email"), Some("pia@new.example"));
+}

@@ -13,6 +13,7 @@ use super::pages::Errors;
 use super::{Accounts, Registration};
 use crate::audit;
 use crate::secret::Secret;
+use crate::session::SessionKind;
 use crate::sessions::Issued;
 
 /// Why an operation did not happen.
@@ -594,6 +595,42 @@ pub async fn reset(
     );
     password_changed_mail(app, &user);
     Ok(user)
+}
+
+/// After the identity a session carries changed (a confirmed new email address, a new name):
+/// every session and token of the user that still carries the old one ends, so no upstream
+/// sees two users with one address. The caller's own browser session (`caller`'s token, when
+/// it is one of the user's) is re-issued with the new identity instead: the new token, for
+/// its cookie.
+pub async fn identity_changed(
+    app: &Accounts,
+    caller: Option<&str>,
+    user: &User,
+) -> Result<Option<Issued>, Problem> {
+    let sessions = app.gateway.sessions();
+    let own = match caller {
+        Some(t) => sessions
+            .find(t)
+            .await?
+            .filter(|l| l.session.sub == user.id && l.session.kind == SessionKind::User),
+        None => None,
+    };
+    let keep = own.as_ref().and(caller);
+    let ended = sessions.revoke_user(&user.id, keep).await?;
+    let mut issued = None;
+    if let (Some(old), Some(token)) = (own, caller) {
+        let session = crate::session::Session {
+            username: Some(user.username.clone()),
+            email: Some(user.email.clone()),
+            name: Some(user.name.clone()).filter(|n| !n.is_empty()),
+            last_seen: None,
+            ..old.session
+        };
+        issued = Some(sessions.issue(&session).await?);
+        sessions.revoke(token).await?;
+    }
+    tracing::info!(target: "gatehouse::audit", event = "identity_changed", user = %user.id, sessions_ended = ended, "audit");
+    Ok(issued)
 }
 
 /// Changes a signed-in user's password; every session but the caller's ends.

@@ -640,6 +640,20 @@ async fn confirm_email(State(app): App, ctx: Ctx, Query(q): Query<TokenQuery>) -
         Err(e) => return unavailable(&app, &ctx, &e),
     }
     audit!("email_confirmed", user_id, ctx.ip);
+    // A new address: what carries the old one ends (this browser's session is re-issued).
+    let changed = old.as_ref().is_some_and(|o| o.email != email);
+    let mut reissued = None;
+    if changed {
+        let now = match app.db.user(&user_id).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return see_other("/login"),
+            Err(e) => return unavailable(&app, &ctx, &e),
+        };
+        match ops::identity_changed(&app, ctx.token(), &now).await {
+            Ok(r) => reissued = r,
+            Err(p) => return problem_page(&app, &ctx, p),
+        }
+    }
     if let Some(old) =
         old.filter(|o| o.email_confirmed_at.is_some() && db::key(&o.email) != db::key(&email))
     {
@@ -653,18 +667,29 @@ async fn confirm_email(State(app): App, ctx: Ctx, Query(q): Query<TokenQuery>) -
             ),
         );
     }
-    message(
+    let mut r = message(
         &app,
         &ctx,
         StatusCode::OK,
         "Email address confirmed",
         &["Thank you. Your address is confirmed."],
-        Some(if ctx.session.is_some() {
-            ("/account", "Go to your account")
-        } else {
-            ("/login", "Sign in")
-        }),
-    )
+        Some(
+            if reissued.is_some() || (ctx.session.is_some() && !changed) {
+                ("/account", "Go to your account")
+            } else {
+                ("/login", "Sign in")
+            },
+        ),
+    );
+    if let Some(issued) = reissued {
+        set_session_cookie(
+            &app,
+            r.headers_mut(),
+            issued.token.expose(),
+            app.settings.session_ttl,
+        );
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -921,19 +946,39 @@ async fn account(State(app): App, ctx: Ctx, Form(f): Form<AccountForm>) -> Respo
     {
         return unavailable(&app, &ctx, &e);
     }
-    match app.db.user(&user.id).await {
-        Ok(Some(u)) => account_form(
+    let u = match app.db.user(&user.id).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return see_other("/login"),
+        Err(e) => return unavailable(&app, &ctx, &e),
+    };
+    // The name travels upstream in every session's JWT: those carrying the old one end, and
+    // this browser's is re-issued.
+    let reissued = if u.name != user.name {
+        match ops::identity_changed(&app, ctx.token(), &u).await {
+            Ok(r) => r,
+            Err(p) => return problem_page(&app, &ctx, p),
+        }
+    } else {
+        None
+    };
+    let mut r = account_form(
+        &app,
+        &ctx,
+        StatusCode::OK,
+        u,
+        "",
+        "Profile saved.",
+        Errors::default(),
+    );
+    if let Some(issued) = reissued {
+        set_session_cookie(
             &app,
-            &ctx,
-            StatusCode::OK,
-            u,
-            "",
-            "Profile saved.",
-            Errors::default(),
-        ),
-        Ok(None) => see_other("/login"),
-        Err(e) => unavailable(&app, &ctx, &e),
+            r.headers_mut(),
+            issued.token.expose(),
+            app.settings.session_ttl,
+        );
     }
+    r
 }
 
 async fn password_page(State(app): App, ctx: Ctx) -> Response {
