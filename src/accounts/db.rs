@@ -569,6 +569,13 @@ impl Db {
     ) -> Result<Secret<String>, DbError> {
         let token = random_token(24); // 192 bits
         let mut tx = self.pool.begin().await?;
+        // The user's row is locked first (PostgreSQL: a row lock; SQLite: the write lock), so
+        // that of two overlapping issues the second waits, then deletes the first one's token.
+        // Without it both deleted nothing under READ COMMITTED and both links stayed live.
+        sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM user_tokens WHERE user_id = $1 AND purpose = $2")
             .bind(user_id)
             .bind(purpose.as_str())
