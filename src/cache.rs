@@ -467,11 +467,18 @@ mod tests {
         cache.entries.insert(key(4), entry(cache.epoch())).await;
         cache.apply(Invalidation::NotFollowed).await;
         assert!(!cache.is_following());
+        assert!(
+            cache.get(&key(4)).await.is_none(),
+            "entries from before the gap are flushed when it begins"
+        );
+        // Filled during the gap (read from the store, while revocations went unheard): the
+        // flush when the channel is followed again is what must drop it.
+        cache.entries.insert(key(5), entry(cache.epoch())).await;
         cache.apply(Invalidation::Followed).await;
         assert!(cache.is_following());
         assert!(
-            cache.get(&key(4)).await.is_none(),
-            "entries from before the gap are flushed"
+            cache.get(&key(5)).await.is_none(),
+            "an entry filled while the channel was not followed survived the reconnect"
         );
     }
 

@@ -245,15 +245,25 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let unexpected = std::sync::Mutex::new(Vec::new());
     let counts = std::sync::Mutex::new([0u32; 2]); // 200s, 503s
+                                                   // 200s answered while Redis was down: the cached sessions, served from memory.
+    let down = std::sync::atomic::AtomicBool::new(false);
+    let ok_while_down = std::sync::atomic::AtomicU32::new(0);
     std::thread::scope(|scope| {
         for (i, gh) in [&a, &b, &a, &b].into_iter().enumerate() {
             let (tokens, stop, unexpected, counts) = (&tokens, &stop, &unexpected, &counts);
+            let (down, ok_while_down) = (&down, &ok_while_down);
             scope.spawn(move || {
                 let mut n = i;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
+                    let was_down = down.load(std::sync::atomic::Ordering::SeqCst);
                     let r = auth(gh, &tokens[n % tokens.len()]);
+                    let still_down = down.load(std::sync::atomic::Ordering::SeqCst);
                     match r.status {
+                        200 if was_down && still_down => {
+                            ok_while_down.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            counts.lock().unwrap()[0] += 1
+                        }
                         200 => counts.lock().unwrap()[0] += 1,
                         503 => counts.lock().unwrap()[1] += 1,
                         // After Redis restarts empty, the sessions are gone: 401 is right.
@@ -267,6 +277,7 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
         let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(500));
         redis.kill();
+        down.store(true, std::sync::atomic::Ordering::SeqCst);
         // Cached sessions keep being served; one never asked for before gets 503.
         std::thread::sleep(Duration::from_millis(500));
         let r = auth(&a, &never_cached);
@@ -276,6 +287,7 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
             r.body
         );
         std::thread::sleep(Duration::from_millis(1500));
+        down.store(false, std::sync::atomic::Ordering::SeqCst);
         redis.restart();
         let restarted = Instant::now();
         for gh in [&a, &b] {
@@ -296,11 +308,16 @@ fn kill_9_under_load_fails_closed_and_reconnects_without_a_storm() {
         unexpected.is_empty(),
         "answers other than 200/401/503: {unexpected:?}"
     );
+    let ok_while_down = ok_while_down.into_inner();
+    assert!(
+        ok_while_down > 0,
+        "no cached session was served while Redis was down"
+    );
     let connections = info_field(&redis, "stats", "total_connections_received");
     let clients = info_field(&redis, "clients", "connected_clients");
     let [ok, unavailable] = counts.into_inner().unwrap();
     println!(
-        "kill -9 under load: {ok} × 200, {unavailable} × 503; after restart Redis received \
+        "kill -9 under load: {ok} × 200 ({ok_while_down} while Redis was down), {unavailable} × 503; after restart Redis received \
          {connections} connections for 2 instances, {clients} connected now"
     );
     // Each instance holds a pool of 4 plus one subscriber; reconnecting costs about that.
@@ -331,13 +348,7 @@ fn cached_sessions_outlive_a_redis_crash_until_they_expire() {
     let cached_at = Instant::now();
     redis.kill();
     assert_eq!(auth(&gh, &uncached).status, 503);
-    let r = auth(&gh, &cached);
-    if cached_at.elapsed() < Duration::from_secs(3) {
-        assert_eq!(
-            r.status, 200,
-            "a cached session stopped working when Redis crashed"
-        );
-    }
+    let mut served_after_crash = 0;
     loop {
         // When it was sent, not when it came back: a slow answer must not look like a late one.
         let sent = cached_at.elapsed();
@@ -346,12 +357,17 @@ fn cached_sessions_outlive_a_redis_crash_until_they_expire() {
             break;
         }
         assert_eq!(r.status, 200);
+        served_after_crash += 1;
         assert!(
             sent < Duration::from_millis(4_250),
             "a cached session was served {sent:?} after it was cached, past its --cache-ttl of 4s"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        served_after_crash > 0,
+        "a cached session stopped working when Redis crashed"
+    );
     println!(
         "cached session served for {:?} after Redis crashed (--cache-ttl 4s)",
         cached_at.elapsed()
