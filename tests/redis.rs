@@ -436,7 +436,11 @@ fn redis_started_after_gatehouse_is_used_when_it_comes() {
     wait_for("the admin listener", &gh, Duration::from_secs(20), || {
         readiness(&gh).0 != 0
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // It keeps trying rather than giving up: five readiness probes, each a store ping that
+    // fails against the absent Redis (--store-timeout each), all answered by a live process.
+    for _ in 0..5 {
+        assert_eq!(readiness(&gh).0, 503, "{}", gh.logs());
+    }
     assert!(
         gh.is_running(),
         "gave up on a Redis not up yet:\n{}",
@@ -610,15 +614,15 @@ fn log_out_everywhere_races_logins(store_args: gatehouse::store::StoreSettings) 
             let store = store.clone();
             let done = done.clone();
             tokio::spawn(async move {
-                let mut rounds = 0;
+                let (mut rounds, mut revoked) = (0, 0);
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    Sessions::new(&store, None)
+                    revoked += Sessions::new(&store, None)
                         .revoke_user("racer", None)
                         .await
                         .unwrap();
                     rounds += 1;
                 }
-                rounds
+                (rounds, revoked)
             })
         };
         let mut tokens = Vec::new();
@@ -626,7 +630,7 @@ fn log_out_everywhere_races_logins(store_args: gatehouse::store::StoreSettings) 
             tokens.extend(c.await.unwrap());
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let rounds = revoker.await.unwrap();
+        let (rounds, revoked_meanwhile) = revoker.await.unwrap();
         Sessions::new(&store, None)
             .revoke_user("racer", None)
             .await
@@ -650,6 +654,13 @@ fn log_out_everywhere_races_logins(store_args: gatehouse::store::StoreSettings) 
             survivors,
             0,
             "{survivors} of {} sessions survived the last \"log out everywhere\"",
+            tokens.len()
+        );
+        // The race happened: "log out everywhere" ran while sessions were being created, and
+        // ended some of them mid-way (not all at the end).
+        assert!(
+            rounds >= 2 && revoked_meanwhile > 0,
+            "no race: {rounds} rounds ended {revoked_meanwhile} sessions while {} were created",
             tokens.len()
         );
     });

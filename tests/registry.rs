@@ -947,13 +947,53 @@ fn authorization_requests_refuse_the_rfc_9700_attacks() {
         .request(&http);
     assert_eq!(error_code(after), "invalid_grant", "a burnt code worked");
 
-    // A code redeemed by another client is refused, and burnt.
+    // A code redeemed by another client is refused, and burnt: the right client then fails
+    // with it too.
     let other = oauth(&other_id, other_secret.as_deref().unwrap());
+    let fresh = callback(&b.get(&url_of(&base(CALLBACK, "s"))));
     let stolen = other
-        .exchange_code(AuthorizationCode::new(first["code"].clone()))
+        .exchange_code(AuthorizationCode::new(fresh["code"].clone()))
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.secret().clone()))
         .request(&http);
     assert_eq!(error_code(stolen), "invalid_grant");
+    let after = client
+        .exchange_code(AuthorizationCode::new(fresh["code"].clone()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.secret().clone()))
+        .request(&http);
+    assert_eq!(
+        error_code(after),
+        "invalid_grant",
+        "a stolen code was not burnt"
+    );
+    let _ = &first;
+
+    // A code redeemed with another redirect_uri than it was issued for (RFC 6749 §4.1.3):
+    // refused, and burnt.
+    let fresh = callback(&b.get(&url_of(&base(CALLBACK, "s"))));
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{id}:{}", secret.as_deref().unwrap()));
+    let redeem_at = |redirect: &str| {
+        site.token_raw(
+            &[("Authorization", &format!("Basic {basic}"))],
+            &form_encode(&[
+                ("grant_type", "authorization_code"),
+                ("code", &fresh["code"]),
+                ("redirect_uri", redirect),
+                ("code_verifier", verifier.secret()),
+            ]),
+        )
+    };
+    let (r, v) = redeem_at("http://127.0.0.1:9/elsewhere");
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (r, v) = redeem_at(CALLBACK);
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "a code redeemed at another redirect_uri was not burnt"
+    );
 
     // A consent form without its CSRF token, or from another site: 403.
     let r = b.post(
@@ -961,6 +1001,32 @@ fn authorization_requests_refuse_the_rfc_9700_attacks() {
         &[("client_id", &id), ("decision", "allow")],
     );
     assert_eq!(r.status, 403);
+    let consent_fields = [
+        (
+            "csrf",
+            b.cookie("gatehouse_session_csrf").unwrap().to_string(),
+        ),
+        ("client_id", id.clone()),
+        ("decision", "allow".to_string()),
+    ];
+    let fields: Vec<(&str, &str)> = consent_fields
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let r = b.post_with(
+        "/oauth/authorize",
+        &fields,
+        &[
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Origin", "https://evil.example"),
+        ],
+    );
+    assert_eq!(r.status, 403, "a cross-site consent was taken: {}", r.body);
+    assert_ne!(
+        b.post("/oauth/authorize", &fields).status,
+        403,
+        "the same form from this site is not refused for its origin"
+    );
 
     // Deactivating the user ends what they granted: access tokens now, refresh at next use.
     let back = callback(&b.get(&url_of(&base(CALLBACK, "s"))));
@@ -1271,6 +1337,12 @@ fn users_register_and_manage_their_own_clients() {
         ],
     );
     assert_eq!(r.status, 403);
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli_stdout(&site.cli(&["client", "show", "--json", &id]))).unwrap();
+    assert_eq!(
+        shown["disabled"], false,
+        "another user disabled the client: {shown}"
+    );
 
     // A new secret: shown once, the old one refused.
     let r = vera.post(
@@ -1624,4 +1696,68 @@ fn oauth_forms_are_capped_before_anything_else() {
         let r = post(b"grant_type=client_credentials&grant_type=client_credentials");
         assert!(r.body.contains("more than once"), "{path}: {}", r.body);
     }
+}
+
+/// Issue 17, 4: a user who loses a role between consent and the token (and between two
+/// refreshes) gets tokens without that role's scopes.
+#[test]
+fn a_role_lost_after_consent_narrows_the_tokens() {
+    let site = Site::start("registry-narrow", Backend::Sqlite);
+    site.create_user("ivo");
+    assert!(site
+        .cli(&["user", "role", "add", "ivo", "admin"])
+        .status
+        .success());
+    let (id, secret) = site.client(&[
+        "--name",
+        "Console",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+        "--scope",
+        "admin",
+    ]);
+    let secret = secret.unwrap();
+    let mut b = signed_in(&site, "ivo");
+    let (path, verifier) = authorize_path(&id, "papers:read admin");
+    let page = b.get(&path);
+    assert!(page.body.contains("(admin)"), "{}", page.body);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    // Consented with the admin role; the role goes before the code is redeemed.
+    assert!(site
+        .cli(&["user", "role", "remove", "ivo", "admin"])
+        .status
+        .success());
+    let tokens = redeem(&site, &id, &secret, &back["code"], &verifier);
+    assert_eq!(tokens["scope"], "papers:read", "{tokens}");
+    let r = bearer(&site.gh, tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims(&r)["scope"], "papers:read");
+
+    // Back, then gone again between two refreshes: the second refresh is narrower.
+    assert!(site
+        .cli(&["user", "role", "add", "ivo", "admin"])
+        .status
+        .success());
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let refresh = |token: &str| {
+        let (r, v) = site.token_raw(
+            &[("Authorization", &format!("Basic {basic}"))],
+            &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", token)]),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        v
+    };
+    let wide = refresh(tokens["refresh_token"].as_str().unwrap());
+    assert_eq!(wide["scope"], "admin papers:read", "{wide}");
+    assert!(site
+        .cli(&["user", "role", "remove", "ivo", "admin"])
+        .status
+        .success());
+    let narrow = refresh(wide["refresh_token"].as_str().unwrap());
+    assert_eq!(narrow["scope"], "papers:read", "{narrow}");
 }

@@ -275,7 +275,21 @@ async fn idle_sessions_end_and_last_seen_is_written_off_the_request_path() {
     // Seen a minute ago: within --touch-interval, nothing is written.
     let fresh = gh.issue(&seen(60)).await;
     assert_eq!(gh.auth(&fresh).await, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A marker that is written (56 min old): the one background writer takes the queue in
+    // order, so once the marker's write is in, a write for `fresh` would be in too.
+    let marker = gh.issue(&seen(56 * 60)).await;
+    assert_eq!(gh.auth(&marker).await, 200);
+    let marker_hash = TokenHash::of(&marker);
+    let mut marker_written = false;
+    for _ in 0..300 {
+        let s = gh.gateway.store.get(&marker_hash).await.unwrap().unwrap();
+        if s.last_seen.is_some_and(|t| t >= now) {
+            marker_written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(marker_written, "the marker's last_seen never written");
     let s = gh
         .gateway
         .store
@@ -286,7 +300,7 @@ async fn idle_sessions_end_and_last_seen_is_written_off_the_request_path() {
     assert_eq!(s.last_seen, Some(now - 60));
     let metrics = gh.gateway.metrics.encode();
     assert!(
-        metrics.contains("gatehouse_store_requests_total{op=\"touch\",result=\"ok\"} 1"),
+        metrics.contains("gatehouse_store_requests_total{op=\"touch\",result=\"ok\"} 2"),
         "{metrics}"
     );
     gh.stop().await;
