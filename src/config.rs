@@ -211,6 +211,11 @@ pub struct ServeArgs {
     /// --jwt-secret, arXiv's JWT secret).
     #[arg(long, env = "GATEHOUSE_COMPAT", value_enum)]
     pub compat: Option<Compat>,
+    /// The companion modules to run: `all`, `none`, or a list (`accounts`,
+    /// `accounts,registry`). Default: every module compiled in (none with --compat arxiv).
+    /// With `none`, gatehouse is the bare gateway: no pages, `/login` is 404.
+    #[arg(long, env = "GATEHOUSE_MODULES", value_parser = parse_modules)]
+    pub modules: Option<ModuleSet>,
     /// Runtime worker threads; 0 means one per CPU. On a small machine shared with nginx,
     /// fewer workers than cores can be faster (see README, Performance).
     #[arg(long, env = "GATEHOUSE_WORKERS", default_value_t = 0)]
@@ -324,6 +329,16 @@ pub use crate::error::ConfigError;
 
 impl ServeArgs {
     /// The gateway's settings, free of the command line.
+    /// The modules this server runs: `--modules`, else every one compiled in, and none with
+    /// `--compat arxiv`.
+    pub fn running_modules(&self) -> ModuleSet {
+        match (self.modules, self.compat) {
+            (Some(set), _) => set,
+            (None, Some(Compat::Arxiv)) => ModuleSet::NONE,
+            (None, None) => ModuleSet::COMPILED,
+        }
+    }
+
     pub fn gateway_settings(&self) -> crate::auth::GatewaySettings {
         let arxiv = self.compat == Some(Compat::Arxiv);
         crate::auth::GatewaySettings {
@@ -405,6 +420,15 @@ impl ServeArgs {
         if let Some(url) = &self.login_url {
             crate::forward::check_login_url(url)
                 .map_err(|why| ConfigError::new("--login-url", why))?;
+        }
+        if let Some(set) = self.modules {
+            set.check()?;
+            if self.compat == Some(Compat::Arxiv) && set != ModuleSet::NONE {
+                return Err(ConfigError::new(
+                    "--modules",
+                    "cannot name a module with --compat arxiv: accounts' pages would sign people into sessions that /auth ignores, and its tokens would be looked up as arXiv keys",
+                ));
+            }
         }
         if self.compat == Some(Compat::Arxiv) {
             if self.store.redis_url.is_none() {
@@ -536,6 +560,69 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(per)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("'{s}' is too long"))
+}
+
+/// Which companion modules run (`--modules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleSet {
+    pub accounts: bool,
+    pub registry: bool,
+}
+
+impl ModuleSet {
+    pub const NONE: ModuleSet = ModuleSet {
+        accounts: false,
+        registry: false,
+    };
+    /// Every module compiled into this binary.
+    pub const COMPILED: ModuleSet = ModuleSet {
+        accounts: cfg!(feature = "accounts"),
+        registry: cfg!(feature = "registry"),
+    };
+
+    /// Refuses a set this binary cannot run: a module not compiled in, or the registry
+    /// without accounts (its clients, consent and sign-in live there).
+    pub fn check(self) -> Result<(), ConfigError> {
+        for (wanted, compiled, name) in [
+            (self.accounts, cfg!(feature = "accounts"), "accounts"),
+            (self.registry, cfg!(feature = "registry"), "registry"),
+        ] {
+            if wanted && !compiled {
+                return Err(ConfigError::new(
+                    "--modules",
+                    format!("{name} is not compiled into this binary (cargo feature {name})"),
+                ));
+            }
+        }
+        if self.registry && !self.accounts {
+            return Err(ConfigError::new(
+                "--modules",
+                "registry needs accounts: use accounts,registry",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_modules(s: &str) -> Result<ModuleSet, String> {
+    match s.trim() {
+        "all" => return Ok(ModuleSet::COMPILED),
+        "none" => return Ok(ModuleSet::NONE),
+        _ => {}
+    }
+    let mut set = ModuleSet::NONE;
+    for name in s.split(',').map(str::trim) {
+        match name {
+            "accounts" => set.accounts = true,
+            "registry" => set.registry = true,
+            other => {
+                return Err(format!(
+                    "unknown module {other:?}: say all, none, accounts or accounts,registry"
+                ))
+            }
+        }
+    }
+    Ok(set)
 }
 
 #[cfg(test)]

@@ -154,18 +154,26 @@ pub async fn build_modules(
     args: &ServeArgs,
     gateway: &Arc<auth::Gateway>,
 ) -> Result<Option<Arc<dyn server::Modules>>, Failure> {
+    let set = args.running_modules();
     #[cfg(feature = "accounts")]
     {
+        if !set.accounts {
+            return Ok(None);
+        }
         let accounts = accounts::Accounts::open(args, gateway.clone()).await?;
         #[cfg(feature = "registry")]
-        let extra = registry::Registry::new(&args.registry, accounts.clone())?.router();
+        let extra = if set.registry {
+            registry::Registry::new(&args.registry, accounts.clone())?.router()
+        } else {
+            axum::Router::new()
+        };
         #[cfg(not(feature = "registry"))]
         let extra = axum::Router::new();
         Ok(Some(accounts.modules(extra)))
     }
     #[cfg(not(feature = "accounts"))]
     {
-        let _ = (args, gateway);
+        let _ = (set, gateway);
         Ok(None)
     }
 }

@@ -76,7 +76,34 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             "--ttl",
         ),
     ];
-    for (a, flag) in cases {
+    let secret = "s".repeat(32);
+    let modules: &[(&[&str], &str)] = &[
+        (
+            &["serve", "--data-dir", d, "--modules", "registry"],
+            "--modules",
+        ),
+        (
+            &["serve", "--data-dir", d, "--modules", "billing"],
+            "--modules",
+        ),
+        (
+            &[
+                "serve",
+                "--data-dir",
+                d,
+                "--compat",
+                "arxiv",
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--jwt-secret",
+                &secret,
+                "--modules",
+                "accounts",
+            ],
+            "--compat arxiv",
+        ),
+    ];
+    for (a, flag) in cases.iter().chain(modules) {
         let (code, _, stderr) = run(a);
         assert_eq!(code, 64, "{a:?}: {stderr}");
         assert_eq!(
@@ -269,4 +296,28 @@ fn keys_generate_by_default_signs_only_after_the_jwks_max_age() {
     let (kid_now, published) = signing();
     assert_eq!(published, 3);
     assert_ne!(kid_now, kid_first, "--activate-in 0s signs at once");
+}
+
+/// Issue 17, 2: `--modules none` is the bare gateway (no pages: `/login` is 404), and so is
+/// `--compat arxiv` by default; a default build runs every module it has.
+#[test]
+fn modules_can_be_left_out_at_run_time() {
+    let bare = Gatehouse::spawn(&args(&["--modules", "none"]));
+    assert_eq!(http_get(bare.addr(), "/login", &[]).status, 404);
+    assert_eq!(http_get(bare.addr(), "/auth", &[]).status, 401);
+    let full = Gatehouse::spawn(&[]);
+    let login = http_get(full.addr(), "/login", &[]).status;
+    assert_eq!(login, if cfg!(feature = "accounts") { 200 } else { 404 });
+    let redis = RedisServer::start();
+    let arxiv = Gatehouse::spawn(&args(&[
+        "--compat",
+        "arxiv",
+        "--redis-url",
+        &redis.url(),
+        "--jwt-secret",
+        &"s".repeat(32),
+    ]));
+    assert_eq!(http_get(arxiv.addr(), "/login", &[]).status, 404);
+    let stale = http_get(arxiv.addr(), "/oauth/token", &[]).status;
+    assert_eq!(stale, 404, "the registry runs beside --compat arxiv");
 }
