@@ -591,6 +591,24 @@ impl Gateway {
         now < self.live_until(session)
     }
 
+    /// Warns, once, when a page is asked by a peer that is not loopback while only loopback
+    /// is trusted to report the client's address: behind an ingress that is not in
+    /// `--trusted-proxies`, every client has the ingress's address, and three failures by
+    /// anyone would slow everyone down.
+    pub fn note_peer(&self, peer: IpAddr) {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !peer.is_loopback()
+            && !self.trusted_proxies.iter().any(|c| c.contains(peer))
+            && self.trusted_proxies.iter().all(|c| c.is_loopback())
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                %peer,
+                "a request came from a peer that is not loopback, and only loopback is in --trusted-proxies: if it is your ingress or load balancer, add it, or every client will share its address (and its login delays)"
+            );
+        }
+    }
+
     /// The name of the session cookie (`--cookie-name`).
     pub fn cookie_name(&self) -> &str {
         &self.cookie_name

@@ -211,6 +211,11 @@ pub struct ServeArgs {
     /// --jwt-secret, arXiv's JWT secret).
     #[arg(long, env = "GATEHOUSE_COMPAT", value_enum)]
     pub compat: Option<Compat>,
+    /// The secret every replica shares for what gatehouse signs for itself (the known-device
+    /// cookie): a file of at least 32 bytes. Created (256 random bits, 0600) when absent;
+    /// default `<data-dir>/server.secret`. Not a signing key: keep it out of --keys-dir.
+    #[arg(long, env = "GATEHOUSE_SERVER_SECRET_FILE")]
+    pub server_secret_file: Option<PathBuf>,
     /// The companion modules to run: `all`, `none`, or a list (`accounts`,
     /// `accounts,registry`). Default: every module compiled in (none with --compat arxiv).
     /// With `none`, gatehouse is the bare gateway: no pages, `/login` is 404.
@@ -329,6 +334,13 @@ pub use crate::error::ConfigError;
 
 impl ServeArgs {
     /// The gateway's settings, free of the command line.
+    /// `--server-secret-file`, or its default in the data directory.
+    pub fn server_secret_path(&self) -> PathBuf {
+        self.server_secret_file
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("server.secret"))
+    }
+
     /// The modules this server runs: `--modules`, else every one compiled in, and none with
     /// `--compat arxiv`.
     pub fn running_modules(&self) -> ModuleSet {
@@ -498,6 +510,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Whether every address it holds is a loopback one.
+    pub fn is_loopback(&self) -> bool {
+        match self.addr {
+            std::net::IpAddr::V4(v4) => v4.is_loopback() && self.prefix >= 8,
+            std::net::IpAddr::V6(v6) => v6.is_loopback() && self.prefix == 128,
+        }
+    }
+
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr::{V4, V6};
         let ip = match (self.addr, ip) {

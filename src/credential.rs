@@ -163,19 +163,25 @@ pub fn extract<'a>(
         }
         return Ok(Some((Method::Bearer, token)));
     }
+    Ok(cookie(headers, cookie_name).map(|v| (Method::Cookie, v)))
+}
+
+/// The value of the cookie `name`: the first one sent when there are several (browsers send
+/// the most specific first). The one rule for `/auth` and the pages alike.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for value in headers.get_all(COOKIE) {
         // A cookie header that is not visible ASCII cannot hold one of our tokens; skip it
         // rather than reject the request, since other cookies are not ours to judge.
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
-            if let Some((name, v)) = pair.trim_start().split_once('=') {
-                if name == cookie_name {
-                    return Ok(Some((Method::Cookie, v.trim_end().trim_matches('"'))));
+            if let Some((n, v)) = pair.trim_start().split_once('=') {
+                if n == name {
+                    return Some(v.trim_end().trim_matches('"'));
                 }
             }
         }
     }
-    Ok(None)
+    None
 }
 
 #[cfg(test)]

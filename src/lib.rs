@@ -153,14 +153,15 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
 pub async fn build_modules(
     args: &ServeArgs,
     gateway: &Arc<auth::Gateway>,
+    secret: Option<Arc<secret::ServerSecret>>,
 ) -> Result<Option<Arc<dyn server::Modules>>, Failure> {
     let set = args.running_modules();
     #[cfg(feature = "accounts")]
     {
-        if !set.accounts {
+        let Some(secret) = secret.filter(|_| set.accounts) else {
             return Ok(None);
-        }
-        let accounts = accounts::Accounts::open(args, gateway.clone()).await?;
+        };
+        let accounts = accounts::Accounts::open(args, gateway.clone(), secret).await?;
         #[cfg(feature = "registry")]
         let extra = if set.registry {
             registry::Registry::new(&args.registry, accounts.clone())?.router()
@@ -173,7 +174,7 @@ pub async fn build_modules(
     }
     #[cfg(not(feature = "accounts"))]
     {
-        let _ = (set, gateway);
+        let _ = (set, gateway, secret);
         Ok(None)
     }
 }
@@ -197,8 +198,17 @@ async fn serve_until_signal(args: ServeArgs) -> Result<(), Failure> {
     args.validate()?;
     let main = bind(args.listen, "--listen").await?;
     let admin = bind(args.admin_listen, "--admin-listen").await?;
+    // The server secret before anything is written or logged: a missing one that cannot be
+    // made is a one-line configuration error. Only the modules use it today.
+    let secret = if args.running_modules() == config::ModuleSet::NONE {
+        None
+    } else {
+        Some(Arc::new(secret::ServerSecret::load_or_create(
+            &args.server_secret_path(),
+        )?))
+    };
     let gateway = build_gateway(&args).await?;
-    let modules = build_modules(&args, &gateway).await?;
+    let modules = build_modules(&args, &gateway, secret).await?;
     if let Err(e) = gateway.store.ping().await {
         tracing::warn!(error = %e, "session store unreachable; /readyz answers 503 until it answers");
     }

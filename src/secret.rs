@@ -40,6 +40,110 @@ impl FromStr for Secret<String> {
     }
 }
 
+/// The server secret (`--server-secret-file`): the key every replica shares for what gatehouse
+/// signs or encrypts for itself (the known-device cookie today). Never a JWKS key, never in
+/// `--keys-dir`. Everything made with it carries its key id ([`ServerSecret::kid`]), so that a
+/// new secret can be told from an old one.
+pub struct ServerSecret {
+    key: aws_lc_rs::hmac::Key,
+    kid: String,
+}
+
+impl fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerSecret {{ kid: {:?}, key: [redacted] }}", self.kid)
+    }
+}
+
+const FLAG: &str = "--server-secret-file";
+
+impl ServerSecret {
+    /// Reads the secret at `path`; when there is none, creates it: 256 random bits, written
+    /// exclusively (of replicas starting at once on one volume, one writes it, all read it)
+    /// and readable by its owner only. A file that cannot be read or made, or holds fewer than
+    /// 32 bytes, is a configuration error naming the flag.
+    pub fn load_or_create(
+        path: &std::path::Path,
+    ) -> Result<ServerSecret, crate::error::ConfigError> {
+        use base64::Engine;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |why: String| {
+            crate::error::ConfigError::new(FLAG, format!("{}: {why}", path.display()))
+        };
+        if !path.exists() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                crate::store::private_dir(dir, FLAG)?;
+            }
+            let mut raw = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut raw).map_err(|_| bad("no randomness".into()))?;
+            let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw) + "\n";
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    f.write_all(text.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| bad(e.to_string()))?;
+                    tracing::info!(path = %path.display(), "generated the server secret");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(bad(format!("cannot create it: {e}"))),
+            }
+        }
+        let text = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let material = text.trim_ascii();
+        if material.len() < 32 {
+            return Err(bad(
+                "holds fewer than 32 bytes; use 32 random bytes, e.g. `openssl rand -base64 32`"
+                    .into(),
+            ));
+        }
+        Ok(ServerSecret::from_bytes(material))
+    }
+
+    pub fn from_bytes(material: &[u8]) -> ServerSecret {
+        use base64::Engine;
+        let id = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &[b"gatehouse server secret id\0".as_slice(), material].concat(),
+        );
+        ServerSecret {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, material),
+            kid: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&id.as_ref()[..6]),
+        }
+    }
+
+    /// A short, public name of this secret (8 characters).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// HMAC-SHA256 of `data` for `purpose` (each use its own purpose, so that a MAC made for
+    /// one is never valid for another), base64url.
+    pub fn mac(&self, purpose: &str, data: &str) -> String {
+        use base64::Engine;
+        let tag = aws_lc_rs::hmac::sign(&self.key, &Self::message(purpose, data));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Whether `tag` is [`ServerSecret::mac`] of `data` for `purpose`, in constant time.
+    pub fn verify(&self, purpose: &str, data: &str, tag: &str) -> bool {
+        use base64::Engine;
+        let Ok(tag) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        aws_lc_rs::hmac::verify(&self.key, &Self::message(purpose, data), &tag).is_ok()
+    }
+
+    fn message(purpose: &str, data: &str) -> Vec<u8> {
+        [purpose.as_bytes(), b"\0", data.as_bytes()].concat()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +155,30 @@ mod tests {
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(&s)), "Some([redacted])");
         assert_eq!(s.expose(), "gts_supersecret");
+    }
+
+    #[test]
+    fn the_server_secret_is_made_once_private_and_macs_by_purpose() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("server.secret");
+        let a = ServerSecret::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = ServerSecret::load_or_create(&path).unwrap();
+        assert_eq!(a.kid(), b.kid(), "read back, not made again");
+        let tag = a.mac("device", "u1.n1");
+        assert!(b.verify("device", "u1.n1", &tag));
+        assert!(!b.verify("other", "u1.n1", &tag));
+        assert!(!b.verify("device", "u1.n2", &tag));
+        assert!(!format!("{a:?}").contains(&tag));
+        std::fs::write(&path, "short").unwrap();
+        let e = ServerSecret::load_or_create(&path).unwrap_err().to_string();
+        assert!(e.contains("--server-secret-file"), "{e}");
+        // Absent and impossible to write: a configuration error, not a panic.
+        let e = ServerSecret::load_or_create(std::path::Path::new("/proc/nope/server.secret"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--server-secret-file"), "{e}");
     }
 }

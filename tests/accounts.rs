@@ -1459,3 +1459,211 @@ fn a_new_name_or_address_ends_what_carries_the_old_one() {
     assert_eq!(claims(&r)["email"], "pia@new.example");
     assert_eq!(r.header("x-auth-request-email"), Some("pia@new.example"));
 }
+
+/// Issue 17, 1.8: login delays are counted in Redis, so two replicas add up; and a browser
+/// that signed in before (the known-device cookie) gets in while an attacker keeps the
+/// account delayed for everyone else, its own failures counted apart.
+#[test]
+fn login_delays_are_shared_by_replicas_and_spare_known_devices() {
+    let dir = TempDir::new("accounts-shared-throttle");
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = start(&dir, &["--redis-url", &url]);
+    let b = start(&dir, &["--redis-url", &url]);
+    create_user(&dir.join("data"), "quinn", "quinn@example.org", PW);
+
+    // The owner signs in once on replica a: the browser is known from now on.
+    let mut owner = Browser::new(a.addr());
+    assert_eq!(login(&mut owner, "quinn", PW).status, 303);
+    let device = owner
+        .cookie("gatehouse_device")
+        .expect("a known-device cookie")
+        .to_string();
+    assert!(device.starts_with("v1."), "{device}");
+
+    // An attacker fails three times on replica a; replica b delays the fourth.
+    let mut attacker = Browser::new(a.addr());
+    for _ in 0..3 {
+        assert_eq!(login(&mut attacker, "quinn", PW2).status, 401);
+    }
+    let mut elsewhere = Browser::new(b.addr());
+    let r = login(&mut elsewhere, "quinn", PW);
+    assert_eq!(
+        r.status, 429,
+        "the other replica did not count a's failures"
+    );
+    assert!(r.header("retry-after").is_some());
+
+    // The owner's known browser, on either replica, is not held up by them.
+    let mut owner_b = Browser::new(b.addr());
+    owner_b.set_cookie("gatehouse_device", &device);
+    assert_eq!(
+        login(&mut owner_b, "quinn", PW).status,
+        303,
+        "the account's delay held up its owner's known browser"
+    );
+    // A forged or another account's device cookie is no exemption.
+    let mut forger = Browser::new(b.addr());
+    forger.set_cookie("gatehouse_device", &device.replace("v1.", "v1.x"));
+    for _ in 0..3 {
+        let _ = login(&mut forger, "quinn", PW2);
+    }
+    assert_eq!(login(&mut forger, "quinn", PW).status, 429);
+
+    // A known browser's own failures delay it, and only it.
+    let mut careless = Browser::new(a.addr());
+    careless.set_cookie("gatehouse_device", &device);
+    for _ in 0..3 {
+        assert_eq!(login(&mut careless, "quinn", PW3).status, 401);
+    }
+    assert_eq!(login(&mut careless, "quinn", PW).status, 429);
+    let fresh = owner_b.cookie("gatehouse_device").unwrap().to_string();
+    assert_ne!(fresh, device, "each sign-in gives a new device cookie");
+    let mut owner_again = Browser::new(b.addr());
+    owner_again.set_cookie("gatehouse_device", &fresh);
+    assert_eq!(
+        login(&mut owner_again, "quinn", PW).status,
+        303,
+        "another known browser was held up by this one's failures"
+    );
+}
+
+/// Issue 17, 1.9: the CSRF cookie is `__Host-` when Secure and no --cookie-domain is set, and
+/// a new CSRF token is set at sign-in; pages and /auth agree on which of two session cookies
+/// counts; reset mails are limited per recipient; current-password checks are delayed; an
+/// email change obeys --blocked-domains.
+#[test]
+fn cookies_csrf_resets_and_current_passwords_follow_the_rules() {
+    // Secure cookies (no --insecure-cookies): the __Host- prefix.
+    let dir = TempDir::new("accounts-host-csrf");
+    let roles = roles_file(&dir);
+    let data = dir.join("data");
+    let secure = Gatehouse::spawn(&args(&["--roles", &roles, "--data-dir", &data]));
+    let r = http_get(secure.addr(), "/login", &[]);
+    let set = r.header_all("set-cookie").join("\n");
+    assert!(set.contains("__Host-gatehouse_session_csrf="), "{set}");
+    assert!(
+        set.contains("Secure") && set.contains("Path=/") && !set.contains("Domain"),
+        "{set}"
+    );
+    drop(secure);
+    let with_domain = Gatehouse::spawn(&args(&[
+        "--roles",
+        &roles,
+        "--data-dir",
+        &data,
+        "--cookie-domain",
+        "example.org",
+    ]));
+    let set = http_get(with_domain.addr(), "/login", &[])
+        .header_all("set-cookie")
+        .join("\n");
+    assert!(
+        !set.contains("__Host-") && set.contains("gatehouse_session_csrf="),
+        "{set}"
+    );
+    drop(with_domain);
+
+    let dir = TempDir::new("accounts-rules");
+    let gh = start(
+        &dir,
+        &[
+            "--ip-rate-limit",
+            "100",
+            "--blocked-domains",
+            "spam.example",
+        ],
+    );
+    let data = dir.path().join("data");
+    create_user(&dir.join("data"), "rhea", "rhea@example.org", PW);
+    create_user(&dir.join("data"), "sven", "sven@example.org", PW);
+
+    // A new CSRF token at sign-in.
+    let mut b = Browser::new(gh.addr());
+    b.get("/login");
+    let before = b.cookie("gatehouse_session_csrf").unwrap().to_string();
+    assert_eq!(login(&mut b, "rhea", PW).status, 303);
+    assert_ne!(
+        b.cookie("gatehouse_session_csrf").unwrap(),
+        before,
+        "not rotated"
+    );
+
+    // Two session cookies: the first one counts, for /auth and the pages alike.
+    let rhea = b.cookie(COOKIE).unwrap().to_string();
+    let mut s = Browser::new(gh.addr());
+    assert_eq!(login(&mut s, "sven", PW).status, 303);
+    let sven = s.cookie(COOKIE).unwrap().to_string();
+    let both = format!("{COOKIE}={sven}; {COOKIE}={rhea}");
+    let r = http_get(gh.addr(), "/auth", &[("Cookie", &both)]);
+    assert_eq!(r.header("x-auth-request-user"), Some("sven"));
+    let (_, me) = {
+        let r = http_get(gh.addr(), "/api/me", &[("Cookie", &both)]);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (r.status, v)
+    };
+    assert_eq!(
+        me["username"], "sven",
+        "the pages chose another cookie than /auth: {me}"
+    );
+
+    // An email change to a blocked domain is refused like a registration.
+    let r = b.submit(
+        "/account",
+        "/account",
+        &[
+            ("action", "email"),
+            ("email", "rhea@spam.example"),
+            ("current_password", PW),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("cannot be used here"), "{}", r.body);
+
+    // Wrong current passwords are delayed like logins.
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            b.submit(
+                "/account/password",
+                "/account/password",
+                &[
+                    ("current_password", "wrong wrong wrong"),
+                    ("password", PW3),
+                    ("confirm", PW3),
+                ],
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [400, 400, 400, 429],
+        "current-password checks are not delayed"
+    );
+
+    // At most five reset mails per recipient an hour, whatever the addresses asking.
+    let mut c = Browser::new(gh.addr());
+    for _ in 0..7 {
+        let r = c.submit(
+            "/password/forgot",
+            "/password/forgot",
+            &[("email", "sven@example.org")],
+        );
+        assert_eq!(r.status, 200);
+    }
+    // Two refused (each logged), five sent (mail is written off the request).
+    let resets = || {
+        mails(&data)
+            .iter()
+            .filter(|m| m.contains("Reset your password"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (gh.logs().matches("password_reset_limited").count() < 2 || resets() < 5)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gh.logs().matches("password_reset_limited").count(), 2);
+    assert_eq!(resets(), 5, "reset mails to one recipient");
+}

@@ -86,6 +86,21 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             &["serve", "--data-dir", d, "--modules", "billing"],
             "--modules",
         ),
+        // Absent and impossible to create (issue 17, 1.8).
+        (
+            &[
+                "serve",
+                "--data-dir",
+                d,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--server-secret-file",
+                "/proc/gatehouse/server.secret",
+            ],
+            "--server-secret-file",
+        ),
         (
             &[
                 "serve",

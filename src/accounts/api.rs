@@ -133,17 +133,18 @@ async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejecti
         Err(r) => return r,
     };
     match ops::login(&app, &ctx.caller(), &b.username, Secret::new(b.password)).await {
-        Ok((issued, user)) => {
+        Ok(done) => {
             let mut r = answer(
                 StatusCode::OK,
-                json!({ "user": user_json(&app, &user), "sid": issued.sid }),
+                json!({ "user": user_json(&app, &done.user), "sid": done.issued.sid }),
             );
             web::set_session_cookie(
                 &app,
                 r.headers_mut(),
-                issued.token.expose(),
+                done.issued.token.expose(),
                 app.settings.session_ttl,
             );
+            web::signed_in_cookies(&app, r.headers_mut(), &done.device);
             r
         }
         Err(p) => error(p),
@@ -212,7 +213,7 @@ async fn forgot(State(app): App, ctx: Ctx, b: Result<Json<ForgotBody>, JsonRejec
         Ok(b) => b,
         Err(r) => return r,
     };
-    match ops::forgot(&app, &ctx.caller(), &b.email) {
+    match ops::forgot(&app, &ctx.caller(), &b.email).await {
         Ok(()) => answer(StatusCode::ACCEPTED, json!({ "status": "check_mail" })),
         Err(p) => error(p),
     }

@@ -1,10 +1,13 @@
 //! What stands between the pages and abuse: safe redirect targets, CSRF tokens and origin
 //! checks, growing login delays (never a hard lock), and per-IP rate limits.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::secret::ServerSecret;
+use crate::store::counters::{address_key, now_ms, Counters};
+use crate::store::StoreError;
 
 use hyper::header::HeaderMap;
 
@@ -123,21 +126,25 @@ pub fn csrf_ok(cookie: Option<&str>, field: Option<&str>) -> bool {
 // ---------------------------------------------------------------------------------------
 // Login delays and rate limits
 
-/// Failed logins per key (an account, an IP) and the delay they earn: after `free` failures,
-/// 1 s, doubling up to `max`. A correct password after the delay always works, so an
-/// attacker can slow a real user down but never lock them out.
+/// Failed attempts per key (an account, an address, a known device) and the delay they earn:
+/// after `free` failures, 1 s, doubling up to `max`. A correct password after the delay
+/// always works, so an attacker can slow a real user down but never lock them out. The
+/// counts live in the shared store when there is one ([`Counters`]), so replicas add up.
 pub struct Throttle {
     free: u32,
     max: Duration,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    counters: Arc<Counters>,
 }
 
+/// How long failures are remembered after the last one.
+const KEEP_FAILURES: Duration = Duration::from_secs(15 * 60);
+
 impl Throttle {
-    pub fn new(free: u32, max: Duration) -> Throttle {
+    pub fn new(free: u32, max: Duration, counters: Arc<Counters>) -> Throttle {
         Throttle {
             free,
             max,
-            failures: Mutex::new(HashMap::new()),
+            counters,
         }
     }
 
@@ -150,68 +157,98 @@ impl Throttle {
     }
 
     /// How long `key` must still wait before its next try.
-    pub fn wait(&self, key: &str) -> Duration {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).map_or(Duration::ZERO, |(n, last)| {
-            self.delay(*n).saturating_sub(last.elapsed())
-        })
+    pub async fn wait(&self, key: &str) -> Result<Duration, StoreError> {
+        let f = self.counters.failures(key).await?;
+        let since = Duration::from_millis(now_ms().saturating_sub(f.last_ms));
+        Ok(self.delay(f.count).saturating_sub(since))
     }
 
-    pub fn fail(&self, key: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 100_000 {
-            // Bounded memory under a spray of keys: forget those that no longer wait.
-            let max = self.max;
-            map.retain(|_, (_, last)| last.elapsed() < max);
-        }
-        let e = map.entry(key.to_owned()).or_insert((0, Instant::now()));
-        e.0 = e.0.saturating_add(1);
-        e.1 = Instant::now();
+    pub async fn fail(&self, key: &str) -> Result<(), StoreError> {
+        self.counters.fail(key, KEEP_FAILURES).await
     }
 
-    pub fn succeed(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    pub async fn succeed(&self, key: &str) -> Result<(), StoreError> {
+        self.counters.clear(key).await
     }
 }
 
-/// At most `limit` requests per IP in each `window` (registration, forgot-password).
+/// At most `limit` requests per address in each `window` (registration, forgot-password),
+/// IPv6 by its /64.
 pub struct RateLimit {
     limit: u32,
     window: Duration,
-    counts: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    counters: Arc<Counters>,
 }
 
 impl RateLimit {
-    pub fn new(limit: u32, window: Duration) -> RateLimit {
+    pub fn new(limit: u32, window: Duration, counters: Arc<Counters>) -> RateLimit {
         RateLimit {
             limit,
             window,
-            counts: Mutex::new(HashMap::new()),
+            counters,
         }
     }
 
-    /// Counts one request; `Err(retry_after)` when over the limit.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (_, start)| start.elapsed() < window);
-        }
-        let e = map.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= self.window {
-            *e = (0, Instant::now());
-        }
-        if e.0 >= self.limit {
-            return Err(self
-                .window
-                .saturating_sub(e.1.elapsed())
-                .max(Duration::from_secs(1)));
-        }
-        e.0 += 1;
-        Ok(())
+    /// Counts one request from `ip`; `Some(retry_after)` when over the limit.
+    pub async fn check(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError> {
+        let key = format!("rate:{}", address_key(ip));
+        let (n, left) = self.counters.hit(&key, self.window).await?;
+        Ok((n > self.limit).then(|| left.max(Duration::from_secs(1))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Known devices (OWASP's device cookies)
+
+/// The known-device cookie's name.
+pub const DEVICE_COOKIE: &str = "gatehouse_device";
+/// How long a browser stays known after signing in.
+pub const DEVICE_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// A browser that signed into `user_id` before: `v1.<kid>.<user id>.<nonce>.<mac>`, the MAC
+/// by the server secret, so that every replica can check it and nobody can make one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Device {
+    pub user_id: String,
+    nonce: String,
+}
+
+impl Device {
+    const PURPOSE: &'static str = "known device";
+
+    /// A new cookie value for `user_id`.
+    pub fn issue(secret: &ServerSecret, user_id: &str) -> String {
+        let data = format!("{user_id}.{}", crate::accounts::db::random_token(16));
+        format!(
+            "v1.{}.{data}.{}",
+            secret.kid(),
+            secret.mac(Self::PURPOSE, &data)
+        )
+    }
+
+    /// The device a cookie value names, when its MAC is this secret's.
+    pub fn parse(secret: &ServerSecret, value: &str) -> Option<Device> {
+        let mut parts = value.split('.');
+        let (Some("v1"), Some(kid), Some(user_id), Some(nonce), Some(mac), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        (kid == secret.kid() && secret.verify(Self::PURPOSE, &format!("{user_id}.{nonce}"), mac))
+            .then(|| Device {
+                user_id: user_id.to_owned(),
+                nonce: nonce.to_owned(),
+            })
+    }
+
+    /// Its own failure counter's key.
+    pub fn throttle_key(&self) -> String {
+        format!("dev:{}", self.nonce)
     }
 }
 
@@ -356,31 +393,61 @@ mod tests {
     }
 
     #[test]
-    fn delays_grow_and_never_lock() {
-        let t = Throttle::new(3, Duration::from_secs(60));
-        for _ in 0..3 {
-            assert_eq!(t.wait("u:alice"), Duration::ZERO);
-            t.fail("u:alice");
+    fn device_cookies_are_bound_to_user_and_secret() {
+        let secret = ServerSecret::from_bytes(&[7; 32]);
+        let value = Device::issue(&secret, "user1");
+        let d = Device::parse(&secret, &value).expect("its own cookie");
+        assert_eq!(d.user_id, "user1");
+        assert_ne!(
+            Device::parse(&secret, &Device::issue(&secret, "user1")),
+            Some(d),
+            "a new nonce each time"
+        );
+        let other = ServerSecret::from_bytes(&[8; 32]);
+        assert_eq!(Device::parse(&other, &value), None, "another secret");
+        let forged = value.replace("user1", "admin");
+        assert_eq!(Device::parse(&secret, &forged), None, "another user");
+        for bad in ["", "v1", "v2.a.b.c.d", &format!("{value}.x")] {
+            assert_eq!(Device::parse(&secret, bad), None, "{bad}");
         }
-        let w = t.wait("u:alice");
+    }
+
+    #[tokio::test]
+    async fn delays_grow_and_never_lock() {
+        let t = Throttle::new(3, Duration::from_secs(60), Arc::new(Counters::local()));
+        for _ in 0..3 {
+            assert_eq!(t.wait("u:alice").await.unwrap(), Duration::ZERO);
+            t.fail("u:alice").await.unwrap();
+        }
+        let w = t.wait("u:alice").await.unwrap();
         assert!(
             w > Duration::from_millis(500) && w <= Duration::from_secs(1),
             "{w:?}"
         );
         assert_eq!(t.delay(4), Duration::from_secs(2));
         assert_eq!(t.delay(100), Duration::from_secs(60));
-        t.succeed("u:alice");
-        assert_eq!(t.wait("u:alice"), Duration::ZERO);
+        t.succeed("u:alice").await.unwrap();
+        assert_eq!(t.wait("u:alice").await.unwrap(), Duration::ZERO);
     }
 
-    #[test]
-    fn rate_limit_counts_per_ip() {
-        let r = RateLimit::new(2, Duration::from_secs(60));
+    #[tokio::test]
+    async fn rate_limit_counts_per_address_and_ipv6_per_64() {
+        let r = RateLimit::new(2, Duration::from_secs(60), Arc::new(Counters::local()));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(r.check(a).is_ok());
-        assert!(r.check(a).is_ok());
-        assert!(r.check(a).unwrap_err() > Duration::from_secs(50));
-        assert!(r.check("10.0.0.2".parse().unwrap()).is_ok());
+        assert_eq!(r.check(a).await.unwrap(), None);
+        assert_eq!(r.check(a).await.unwrap(), None);
+        assert!(r.check(a).await.unwrap().unwrap() > Duration::from_secs(50));
+        assert_eq!(r.check("10.0.0.2".parse().unwrap()).await.unwrap(), None);
+        for host in ["2001:db8::1", "2001:db8::2"] {
+            assert_eq!(r.check(host.parse().unwrap()).await.unwrap(), None);
+        }
+        assert!(
+            r.check("2001:db8::ffff".parse().unwrap())
+                .await
+                .unwrap()
+                .is_some(),
+            "a new address in the same /64 bought a fresh limit"
+        );
     }
 
     #[test]

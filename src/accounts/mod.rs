@@ -132,6 +132,10 @@ pub struct Accounts {
     pub throttle: guard::Throttle,
     /// Registrations and reset requests per IP.
     pub rate: guard::RateLimit,
+    /// The throttles' counters (shared through Redis when it is the store).
+    pub counters: Arc<crate::store::counters::Counters>,
+    /// `--server-secret-file`: the known-device cookie's MAC key.
+    pub secret: Arc<crate::secret::ServerSecret>,
     pub metrics: AccountMetrics,
 }
 
@@ -149,6 +153,7 @@ impl Accounts {
     pub async fn open(
         args: &ServeArgs,
         gateway: Arc<Gateway>,
+        secret: Arc<crate::secret::ServerSecret>,
     ) -> Result<Arc<Accounts>, ConfigError> {
         let a = &args.accounts;
         a.validate()?;
@@ -178,7 +183,13 @@ impl Accounts {
         gateway.metrics.add_module(registry);
         let settings = Settings {
             cookie_name: args.cookie_name.clone(),
-            csrf_cookie: format!("{}_csrf", args.cookie_name),
+            // __Host-: only this host, over https, for the whole site (no --cookie-domain);
+            // a sibling subdomain cannot plant it.
+            csrf_cookie: if !a.insecure_cookies && a.cookie_domain.is_none() {
+                format!("__Host-{}_csrf", args.cookie_name)
+            } else {
+                format!("{}_csrf", args.cookie_name)
+            },
             secure: !a.insecure_cookies,
             cookie_domain: a.cookie_domain.clone(),
             session_ttl: a.session_ttl,
@@ -200,6 +211,7 @@ impl Accounts {
             mail = if a.smtp_url.is_some() { "smtp" } else { "files" },
             "accounts ready"
         );
+        let counters = Arc::new(crate::store::counters::Counters::for_store(&gateway.store));
         let app = Arc::new(Accounts {
             gateway,
             db,
@@ -212,8 +224,14 @@ impl Accounts {
             mailer,
             roles,
             settings,
-            throttle: guard::Throttle::new(3, Duration::from_secs(60)),
-            rate: guard::RateLimit::new(a.ip_rate_limit, Duration::from_secs(3600)),
+            throttle: guard::Throttle::new(3, Duration::from_secs(60), counters.clone()),
+            rate: guard::RateLimit::new(
+                a.ip_rate_limit,
+                Duration::from_secs(3600),
+                counters.clone(),
+            ),
+            counters,
+            secret,
             metrics,
         });
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));

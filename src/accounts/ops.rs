@@ -9,12 +9,14 @@ use axum::http::StatusCode;
 
 use super::db::{self, DbError, NewUser, Purpose, User};
 use super::followers::{end_credentials, EndError};
+use super::guard;
 use super::pages::Errors;
 use super::{Accounts, Registration};
 use crate::audit;
 use crate::secret::Secret;
 use crate::session::SessionKind;
 use crate::sessions::Issued;
+use crate::store::counters::address_key;
 
 /// Why an operation did not happen.
 pub struct Problem {
@@ -116,6 +118,8 @@ pub struct Caller<'a> {
     pub user_agent: Option<String>,
     /// The session token the caller already holds, if any.
     pub token: Option<&'a str>,
+    /// The caller's known-device cookie, if any (unchecked).
+    pub device: Option<&'a str>,
 }
 
 /// What follows an accepted password. Today always a session; a second factor (passkey,
@@ -147,13 +151,26 @@ pub fn login_tag(login: &str) -> String {
     format!("login:{hex}")
 }
 
+/// A completed login: the session, its user, and the known-device cookie's new value.
+pub struct LoggedIn {
+    pub issued: Issued,
+    pub user: User,
+    pub device: String,
+}
+
 /// Checks a username-or-email and password, with the login delays; on success the session.
+///
+/// The delays follow OWASP's device cookies: a browser that signed into this account before
+/// carries a known-device cookie (MAC'd with the server secret), and its failures count
+/// against that device alone, so an attacker rotating addresses can slow the account down
+/// for every other browser but never for the owner's own. Other browsers are delayed by the
+/// account's failures and their address's (IPv6 by its /64), counted in the shared store.
 pub async fn login(
     app: &Accounts,
     caller: &Caller<'_>,
     login: &str,
     password: Secret<String>,
-) -> Result<(Issued, User), Problem> {
+) -> Result<LoggedIn, Problem> {
     // Refused before anything else: a longer name is no user's, and must cost no memory, no
     // hash and no log line.
     if login.len() > MAX_LOGIN {
@@ -166,18 +183,34 @@ pub async fn login(
     // The name as a bounded, unreadable tag: the throttle's key and what the log shows of a
     // name that matched no one (it may be a password typed into the wrong field).
     let tag = login_tag(login);
-    let account_key = format!("u:{tag}");
-    let ip_key = format!("ip:{}", caller.ip);
-    let wait = app
-        .throttle
-        .wait(&account_key)
-        .max(app.throttle.wait(&ip_key));
+    let user = app.db.find(login).await?;
+    let device = caller
+        .device
+        .and_then(|c| guard::Device::parse(&app.secret, c))
+        .filter(|d| user.as_ref().is_some_and(|u| u.id == d.user_id));
+    let keys: Vec<String> = match &device {
+        Some(d) => vec![d.throttle_key()],
+        None => vec![format!("u:{tag}"), format!("ip:{}", address_key(caller.ip))],
+    };
+    let mut wait = Duration::ZERO;
+    for key in &keys {
+        wait = wait.max(
+            app.throttle
+                .wait(key)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?,
+        );
+    }
     if !wait.is_zero() {
         app.metrics.login("throttled");
-        audit!("login_throttled", tag, caller.ip);
+        audit!(
+            "login_throttled",
+            tag,
+            caller.ip,
+            known_device = device.is_some()
+        );
         return Err(Problem::wait(app, "throttled", wait));
     }
-    let user = app.db.find(login).await?;
     // Unknown users verify a dummy hash: the same work, the same time, the same answer.
     let verified = match app
         .passwords
@@ -196,10 +229,19 @@ pub async fn login(
     let user = match user {
         Some(u) if verified.ok => u,
         other => {
-            app.throttle.fail(&account_key);
-            app.throttle.fail(&ip_key);
+            for key in &keys {
+                app.throttle
+                    .fail(key)
+                    .await
+                    .map_err(|e| Problem::unavailable(&e))?;
+            }
             app.metrics.login("failed");
-            audit!("login_failed", other.map_or(tag, |u| u.id), caller.ip);
+            audit!(
+                "login_failed",
+                other.map_or(tag, |u| u.id),
+                caller.ip,
+                known_device = device.is_some()
+            );
             return Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -207,7 +249,12 @@ pub async fn login(
             ));
         }
     };
-    app.throttle.succeed(&account_key);
+    for key in &keys {
+        app.throttle
+            .succeed(key)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+    }
     if !user.active {
         app.metrics.login("inactive");
         audit!("login_inactive", user.id, caller.ip);
@@ -234,7 +281,16 @@ pub async fn login(
         }
     }
     match next_step(&user) {
-        Step::IssueSession => Ok((issue_session(app, caller, &user).await?, user)),
+        Step::IssueSession => {
+            let issued = issue_session(app, caller, &user).await?;
+            // A device that signed in is known from now on (a new nonce each time).
+            let device = guard::Device::issue(&app.secret, &user.id);
+            Ok(LoggedIn {
+                issued,
+                user,
+                device,
+            })
+        }
     }
 }
 
@@ -340,7 +396,12 @@ pub async fn register(
     r: &Registering<'_>,
 ) -> Result<Registered, Problem> {
     let invite_email = registration_open(app, r.invite).await?;
-    if let Err(wait) = app.rate.check(caller.ip) {
+    if let Some(wait) = app
+        .rate
+        .check(caller.ip)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    {
         return Err(Problem::wait(app, "rate_limited", wait));
     }
     let mut errors = Errors::default();
@@ -463,7 +524,7 @@ pub fn email_problem(e: &str) -> Option<&'static str> {
     None
 }
 
-fn domain_allowed(app: &Accounts, email: &str) -> bool {
+pub(super) fn domain_allowed(app: &Accounts, email: &str) -> bool {
     let domain = email
         .rsplit_once('@')
         .map_or("", |(_, d)| d)
@@ -495,14 +556,23 @@ pub async fn send_confirmation(app: &Accounts, user: &User, email: &str) {
     }
 }
 
+/// Reset mails one recipient gets at most in [`RESET_MAIL_WINDOW`].
+pub const RESET_MAILS: u32 = 5;
+pub const RESET_MAIL_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Sends a reset link to `email` if it is an active user's. The answer is the same either
 /// way, and comes before the lookup: known and unknown addresses take the same time.
-pub fn forgot(
+pub async fn forgot(
     app: &std::sync::Arc<Accounts>,
     caller: &Caller<'_>,
     email: &str,
 ) -> Result<(), Problem> {
-    if let Err(wait) = app.rate.check(caller.ip) {
+    if let Some(wait) = app
+        .rate
+        .check(caller.ip)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    {
         return Err(Problem::wait(app, "rate_limited", wait));
     }
     if let Some(p) = email_problem(email.trim()) {
@@ -522,6 +592,19 @@ pub fn forgot(
                 return;
             }
         };
+        // Per recipient as well as per address: rotating addresses must not fill a mailbox.
+        let key = format!("mail:{}", login_tag(&user.id));
+        match worker.counters.hit(&key, RESET_MAIL_WINDOW).await {
+            Ok((n, _)) if n <= RESET_MAILS => {}
+            Ok(_) => {
+                tracing::info!(target: "gatehouse::audit", event = "password_reset_limited", user = %user.id, "audit");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "password reset not sent");
+                return;
+            }
+        }
         match worker
             .db
             .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
@@ -633,6 +716,36 @@ pub async fn identity_changed(
     Ok(issued)
 }
 
+/// Whether `current` is the signed-in `user`'s password, with the login delays: a stolen
+/// session must not become a free password oracle. Failures count against the user.
+pub async fn current_password_ok(
+    app: &Accounts,
+    user: &User,
+    current: &str,
+) -> Result<bool, Problem> {
+    let key = format!("pw:{}", user.id);
+    let unavailable = |e: crate::store::StoreError| Problem::unavailable(&e);
+    let wait = app.throttle.wait(&key).await.map_err(unavailable)?;
+    if !wait.is_zero() {
+        return Err(Problem::wait(app, "throttled", wait));
+    }
+    let ok = app
+        .passwords
+        .verify(
+            &Secret::new(current.to_owned()),
+            user.password_hash.as_ref(),
+        )
+        .await?
+        .ok;
+    if ok {
+        app.throttle.succeed(&key).await.map_err(unavailable)?;
+    } else {
+        app.throttle.fail(&key).await.map_err(unavailable)?;
+        audit!("current_password_failed", user.id, "-");
+    }
+    Ok(ok)
+}
+
 /// Changes a signed-in user's password; every session but the caller's ends.
 pub async fn change_password(
     app: &Accounts,
@@ -642,15 +755,7 @@ pub async fn change_password(
     new: &str,
 ) -> Result<(), Problem> {
     let mut errors = Errors::default();
-    if !app
-        .passwords
-        .verify(
-            &Secret::new(current.to_owned()),
-            user.password_hash.as_ref(),
-        )
-        .await?
-        .ok
-    {
+    if !current_password_ok(app, user, current).await? {
         errors.add("current_password", "This is not your current password.");
     }
     if let Some(p) = app

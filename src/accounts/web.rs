@@ -57,6 +57,8 @@ pub struct Ctx {
     new_csrf: bool,
     token: Option<Secret<String>>,
     session: Option<Listed>,
+    /// The known-device cookie, as sent (checked by the login).
+    device: Option<String>,
 }
 
 /// An answer before any handler ran: the store failed (503).
@@ -96,20 +98,16 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
             tracing::error!("a request reached the accounts module without its peer address");
             return Err(Unavailable);
         };
+        app.gateway.note_peer(peer);
         let ip = app.gateway.client_ip(&parts.headers, peer);
         let s = &app.settings;
-        let mut csrf = None;
-        let mut token = None;
-        for value in parts.headers.get_all(header::COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
-            for c in Cookie::split_parse(value).flatten() {
-                if c.name() == s.csrf_cookie && c.value().len() >= 32 {
-                    csrf = Some(c.value().to_owned());
-                } else if c.name() == s.cookie_name {
-                    token = Some(Secret::new(c.value().to_owned()));
-                }
-            }
-        }
+        // Which of two cookies of one name counts is decided where /auth decides it.
+        let cookie = |name: &str| crate::credential::cookie(&parts.headers, name);
+        let csrf = cookie(&s.csrf_cookie)
+            .filter(|v| v.len() >= 32)
+            .map(str::to_owned);
+        let token = cookie(&s.cookie_name).map(|v| Secret::new(v.to_owned()));
+        let device = cookie(super::guard::DEVICE_COOKIE).map(str::to_owned);
         let session = match &token {
             Some(t) => app
                 .gateway
@@ -128,6 +126,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
             new_csrf,
             token,
             session,
+            device,
         })
     }
 }
@@ -199,15 +198,36 @@ pub(crate) fn html(app: &Accounts, ctx: &Ctx, status: StatusCode, page: impl Tem
     );
     secure_headers(h);
     if ctx.new_csrf {
-        let cookie = Cookie::build((app.settings.csrf_cookie.clone(), ctx.csrf.clone()))
-            .path("/")
-            .http_only(true)
-            .secure(app.settings.secure)
-            .same_site(SameSite::Lax)
-            .build();
-        add_cookie(h, &cookie);
+        set_csrf_cookie(app, h, &ctx.csrf);
     }
     response
+}
+
+/// Sets the CSRF cookie (double submit) to `value`.
+fn set_csrf_cookie(app: &Accounts, h: &mut HeaderMap, value: &str) {
+    let cookie = Cookie::build((app.settings.csrf_cookie.clone(), value))
+        .path("/")
+        .http_only(true)
+        .secure(app.settings.secure)
+        .same_site(SameSite::Lax)
+        .build();
+    add_cookie(h, &cookie);
+}
+
+/// What a completed sign-in sets besides the session: a new CSRF token (the one used before
+/// signing in may have been planted) and the known-device cookie.
+pub(super) fn signed_in_cookies(app: &Accounts, h: &mut HeaderMap, device: &str) {
+    set_csrf_cookie(app, h, &db::random_token(32));
+    let cookie = Cookie::build((super::guard::DEVICE_COOKIE, device))
+        .path("/")
+        .http_only(true)
+        .secure(app.settings.secure)
+        .same_site(SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(
+            super::guard::DEVICE_TTL.as_secs() as i64,
+        ))
+        .build();
+    add_cookie(h, &cookie);
 }
 
 fn secure_headers(h: &mut HeaderMap) {
@@ -385,6 +405,7 @@ impl Ctx {
             ip: self.ip,
             user_agent: self.user_agent(),
             token: self.token(),
+            device: self.device.as_deref(),
         }
     }
 }
@@ -415,14 +436,15 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
     }
     let rd = redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
     match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
-        Ok((issued, _)) => {
+        Ok(done) => {
             let mut r = see_other(if rd.is_empty() { "/account" } else { &rd });
             set_session_cookie(
                 &app,
                 r.headers_mut(),
-                issued.token.expose(),
+                done.issued.token.expose(),
                 app.settings.session_ttl,
             );
+            signed_in_cookies(&app, r.headers_mut(), &done.device);
             r
         }
         Err(p)
@@ -719,7 +741,7 @@ async fn forgot(State(app): App, ctx: Ctx, Form(f): Form<ForgotForm>) -> Respons
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
-    match ops::forgot(&app, &ctx.caller(), &f.email) {
+    match ops::forgot(&app, &ctx.caller(), &f.email).await {
         Ok(()) => message(
             &app,
             &ctx,
@@ -879,17 +901,13 @@ async fn account(State(app): App, ctx: Ctx, Form(f): Form<AccountForm>) -> Respo
     if f.action == "email" {
         if let Some(p) = ops::email_problem(f.email.trim()) {
             errors.add("email", p);
+        } else if !ops::domain_allowed(&app, f.email.trim()) {
+            // The rule registration obeys (--registration-domains, --blocked-domains).
+            errors.add("email", "Addresses of this domain cannot be used here.");
         }
-        let ok = match app
-            .passwords
-            .verify(
-                &Secret::new(f.current_password),
-                user.password_hash.as_ref(),
-            )
-            .await
-        {
-            Ok(v) => v.ok,
-            Err(busy) => return unavailable(&app, &ctx, &busy),
+        let ok = match ops::current_password_ok(&app, &user, &f.current_password).await {
+            Ok(ok) => ok,
+            Err(p) => return problem_page(&app, &ctx, p),
         };
         if !ok {
             errors.add("current_password", "This is not your current password.");

@@ -6,6 +6,7 @@
 //! call has a deadline; a store that cannot answer in time is [`StoreError::Unavailable`],
 //! which `/auth` turns into 503, never into a 200.
 
+pub mod counters;
 pub mod embedded;
 pub mod redis;
 

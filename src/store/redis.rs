@@ -189,6 +189,77 @@ impl RedisStore {
         }
     }
 
+    /// A throttle counter's key: `<prefix>c:<key>` (the callers' keys are bounded: hashes
+    /// and addresses).
+    fn counter_key(&self, key: &str) -> String {
+        format!("{}c:{key}", self.prefix)
+    }
+
+    /// One failure of `key` at `now_ms`, in one round trip; forgotten `keep` after it.
+    pub async fn counter_fail(
+        &self,
+        key: &str,
+        now_ms: u64,
+        keep: Duration,
+    ) -> Result<(), StoreError> {
+        const FAIL: &str = "redis.call('HINCRBY', KEYS[1], 'n', 1) \
+            redis.call('HSET', KEYS[1], 't', ARGV[1]) \
+            redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1";
+        let _: i64 = self
+            .call(self.pool.eval(
+                FAIL,
+                self.counter_key(key),
+                vec![now_ms.to_string(), keep.as_millis().max(1).to_string()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn counter_failures(
+        &self,
+        key: &str,
+    ) -> Result<super::counters::Failures, StoreError> {
+        let (n, t): (Option<u64>, Option<u64>) = self
+            .call(self.pool.eval(
+                "return redis.call('HMGET', KEYS[1], 'n', 't')",
+                self.counter_key(key),
+                Vec::<String>::new(),
+            ))
+            .await?;
+        Ok(super::counters::Failures {
+            count: n.unwrap_or(0).min(u32::MAX as u64) as u32,
+            last_ms: t.unwrap_or(0),
+        })
+    }
+
+    pub async fn counter_clear(&self, key: &str) -> Result<(), StoreError> {
+        let _: i64 = self.call(self.pool.del(self.counter_key(key))).await?;
+        Ok(())
+    }
+
+    /// One event of `key` in a fixed window (INCR, with the expiry set by the first), in one
+    /// round trip: the count and the time the window still runs.
+    pub async fn counter_hit(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Result<(u32, Duration), StoreError> {
+        const HIT: &str = "local n = redis.call('INCR', KEYS[1]) \
+            if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+            return {n, redis.call('PTTL', KEYS[1])}";
+        let (n, ttl): (u64, i64) = self
+            .call(self.pool.eval(
+                HIT,
+                self.counter_key(key),
+                vec![window.as_millis().max(1).to_string()],
+            ))
+            .await?;
+        Ok((
+            n.min(u32::MAX as u64) as u32,
+            Duration::from_millis(ttl.max(0) as u64),
+        ))
+    }
+
     /// `GET key` verbatim, with no prefix: for reading another system's records (`--compat`).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         self.call(self.pool.get(key)).await

@@ -27,6 +27,17 @@ impl Browser {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Sets a cookie as a browser holding it would send it.
+    pub fn set_cookie(&mut self, name: &str, value: &str) {
+        self.cookies.retain(|(n, _)| n != name);
+        self.cookies.push((name.to_string(), value.to_string()));
+    }
+
+    /// Forgets a cookie (a browser that never had it).
+    pub fn forget_cookie(&mut self, name: &str) {
+        self.cookies.retain(|(n, _)| n != name);
+    }
+
     fn cookie_header(&self) -> String {
         self.cookies
             .iter()
