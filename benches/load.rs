@@ -15,7 +15,9 @@
 //! results are printed as a Markdown table and written to `target/load/report.{md,json}`.
 //! Nothing here is an assertion: a benchmark reports, it does not fail.
 
-#[path = "../tests/support/mod.rs"]
+// A bench uses a part of the harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::fmt::Write as _;

@@ -9,7 +9,9 @@
 //! 3 s) and the rest get 503: memory stays bounded whatever the burst.
 //! Nothing here is an assertion: a benchmark reports, it does not fail.
 
-#[path = "../tests/support/mod.rs"]
+// A bench uses a part of the harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -7,7 +7,9 @@
 //! does), so the figures carry a TCP handshake each; the ratios compare like with like.
 //! Nothing here is an assertion: a benchmark reports, it does not fail.
 
-#[path = "../tests/support/mod.rs"]
+// A bench uses a part of the harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

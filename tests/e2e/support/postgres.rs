@@ -6,7 +6,8 @@ use super::*;
 
 pub struct Postgres {
     port: u16,
-    dir: TempDir,
+    /// The cluster's directory, removed when the server is gone.
+    _dir: TempDir,
     child: Option<Child>,
 }
 
@@ -101,7 +102,7 @@ impl Postgres {
             if wait_ready(&mut child, port) {
                 let pg = Postgres {
                     port,
-                    dir,
+                    _dir: dir,
                     child: Some(child),
                 };
                 pg.psql("CREATE DATABASE gatehouse");
@@ -150,10 +151,6 @@ impl Postgres {
     /// The URL of the `gatehouse` database, for `--database-url`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/gatehouse", self.port)
-    }
-
-    pub fn logs(&self) -> String {
-        fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 }
 

@@ -73,9 +73,3 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
         thread::sleep(Duration::from_millis(10));
     }
 }
-
-/// True if nothing accepts connections on 127.0.0.1:`port` right now.
-pub fn port_closed(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
-}

@@ -2,13 +2,11 @@
 //! with the shipped configuration, gatehouse with accounts, and an application behind them.
 //! Screenshots of the pages people see go to `target/screenshots/`.
 
-mod support;
-
 use std::path::PathBuf;
 
+use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use support::*;
 
 const PW: &str = "tangerine kayak moonlit orbit";
 

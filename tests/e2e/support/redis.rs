@@ -31,10 +31,6 @@ impl Reply {
                 .join("\n"),
         }
     }
-
-    pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
-    }
 }
 
 /// Sends one command to the Redis at `addr` over a fresh connection and reads one reply.
@@ -287,10 +283,6 @@ impl RedisServer {
         self.dir.path()
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// The server's own log (stdout/stderr), for failure messages.
     pub fn logs(&self) -> String {
         read_tail(&self.log_path(), 64 * 1024)
@@ -335,13 +327,6 @@ impl RedisServer {
         );
     }
 
-    /// Whether the process is alive (stopped counts as alive).
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
     /// One command, reply flattened to text (see `Reply::to_text`); panics on I/O errors.
     /// Error replies come back as their message, e.g. `"ERR unknown command ..."`.
     pub fn cmd(&self, args: &[&str]) -> String {
@@ -357,11 +342,6 @@ impl RedisServer {
     /// One command; I/O errors (refused, or no answer within 5 s) come back as `Err`.
     pub fn try_query(&self, args: &[&str]) -> io::Result<Reply> {
         resp(self.addr(), args)
-    }
-
-    /// `try_query` with a custom timeout, e.g. a short one to show a stopped server is mute.
-    pub fn try_query_timeout(&self, args: &[&str], timeout: Duration) -> io::Result<Reply> {
-        resp_timeout(self.addr(), args, timeout)
     }
 
     pub fn commandstats(&self) -> HashMap<String, u64> {
@@ -478,15 +458,6 @@ impl RedisCluster {
             }
             thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// The three master nodes, e.g. to `kill()` one or to send a command to a given node.
-    pub fn nodes(&self) -> &[RedisServer] {
-        &self.nodes
-    }
-
-    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
-        &mut self.nodes
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3` (gatehouse's own scheme).

@@ -44,6 +44,8 @@ server {
 }
 "#;
 
+// Used by the companion modules' tests.
+#[cfg(feature = "accounts")]
 /// `PROTECTED_SITE` with gatehouse's own pages on the same server (`gatehouse-pages.conf`)
 /// and the login page there: what a single-host deployment with accounts looks like.
 pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
@@ -151,17 +153,8 @@ impl Nginx {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn conf_path(&self) -> PathBuf {
         self.dir.path().join("nginx.conf")
-    }
-
-    /// Ports found in `listen` directives, in order of appearance.
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
     }
 
     /// 127.0.0.1 and the first `listen` port.
@@ -169,23 +162,19 @@ impl Nginx {
         SocketAddr::from(([127, 0, 0, 1], self.ports[0]))
     }
 
-    /// The master's pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Pids of the worker processes (children of the master), from /proc.
+    /// Pids of the worker processes (children of the master), from /proc. For
+    /// benches/load.rs, which times nginx's own CPU.
+    #[allow(dead_code)]
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.pid().map(children_of).unwrap_or_default()
+        self.child
+            .as_ref()
+            .map(|c| children_of(c.id()))
+            .unwrap_or_default()
     }
 
     /// nginx's error.log (level info) — e.g. "client sent invalid header line".
     pub fn error_log(&self) -> String {
         read_tail(&self.dir.path().join("error.log"), 256 * 1024)
-    }
-
-    pub fn access_log(&self) -> String {
-        read_tail(&self.dir.path().join("access.log"), 256 * 1024)
     }
 
     /// Any file in the temp dir, e.g. a log written to `{{DIR}}/auth.log`.
@@ -258,7 +247,7 @@ pub(crate) fn full_nginx_conf(dir: &Path, http_body: &str) -> String {
     let is_root = fs::metadata(dir).map(|m| m.uid() == 0).unwrap_or(false);
     let user = if is_root { "user root;\n" } else { "" };
     format!(
-        "# Written by tests/support for one test run.\n\
+        "# Written by tests/e2e/support for one test run.\n\
          {user}daemon off;\n\
          master_process on;\n\
          worker_processes 1;\n\

@@ -2,13 +2,11 @@
 //! bounded. Its own test binary, so that nothing runs beside it while it keeps both cores
 //! busy for about a minute.
 
-mod support;
-
 use std::time::Instant;
 
+use crate::support::*;
 use gatehouse::credential;
 use gatehouse::session::SessionKind;
-use support::*;
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")

@@ -6,9 +6,8 @@
 //! from the client (in any spelling); no credential means a redirect to the login page with
 //! `rd=`; the auth subrequest carries the original request's URI/method/host, no body, and
 //! reuses keepalive connections.
-mod support;
 
-use support::*;
+use crate::support::*;
 
 /// The shipped configuration directory.
 const NGINX_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx");
@@ -47,7 +46,7 @@ const CONF: &str = r#"
             if ($http_cookie ~ forbid) { return 403; }
             if ($http_cookie ~ anon)   { return 200; }
             # gatehouse's login location on a 401: its encoding is tested against the real
-            # gatehouse (tests/nginx.rs); here, that nginx follows it as sent.
+            # gatehouse (tests/e2e/nginx.rs); here, that nginx follows it as sent.
             add_header X-Gatehouse-Login "$http_x_gatehouse_login_url?rd=from-gatehouse%26x" always;
             if ($http_cookie !~ good)  { return 401; }
             add_header Authorization $fake_jwt always;

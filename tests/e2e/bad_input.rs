@@ -3,13 +3,11 @@
 //! headers reach the upstream only from gatehouse, and a header read that never finishes is
 //! cut off after `--header-timeout`.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 struct Stack {
     _redis: RedisServer,

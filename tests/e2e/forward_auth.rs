@@ -12,13 +12,11 @@
 //! `HTTP_X_AUTH_REQUEST_USER` there, the same as `X-Auth-Request-User`, while both proxies
 //! treat them as unrelated headers unless told otherwise.
 
-mod support;
-
+use crate::support::proxy::{Caddy, Traefik};
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
-use support::proxy::{Caddy, Traefik};
-use support::*;
 
 const LOGIN_URL: &str = "https://login.example.test/login";
 

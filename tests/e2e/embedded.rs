@@ -1,11 +1,9 @@
 //! The embedded default (no --redis-url): sessions persist in --data-dir across restarts, and
 //! the CLI works against the same file while the server runs.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn sessions_survive_a_restart_and_cli_revocation_reaches_the_server() {

@@ -1,9 +1,7 @@
 //! The command line contract: exit codes (64 bad configuration naming the flag, 69 store
 //! unreachable, 2 usage) and `session create` printing only the token.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn run(a: &[&str]) -> (i32, String, String) {
     let out = gatehouse_cli(a);

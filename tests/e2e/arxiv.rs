@@ -3,11 +3,9 @@
 //! an HS256 `ARXIVNG_SESSION_ID` cookie (`user_id`, `session_id`, `nonce`, `expires`) and an
 //! HS256 session record stored at the key `session_id`.
 
-mod support;
-
+use crate::support::*;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::*;
 
 const SECRET: &str = "arxiv-secret"; // arXiv's own secret: short, and must still be accepted
 const COOKIE: &str = "ARXIVNG_SESSION_ID";

@@ -1,13 +1,11 @@
 //! End to end against real `redis-server`: standalone and a 3-master Redis Cluster run the
 //! same suite, with `gatehouse serve` and the CLI as separate processes, as users run them.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use support::*;
 
 const ISSUER: &str = "https://auth.example.test";
 const AUDIENCE: &str = "example-services";

@@ -8,14 +8,13 @@
 //! is filled (and read back here), and idle and last-seen are decided from the session's
 //! stored times, which the test writes in the past.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{http_get, split_responses, TempDir};
 use bytes::Bytes;
 use clap::Parser;
 use gatehouse::auth::Gateway;
@@ -29,7 +28,6 @@ use gatehouse::store::SessionStore;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use support::{http_get, split_responses, TempDir};
 
 struct InProcess {
     addr: SocketAddr,
@@ -82,7 +80,7 @@ impl InProcess {
     }
 
     /// GET `path` with `headers`, over a real connection.
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> support::Response {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> crate::support::Response {
         let (addr, path) = (self.addr, path.to_string());
         let headers: Vec<(String, String)> = headers
             .iter()
@@ -388,7 +386,7 @@ async fn converse(addr: SocketAddr, requests: String) -> Vec<u8> {
 }
 
 /// The headers of a response but `date`, sorted, to compare two answers.
-fn headers_but_date(r: &support::Response) -> Vec<(String, String)> {
+fn headers_but_date(r: &crate::support::Response) -> Vec<(String, String)> {
     let mut h: Vec<_> = r
         .headers
         .iter()

@@ -9,30 +9,35 @@
 //!
 //! Ports stay below 55535 because a Redis Cluster node also listens on port + 10000.
 //! Helpers never touch the process environment: tests run in parallel threads.
-// Each test binary uses a part of the harness.
-#![allow(dead_code, unused_imports)]
 
+// The companion modules' tests alone drive a browser, PostgreSQL and pages.
+#[cfg(feature = "accounts")]
 mod chrome;
 mod echo;
 mod gatehouse;
 mod http;
 mod nginx;
 mod ports;
+#[cfg(feature = "accounts")]
 mod postgres;
 mod process;
 pub mod proxy;
 mod redis;
+#[cfg(feature = "accounts")]
 mod web;
 
+#[cfg(feature = "accounts")]
 pub use chrome::*;
 pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;
 pub use nginx::*;
 pub use ports::*;
+#[cfg(feature = "accounts")]
 pub use postgres::*;
 pub use process::*;
 pub use redis::*;
+#[cfg(feature = "accounts")]
 pub use web::*;
 
 use std::collections::HashMap;

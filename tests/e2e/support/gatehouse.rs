@@ -202,6 +202,8 @@ impl Gatehouse {
         self.admin
     }
 
+    // Used by the companion modules' tests.
+    #[cfg(feature = "accounts")]
     /// `http://127.0.0.1:P`
     pub fn url(&self) -> String {
         format!("http://{}", self.listen)
@@ -219,16 +221,6 @@ impl Gatehouse {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("no VmRSS for the gatehouse process")
-    }
-
-    /// The process's temp dir and working directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The arguments after `serve --listen … --admin-listen …`.
-    pub fn extra_args(&self) -> &[String] {
-        &self.extra_args
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -268,11 +260,6 @@ impl Gatehouse {
             signal_child(child, libc::SIGTERM),
             "gatehouse is not running"
         );
-    }
-
-    /// Sends any signal (e.g. `libc::SIGHUP` to reload keys); false if it is not running.
-    pub fn signal(&mut self, sig: i32) -> bool {
-        self.child.as_mut().is_some_and(|c| signal_child(c, sig))
     }
 
     /// SIGKILL and reap. `wait_exit` then reports 137.

@@ -1,18 +1,16 @@
 //! Faults against a real `redis-server`: a frozen Redis, revocation latency over many
 //! revocations between two instances (measured and printed, never a timed assertion),
-//! and revocation racing cache fills. (The flood of random tokens is `tests/flood.rs`.)
-
-mod support;
+//! and revocation racing cache fills. (The flood of random tokens is `tests/e2e/flood.rs`.)
 
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use clap::Parser;
 use gatehouse::config::{Cli, Command};
 use gatehouse::credential::{self, TokenHash};
 use gatehouse::session::SessionKind;
 use gatehouse::session::{unix_now, Session};
 use gatehouse::store::{SessionStore, Store};
-use support::*;
 
 /// The store at `url`, as `serve` opens it, with a runtime to drive it from a test thread.
 fn open_store(url: &str) -> (tokio::runtime::Runtime, Store) {

@@ -2,14 +2,12 @@
 //! --shutdown-delay and for as long as they keep coming, in-flight requests finish, the
 //! process exits 0, and no request fails — directly, and through nginx.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Four client threads sending `GET path` with a bearer token to `addr` until stopped,
 /// counting 200s (and those after `mark`) and keeping every other outcome.

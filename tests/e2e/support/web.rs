@@ -33,11 +33,6 @@ impl Browser {
         self.cookies.push((name.to_string(), value.to_string()));
     }
 
-    /// Forgets a cookie (a browser that never had it).
-    pub fn forget_cookie(&mut self, name: &str) {
-        self.cookies.retain(|(n, _)| n != name);
-    }
-
     fn cookie_header(&self) -> String {
         self.cookies
             .iter()

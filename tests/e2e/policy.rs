@@ -3,9 +3,7 @@
 //! decision, the query never takes part, a cached session is re-checked per route, and
 //! proxy headers count only from trusted peers.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const POLICY: &str = r#"
 [[rule]]

@@ -1,13 +1,11 @@
 //! accounts, end to end: real `gatehouse serve` processes, the pages driven over HTTP like a
 //! browser, mail read from the `.eml` files, users in SQLite and in a real PostgreSQL.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine;
-use support::*;
 
 const PW: &str = "tangerine kayak moonlit orbit";
 const PW2: &str = "violet harbour drum sixty";

@@ -204,7 +204,7 @@ pub struct Traefik {
     process: Process,
 }
 
-const TRAEFIK_STATIC: &str = r#"# Written by tests/support/proxy.rs for one test run.
+const TRAEFIK_STATIC: &str = r#"# Written by tests/e2e/support/proxy.rs for one test run.
 global:
   checkNewVersion: false
   sendAnonymousUsage: false
@@ -223,7 +223,7 @@ log:
   noColor: true
 "#;
 
-const TRAEFIK_READY: &str = r#"# Written by tests/support/proxy.rs: the harness's readiness route.
+const TRAEFIK_READY: &str = r#"# Written by tests/e2e/support/proxy.rs: the harness's readiness route.
 http:
   routers:
     harness-ready:
@@ -270,10 +270,6 @@ impl Traefik {
         self.process.addr()
     }
 
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
     /// Traefik's log (stdout and stderr), for failure messages.
     pub fn logs(&self) -> String {
         self.process.logs()
@@ -306,7 +302,7 @@ pub struct Caddy {
     process: Process,
 }
 
-const CADDY_GLOBAL: &str = r#"# Written by tests/support/proxy.rs for one test run.
+const CADDY_GLOBAL: &str = r#"# Written by tests/e2e/support/proxy.rs for one test run.
 {
 	admin off
 	auto_https off
@@ -356,10 +352,6 @@ impl Caddy {
     /// 127.0.0.1 and the site's port.
     pub fn addr(&self) -> SocketAddr {
         self.process.addr()
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
     }
 
     /// Caddy's log (its JSON log lines on stderr), for failure messages.

@@ -1,9 +1,7 @@
 //! The whole stack as users run it: real nginx with the shipped `nginx/` snippets, gatehouse,
 //! redis-server, and an upstream that echoes what it receives.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Stack {
     _redis: RedisServer,

@@ -3,17 +3,15 @@
 //! HTTP, tokens checked where they are used: at `/auth`. On SQLite with the embedded session
 //! store, and on a real PostgreSQL with sessions in a real Redis.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine;
 use oauth2::basic::BasicClient;
 use oauth2::{
     AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, IntrospectionUrl, Scope,
     TokenIntrospectionResponse, TokenResponse, TokenUrl,
 };
-use support::*;
 
 const PW: &str = "tangerine kayak moonlit orbit";
 

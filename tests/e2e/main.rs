@@ -1,0 +1,30 @@
+//! The end-to-end tests, one binary: every file beside this one is a module of it, and all of
+//! them share the harness in `support/` (real redis-server, Redis Cluster, nginx, Traefik,
+//! Caddy, PostgreSQL, chromium and gatehouse processes on loopback, killed on drop), compiled
+//! and linked once. `cargo test --test e2e MODULE::` runs one file's tests.
+//!
+//! The in-process tier (`server`, and the modules' flows driven through the real router) runs
+//! beside them in the same binary.
+
+mod support;
+
+mod arxiv;
+mod bad_input;
+mod cli;
+mod embedded;
+mod faults;
+mod flood;
+mod forward_auth;
+mod nginx;
+mod nginx_config;
+mod policy;
+mod redis;
+mod server;
+mod shutdown;
+
+#[cfg(feature = "accounts")]
+mod accounts;
+#[cfg(feature = "accounts")]
+mod browser;
+#[cfg(feature = "registry")]
+mod registry;
