@@ -504,7 +504,7 @@ def cmd_references(scrape):
     for group in rules["groups"]:
         for rule in group["rules"]:
             check_expr(rule["expr"], f"rule {rule.get('alert') or rule.get('record')}", series, EXTERNAL)
-    # Every metric DESIGN.md promises is on the dashboard.
+    # Every metric docs/architecture.md promises is on the dashboard.
     shown = " ".join(e for _, e in exprs)
     for n in series:
         family = re.sub(r"_(bucket|sum|count)$", "", n)

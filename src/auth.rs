@@ -1,5 +1,5 @@
 //! The `/auth` hot path, top to bottom: credential → checksum → cache → (miss: store, sign,
-//! fill) → answer. DESIGN.md's `/auth` contract is implemented here and nowhere else.
+//! fill) → answer. docs/architecture.md's `/auth` contract is implemented here and nowhere else.
 //!
 //! Only 200, 401, 403 and 503 ever leave this module; identity headers only on 200. A store
 //! failure is 503 (fail closed), never a 200. Nothing here logs per request above debug, and

@@ -1,6 +1,6 @@
 //! Prometheus metrics (prometheus-client), passed around explicitly; no global registry.
 //!
-//! Names are DESIGN.md's, prefixed `gatehouse_`. Labels are bounded enums, never a user, a
+//! Names are docs/architecture.md's, prefixed `gatehouse_`. Labels are bounded enums, never a user, a
 //! path or a token. The `/auth` counters are resolved once at start, so the hot path only
 //! increments an atomic.
 

@@ -38,7 +38,7 @@ pub struct RedisStore {
 /// Turns gatehouse's URL forms into a fred configuration.
 ///
 /// `redis+cluster://[auth@]h:p,h:p` and `redis+sentinel://[auth@]h:p,h:p/service[/db]` list
-/// their nodes with commas, as DESIGN.md says; fred wants `?node=` parameters instead.
+/// their nodes with commas, as docs/architecture.md says; fred wants `?node=` parameters instead.
 pub fn parse_url(url: &str) -> Result<Config, ConfigError> {
     let bad = |why: &str| ConfigError::new("--redis-url", why.to_string());
     let (scheme, rest) = url

@@ -1,5 +1,5 @@
 //! `--compat arxiv` end to end against real `redis-server`, standalone and a 3-master
-//! Cluster (arXiv runs one). The records are built here from the format DESIGN.md describes:
+//! Cluster (arXiv runs one). The records are built here from the format docs/architecture.md describes:
 //! an HS256 `ARXIVNG_SESSION_ID` cookie (`user_id`, `session_id`, `nonce`, `expires`) and an
 //! HS256 session record stored at the key `session_id`.
 
