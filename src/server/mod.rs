@@ -193,7 +193,7 @@ async fn accept_loop<C, Fut>(
                 Ok((stream, peer)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         refused_since_log += 1;
-                        if refused_since_log == 1 || refused_since_log % 10_000 == 0 {
+                        if refused_since_log == 1 || refused_since_log.is_multiple_of(10_000) {
                             tracing::warn!(limit = max_connections, refused = refused_since_log, "connection limit reached; closing new connections (--max-connections)");
                         }
                         drop(stream);

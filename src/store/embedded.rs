@@ -316,7 +316,7 @@ impl SessionStore for EmbeddedStore {
                     }
                 }
                 ticks += 1;
-                if ticks % 240 == 0 {
+                if ticks.is_multiple_of(240) {
                     if let Err(e) = store.prune().await {
                         tracing::warn!(error = %e, "pruning expired sessions failed");
                     }
