@@ -95,15 +95,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Serve(args) => serve_until_signal(*args).await,
         Command::Session(cmd) => cli::session(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd),
-        #[cfg(all(feature = "accounts", not(feature = "registry")))]
+        #[cfg(feature = "accounts")]
         Command::User(args) => accounts::cli::user(args).await,
-        // The registry follows users it depends on: a deactivated owner's clients stop.
-        #[cfg(feature = "registry")]
-        Command::User(args) => {
-            let after = args.clone();
-            accounts::cli::user(args).await?;
-            registry::cli::after_user_command(&after).await
-        }
         #[cfg(feature = "registry")]
         Command::Client(args) => registry::cli::client(args).await,
         #[cfg(feature = "registry")]

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::db::{Db, NewUser, Purpose, User};
-use super::followers::{end_credentials, EndError, Ended};
+use super::followers::{end_credentials, EndError, Ended, Reason};
 use super::{DatabaseArgs, Roles};
 use crate::config::{ConfigError, StoreArgs};
 use crate::sessions::Sessions;
@@ -183,9 +183,14 @@ fn sessions_failure(e: crate::sessions::SessionsError) -> Failure {
 
 /// Ends a user's credentials from the command line, as a reset does on the pages: what the
 /// modules hold (OAuth grants), then every session and token.
-async fn end_user(store: &StoreArgs, db: &Db, user_id: &str) -> Result<Ended, Failure> {
+async fn end_user(
+    store: &StoreArgs,
+    db: &Db,
+    user_id: &str,
+    reason: Reason,
+) -> Result<Ended, Failure> {
     let store = crate::cli::open(store).await?;
-    end_credentials(db, &Sessions::new(&store, None), user_id, None)
+    end_credentials(db, &Sessions::new(&store, None), user_id, None, reason)
         .await
         .map_err(|e| match e {
             EndError::Sessions(s) => sessions_failure(s),
@@ -304,7 +309,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::Deactivate { user, .. } => {
             let u = find(&db, &user).await?;
             db.set_active(&u.id, false).await.map_err(other)?;
-            let n = end_user(&store, &db, &u.id).await?;
+            let n = end_user(&store, &db, &u.id, Reason::Deactivated).await?;
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{} is deactivated; {} session(s) and {} grant(s) ended",
@@ -320,7 +325,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             let u = find(&db, &user).await?;
             let hash = new_password(&u.username, &u.email, password_min_length).await?;
             db.set_password(&u.id, &hash).await.map_err(other)?;
-            let n = end_user(&store, &db, &u.id).await?;
+            let n = end_user(&store, &db, &u.id, Reason::NewPassword).await?;
             tracing::info!(target: "gatehouse::audit", event = "password_set", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "password set for {}; {} session(s) and {} grant(s) ended",

@@ -1,7 +1,8 @@
 //! What the modules built on accounts hold for a user, ended when the user's credentials end:
 //! a password reset, change or `set-password`, and deactivation. Accounts knows none of them;
 //! each registers a follower once ([`follow`]) and [`end_credentials`] calls every one, so a
-//! page, the API and the CLI end the same things in the same order.
+//! page, the API and the CLI end the same things in the same order (the registry: the user's
+//! grants and consents, and on deactivation the clients they own).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,10 +11,21 @@ use std::sync::RwLock;
 use super::db::{Db, DbError};
 use crate::sessions::{Sessions, SessionsError};
 
-/// Ends what a module holds for the user `user_id` in the accounts database, so that nothing
-/// of it works again, reactivation included. How many things it ended.
-pub type Follower =
-    for<'a> fn(&'a Db, &'a str) -> Pin<Box<dyn Future<Output = Result<u64, DbError>> + Send + 'a>>;
+/// Why a user's credentials end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A new password: a reset, a change, `set-password`.
+    NewPassword,
+    /// `user deactivate`.
+    Deactivated,
+}
+
+/// A boxed future borrowing its arguments.
+pub type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, EndError>> + Send + 'a>>;
+
+/// Ends what a module holds for the user `user_id` (in the accounts database and the session
+/// store), so that nothing of it works again, reactivation included. How many things it ended.
+pub type Follower = for<'a> fn(&'a Db, &'a Sessions<'a>, &'a str, Reason) -> Pending<'a>;
 
 static FOLLOWERS: RwLock<Vec<(&'static str, Follower)>> = RwLock::new(Vec::new());
 
@@ -49,6 +61,7 @@ pub async fn end_credentials(
     sessions: &Sessions<'_>,
     user_id: &str,
     keep: Option<&str>,
+    reason: Reason,
 ) -> Result<Ended, EndError> {
     let followers: Vec<Follower> = FOLLOWERS
         .read()
@@ -58,7 +71,7 @@ pub async fn end_credentials(
         .collect();
     let mut ended = Ended::default();
     for f in followers {
-        ended.grants += f(db, user_id).await?;
+        ended.grants += f(db, sessions, user_id, reason).await?;
     }
     ended.sessions = sessions.revoke_user(user_id, keep).await?;
     Ok(ended)

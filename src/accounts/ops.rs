@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 
 use super::db::{self, DbError, NewUser, Purpose, User};
-use super::followers::{end_credentials, EndError};
+use super::followers::{end_credentials, EndError, Reason};
 use super::guard;
 use super::pages::Errors;
 use super::{Accounts, Registration};
@@ -96,6 +96,12 @@ impl From<DbError> for Problem {
 
 impl From<crate::sessions::SessionsError> for Problem {
     fn from(e: crate::sessions::SessionsError) -> Problem {
+        Problem::unavailable(&e)
+    }
+}
+
+impl From<crate::store::StoreError> for Problem {
+    fn from(e: crate::store::StoreError) -> Problem {
         Problem::unavailable(&e)
     }
 }
@@ -194,12 +200,7 @@ pub async fn login(
     };
     let mut wait = Duration::ZERO;
     for key in &keys {
-        wait = wait.max(
-            app.throttle
-                .wait(key)
-                .await
-                .map_err(|e| Problem::unavailable(&e))?,
-        );
+        wait = wait.max(app.throttle.wait(key).await?);
     }
     if !wait.is_zero() {
         app.metrics.login("throttled");
@@ -230,10 +231,7 @@ pub async fn login(
         Some(u) if verified.ok => u,
         other => {
             for key in &keys {
-                app.throttle
-                    .fail(key)
-                    .await
-                    .map_err(|e| Problem::unavailable(&e))?;
+                app.throttle.fail(key).await?;
             }
             app.metrics.login("failed");
             audit!(
@@ -250,10 +248,7 @@ pub async fn login(
         }
     };
     for key in &keys {
-        app.throttle
-            .succeed(key)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?;
+        app.throttle.succeed(key).await?;
     }
     if !user.active {
         app.metrics.login("inactive");
@@ -396,12 +391,7 @@ pub async fn register(
     r: &Registering<'_>,
 ) -> Result<Registered, Problem> {
     let invite_email = registration_open(app, r.invite).await?;
-    if let Some(wait) = app
-        .rate
-        .check(caller.ip)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-    {
+    if let Some(wait) = app.rate.check(caller.ip).await? {
         return Err(Problem::wait(app, "rate_limited", wait));
     }
     let mut errors = Errors::default();
@@ -567,12 +557,7 @@ pub async fn forgot(
     caller: &Caller<'_>,
     email: &str,
 ) -> Result<(), Problem> {
-    if let Some(wait) = app
-        .rate
-        .check(caller.ip)
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-    {
+    if let Some(wait) = app.rate.check(caller.ip).await? {
         return Err(Problem::wait(app, "rate_limited", wait));
     }
     if let Some(p) = email_problem(email.trim()) {
@@ -667,7 +652,8 @@ pub async fn reset(
     if user.email_confirmed_at.is_none() {
         let _ = app.db.confirm_email(&user.id, &user.email).await;
     }
-    let ended = end_credentials(&app.db, &app.gateway.sessions(), &user.id, None).await?;
+    let sessions = app.gateway.sessions();
+    let ended = end_credentials(&app.db, &sessions, &user.id, None, Reason::NewPassword).await?;
     app.metrics.password_resets.inc();
     audit!(
         "password_reset",
@@ -724,8 +710,7 @@ pub async fn current_password_ok(
     current: &str,
 ) -> Result<bool, Problem> {
     let key = format!("pw:{}", user.id);
-    let unavailable = |e: crate::store::StoreError| Problem::unavailable(&e);
-    let wait = app.throttle.wait(&key).await.map_err(unavailable)?;
+    let wait = app.throttle.wait(&key).await?;
     if !wait.is_zero() {
         return Err(Problem::wait(app, "throttled", wait));
     }
@@ -738,9 +723,9 @@ pub async fn current_password_ok(
         .await?
         .ok;
     if ok {
-        app.throttle.succeed(&key).await.map_err(unavailable)?;
+        app.throttle.succeed(&key).await?;
     } else {
-        app.throttle.fail(&key).await.map_err(unavailable)?;
+        app.throttle.fail(&key).await?;
         audit!("current_password_failed", user.id, "-");
     }
     Ok(ok)
@@ -769,7 +754,15 @@ pub async fn change_password(
     }
     let hash = app.passwords.hash(&Secret::new(new.to_owned())).await?;
     app.db.set_password(&user.id, &hash).await?;
-    let ended = end_credentials(&app.db, &app.gateway.sessions(), &user.id, caller.token).await?;
+    let sessions = app.gateway.sessions();
+    let ended = end_credentials(
+        &app.db,
+        &sessions,
+        &user.id,
+        caller.token,
+        Reason::NewPassword,
+    )
+    .await?;
     audit!(
         "password_changed",
         user.id,

@@ -464,6 +464,18 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
     }
 }
 
+/// The cookie of a session re-issued with a new identity ([`ops::identity_changed`]).
+fn reissued_cookie(app: &Accounts, r: &mut Response, reissued: Option<crate::sessions::Issued>) {
+    if let Some(issued) = reissued {
+        set_session_cookie(
+            app,
+            r.headers_mut(),
+            issued.token.expose(),
+            app.settings.session_ttl,
+        );
+    }
+}
+
 /// Sets (or with an empty value and no lifetime, clears) the session cookie.
 pub(super) fn set_session_cookie(app: &Accounts, h: &mut HeaderMap, value: &str, ttl: Duration) {
     add_cookie(h, &session_cookie(app, value, ttl));
@@ -703,14 +715,7 @@ async fn confirm_email(State(app): App, ctx: Ctx, Query(q): Query<TokenQuery>) -
             },
         ),
     );
-    if let Some(issued) = reissued {
-        set_session_cookie(
-            &app,
-            r.headers_mut(),
-            issued.token.expose(),
-            app.settings.session_ttl,
-        );
-    }
+    reissued_cookie(&app, &mut r, reissued);
     r
 }
 
@@ -988,14 +993,7 @@ async fn account(State(app): App, ctx: Ctx, Form(f): Form<AccountForm>) -> Respo
         "Profile saved.",
         Errors::default(),
     );
-    if let Some(issued) = reissued {
-        set_session_cookie(
-            &app,
-            r.headers_mut(),
-            issued.token.expose(),
-            app.settings.session_ttl,
-        );
-    }
+    reissued_cookie(&app, &mut r, reissued);
     r
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::clients::{self, check_redirect_uri, Client, NewClient, GRANTS};
 use super::grants;
-use crate::accounts::cli::{find, other, print, Common, UserCommand};
+use crate::accounts::cli::{find, other, print, Common};
 use crate::accounts::db::Db;
 use crate::config::ConfigError;
 use crate::config::StoreArgs;
@@ -120,39 +120,6 @@ async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, 
             grants::RevokeError::Sessions(SessionsError::Store(s)) => Failure::Store(s),
             other => Failure::Other(other.into()),
         })
-}
-
-/// After `gatehouse user deactivate`: every client the user owns is disabled and its tokens
-/// end, as `client disable` does (accounts knows nothing of clients, so the CLI calls this
-/// after it).
-pub async fn after_user_command(command: &UserCommand) -> Result<(), Failure> {
-    let UserCommand::Deactivate { common, user } = command else {
-        return Ok(());
-    };
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
-    let owner = find(&db, user).await?;
-    for c in clients::list_clients(&db, Some(&owner.id))
-        .await
-        .map_err(other)?
-    {
-        if c.disabled {
-            continue;
-        }
-        clients::set_disabled(&db, &c.client_id, true)
-            .await
-            .map_err(other)?;
-        let n = end_tokens(&common.store, &db, &c.client_id).await?;
-        tracing::info!(target: "gatehouse::audit", event = "client_disabled", client_id = %c.client_id, owner = %owner.id, tokens = n, "audit");
-        eprintln!(
-            "its client {} ({}) is disabled; {n} token(s) ended",
-            c.client_id, c.name
-        );
-    }
-    Ok(())
 }
 
 pub async fn client(command: ClientCommand) -> Result<(), Failure> {

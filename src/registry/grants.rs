@@ -316,6 +316,35 @@ pub async fn end_revoked_access(db: &Db, sessions: &Sessions<'_>) -> Result<u64,
     Ok(ended)
 }
 
+/// What the registry ends with a user's credentials ([`crate::accounts::followers`]): every
+/// grant the user made; on deactivation also every client they own, disabled with all its
+/// tokens, as `client disable` does. How many grants and clients ended.
+pub async fn user_ended(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    user_id: &str,
+    reason: crate::accounts::followers::Reason,
+) -> Result<u64, crate::accounts::followers::EndError> {
+    let mut ended = end_user_grants(db, user_id).await?;
+    if reason == crate::accounts::followers::Reason::Deactivated {
+        for c in super::clients::list_clients(db, Some(user_id)).await? {
+            if c.disabled {
+                continue;
+            }
+            super::clients::set_disabled(db, &c.client_id, true).await?;
+            let tokens = end_client_tokens(db, sessions, &c.client_id)
+                .await
+                .map_err(|e| match e {
+                    RevokeError::Db(d) => crate::accounts::followers::EndError::Db(d),
+                    RevokeError::Sessions(s) => crate::accounts::followers::EndError::Sessions(s),
+                })?;
+            tracing::info!(target: "gatehouse::audit", event = "client_disabled", client_id = %c.client_id, owner = %user_id, tokens, "audit");
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
 /// Ends everything `user_id` granted clients (their credentials ended: a reset, a password
 /// change, deactivation): every grant is revoked, its refresh tokens spent, and the consents
 /// forgotten, since an attacker who held the password may have given them. The access tokens

@@ -57,11 +57,12 @@ impl RegistryArgs {
     }
 }
 
-/// Makes accounts end a user's grants with the user's credentials (a reset, a password
-/// change, `set-password`, deactivation). Called by the server and the CLI before either acts.
+/// Makes accounts end, with a user's credentials, what the user granted (a reset, a password
+/// change, `set-password`, deactivation) and, on deactivation, the clients they own. Called by
+/// the server and the CLI before either acts.
 pub fn install() {
-    crate::accounts::followers::follow("registry grants", |db, user| {
-        Box::pin(grants::end_user_grants(db, user))
+    crate::accounts::followers::follow("registry", |db, sessions, user, reason| {
+        Box::pin(grants::user_ended(db, sessions, user, reason))
     });
 }
 

@@ -1257,20 +1257,7 @@ fn users_register_and_manage_their_own_clients() {
     let site = Site::start("registry-own", Backend::Sqlite);
     site.create_user("vera");
     site.create_user("walt");
-    let signed_in = |user: &str| {
-        let mut b = Browser::new(site.gh.addr());
-        let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
-        assert_eq!(
-            b.post(
-                "/login",
-                &[("csrf", &csrf), ("username", user), ("password", PW)]
-            )
-            .status,
-            303
-        );
-        b
-    };
-    let mut vera = signed_in("vera");
+    let mut vera = signed_in(&site, "vera");
     let page = vera.get("/account/clients");
     assert_eq!(page.status, 200, "{}", page.body);
     let csrf = hidden(&page.body, "csrf").unwrap();
@@ -1293,15 +1280,7 @@ fn users_register_and_manage_their_own_clients() {
     let r = register(&mut vera, CALLBACK);
     assert_eq!(r.status, 200, "{}", r.body);
     let secret = hidden_value(&r.body, "The client secret");
-    let id = r
-        .body
-        .split("client ID is <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = client_id_on(&r.body);
     assert!(secret.starts_with("gcs_"));
     // What she may not give it, it does not get: a scope she lacks, client_credentials.
     let shown: serde_json::Value =
@@ -1322,7 +1301,7 @@ fn users_register_and_manage_their_own_clients() {
     );
 
     // Another user sees none of it and cannot touch it.
-    let mut walt = signed_in("walt");
+    let mut walt = signed_in(&site, "walt");
     let page = walt.get("/account/clients");
     assert!(!page.body.contains(&id));
     let walt_csrf = hidden(&page.body, "csrf").unwrap();
@@ -1361,8 +1340,23 @@ fn users_register_and_manage_their_own_clients() {
         .cli(&["user", "role", "add", "walt", "admin"])
         .status
         .success());
-    let mut admin = signed_in("walt");
+    let mut admin = signed_in(&site, "walt");
     assert!(admin.get("/account/clients").body.contains(&id));
+
+    // Deactivating its owner disables the client (the registry follows accounts).
+    assert!(site.cli(&["user", "deactivate", "vera"]).status.success());
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli_stdout(&site.cli(&["client", "show", "--json", &id]))).unwrap();
+    assert_eq!(shown["disabled"], true, "{shown}");
+}
+
+/// The client id a page shows after registering a client.
+fn client_id_on(html: &str) -> String {
+    let after = html
+        .split("client ID is <code>")
+        .nth(1)
+        .expect("a client id");
+    after[..after.find('<').unwrap()].to_string()
 }
 
 /// The value of the read-only input labelled `label` (a secret shown once).
@@ -1454,15 +1448,7 @@ fn consent_is_asked_even_when_no_scope_can_be_granted() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let secret = hidden_value(&r.body, "The client secret");
-    let id = r
-        .body
-        .split("client ID is <code>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = client_id_on(&r.body);
 
     // The victim follows the attacker's link: a consent page, not a code.
     let mut vic = signed_in(&site, "vic");
