@@ -23,13 +23,14 @@ use tokio::sync::mpsc;
 
 use crate::arxiv::{Arxiv, ArxivError};
 use crate::cache::{CacheKey, Entry, FillError, SessionCache};
-use crate::config::{Cidr, JwtAlg};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome, StoreOp};
+use crate::net::Cidr;
 use crate::policy::{self, Grants, OriginalRequest, Policy, Requirement, TargetError};
 use crate::secret::Secret;
 use crate::session::Session;
 use crate::sessions::Sessions;
+use crate::signer::JwtAlg;
 use crate::signer::Signer;
 use crate::store::{SessionStore, Store};
 

@@ -8,27 +8,18 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::config::ConfigError;
 use crate::config::{KeysCommand, SessionCommand, StoreArgs};
+use crate::error::ConfigError;
 use crate::secret::Secret;
 use crate::session::Session;
 use crate::sessions::{Listed, Sessions, SessionsError};
 use crate::store::Store;
 use crate::Failure;
 
-/// Every administrative command's session store. A command waits at least [`CLI_WAIT`] for
-/// the store to answer, to connect and per call: the server's `--store-timeout` (250 ms by
-/// default) guards a hot path, and an operator would rather wait a moment than see a
-/// `revoke` fail halfway on a busy Redis.
+/// Every administrative command's session store ([`Store::open_for_command`]).
 pub(crate) async fn open(args: &StoreArgs) -> Result<Store, Failure> {
-    args.validate()?;
-    let mut settings = args.settings();
-    settings.timeout = settings.timeout.max(CLI_WAIT);
-    Ok(Store::open(&settings, Some(CLI_WAIT)).await?)
+    Ok(Store::open_for_command(args).await?)
 }
-
-/// See [`open`].
-const CLI_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     match cmd {
@@ -123,46 +114,12 @@ fn failure(e: SessionsError) -> Failure {
 
 /// One token from stdin (`echo "$TOKEN" | gatehouse session revoke`), never from argv.
 fn token_from_stdin() -> Result<Secret<String>, Failure> {
-    let line = read_secret(
+    let line = crate::secret::read_secret(
         "TOKEN",
         "paste the token and press Enter:",
         "give the token on stdin, or --sub",
     )?;
     Ok(Secret::new(line.expose().trim().to_string()))
-}
-
-/// One line from stdin, never from argv: a prompt (input hidden) when stdin is a terminal.
-/// `name` and `missing` make the error when the line is empty.
-pub(crate) fn read_secret(
-    name: &'static str,
-    prompt: &str,
-    missing: &str,
-) -> Result<Secret<String>, Failure> {
-    use std::io::{BufRead, IsTerminal};
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    let stty = |arg: &str| {
-        let _ = std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::process::Stdio::inherit())
-            .status();
-    };
-    if tty {
-        eprint!("{prompt} ");
-        stty("-echo");
-    }
-    let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
-    if tty {
-        stty("echo");
-        eprintln!();
-    }
-    read.map_err(|e| Failure::Other(e.into()))?;
-    let secret = Secret::new(line.trim_end_matches(['\r', '\n']).to_string());
-    if secret.expose().trim().is_empty() {
-        return Err(ConfigError::new(name, missing.to_string()).into());
-    }
-    Ok(secret)
 }
 
 pub fn keys(cmd: KeysCommand) -> Result<(), Failure> {

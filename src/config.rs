@@ -10,8 +10,12 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::duration::parse_duration;
+pub use crate::net::{parse_cidr, Cidr};
 use crate::policy::OriginalRequest;
 use crate::secret::Secret;
+pub use crate::signer::JwtAlg;
+pub use crate::store::StoreArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,24 +81,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where sessions live. The same for every subcommand.
-#[derive(Debug, Clone, Args)]
-pub struct StoreArgs {
-    /// Redis URL: redis://, rediss://, redis+sentinel://h:p,h:p/service, redis+cluster://h:p,h:p.
-    /// Without it, the embedded store in --data-dir is used.
-    #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<Secret<String>>,
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "GATEHOUSE_REDIS_PREFIX", default_value = "gh:")]
-    pub redis_prefix: String,
-    /// Directory of the embedded store (and of the keys, unless --keys-dir says otherwise).
-    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
-    pub data_dir: PathBuf,
-    /// Deadline of every store call.
-    #[arg(long, env = "GATEHOUSE_STORE_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
-    pub store_timeout: Duration,
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Anonymous {
     Allow,
@@ -108,18 +94,6 @@ pub const DEFAULT_COOKIE: &str = "gatehouse_session";
 pub enum Compat {
     /// arXiv's authenticator: `ARXIVNG_SESSION_ID` cookie, HS256 session records.
     Arxiv,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum JwtAlg {
-    #[value(name = "EdDSA", alias = "eddsa")]
-    EdDsa,
-    #[value(name = "ES256", alias = "es256")]
-    Es256,
-    #[value(name = "RS256", alias = "rs256")]
-    Rs256,
-    #[value(name = "HS256", alias = "hs256")]
-    Hs256,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -333,7 +307,6 @@ impl KeyArgs {
 pub use crate::error::ConfigError;
 
 impl ServeArgs {
-    /// The gateway's settings, free of the command line.
     /// `--server-secret-file`, or its default in the data directory.
     pub fn server_secret_path(&self) -> PathBuf {
         self.server_secret_file
@@ -351,6 +324,7 @@ impl ServeArgs {
         }
     }
 
+    /// The gateway's settings, free of the command line.
     pub fn gateway_settings(&self) -> crate::auth::GatewaySettings {
         let arxiv = self.compat == Some(Compat::Arxiv);
         crate::auth::GatewaySettings {
@@ -478,108 +452,6 @@ impl ServeArgs {
         }
         self.store.validate()
     }
-}
-
-impl StoreArgs {
-    /// The store's settings, free of the command line.
-    pub fn settings(&self) -> crate::store::StoreSettings {
-        crate::store::StoreSettings {
-            redis_url: self.redis_url.clone(),
-            redis_prefix: self.redis_prefix.clone(),
-            data_dir: self.data_dir.clone(),
-            timeout: self.store_timeout,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.store_timeout.is_zero() {
-            return Err(ConfigError::new("--store-timeout", "must be more than 0"));
-        }
-        if let Some(url) = &self.redis_url {
-            crate::store::redis::parse_url(url.expose())?;
-        }
-        Ok(())
-    }
-}
-
-/// An IP network, e.g. `10.0.0.0/8` or `::1/128`; a bare address is a single host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: std::net::IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether every address it holds is a loopback one.
-    pub fn is_loopback(&self) -> bool {
-        match self.addr {
-            std::net::IpAddr::V4(v4) => v4.is_loopback() && self.prefix >= 8,
-            std::net::IpAddr::V6(v6) => v6.is_loopback() && self.prefix == 128,
-        }
-    }
-
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr::{V4, V6};
-        let ip = match (self.addr, ip) {
-            // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
-            (V4(_), V6(v6)) => v6.to_ipv4_mapped().map_or(ip, V4),
-            _ => ip,
-        };
-        match (self.addr, ip) {
-            (V4(net), V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (V6(net), V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    let s = s.trim();
-    let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-    let addr: std::net::IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IP network"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => p
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
-    };
-    Ok(Cidr { addr, prefix })
-}
-
-/// `250ms`, `10s`, `5m`, `2h`, `30d`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 250ms, 10s, 5m)"))?;
-    let per = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m, h or d)")),
-    };
-    n.checked_mul(per)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("'{s}' is too long"))
 }
 
 /// Which companion modules run (`--modules`).

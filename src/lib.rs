@@ -15,9 +15,12 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credential;
+pub mod duration;
 pub mod error;
+pub mod files;
 pub mod forward;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 #[cfg(feature = "registry")]
 pub mod registry;
@@ -28,6 +31,7 @@ pub mod sessions;
 pub mod signer;
 pub mod store;
 pub mod telemetry;
+pub mod untrusted;
 
 /// Helpers for the unit tests of several modules.
 #[cfg(test)]
@@ -110,8 +114,8 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
     // The data directory holds sessions, users, keys and mail: private, whatever an older
     // version or a umask left readable. (Created where something is stored in it.)
     if args.store.data_dir.is_dir() {
-        store::private_dir(&args.store.data_dir, "--data-dir")?;
-        store::tighten(&args.store.data_dir);
+        files::private_dir(&args.store.data_dir, "--data-dir")?;
+        files::tighten(&args.store.data_dir);
     }
     let store = store::Store::open(&args.store.settings(), None).await?;
     let signer = signer::Signer::load(
@@ -154,7 +158,12 @@ pub async fn build_modules(
         let Some(secret) = secret.filter(|_| set.accounts) else {
             return Ok(None);
         };
-        let accounts = accounts::Accounts::open(args, gateway.clone(), secret).await?;
+        let host = accounts::Host {
+            data_dir: args.store.data_dir.clone(),
+            listen: args.listen,
+        };
+        let accounts =
+            accounts::Accounts::open(&args.accounts, &host, gateway.clone(), secret).await?;
         #[cfg(feature = "registry")]
         let extra = if set.registry {
             registry::Registry::new(&args.registry, accounts.clone())?.router()

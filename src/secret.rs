@@ -73,7 +73,7 @@ impl ServerSecret {
         };
         if !path.exists() {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                crate::store::private_dir(dir, FLAG)?;
+                crate::files::private_dir(dir, FLAG)?;
             }
             let mut raw = [0u8; 32];
             aws_lc_rs::rand::fill(&mut raw).map_err(|_| bad("no randomness".into()))?;
@@ -142,6 +142,40 @@ impl ServerSecret {
     fn message(purpose: &str, data: &str) -> Vec<u8> {
         [purpose.as_bytes(), b"\0", data.as_bytes()].concat()
     }
+}
+
+/// One line from stdin, never from argv: a prompt (input hidden) when stdin is a terminal.
+/// `name` and `missing` make the error when the line is empty.
+pub fn read_secret(
+    name: &'static str,
+    prompt: &str,
+    missing: &str,
+) -> Result<Secret<String>, crate::error::ConfigError> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    };
+    if tty {
+        eprint!("{prompt} ");
+        stty("-echo");
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if tty {
+        stty("echo");
+        eprintln!();
+    }
+    read.map_err(|e| crate::error::ConfigError::new(name, format!("cannot read it: {e}")))?;
+    let secret = Secret::new(line.trim_end_matches(['\r', '\n']).to_string());
+    if secret.expose().trim().is_empty() {
+        return Err(crate::error::ConfigError::new(name, missing.to_string()));
+    }
+    Ok(secret)
 }
 
 #[cfg(test)]

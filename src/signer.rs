@@ -25,7 +25,6 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::JwtAlg;
 use crate::credential::Method;
 use crate::error::ConfigError;
 use crate::secret::Secret;
@@ -49,6 +48,19 @@ impl JwtAlg {
             JwtAlg::Hs256 => "hs256",
         }
     }
+}
+
+/// The algorithm minted JWTs are signed with (`--jwt-alg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlg {
+    #[value(name = "EdDSA", alias = "eddsa")]
+    EdDsa,
+    #[value(name = "ES256", alias = "es256")]
+    Es256,
+    #[value(name = "RS256", alias = "rs256")]
+    Rs256,
+    #[value(name = "HS256", alias = "hs256")]
+    Hs256,
 }
 
 /// Settings of minted tokens.
@@ -378,7 +390,7 @@ pub fn generate_into(dir: &Path, alg: JwtAlg, name: &str) -> Result<PathBuf, Con
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
 
-    crate::store::private_dir(dir, "--keys-dir")?;
+    crate::files::private_dir(dir, "--keys-dir")?;
     let path = dir.join(format!("{name}.pem"));
     let mut rand = [0u8; 8];
     aws_lc_rs::rand::fill(&mut rand).map_err(|_| keys_dir_error(dir, "no randomness"))?;

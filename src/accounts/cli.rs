@@ -10,8 +10,9 @@ use serde_json::json;
 use super::db::{Db, NewUser, Purpose, User};
 use super::followers::{end_credentials, EndError, Ended, Reason};
 use super::{DatabaseArgs, Roles};
-use crate::config::{ConfigError, StoreArgs};
+use crate::error::ConfigError;
 use crate::sessions::Sessions;
+use crate::store::StoreArgs;
 use crate::Failure;
 
 /// The flags of every `user` subcommand: the same store and database as `serve`.
@@ -167,7 +168,7 @@ pub(crate) fn print(
 
 /// Ends every session of `sub` (a user, or a client's tokens) from the command line.
 pub(crate) async fn end_sessions(store: &StoreArgs, sub: &str) -> Result<u64, Failure> {
-    let store = crate::cli::open(store).await?;
+    let store = crate::store::Store::open_for_command(store).await?;
     Sessions::new(&store, None)
         .revoke_user(sub, None)
         .await
@@ -189,7 +190,7 @@ async fn end_user(
     user_id: &str,
     reason: Reason,
 ) -> Result<Ended, Failure> {
-    let store = crate::cli::open(store).await?;
+    let store = crate::store::Store::open_for_command(store).await?;
     end_credentials(db, &Sessions::new(&store, None), user_id, None, reason)
         .await
         .map_err(|e| match e {
@@ -199,7 +200,8 @@ async fn end_user(
 }
 
 async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Failure> {
-    let password = crate::cli::read_secret("PASSWORD", "password:", "give the password on stdin")?;
+    let password =
+        crate::secret::read_secret("PASSWORD", "password:", "give the password on stdin")?;
     let passwords = super::password::Passwords::new(
         super::password::OWASP_M_KIB,
         super::password::OWASP_T,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 use crate::error::ConfigError;
 use crate::secret::Secret;
 

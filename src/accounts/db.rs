@@ -326,7 +326,7 @@ impl Db {
                 ))
             }
             None => {
-                crate::store::private_dir(data_dir, "--data-dir")?;
+                crate::files::private_dir(data_dir, "--data-dir")?;
                 (
                     format!(
                         "sqlite://{}?mode=rwc",

@@ -41,7 +41,7 @@ impl Mailer {
             ),
             None => {
                 let dir = data_dir.join("mail");
-                crate::store::private_dir(&dir, "--data-dir")?;
+                crate::files::private_dir(&dir, "--data-dir")?;
                 Transport::Files(dir)
             }
         };

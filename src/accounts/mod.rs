@@ -33,7 +33,6 @@ use prometheus_client::registry::Registry;
 use tower::ServiceExt;
 
 use crate::auth::Gateway;
-use crate::config::ServeArgs;
 use crate::error::ConfigError;
 use crate::server::{ModuleBody, Modules};
 
@@ -106,6 +105,14 @@ impl AccountMetrics {
     }
 }
 
+/// What the module takes from the server's own flags.
+pub struct Host {
+    /// `--data-dir`: the SQLite database and the mail files, by default.
+    pub data_dir: std::path::PathBuf,
+    /// `--listen`: where links point without `--public-url`.
+    pub listen: std::net::SocketAddr,
+}
+
 /// Settings the pages read on every request.
 pub struct Settings {
     pub cookie_name: String,
@@ -140,24 +147,24 @@ pub struct Accounts {
 }
 
 /// Writes an audit line: who did what from where. Never a password, token or hash; the user
-/// is escaped and truncated ([`crate::telemetry::Untrusted`]).
+/// is escaped and truncated ([`crate::untrusted::Untrusted`]).
 #[macro_export]
 macro_rules! audit {
     ($event:expr, $user:expr, $ip:expr $(, $k:ident = $v:expr)*) => {
-        tracing::info!(target: "gatehouse::audit", event = $event, user = %$crate::telemetry::Untrusted(&$user), ip = %$ip $(, $k = $v)*, "audit")
+        tracing::info!(target: "gatehouse::audit", event = $event, user = %$crate::untrusted::Untrusted(&$user), ip = %$ip $(, $k = $v)*, "audit")
     };
 }
 
 impl Accounts {
     /// Opens the database and builds the module from `serve`'s flags.
     pub async fn open(
-        args: &ServeArgs,
+        a: &AccountsArgs,
+        host: &Host,
         gateway: Arc<Gateway>,
         secret: Arc<crate::secret::ServerSecret>,
     ) -> Result<Arc<Accounts>, ConfigError> {
-        let a = &args.accounts;
         a.validate()?;
-        let data_dir = &args.store.data_dir;
+        let data_dir = &host.data_dir;
         let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
         let roles = Roles::load(a.database.roles.as_deref())?;
         let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
@@ -175,20 +182,20 @@ impl Accounts {
         }
         if a.public_url.is_none() {
             tracing::warn!(
-                public_url = %format!("http://{}", args.listen),
+                public_url = %format!("http://{}", host.listen),
                 "links in mail point at --listen; set --public-url to the address people use"
             );
         }
         let (metrics, registry) = AccountMetrics::new();
         gateway.metrics.add_module(registry);
         let settings = Settings {
-            cookie_name: args.cookie_name.clone(),
+            cookie_name: gateway.cookie_name().to_owned(),
             // __Host-: only this host, over https, for the whole site (no --cookie-domain);
             // a sibling subdomain cannot plant it.
             csrf_cookie: if !a.insecure_cookies && a.cookie_domain.is_none() {
-                format!("__Host-{}_csrf", args.cookie_name)
+                format!("__Host-{}_csrf", gateway.cookie_name())
             } else {
-                format!("{}_csrf", args.cookie_name)
+                format!("{}_csrf", gateway.cookie_name())
             },
             secure: !a.insecure_cookies,
             cookie_domain: a.cookie_domain.clone(),
@@ -200,7 +207,7 @@ impl Accounts {
             public_url: a
                 .public_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{}", args.listen))
+                .unwrap_or_else(|| format!("http://{}", host.listen))
                 .trim_end_matches('/')
                 .to_owned(),
             min_password: a.password_min_length,
@@ -244,7 +251,11 @@ impl Accounts {
     /// The module as the main listener calls it, with `extra` routes (the registry's) beside
     /// the pages.
     pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
-        Arc::new(Routes(web::router(self.clone()).merge(extra)))
+        let own = web::routes()
+            .merge(api::routes())
+            .fallback(web::not_found)
+            .with_state(self.clone());
+        Arc::new(Routes(own.merge(extra)))
     }
 }
 

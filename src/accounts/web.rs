@@ -26,7 +26,8 @@ use crate::sessions::{Listed, SessionsError};
 
 type App = State<Arc<Accounts>>;
 
-pub fn router(accounts: Arc<Accounts>) -> Router {
+/// The pages' routes (the JSON API's are `api::routes`; `Accounts::modules` joins them).
+pub fn routes() -> Router<Arc<Accounts>> {
     Router::new()
         .route("/login", get(login_page).post(login))
         .route("/logout", get(logout_page).post(logout))
@@ -40,9 +41,6 @@ pub fn router(accounts: Arc<Accounts>) -> Router {
         .route("/account/sessions", get(sessions_page).post(revoke_session))
         .route("/password/forgot", get(forgot_page).post(forgot))
         .route("/password/reset", get(reset_page).post(reset))
-        .merge(super::api::routes())
-        .fallback(not_found)
-        .with_state(accounts)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,7 +300,7 @@ pub(crate) fn forbidden(app: &Accounts, ctx: &Ctx) -> Response {
     )
 }
 
-async fn not_found(State(app): App, ctx: Ctx) -> Response {
+pub(super) async fn not_found(State(app): App, ctx: Ctx) -> Response {
     message(
         &app,
         &ctx,

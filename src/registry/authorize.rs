@@ -143,7 +143,7 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
             "PKCE is required: code_challenge with code_challenge_method=S256",
         );
     }
-    let asked = (!p.scope.trim().is_empty()).then(|| super::oauth::scope_list(&p.scope));
+    let asked = (!p.scope.trim().is_empty()).then(|| grants::scope_list(&p.scope));
     if let Some(s) = asked.iter().flatten().find(|s| !client.scopes.contains(s)) {
         return refuse(
             "invalid_scope",

@@ -9,9 +9,9 @@ use super::clients::{self, check_redirect_uri, Client, NewClient, GRANTS};
 use super::grants;
 use crate::accounts::cli::{find, other, print, Common};
 use crate::accounts::db::Db;
-use crate::config::ConfigError;
-use crate::config::StoreArgs;
+use crate::error::ConfigError;
 use crate::sessions::{Sessions, SessionsError};
+use crate::store::StoreArgs;
 use crate::Failure;
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +113,7 @@ async fn existing(db: &Db, id: &str) -> Result<Client, Failure> {
 
 /// `grants::end_client_tokens` from the command line, on the configured store.
 async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, Failure> {
-    let store = crate::cli::open(store).await?;
+    let store = crate::store::Store::open_for_command(store).await?;
     grants::end_client_tokens(db, &Sessions::new(&store, None), client_id)
         .await
         .map_err(|e| match e {
@@ -297,7 +297,7 @@ pub enum TokenCommand {
         #[arg(long = "scope", id = "scope")]
         scope: Vec<String>,
         /// Lifetime.
-        #[arg(long, default_value = "90d", value_parser = crate::config::parse_duration)]
+        #[arg(long, default_value = "90d", value_parser = crate::duration::parse_duration)]
         expires_in: std::time::Duration,
     },
     /// A user's tokens.
@@ -329,7 +329,7 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
     .await?;
     let roles = crate::accounts::Roles::load(common.database.roles.as_deref())?;
     let user = find(&db, user).await?;
-    let store = crate::cli::open(&common.store).await?;
+    let store = crate::store::Store::open_for_command(&common.store).await?;
     let sessions = Sessions::new(&store, None);
     let store_failure = |e: SessionsError| match e {
         SessionsError::Store(s) => Failure::Store(s),

@@ -20,6 +20,18 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
+/// A `scope` parameter as a sorted list without repeats.
+pub fn scope_list(asked: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = asked
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
 /// An authorization code's record.
 pub struct Code {
     pub client_id: String,

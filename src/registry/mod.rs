@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::accounts::Accounts;
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 use crate::error::ConfigError;
 
 mod authorize;
@@ -117,6 +117,10 @@ impl Registry {
     /// The routes, to merge into the accounts router.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         oauth::routes()
+            .route(
+                "/oauth/authorize",
+                axum::routing::get(authorize::authorize_page).post(authorize::authorize),
+            )
             .merge(pages::routes())
             .with_state(self.clone())
     }

@@ -23,12 +23,10 @@ use crate::accounts::db::User;
 use crate::session::{unix_now, SessionKind};
 use crate::sessions::Sessions;
 
+/// The OAuth endpoints for programs (the browser's `/oauth/authorize` is `authorize.rs`'s;
+/// `Registry::router` joins them).
 pub fn routes() -> Router<Arc<Registry>> {
     Router::new()
-        .route(
-            "/oauth/authorize",
-            get(super::authorize::authorize_page).post(super::authorize::authorize),
-        )
         .route("/oauth/token", post(token).layer(body_limit()))
         .route("/oauth/revoke", post(revoke).layer(body_limit()))
         .route("/oauth/introspect", post(introspect).layer(body_limit()))
@@ -254,24 +252,12 @@ async fn token_inner(
     }
 }
 
-/// A `scope` parameter as a sorted list without repeats.
-pub(super) fn scope_list(asked: &str) -> Vec<String> {
-    let mut scopes: Vec<String> = asked
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    scopes.sort();
-    scopes.dedup();
-    scopes
-}
-
 /// The scopes asked for, each one of `allowed`; all of `allowed` when none are named.
 fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
     let Some(asked) = asked else {
         return Ok(allowed.to_vec());
     };
-    let scopes = scope_list(asked);
+    let scopes = grants::scope_list(asked);
     if let Some(s) = scopes.iter().find(|s| !allowed.contains(s)) {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,

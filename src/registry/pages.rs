@@ -268,7 +268,7 @@ async fn apps(State(reg): State<Arc<Registry>>, ctx: Ctx, Form(f): Form<AppForm>
     let sessions = reg.accounts.gateway.sessions();
     match grants::withdraw(&reg.accounts.db, &sessions, &user.id, &f.client_id).await {
         Ok(n) => {
-            tracing::info!(target: "gatehouse::audit", event = "access_withdrawn", user = %user.id, client_id = %crate::telemetry::Untrusted(&f.client_id), tokens_revoked = n, "audit");
+            tracing::info!(target: "gatehouse::audit", event = "access_withdrawn", user = %user.id, client_id = %crate::untrusted::Untrusted(&f.client_id), tokens_revoked = n, "audit");
             render_apps(
                 &reg,
                 &ctx,
@@ -409,7 +409,7 @@ async fn clients_post(
         };
         return match outcome {
             Ok((secret, what)) => {
-                tracing::info!(target: "gatehouse::audit", event = "client_changed", action = %crate::telemetry::Untrusted(field("action")), user = %user.id, client_id = %crate::telemetry::Untrusted(id), "audit");
+                tracing::info!(target: "gatehouse::audit", event = "client_changed", action = %crate::untrusted::Untrusted(field("action")), user = %user.id, client_id = %crate::untrusted::Untrusted(id), "audit");
                 let view = ClientsView {
                     created: secret.map(|s| (id.to_owned(), Some(s.expose().clone()))),
                     notice: format!("{} {what}.", client.name),

@@ -99,7 +99,10 @@ impl Counters {
                     },
                 ))
             }
-            Counters::Redis(r) => r.counter_failures(key).await,
+            Counters::Redis(r) => {
+                let (count, last_ms) = r.counter_failures(key).await?;
+                Ok(Failures { count, last_ms })
+            }
         }
     }
 

@@ -53,7 +53,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     pub async fn open(settings: &StoreSettings) -> Result<Self, super::OpenError> {
         let dir = &settings.data_dir;
-        super::private_dir(dir, "--data-dir")?;
+        crate::files::private_dir(dir, "--data-dir")?;
         let pool = Self::open_file(&dir.join("gatehouse.db"))
             .await
             .map_err(|e| {

@@ -206,44 +206,58 @@ fn encode(session: &Session) -> String {
     serde_json::to_string(session).expect("a session always serialises")
 }
 
-/// Creates `dir` (and its parents) if needed and makes it private: 0700, so that nothing in it
-/// (sessions, users, signing keys, mail holding live links) is readable by other local users.
-/// `flag` names the flag that chose it, for the error.
-pub fn private_dir(dir: &std::path::Path, flag: &'static str) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ConfigError::new(flag, format!("cannot create {}: {e}", dir.display())))?;
-    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-        tracing::warn!(path = %dir.display(), error = %e, "cannot make the directory private (0700)");
-    }
-    Ok(())
+/// Where sessions live. The same for every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Redis URL: redis://, rediss://, redis+sentinel://h:p,h:p/service, redis+cluster://h:p,h:p.
+    /// Without it, the embedded store in --data-dir is used.
+    #[arg(long, env = "GATEHOUSE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret<String>>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "GATEHOUSE_REDIS_PREFIX", default_value = "gh:")]
+    pub redis_prefix: String,
+    /// Directory of the embedded store (and of the keys, unless --keys-dir says otherwise).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
+    pub data_dir: std::path::PathBuf,
+    /// Deadline of every store call.
+    #[arg(long, env = "GATEHOUSE_STORE_TIMEOUT", default_value = "250ms", value_parser = crate::duration::parse_duration)]
+    pub store_timeout: Duration,
 }
 
-/// Tightens what an older version left readable in the data directory: every directory in it
-/// 0700 and every file 0600 (symbolic links are left alone). Called once at start.
-pub fn tighten(dir: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let path = entry.path();
-        let mode = if kind.is_dir() {
-            tighten(&path);
-            0o700
-        } else if kind.is_file() {
-            0o600
-        } else {
-            continue;
-        };
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.permissions().mode() & 0o077 != 0 {
-            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot make private");
-            }
+impl StoreArgs {
+    /// The store's settings, free of the command line.
+    pub fn settings(&self) -> StoreSettings {
+        StoreSettings {
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            data_dir: self.data_dir.clone(),
+            timeout: self.store_timeout,
         }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::new("--store-timeout", "must be more than 0"));
+        }
+        if let Some(url) = &self.redis_url {
+            redis::parse_url(url.expose())?;
+        }
+        Ok(())
+    }
+}
+
+/// How long an administrative command waits at least for the store: to connect and per call.
+/// The server's `--store-timeout` (250 ms by default) guards a hot path; an operator would
+/// rather wait a moment than see a `revoke` fail halfway on a busy Redis.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// The store of an administrative command (`session`, `user`, `client`, `token`), which
+    /// waits at least [`COMMAND_WAIT`].
+    pub async fn open_for_command(args: &StoreArgs) -> Result<Store, OpenError> {
+        args.validate()?;
+        let mut settings = args.settings();
+        settings.timeout = settings.timeout.max(COMMAND_WAIT);
+        Store::open(&settings, Some(COMMAND_WAIT)).await
     }
 }

@@ -215,10 +215,8 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn counter_failures(
-        &self,
-        key: &str,
-    ) -> Result<super::counters::Failures, StoreError> {
+    /// The failures of `key`: how many, and when the last one was (Unix milliseconds).
+    pub async fn counter_failures(&self, key: &str) -> Result<(u32, u64), StoreError> {
         let (n, t): (Option<u64>, Option<u64>) = self
             .call(self.pool.eval(
                 "return redis.call('HMGET', KEYS[1], 'n', 't')",
@@ -226,10 +224,7 @@ impl RedisStore {
                 Vec::<String>::new(),
             ))
             .await?;
-        Ok(super::counters::Failures {
-            count: n.unwrap_or(0).min(u32::MAX as u64) as u32,
-            last_ms: t.unwrap_or(0),
-        })
+        Ok((n.unwrap_or(0).min(u32::MAX as u64) as u32, t.unwrap_or(0)))
     }
 
     pub async fn counter_clear(&self, key: &str) -> Result<(), StoreError> {
