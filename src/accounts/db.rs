@@ -147,6 +147,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
                 WHERE c.user_id = oauth_grants.user_id AND c.client_id = oauth_grants.client_id)",
         ],
     ),
+    (
+        6,
+        // registry: when each access token was recorded (Unix microseconds), so that a grant
+        // past its cap of live access tokens ends the oldest first.
+        &["ALTER TABLE oauth_access ADD COLUMN created_us BIGINT NOT NULL DEFAULT 0"],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

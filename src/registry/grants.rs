@@ -183,6 +183,41 @@ pub async fn use_refresh(db: &Db, token: &str) -> Result<bool, DbError> {
     Ok(done.rows_affected() == 1)
 }
 
+/// The most access tokens one grant keeps live: each refresh mints one, and a client that
+/// refreshes in a loop must not pile up live tokens. Past it, the oldest ends first.
+pub const LIVE_ACCESS_PER_GRANT: usize = 10;
+
+/// Ends and forgets the access tokens of `grant_id` past [`LIVE_ACCESS_PER_GRANT`], oldest
+/// first (called after a new one is recorded). How many ended.
+pub async fn cap_access(
+    db: &Db,
+    sessions: &Sessions<'_>,
+    grant_id: &str,
+) -> Result<u64, RevokeError> {
+    let rows = sqlx::query(
+        "SELECT sid, sub FROM oauth_access WHERE grant_id = $1 ORDER BY created_us DESC, sid",
+    )
+    .bind(grant_id)
+    .fetch_all(db.pool())
+    .await
+    .map_err(DbError::from)?;
+    let mut ended = 0;
+    for r in rows.iter().skip(LIVE_ACCESS_PER_GRANT) {
+        let sid: String = r.try_get("sid").map_err(DbError::from)?;
+        let sub: String = r.try_get("sub").map_err(DbError::from)?;
+        ended += sessions
+            .revoke_sids(&sub, std::slice::from_ref(&sid))
+            .await?;
+        sqlx::query("DELETE FROM oauth_access WHERE grant_id = $1 AND sid = $2")
+            .bind(grant_id)
+            .bind(&sid)
+            .execute(db.pool())
+            .await
+            .map_err(DbError::from)?;
+    }
+    Ok(ended)
+}
+
 /// Remembers that the access token `sid` (a session of `sub`) belongs to `grant_id`.
 pub async fn record_access(
     db: &Db,
@@ -191,13 +226,18 @@ pub async fn record_access(
     sub: &str,
     expires_at: u64,
 ) -> Result<(), DbError> {
+    let created_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     sqlx::query(
-        "INSERT INTO oauth_access (sid, grant_id, sub, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO oauth_access (sid, grant_id, sub, expires_at, created_us)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(sid)
     .bind(grant_id)
     .bind(sub)
     .bind(expires_at as i64)
+    .bind(created_us)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -265,15 +305,16 @@ pub async fn revoke_grant(
         .fetch_all(db.pool())
         .await
         .map_err(DbError::from)?;
-    let mut ended = 0;
+    // By subject: one listing each (a grant's tokens all have its user as subject).
+    let mut by_sub: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for r in rows {
-        let (sid, sub): (String, String) = (
-            r.try_get("sid").map_err(DbError::from)?,
-            r.try_get("sub").map_err(DbError::from)?,
-        );
-        if sessions.revoke_sid(&sub, &sid).await? {
-            ended += 1;
-        }
+        let sid: String = r.try_get("sid").map_err(DbError::from)?;
+        let sub: String = r.try_get("sub").map_err(DbError::from)?;
+        by_sub.entry(sub).or_default().push(sid);
+    }
+    let mut ended = 0;
+    for (sub, sids) in &by_sub {
+        ended += sessions.revoke_sids(sub, sids).await?;
     }
     sqlx::query("DELETE FROM oauth_access WHERE grant_id = $1")
         .bind(grant_id)

@@ -446,6 +446,9 @@ async fn user_tokens(
     )
     .await
     .map_err(OAuthError::unavailable)?;
+    grants::cap_access(&reg.accounts.db, &sessions, grant)
+        .await
+        .map_err(OAuthError::unavailable)?;
     let mut body = json!({
         "access_token": issued.token.expose(),
         "token_type": "Bearer",

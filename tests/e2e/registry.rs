@@ -1745,3 +1745,56 @@ fn a_role_lost_after_consent_narrows_the_tokens() {
     let narrow = refresh(wide["refresh_token"].as_str().unwrap());
     assert_eq!(narrow["scope"], "papers:read", "{narrow}");
 }
+
+/// Issue 17, 1.9: a grant keeps at most ten live access tokens (a client refreshing in a loop
+/// does not pile them up; the oldest ends first), and revoking the grant ends them all.
+#[test]
+fn a_grant_keeps_at_most_ten_live_access_tokens() {
+    let site = Site::start("registry-cap", Backend::Sqlite);
+    site.create_user("lena");
+    let (id, secret) = site.client(&[
+        "--name",
+        "Looper",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+    ]);
+    let secret = secret.unwrap();
+    let mut b = signed_in(&site, "lena");
+    let (path, verifier) = authorize_path(&id, "papers:read");
+    let page = b.get(&path);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let first = redeem(&site, &id, &secret, &back["code"], &verifier);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let mut access = vec![first["access_token"].as_str().unwrap().to_string()];
+    let mut refresh = first["refresh_token"].as_str().unwrap().to_string();
+    for _ in 0..11 {
+        let (r, v) = site.token_raw(
+            &[("Authorization", &format!("Basic {basic}"))],
+            &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        access.push(v["access_token"].as_str().unwrap().to_string());
+        refresh = v["refresh_token"].as_str().unwrap().to_string();
+    }
+    assert!(refused_soon(&site.gh, &access[0]), "the oldest lived on");
+    assert!(refused_soon(&site.gh, &access[1]));
+    for live in &access[2..] {
+        assert_eq!(
+            bearer(&site.gh, live).status,
+            200,
+            "one of the newest ten ended"
+        );
+    }
+    // Revoking the refresh token ends the grant's ten in one pass.
+    let r = site.revoke(&id, &secret, &refresh);
+    assert_eq!(r.status, 200);
+    for live in &access[2..] {
+        assert!(refused_soon(&site.gh, live));
+    }
+}
