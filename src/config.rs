@@ -262,8 +262,9 @@ pub struct SessionRevokeArgs {
     /// Revoke every session of this user (or, with --sid, one of them).
     #[arg(long)]
     pub sub: Option<String>,
-    /// Revoke the session of this handle (as `session list` shows it); needs --sub.
-    #[arg(long, requires = "sub")]
+    /// Revoke the session of this handle (as `session list` shows it); needs --sub. A handle
+    /// may start with `-` (it is base64url), so the value is taken as it is.
+    #[arg(long, requires = "sub", allow_hyphen_values = true)]
     pub sid: Option<String>,
 }
 

@@ -313,7 +313,8 @@ pub enum TokenCommand {
         common: Common,
         #[arg(long)]
         user: String,
-        #[arg(long)]
+        /// The token's handle, as `token list` shows it (it may start with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         sid: String,
     },
 }

@@ -334,3 +334,23 @@ fn modules_can_be_left_out_at_run_time() {
     let stale = http_get(arxiv.addr(), "/oauth/token", &[]).status;
     assert_eq!(stale, 404, "the registry runs beside --compat arxiv");
 }
+
+/// A session handle (sid) is base64url and may start with `-`: `--sid -x…` is a value, not
+/// a flag (a registry test failed now and then on such a handle).
+#[test]
+fn a_handle_starting_with_a_dash_is_a_value() {
+    let data = TempDir::new("sid-dash");
+    let d = data.path().to_str().unwrap();
+    let (code, _, stderr) = run(&[
+        "session",
+        "revoke",
+        "--data-dir",
+        d,
+        "--sub",
+        "nobody",
+        "--sid",
+        "-jAbCdEf",
+    ]);
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+    assert_ne!(code, 2, "{stderr}");
+}
