@@ -78,6 +78,10 @@ struct Report {
     rss_per_session_100k: f64,
     rss_per_session_1m: f64,
     cached_sessions_1m: u64,
+    /// Cache misses answered per second (direct), and `redis-benchmark -t get` at the same
+    /// concurrency against the same Redis.
+    miss_rps: f64,
+    redis_get_rps: f64,
 }
 
 fn main() {
@@ -95,12 +99,20 @@ fn main() {
         println!("load: run with `cargo bench --bench load` (or `bash benches/load.sh`)");
         return;
     }
-    for tool in ["wrk", "redis-server", "redis-cli", "nginx"] {
+    for tool in [
+        "wrk",
+        "redis-server",
+        "redis-cli",
+        "redis-benchmark",
+        "nginx",
+    ] {
         let _ = find_program(tool); // panics with a clear message when missing
     }
     let started = Instant::now();
     // `LOAD_ONLY=nginx`: only the scenarios through nginx (about 2 minutes).
     let only_nginx = std::env::var("LOAD_ONLY").is_ok_and(|v| v == "nginx");
+    // `LOAD_ONLY=miss`: only the cache-miss scenario and its Redis baseline.
+    let only_miss = std::env::var("LOAD_ONLY").is_ok_and(|v| v == "miss");
     let mut report = Report {
         machine: machine(),
         ..Default::default()
@@ -192,7 +204,7 @@ fn main() {
         wrk(&gh_url, s, &[], 1);
     }
 
-    if !only_nginx {
+    if !only_nginx && !only_miss {
         eprintln!("load: direct, cache hit");
         for (name, script) in [
             ("hit, cookie", &scripts.cookie),
@@ -271,75 +283,78 @@ fn main() {
             None,
         ));
     }
-    eprintln!("load: through nginx, cache hit");
-    // Every round runs both credentials against every location, so that cookie and bearer
-    // see the same machine: run one block after the other and the drift of a shared machine
-    // between blocks (the ceiling itself moved 7-20%) reads as a difference between them.
-    // "bare": the bare hyper server as the auth upstream, so that hyper's own cost behind
-    // nginx is measured, not assumed.
-    let locations = [
-        "ceiling",
-        "gatehouse",
-        "internal",
-        "gatehouse-nokeepalive",
-        "bare",
-    ];
-    let credentials = [
-        ("hit, cookie", &scripts.cookie),
-        ("hit, bearer", &scripts.bearer),
-    ];
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); locations.len()]; credentials.len()];
-    for _ in 0..ROUNDS {
-        for (c, (_, script)) in credentials.iter().enumerate() {
-            for (i, loc) in locations.iter().enumerate() {
-                let server = match *loc {
-                    "ceiling" => ceiling.worker_pids(),
-                    "internal" => Vec::new(),
-                    "bare" => vec![bare_pid],
-                    _ => vec![gh.pid()],
-                };
-                runs[c][i].push(wrk_cpu(&via(loc), script, &nginx.worker_pids(), &server));
+    if !only_miss {
+        eprintln!("load: through nginx, cache hit");
+        // Every round runs both credentials against every location, so that cookie and bearer
+        // see the same machine: run one block after the other and the drift of a shared machine
+        // between blocks (the ceiling itself moved 7-20%) reads as a difference between them.
+        // "bare": the bare hyper server as the auth upstream, so that hyper's own cost behind
+        // nginx is measured, not assumed.
+        let locations = [
+            "ceiling",
+            "gatehouse",
+            "internal",
+            "gatehouse-nokeepalive",
+            "bare",
+        ];
+        let credentials = [
+            ("hit, cookie", &scripts.cookie),
+            ("hit, bearer", &scripts.bearer),
+        ];
+        let mut runs: Vec<Vec<Vec<Run>>> =
+            vec![vec![Vec::new(); locations.len()]; credentials.len()];
+        for _ in 0..ROUNDS {
+            for (c, (_, script)) in credentials.iter().enumerate() {
+                for (i, loc) in locations.iter().enumerate() {
+                    let server = match *loc {
+                        "ceiling" => ceiling.worker_pids(),
+                        "internal" => Vec::new(),
+                        "bare" => vec![bare_pid],
+                        _ => vec![gh.pid()],
+                    };
+                    runs[c][i].push(wrk_cpu(&via(loc), script, &nginx.worker_pids(), &server));
+                }
             }
         }
-    }
-    for (c, (name, _)) in credentials.iter().enumerate() {
-        let [ceil, gate, internal, nokeep, bare] = [0, 1, 2, 3, 4].map(|i| median(&runs[c][i]));
-        report.rows.push(row(
-            &format!("nginx {name}"),
-            "gatehouse, keepalive",
-            "204 nginx, keepalive",
-            gate.clone(),
-            ceil.clone(),
-            None,
-            None,
-        ));
-        report.rows.push(row(
-            &format!("nginx {name}"),
-            "gatehouse, no keepalive",
-            "gatehouse, keepalive",
-            nokeep,
-            gate,
-            None,
-            None,
-        ));
-        report.rows.push(row(
-            &format!("nginx {name}"),
-            "bare hyper, keepalive",
-            "204 nginx, keepalive",
-            bare,
-            ceil.clone(),
-            None,
-            None,
-        ));
-        report.rows.push(row(
-            &format!("nginx {name}"),
-            "204 nginx, keepalive",
-            "internal return 204",
-            ceil,
-            internal,
-            None,
-            None,
-        ));
+        for (c, (name, _)) in credentials.iter().enumerate() {
+            let [ceil, gate, internal, nokeep, bare] = [0, 1, 2, 3, 4].map(|i| median(&runs[c][i]));
+            report.rows.push(row(
+                &format!("nginx {name}"),
+                "gatehouse, keepalive",
+                "204 nginx, keepalive",
+                gate.clone(),
+                ceil.clone(),
+                None,
+                None,
+            ));
+            report.rows.push(row(
+                &format!("nginx {name}"),
+                "gatehouse, no keepalive",
+                "gatehouse, keepalive",
+                nokeep,
+                gate,
+                None,
+                None,
+            ));
+            report.rows.push(row(
+                &format!("nginx {name}"),
+                "bare hyper, keepalive",
+                "204 nginx, keepalive",
+                bare,
+                ceil.clone(),
+                None,
+                None,
+            ));
+            report.rows.push(row(
+                &format!("nginx {name}"),
+                "204 nginx, keepalive",
+                "internal return 204",
+                ceil,
+                internal,
+                None,
+                None,
+            ));
+        }
     }
 
     if !only_nginx {
@@ -373,6 +388,11 @@ fn main() {
         }
         let (per_req, writes) = store_load(&redis, miss_requests);
         let (c, b) = (median(&miss_runs.0), median(&miss_runs.1));
+        // The store's own ceiling at the same concurrency: a miss is one GET and one
+        // signature, so decisions per second on misses are measured against GETs per second.
+        let redis_get = redis_benchmark_get(&redis);
+        report.miss_rps = c.rps;
+        report.redis_get_rps = redis_get;
         report.rows.push(row(
             "direct miss (each request a new session)",
             "gatehouse /auth",
@@ -382,25 +402,26 @@ fn main() {
             Some(per_req),
             Some(writes),
         ));
+        if !only_miss {
+            eprintln!("load: memory with 100k cached sessions");
+            redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
+            std::thread::sleep(Duration::from_millis(300));
+            let rss_empty = rss(gh.pid()).min(rss_before);
+            warm(&gh, &gh_url, &scripts.tokens, &tokens, MISS_SESSIONS);
+            let entries = cache_entries(&gh);
+            report.rss_per_session_100k =
+                (rss(gh.pid()).saturating_sub(rss_empty)) as f64 / entries.max(1) as f64;
 
-        eprintln!("load: memory with 100k cached sessions");
-        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
-        std::thread::sleep(Duration::from_millis(300));
-        let rss_empty = rss(gh.pid()).min(rss_before);
-        warm(&gh, &gh_url, &scripts.tokens, &tokens, MISS_SESSIONS);
-        let entries = cache_entries(&gh);
-        report.rss_per_session_100k =
-            (rss(gh.pid()).saturating_sub(rss_empty)) as f64 / entries.max(1) as f64;
-
-        eprintln!("load: memory with 1M cached sessions (creating them takes a while)");
-        let big = create_sessions(&redis, work.path(), "big", BIG_SESSIONS);
-        redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
-        std::thread::sleep(Duration::from_millis(500));
-        let rss_empty = rss(gh.pid());
-        warm(&gh, &gh_url, &scripts.tokens, &big, BIG_SESSIONS);
-        report.cached_sessions_1m = cache_entries(&gh);
-        report.rss_per_session_1m = (rss(gh.pid()).saturating_sub(rss_empty)) as f64
-            / report.cached_sessions_1m.max(1) as f64;
+            eprintln!("load: memory with 1M cached sessions (creating them takes a while)");
+            let big = create_sessions(&redis, work.path(), "big", BIG_SESSIONS);
+            redis.cmd(&["PUBLISH", &Layout("gh:").channel(), "*"]);
+            std::thread::sleep(Duration::from_millis(500));
+            let rss_empty = rss(gh.pid());
+            warm(&gh, &gh_url, &scripts.tokens, &big, BIG_SESSIONS);
+            report.cached_sessions_1m = cache_entries(&gh);
+            report.rss_per_session_1m = (rss(gh.pid()).saturating_sub(rss_empty)) as f64
+                / report.cached_sessions_1m.max(1) as f64;
+        }
     }
     let md = markdown(&report);
     println!("{md}");
@@ -732,6 +753,28 @@ fn create_sessions(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Pat
     tokens_path
 }
 
+/// `redis-benchmark -t get` against `redis` with as many clients as wrk has connections: the
+/// GETs per second (the median of three runs).
+fn redis_benchmark_get(redis: &RedisServer) -> f64 {
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let out = Command::new(find_program("redis-benchmark"))
+                .args(["-p", &redis.port().to_string(), "-t", "get", "-q", "--csv"])
+                .args(["-c", &CONNECTIONS.to_string(), "-n", "300000"])
+                .output()
+                .expect("run redis-benchmark");
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .find_map(|l| l.strip_prefix("\"GET\",\""))
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("redis-benchmark printed no GET rate:\n{text}"))
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
 /// Drives misses until (about) `n` sessions are cached, or 3 minutes pass.
 fn warm(gh: &Gatehouse, url: &str, script: &Path, tokens: &Path, n: usize) {
     let start = Instant::now();
@@ -836,6 +879,15 @@ fn markdown(r: &Report) -> String {
                 );
             }
         }
+    }
+    if r.redis_get_rps > 0.0 {
+        let _ = writeln!(
+            s,
+            "\n| cache misses | per second | ratio |\n|---|---:|---:|\n| gatehouse /auth, each request a new session | {:.0} | {:.2} |\n| redis-benchmark -t get, {CONNECTIONS} clients, same Redis | {:.0} | 1.00 |",
+            r.miss_rps,
+            r.miss_rps / r.redis_get_rps,
+            r.redis_get_rps
+        );
     }
     let _ = writeln!(s, "\n| memory and start-up | value |\n|---|---:|");
     let _ = writeln!(
