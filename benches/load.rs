@@ -889,6 +889,9 @@ fn markdown(r: &Report) -> String {
             r.redis_get_rps
         );
     }
+    if r.idle_rss_bytes == 0 {
+        return s; // LOAD_ONLY=miss measures no memory
+    }
     let _ = writeln!(s, "\n| memory and start-up | value |\n|---|---:|");
     let _ = writeln!(
         s,
