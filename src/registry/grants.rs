@@ -283,6 +283,15 @@ pub enum RevokeError {
     Sessions(#[from] SessionsError),
 }
 
+impl From<RevokeError> for crate::accounts::followers::EndError {
+    fn from(e: RevokeError) -> Self {
+        match e {
+            RevokeError::Db(d) => Self::Db(d),
+            RevokeError::Sessions(s) => Self::Sessions(s),
+        }
+    }
+}
+
 /// Revokes a grant: no refresh token of it works again, and each access token it produced
 /// ends now. The number of access tokens ended.
 pub async fn revoke_grant(
@@ -385,12 +394,7 @@ pub async fn user_ended(
                 continue;
             }
             super::clients::set_disabled(db, &c.client_id, true).await?;
-            let tokens = end_client_tokens(db, sessions, &c.client_id)
-                .await
-                .map_err(|e| match e {
-                    RevokeError::Db(d) => crate::accounts::followers::EndError::Db(d),
-                    RevokeError::Sessions(s) => crate::accounts::followers::EndError::Sessions(s),
-                })?;
+            let tokens = end_client_tokens(db, sessions, &c.client_id).await?;
             tracing::info!(target: "gatehouse::audit", event = "client_disabled", client_id = %c.client_id, owner = %user_id, tokens, "audit");
             ended += 1;
         }

@@ -103,6 +103,26 @@ impl Site {
         assert!(out.status.success(), "{out:?}");
     }
 
+    /// A confidential client of the authorization code and refresh grants, returning to
+    /// CALLBACK, with `scopes`: its id and secret.
+    fn code_client(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let mut args = vec![
+            "--name",
+            name,
+            "--grant",
+            "authorization_code",
+            "--grant",
+            "refresh_token",
+            "--redirect-uri",
+            CALLBACK,
+        ];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let (id, secret) = self.client(&args);
+        (id, secret.expect("a confidential client's secret"))
+    }
+
     /// Registers a client with the CLI: its id and secret.
     fn client(&self, args: &[&str]) -> (String, Option<String>) {
         let mut all = vec!["client", "create", "--json"];
@@ -1415,13 +1435,23 @@ fn redeem(site: &Site, id: &str, secret: &str, code: &str, verifier: &str) -> se
     v
 }
 
-/// A refresh by hand: the status and the RFC 6749 error, if any.
-fn refresh_status(site: &Site, id: &str, secret: &str, refresh: &str) -> (u16, String) {
+/// A refresh by hand: the answer and its JSON.
+fn refresh_raw(
+    site: &Site,
+    id: &str,
+    secret: &str,
+    refresh: &str,
+) -> (Response, serde_json::Value) {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-    let (r, v) = site.token_raw(
+    site.token_raw(
         &[("Authorization", &format!("Basic {basic}"))],
         &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", refresh)]),
-    );
+    )
+}
+
+/// A refresh by hand: the status and the RFC 6749 error, if any.
+fn refresh_status(site: &Site, id: &str, secret: &str, refresh: &str) -> (u16, String) {
+    let (r, v) = refresh_raw(site, id, secret, refresh);
     (r.status, v["error"].as_str().unwrap_or("").to_string())
 }
 
@@ -1577,19 +1607,7 @@ fn tokens_carry_granted_scopes_and_never_roles() {
 fn resets_and_deactivation_end_oauth_grants_for_good() {
     let site = Site::start("registry-reset", Backend::Sqlite);
     site.create_user("nina");
-    let (id, secret) = site.client(&[
-        "--name",
-        "Paper Shelf",
-        "--grant",
-        "authorization_code",
-        "--grant",
-        "refresh_token",
-        "--redirect-uri",
-        CALLBACK,
-        "--scope",
-        "papers:read",
-    ]);
-    let secret = secret.unwrap();
+    let (id, secret) = site.code_client("Paper Shelf", &["papers:read"]);
     let grant = |b: &mut Browser| {
         let (path, verifier) = authorize_path(&id, "papers:read");
         let page = b.get(&path);
@@ -1692,21 +1710,7 @@ fn a_role_lost_after_consent_narrows_the_tokens() {
         .cli(&["user", "role", "add", "ivo", "admin"])
         .status
         .success());
-    let (id, secret) = site.client(&[
-        "--name",
-        "Console",
-        "--grant",
-        "authorization_code",
-        "--grant",
-        "refresh_token",
-        "--redirect-uri",
-        CALLBACK,
-        "--scope",
-        "papers:read",
-        "--scope",
-        "admin",
-    ]);
-    let secret = secret.unwrap();
+    let (id, secret) = site.code_client("Console", &["papers:read", "admin"]);
     let mut b = signed_in(&site, "ivo");
     let (path, verifier) = authorize_path(&id, "papers:read admin");
     let page = b.get(&path);
@@ -1727,12 +1731,8 @@ fn a_role_lost_after_consent_narrows_the_tokens() {
         .cli(&["user", "role", "add", "ivo", "admin"])
         .status
         .success());
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     let refresh = |token: &str| {
-        let (r, v) = site.token_raw(
-            &[("Authorization", &format!("Basic {basic}"))],
-            &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", token)]),
-        );
+        let (r, v) = refresh_raw(&site, &id, &secret, token);
         assert_eq!(r.status, 200, "{}", r.body);
         v
     };
@@ -1752,32 +1752,16 @@ fn a_role_lost_after_consent_narrows_the_tokens() {
 fn a_grant_keeps_at_most_ten_live_access_tokens() {
     let site = Site::start("registry-cap", Backend::Sqlite);
     site.create_user("lena");
-    let (id, secret) = site.client(&[
-        "--name",
-        "Looper",
-        "--grant",
-        "authorization_code",
-        "--grant",
-        "refresh_token",
-        "--redirect-uri",
-        CALLBACK,
-        "--scope",
-        "papers:read",
-    ]);
-    let secret = secret.unwrap();
+    let (id, secret) = site.code_client("Looper", &["papers:read"]);
     let mut b = signed_in(&site, "lena");
     let (path, verifier) = authorize_path(&id, "papers:read");
     let page = b.get(&path);
     let back = callback(&answer_consent(&mut b, &page, "allow"));
     let first = redeem(&site, &id, &secret, &back["code"], &verifier);
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     let mut access = vec![first["access_token"].as_str().unwrap().to_string()];
     let mut refresh = first["refresh_token"].as_str().unwrap().to_string();
     for _ in 0..11 {
-        let (r, v) = site.token_raw(
-            &[("Authorization", &format!("Basic {basic}"))],
-            &form_encode(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]),
-        );
+        let (r, v) = refresh_raw(&site, &id, &secret, &refresh);
         assert_eq!(r.status, 200, "{}", r.body);
         access.push(v["access_token"].as_str().unwrap().to_string());
         refresh = v["refresh_token"].as_str().unwrap().to_string();
