@@ -93,11 +93,16 @@ impl Nginx {
     /// The harness itself sets, so the body must not repeat them: `access_log` to
     /// `{{DIR}}/access.log` (more `access_log` lines are fine) and the five `*_temp_path`s.
     pub fn start(http_body: &str) -> Nginx {
+        Nginx::start_with_main("", http_body)
+    }
+
+    /// `start` with `main` before the `http` block: `load_module` lines.
+    pub fn start_with_main(main: &str, http_body: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let body = http_body.replace("{{DIR}}", &dir.path().display().to_string());
         fs::write(
             dir.path().join("nginx.conf"),
-            full_nginx_conf(dir.path(), &body),
+            main.to_owned() + &full_nginx_conf(dir.path(), &body),
         )
         .unwrap();
         let mut nginx = Nginx {
