@@ -4,8 +4,9 @@
 //! One type, both backends: sqlx's `Any` driver with runtime queries written once in the SQL
 //! both understand (text ids, `BIGINT` Unix seconds, `$n` placeholders in order, no
 //! booleans). Case-insensitive uniqueness is a lower-cased key column with a unique index, so
-//! it holds the same way on both. Migrations are numbered statements applied once, in a
-//! transaction each, recorded in `gatehouse_migrations`.
+//! it holds the same way on both. Each module's migrations are numbered statements applied
+//! once, in a transaction each, recorded in `gatehouse_schema` by module and version
+//! (`Schema`, `add_schema`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +19,43 @@ use crate::error::{ConfigError, Fault};
 use crate::secret::Secret;
 use crate::session::unix_now;
 
-/// Every schema change, in order; never edit one that has shipped, append.
+/// One module's tables: its migrations, numbered from 1 within the module and recorded in
+/// `gatehouse_schema` under its name. accounts' own is `ACCOUNTS`; another module adds its
+/// with `add_schema` before the database is opened, so that a build without it creates none
+/// of its tables.
+pub struct Schema {
+    pub module: &'static str,
+    pub migrations: &'static [(i64, &'static [&'static str])],
+}
+
+static ACCOUNTS: Schema = Schema {
+    module: "accounts",
+    migrations: MIGRATIONS,
+};
+
+/// The schemas of the other modules, in the order they were added.
+static SCHEMAS: std::sync::Mutex<Vec<&'static Schema>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes every `Db::open` from now on create and migrate `schema`'s tables too (idempotent).
+pub fn add_schema(schema: &'static Schema) {
+    let mut schemas = SCHEMAS.lock().unwrap_or_else(|e| e.into_inner());
+    if !schemas.iter().any(|s| s.module == schema.module) {
+        schemas.push(schema);
+    }
+}
+
+/// Before schemas were per module, one global sequence numbered every migration: what each of
+/// its versions is now (module, version). A database migrated then is adopted as it stands.
+const GLOBAL_VERSIONS: [(i64, &str, i64); 6] = [
+    (1, "accounts", 1),
+    (2, "accounts", 2),
+    (3, "registry", 1),
+    (4, "registry", 2),
+    (5, "registry", 3),
+    (6, "registry", 4),
+];
+
+/// Every change to accounts' tables, in order; never edit one that has shipped, append.
 const MIGRATIONS: &[(i64, &[&str])] = &[
     (
         1,
@@ -59,99 +96,6 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // The scopes each role granted when the server last started: a role file changed
         // between two starts ends the sessions of the users whose scopes it changed.
         &["CREATE TABLE role_scopes (role TEXT PRIMARY KEY, scopes TEXT NOT NULL)"],
-    ),
-    (
-        3,
-        // registry: OAuth2 clients. Lists are space-separated (URIs and scopes hold no
-        // spaces); the secret is stored as its SHA-256, none for a public client.
-        &["CREATE TABLE oauth_clients (
-            id TEXT PRIMARY KEY,
-            secret_hash TEXT,
-            name TEXT NOT NULL,
-            description TEXT NOT NULL,
-            homepage TEXT NOT NULL,
-            owner TEXT,
-            confidential BIGINT NOT NULL,
-            redirect_uris TEXT NOT NULL,
-            grants TEXT NOT NULL,
-            scopes TEXT NOT NULL,
-            disabled BIGINT NOT NULL,
-            created_at BIGINT NOT NULL,
-            updated_at BIGINT NOT NULL
-        )"],
-    ),
-    (
-        4,
-        // registry: what a user granted a client. A grant (one per authorization code
-        // redeemed) is a token family: its refresh tokens rotate within it, and its access
-        // tokens (sessions, by sid) all end when it is revoked. Codes and refresh tokens are
-        // stored as SHA-256; a used one is kept (used = 1) to recognise a replay.
-        &[
-            "CREATE TABLE oauth_codes (
-                hash TEXT PRIMARY KEY,
-                client_id TEXT NOT NULL,
-                user_id TEXT NOT NULL,
-                redirect_uri TEXT NOT NULL,
-                scopes TEXT NOT NULL,
-                challenge TEXT NOT NULL,
-                expires_at BIGINT NOT NULL,
-                used BIGINT NOT NULL,
-                grant_id TEXT
-            )",
-            "CREATE TABLE oauth_grants (
-                id TEXT PRIMARY KEY,
-                client_id TEXT NOT NULL,
-                user_id TEXT NOT NULL,
-                scopes TEXT NOT NULL,
-                created_at BIGINT NOT NULL,
-                revoked BIGINT NOT NULL
-            )",
-            "CREATE INDEX oauth_grants_user ON oauth_grants (user_id, client_id)",
-            "CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
-            "CREATE TABLE oauth_refresh (
-                hash TEXT PRIMARY KEY,
-                grant_id TEXT NOT NULL,
-                scopes TEXT NOT NULL,
-                expires_at BIGINT NOT NULL,
-                used BIGINT NOT NULL
-            )",
-            "CREATE INDEX oauth_refresh_grant ON oauth_refresh (grant_id)",
-            "CREATE TABLE oauth_access (
-                sid TEXT NOT NULL,
-                grant_id TEXT NOT NULL,
-                sub TEXT NOT NULL,
-                expires_at BIGINT NOT NULL,
-                PRIMARY KEY (grant_id, sid)
-            )",
-            "CREATE TABLE oauth_consents (
-                user_id TEXT NOT NULL,
-                client_id TEXT NOT NULL,
-                scopes TEXT NOT NULL,
-                created_at BIGINT NOT NULL,
-                PRIMARY KEY (user_id, client_id)
-            )",
-        ],
-    ),
-    (
-        5,
-        // registry: grants made without a recorded consent (the consent page was skipped when
-        // the user could grant no scope) are ended; the registry ends their access tokens at
-        // start (grants::end_revoked_access).
-        &[
-            "UPDATE oauth_refresh SET used = 1 WHERE grant_id IN (
-                SELECT g.id FROM oauth_grants g WHERE NOT EXISTS (
-                    SELECT 1 FROM oauth_consents c
-                    WHERE c.user_id = g.user_id AND c.client_id = g.client_id))",
-            "UPDATE oauth_grants SET revoked = 1 WHERE revoked = 0 AND NOT EXISTS (
-                SELECT 1 FROM oauth_consents c
-                WHERE c.user_id = oauth_grants.user_id AND c.client_id = oauth_grants.client_id)",
-        ],
-    ),
-    (
-        6,
-        // registry: when each access token was recorded (Unix microseconds), so that a grant
-        // past its cap of live access tokens ends the oldest first.
-        &["ALTER TABLE oauth_access ADD COLUMN created_us BIGINT NOT NULL DEFAULT 0"],
     ),
 ];
 
@@ -307,6 +251,15 @@ pub fn token_hash(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
 }
 
+/// The flag a database problem names: the URL when one was given, else the data dir.
+fn flag_of(url: Option<&Secret<String>>) -> &'static str {
+    if url.is_some() {
+        "--database-url"
+    } else {
+        "--data-dir"
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
@@ -316,8 +269,20 @@ pub struct Db {
 impl Db {
     /// Opens (and migrates) the database of `--database-url`, or `accounts.db` in `data_dir`.
     pub async fn open(url: Option<&Secret<String>>, data_dir: &Path) -> Result<Db, ConfigError> {
+        let db = Db::connect(url, data_dir).await?;
+        let added = SCHEMAS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        db.migrate(&added).await.map_err(|e| {
+            ConfigError::new(
+                flag_of(url),
+                format!("cannot migrate the accounts database: {e}"),
+            )
+        })?;
+        Ok(db)
+    }
+
+    async fn connect(given: Option<&Secret<String>>, data_dir: &Path) -> Result<Db, ConfigError> {
         sqlx::any::install_default_drivers();
-        let (url, backend) = match url {
+        let (url, backend) = match given {
             Some(u)
                 if u.expose().starts_with("postgres://")
                     || u.expose().starts_with("postgresql://") =>
@@ -342,11 +307,7 @@ impl Db {
                 )
             }
         };
-        let flag = if backend == "postgres" {
-            "--database-url"
-        } else {
-            "--data-dir"
-        };
+        let flag = flag_of(given);
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == "sqlite" { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(5))
@@ -366,9 +327,6 @@ impl Db {
                     .map_err(|e| ConfigError::new(flag, e.to_string()))?;
             }
         }
-        db.migrate().await.map_err(|e| {
-            ConfigError::new(flag, format!("cannot migrate the accounts database: {e}"))
-        })?;
         Ok(db)
     }
 
@@ -381,36 +339,111 @@ impl Db {
         self.backend
     }
 
-    async fn migrate(&self) -> Result<(), sqlx::Error> {
+    /// Brings accounts' tables and those of `added` up to date, adopting a record
+    /// kept in the one global sequence of earlier versions first.
+    async fn migrate(&self, added: &[&Schema]) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS gatehouse_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS gatehouse_schema (
+                module TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                applied_at BIGINT NOT NULL,
+                PRIMARY KEY (module, version)
+            )",
         )
         .execute(&self.pool)
         .await?;
-        for (version, statements) in MIGRATIONS {
+        self.adopt_global_versions().await?;
+        for schema in std::iter::once(&ACCOUNTS).chain(added.iter().copied()) {
+            self.apply(schema).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, schema: &Schema) -> Result<(), sqlx::Error> {
+        for (version, statements) in schema.migrations {
             let mut tx = self.pool.begin().await?;
-            let done = sqlx::query("SELECT version FROM gatehouse_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done = sqlx::query(
+                "SELECT version FROM gatehouse_schema WHERE module = $1 AND version = $2",
+            )
+            .bind(schema.module)
+            .bind(*version)
+            .fetch_optional(&mut *tx)
+            .await?;
             if done.is_some() {
                 continue;
             }
             for statement in *statements {
                 sqlx::query(*statement).execute(&mut *tx).await?;
             }
-            sqlx::query("INSERT INTO gatehouse_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(unix_now() as i64)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO gatehouse_schema (module, version, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(schema.module)
+            .bind(*version)
+            .bind(unix_now() as i64)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             tracing::info!(
+                module = schema.module,
                 version,
                 backend = self.backend,
                 "accounts database migrated"
             );
         }
+        Ok(())
+    }
+
+    /// A database made before schemas were per module records its versions in
+    /// `gatehouse_migrations`: copied into `gatehouse_schema` once, by `GLOBAL_VERSIONS`. The
+    /// old table stays as it was, so that the previous release still starts on it.
+    async fn adopt_global_versions(&self) -> Result<(), sqlx::Error> {
+        let legacy = if self.backend == "sqlite" {
+            "SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = 'gatehouse_migrations'"
+        } else {
+            // (a constant: the Any driver cannot decode PostgreSQL's `name` type)
+            "SELECT 1 AS present FROM information_schema.tables
+             WHERE table_schema = current_schema() AND table_name = 'gatehouse_migrations'"
+        };
+        if sqlx::query(legacy)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let recorded: i64 = sqlx::query("SELECT COUNT(*) AS n FROM gatehouse_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if recorded > 0 {
+            return Ok(());
+        }
+        let rows = sqlx::query("SELECT version, applied_at FROM gatehouse_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let global: i64 = row.try_get("version")?;
+            let Some(&(_, module, version)) = GLOBAL_VERSIONS.iter().find(|v| v.0 == global) else {
+                return Err(sqlx::Error::Protocol(format!(
+                    "gatehouse_migrations holds version {global}, which this release does not know: a newer gatehouse made this database"
+                )));
+            };
+            sqlx::query(
+                "INSERT INTO gatehouse_schema (module, version, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(module)
+            .bind(version)
+            .bind(row.try_get::<i64, _>("applied_at")?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            versions = rows.len(),
+            "adopted the global migration record (gatehouse_migrations) per module"
+        );
         Ok(())
     }
 
@@ -678,6 +711,57 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn tables(db: &Db) -> Vec<String> {
+        sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("name"))
+            .collect()
+    }
+
+    /// Issue 17, §3: accounts creates its own tables and those of the schemas added, no
+    /// other (an accounts-only build adds none: no `oauth_*` table), each version once.
+    #[tokio::test]
+    async fn a_database_holds_only_the_tables_of_the_modules_that_run() {
+        static EXTRA: Schema = Schema {
+            module: "extra",
+            migrations: &[(1, &["CREATE TABLE extra_things (id TEXT PRIMARY KEY)"])],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = Secret::new(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("a.db").display()
+        ));
+        let db = Db::connect(Some(&url), dir.path()).await.unwrap();
+        db.migrate(&[]).await.unwrap();
+        let only_accounts = tables(&db).await;
+        assert_eq!(
+            only_accounts,
+            ["gatehouse_schema", "role_scopes", "user_tokens", "users"],
+        );
+        db.migrate(&[&EXTRA]).await.unwrap();
+        db.migrate(&[&EXTRA]).await.unwrap();
+        assert!(tables(&db).await.contains(&"extra_things".to_owned()));
+        let versions: Vec<(String, i64)> =
+            sqlx::query("SELECT module, version FROM gatehouse_schema ORDER BY module, version")
+                .fetch_all(db.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get("module"), r.get("version")))
+                .collect();
+        assert_eq!(
+            versions,
+            [
+                ("accounts".to_owned(), 1),
+                ("accounts".to_owned(), 2),
+                ("extra".to_owned(), 1)
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn expired_one_time_tokens_are_purged_and_live_ones_kept() {

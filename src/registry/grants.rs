@@ -547,6 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_keeps_what_may_matter_and_deletes_what_never_will() {
+        crate::registry::install();
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(None, dir.path()).await.unwrap();
         let scopes = ["read".to_owned()];

@@ -20,6 +20,7 @@ pub mod grants;
 mod oauth;
 mod pages;
 pub mod personal;
+mod schema;
 
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
@@ -57,10 +58,12 @@ impl RegistryArgs {
     }
 }
 
-/// Makes accounts end, with a user's credentials, what the user granted (a reset, a password
-/// change, `set-password`, deactivation) and, on deactivation, the clients they own. Called by
-/// the server and the CLI before either acts.
+/// Makes accounts create and migrate the registry's tables with its own (`schema`), and end,
+/// with a user's credentials, what the user granted (a reset, a password change,
+/// `set-password`, deactivation) and, on deactivation, the clients they own. Called by the
+/// server and the CLI before either opens the database.
 pub fn install() {
+    crate::accounts::db::add_schema(&schema::SCHEMA);
     crate::accounts::followers::follow("registry", |db, sessions, user, reason| {
         Box::pin(grants::user_ended(db, sessions, user, reason))
     });

@@ -28,3 +28,5 @@ mod accounts;
 mod browser;
 #[cfg(feature = "registry")]
 mod registry;
+#[cfg(feature = "registry")]
+mod upgrade;

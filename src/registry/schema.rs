@@ -1,0 +1,106 @@
+//! The registry's tables, in the accounts database: its migrations, numbered within the
+//! module (global versions 3–6 before schemas were per module; `accounts::db` adopts those).
+
+use crate::accounts::db::Schema;
+
+pub static SCHEMA: Schema = Schema {
+    module: "registry",
+    migrations: MIGRATIONS,
+};
+
+/// Every change to the registry's tables, in order; never edit one that has shipped, append.
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        // OAuth2 clients. Lists are space-separated (URIs and scopes hold no
+        // spaces); the secret is stored as its SHA-256, none for a public client.
+        &["CREATE TABLE oauth_clients (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT,
+            name TEXT NOT NULL,
+            description TEXT NOT NULL,
+            homepage TEXT NOT NULL,
+            owner TEXT,
+            confidential BIGINT NOT NULL,
+            redirect_uris TEXT NOT NULL,
+            grants TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            disabled BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )"],
+    ),
+    (
+        2,
+        // what a user granted a client. A grant (one per authorization code
+        // redeemed) is a token family: its refresh tokens rotate within it, and its access
+        // tokens (sessions, by sid) all end when it is revoked. Codes and refresh tokens are
+        // stored as SHA-256; a used one is kept (used = 1) to recognise a replay.
+        &[
+            "CREATE TABLE oauth_codes (
+                hash TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                redirect_uri TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                challenge TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used BIGINT NOT NULL,
+                grant_id TEXT
+            )",
+            "CREATE TABLE oauth_grants (
+                id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                revoked BIGINT NOT NULL
+            )",
+            "CREATE INDEX oauth_grants_user ON oauth_grants (user_id, client_id)",
+            "CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
+            "CREATE TABLE oauth_refresh (
+                hash TEXT PRIMARY KEY,
+                grant_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used BIGINT NOT NULL
+            )",
+            "CREATE INDEX oauth_refresh_grant ON oauth_refresh (grant_id)",
+            "CREATE TABLE oauth_access (
+                sid TEXT NOT NULL,
+                grant_id TEXT NOT NULL,
+                sub TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                PRIMARY KEY (grant_id, sid)
+            )",
+            "CREATE TABLE oauth_consents (
+                user_id TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (user_id, client_id)
+            )",
+        ],
+    ),
+    (
+        3,
+        // grants made without a recorded consent (the consent page was skipped when
+        // the user could grant no scope) are ended; the registry ends their access tokens at
+        // start (grants::end_revoked_access).
+        &[
+            "UPDATE oauth_refresh SET used = 1 WHERE grant_id IN (
+                SELECT g.id FROM oauth_grants g WHERE NOT EXISTS (
+                    SELECT 1 FROM oauth_consents c
+                    WHERE c.user_id = g.user_id AND c.client_id = g.client_id))",
+            "UPDATE oauth_grants SET revoked = 1 WHERE revoked = 0 AND NOT EXISTS (
+                SELECT 1 FROM oauth_consents c
+                WHERE c.user_id = oauth_grants.user_id AND c.client_id = oauth_grants.client_id)",
+        ],
+    ),
+    (
+        4,
+        // when each access token was recorded (Unix microseconds), so that a grant
+        // past its cap of live access tokens ends the oldest first.
+        &["ALTER TABLE oauth_access ADD COLUMN created_us BIGINT NOT NULL DEFAULT 0"],
+    ),
+];
