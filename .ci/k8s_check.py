@@ -163,7 +163,7 @@ def check_ingress(doc, source, header_timeout):
         if not re.search(r"[?&]rd=[^&]", signin):
             problem(f"{name}: auth-signin needs its own rd= (ingress-nginx's default uses $http_host)")
     headers = {h.strip().lower() for h in str(ann.get(prefix + "auth-response-headers", "")).split(",")}
-    for h in ("authorization", "x-auth-request-user", "x-auth-request-email"):
+    for h in ("authorization", "x-auth-request-user", "x-auth-request-email", "x-auth-request-amr"):
         if h not in headers:
             problem(f"{name}: auth-response-headers lacks {h}")
     if int(ann.get(prefix + "auth-keepalive", 0)) <= 0:

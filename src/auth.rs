@@ -26,7 +26,7 @@ use crate::cache::{CacheKey, Entry, FillError, SessionCache};
 use crate::credential::{self, CredentialError, Method, TokenHash};
 use crate::metrics::{AuthMethod, Metrics, Outcome, StoreOp};
 use crate::net::Cidr;
-use crate::policy::{self, Grants, OriginalRequest, Policy, Requirement, TargetError};
+use crate::policy::{self, Grants, OriginalRequest, Policy, Requirement, StepUp, TargetError};
 use crate::secret::Secret;
 use crate::session::Session;
 use crate::sessions::Sessions;
@@ -47,11 +47,17 @@ pub enum Answer {
 impl Answer {
     pub fn into_response(self) -> Response<Body> {
         match self {
-            Answer::Allow(entry) => allow_headers(
-                entry.authorization.clone(),
-                Some(entry.user.clone()),
-                entry.email.clone(),
-            ),
+            Answer::Allow(entry) => {
+                let mut r = allow_headers(
+                    entry.authorization.clone(),
+                    Some(entry.user.clone()),
+                    entry.email.clone(),
+                );
+                if let Some(amr) = &entry.amr {
+                    r.headers_mut().insert(X_AUTH_REQUEST_AMR, amr.clone());
+                }
+                r
+            }
             Answer::Response(r) => r,
         }
     }
@@ -62,6 +68,8 @@ const TOUCH_QUEUE: usize = 1024;
 
 pub const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 pub const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+/// On a 200: how the user signed in (RFC 8176 `amr` values, space-separated).
+pub const X_AUTH_REQUEST_AMR: HeaderName = HeaderName::from_static("x-auth-request-amr");
 /// On a 401 for a browser: the login location, `rd` encoded (nginx reads it with
 /// `auth_request_set` and redirects there).
 pub const X_GATEHOUSE_LOGIN: HeaderName = HeaderName::from_static("x-gatehouse-login");
@@ -89,6 +97,9 @@ enum Refusal {
     Forbidden,
     /// The request carries another spelling of an identity header.
     Spoofed,
+    /// The rule asks for a second factor or a recent sign-in that the session lacks: 401,
+    /// and a new sign-in (a step-up) can give it.
+    StepUp(StepUp),
 }
 
 impl Refusal {
@@ -103,6 +114,8 @@ impl Refusal {
             Refusal::Target => br#"{"reason":"invalid original request"}"#,
             Refusal::Forbidden => br#"{"reason":"insufficient scope or role"}"#,
             Refusal::Spoofed => br#"{"reason":"identity header in another spelling"}"#,
+            Refusal::StepUp(StepUp::SecondFactor) => br#"{"reason":"second factor required"}"#,
+            Refusal::StepUp(StepUp::MaxAge(_)) => br#"{"reason":"authentication too old"}"#,
         }
     }
 }
@@ -332,7 +345,8 @@ impl Gateway {
         } else {
             None
         };
-        let location = crate::forward::login_location(login, original.as_deref());
+        let need = r.extensions().get::<StepUp>().copied();
+        let location = crate::forward::login_location(login, original.as_deref(), need);
         if let Ok(v) = HeaderValue::try_from(location) {
             r.headers_mut().insert(X_GATEHOUSE_LOGIN, v);
         }
@@ -351,6 +365,7 @@ impl Gateway {
                 let location = crate::forward::login_location(
                     login,
                     crate::forward::original_url(headers).as_deref(),
+                    response.extensions().get::<StepUp>().copied(),
                 );
                 let mut r = Response::new(Body::default());
                 *r.status_mut() = StatusCode::FOUND;
@@ -659,6 +674,7 @@ impl Gateway {
         Ok(Arc::new(Entry {
             user: header_value(session.display_user()),
             email: session.email.as_deref().map(header_value),
+            amr: (!session.amr.is_empty()).then(|| header_value(&session.amr.join(" "))),
             authorization,
             session,
             ttl,
@@ -678,12 +694,16 @@ fn header_value(s: &str) -> HeaderValue {
     })
 }
 
-/// Whether a header name means X-Auth-Request-User or -Email to a CGI-style upstream
+/// Whether a header name means X-Auth-Request-User, -Email or -Amr to a CGI-style upstream
 /// (upper-cased, every non-alphanumeric byte read as `_`) without being spelled that way.
-/// Only names of those two lengths are looked at, so the usual request costs a length
+/// Only names of those lengths are looked at, so the usual request costs a length
 /// comparison per header.
 fn has_identity_alias(headers: &HeaderMap) -> bool {
-    const NAMES: [&[u8]; 2] = [b"x-auth-request-user", b"x-auth-request-email"];
+    const NAMES: [&[u8]; 3] = [
+        b"x-auth-request-user",
+        b"x-auth-request-email",
+        b"x-auth-request-amr",
+    ];
     headers.keys().any(|name| {
         let n = name.as_str().as_bytes(); // already lower-case
         NAMES.iter().any(|real| {
@@ -696,8 +716,9 @@ fn has_identity_alias(headers: &HeaderMap) -> bool {
     })
 }
 
-/// A valid session: allowed, unless the matching rule asks for scopes or roles it lacks.
-/// Checked on every request, hit or miss; no decision is cached.
+/// A valid session: allowed, unless the matching rule asks for scopes or roles it lacks
+/// (403), or for a second factor or a recent sign-in (401, a step-up). Checked on every
+/// request, hit or miss; no decision is cached.
 fn admit(
     rule: Option<&Requirement>,
     entry: Arc<Entry>,
@@ -710,6 +731,12 @@ fn admit(
         };
         if !rule.admits(&grants) {
             return (refuse(Refusal::Forbidden, false), Outcome::Forbid, label);
+        }
+        if rule.asks_assurance() {
+            if let Some(need) = rule.step_up(&entry.session, crate::session::unix_now()) {
+                let bearer = label == AuthMethod::Bearer;
+                return (refuse(Refusal::StepUp(need), bearer), Outcome::Deny, label);
+            }
         }
     }
     (Answer::Allow(entry), Outcome::Allow, label)
@@ -751,17 +778,45 @@ fn refuse(why: Refusal, bearer: bool) -> Answer {
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CACHE_CONTROL, NO_STORE);
-    if why != Refusal::Unavailable && why != Refusal::Forbidden {
-        h.insert(
-            WWW_AUTHENTICATE,
-            if bearer && why != Refusal::Missing {
-                REALM_INVALID
+    match why {
+        Refusal::Unavailable | Refusal::Forbidden => {}
+        Refusal::StepUp(need) => {
+            if bearer {
+                h.insert(WWW_AUTHENTICATE, step_up_challenge(need));
             } else {
-                REALM
-            },
-        );
+                h.insert(WWW_AUTHENTICATE, REALM);
+            }
+            r.extensions_mut().insert(need);
+        }
+        _ => {
+            h.insert(
+                WWW_AUTHENTICATE,
+                if bearer && why != Refusal::Missing {
+                    REALM_INVALID
+                } else {
+                    REALM
+                },
+            );
+        }
     }
     Answer::Response(r)
+}
+
+/// RFC 9470's challenge: what the bearer's user must do for this route.
+#[cold]
+fn step_up_challenge(need: StepUp) -> HeaderValue {
+    let what = match need {
+        StepUp::SecondFactor => format!(
+            "error_description=\"A second factor is required\", acr_values=\"{}\"",
+            crate::session::ACR_TWO_FACTORS
+        ),
+        StepUp::MaxAge(secs) => format!(
+            "error_description=\"A more recent authentication is required\", max_age={secs}"
+        ),
+    };
+    header_value(&format!(
+        "Bearer realm=\"gatehouse\", error=\"insufficient_user_authentication\", {what}"
+    ))
 }
 
 #[cfg(test)]
@@ -784,6 +839,7 @@ mod tests {
             "x.auth.request.email",
             "X~Auth~Request~Email",
             "X-Auth_Request-User",
+            "X_Auth_Request_Amr",
         ] {
             assert!(with(alias), "{alias}");
         }

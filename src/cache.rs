@@ -52,6 +52,8 @@ pub struct Entry {
     pub authorization: HeaderValue,
     pub user: HeaderValue,
     pub email: Option<HeaderValue>,
+    /// `X-Auth-Request-Amr`: the session's `amr`, space-separated, when it has one.
+    pub amr: Option<HeaderValue>,
     /// How long this entry may be served from now on (set when it is built).
     pub ttl: Duration,
     /// The cache's epoch when the store read behind this entry began.
@@ -348,6 +350,7 @@ mod tests {
             authorization: HeaderValue::from_static("Bearer x"),
             user: HeaderValue::from_static("alice"),
             email: None,
+            amr: None,
             ttl: Duration::from_secs(60),
             epoch,
         })

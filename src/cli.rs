@@ -32,6 +32,10 @@ pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
                 scopes: a.scopes,
                 roles: a.roles,
                 user_agent: Some("gatehouse-cli".into()),
+                auth_time: a
+                    .auth_age
+                    .map(|age| crate::session::unix_now().saturating_sub(age.as_secs())),
+                amr: a.amr,
                 ..Sessions::draft(a.sub, a.ttl)
             };
             let issued = Sessions::new(&store, None)

@@ -246,6 +246,13 @@ pub struct SessionCreateArgs {
     /// Lifetime of the session.
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// How the user authenticated, when another system signed them in (RFC 8176: `pwd`,
+    /// `otp`, `hwk`, `mfa`); repeat for more. `mfa` satisfies a policy's `mfa = true`.
+    #[arg(long = "amr", value_parser = ["pwd", "otp", "hwk", "mfa"])]
+    pub amr: Vec<String>,
+    /// How long ago they authenticated (a policy's `max_age` counts from then); default now.
+    #[arg(long, value_parser = parse_duration)]
+    pub auth_age: Option<Duration>,
     /// Print the whole record as JSON (with the token) instead of the token alone.
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,9 @@
 
 use hyper::header::{HeaderMap, ACCEPT};
 
+use crate::policy::StepUp;
+use crate::session::ACR_TWO_FACTORS;
+
 /// `--login-url` must be an absolute `http(s)` URL or a path on the same host.
 pub fn check_login_url(url: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("{why}: {url:?}"));
@@ -101,15 +104,27 @@ pub fn original_url(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// `login?rd=<original, percent-encoded>` (or `&rd=` when the login URL has a query).
-pub fn login_location(login: &str, original: Option<&str>) -> String {
-    match original {
-        None => login.to_string(),
-        Some(url) => {
-            let sep = if login.contains('?') { '&' } else { '?' };
-            format!("{login}{sep}rd={}", percent_encode(url))
-        }
+/// `login?rd=<original, percent-encoded>` (or `&rd=` when the login URL has a query), and
+/// what a step-up needs, in OpenID Connect's words: `acr_values` for a second factor,
+/// `max_age` (seconds) for a recent sign-in.
+pub fn login_location(login: &str, original: Option<&str>, need: Option<StepUp>) -> String {
+    use std::fmt::Write;
+    let mut out = login.to_string();
+    let mut sep = if login.contains('?') { '&' } else { '?' };
+    if let Some(url) = original {
+        let _ = write!(out, "{sep}rd={}", percent_encode(url)); // into a String: cannot fail
+        sep = '&';
     }
+    match need {
+        Some(StepUp::SecondFactor) => {
+            let _ = write!(out, "{sep}acr_values={}", percent_encode(ACR_TWO_FACTORS));
+        }
+        Some(StepUp::MaxAge(secs)) => {
+            let _ = write!(out, "{sep}max_age={secs}");
+        }
+        None => {}
+    }
+    out
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -206,15 +221,24 @@ mod tests {
         assert_eq!(
             login_location(
                 "https://login.example.org/login",
-                Some("https://app.example.org/a?x=1&y=2")
+                Some("https://app.example.org/a?x=1&y=2"),
+                None
             ),
             "https://login.example.org/login?rd=https%3A%2F%2Fapp.example.org%2Fa%3Fx%3D1%26y%3D2"
         );
         assert_eq!(
-            login_location("/login?theme=dark", Some("http://a/")),
+            login_location("/login?theme=dark", Some("http://a/"), None),
             "/login?theme=dark&rd=http%3A%2F%2Fa%2F"
         );
-        assert_eq!(login_location("/login", None), "/login");
+        assert_eq!(login_location("/login", None, None), "/login");
+        assert_eq!(
+            login_location("/login", Some("http://a/"), Some(StepUp::SecondFactor)),
+            "/login?rd=http%3A%2F%2Fa%2F&acr_values=urn%3Agatehouse%3Aacr%3A2fa"
+        );
+        assert_eq!(
+            login_location("/login", None, Some(StepUp::MaxAge(900))),
+            "/login?max_age=900"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! methods = ["POST", "PUT"]    # optional
 //! roles = ["staff"]            # any one of them
 //! scopes = ["admin"]           # all of them
+//! mfa = true                   # a second factor (else 401: step up)
+//! max_age = "15m"              # an authentication at most this old (else 401: sign in again)
 //!
 //! [[rule]]
 //! path = "/public"
@@ -39,6 +41,21 @@ pub struct Requirement {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// A second factor: the session's `amr` holds `mfa`.
+    #[serde(default)]
+    pub mfa: bool,
+    /// A recent authentication: at most this many seconds ago (`max_age = "15m"`).
+    #[serde(default, deserialize_with = "max_age")]
+    pub max_age: Option<u64>,
+}
+
+fn max_age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    match crate::duration::parse_duration(&text) {
+        Ok(t) if t.as_secs() > 0 => Ok(Some(t.as_secs())),
+        Ok(_) => Err(serde::de::Error::custom("max_age must be at least 1s")),
+        Err(e) => Err(serde::de::Error::custom(format!("max_age: {e}"))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +70,10 @@ struct RawRule {
     scopes: Vec<String>,
     #[serde(default)]
     roles: Vec<String>,
+    #[serde(default)]
+    mfa: bool,
+    #[serde(default, deserialize_with = "max_age")]
+    max_age: Option<u64>,
     /// Paths match case-insensitively unless a rule says otherwise: many upstreams
     /// (Windows, IIS, some Java and PHP stacks) serve `/ADMIN` as `/admin`.
     #[serde(default)]
@@ -124,11 +145,49 @@ pub struct Grants<'a> {
     pub roles: &'a [String],
 }
 
+/// What a session lacks for a rule that a new sign-in can give it (401, not 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUp {
+    /// A second factor (`mfa = true`).
+    SecondFactor,
+    /// An authentication at most this many seconds old (`max_age`).
+    MaxAge(u64),
+}
+
 impl Requirement {
     /// Whether an authenticated caller with `grants` may pass.
     pub fn admits(&self, grants: &Grants<'_>) -> bool {
         self.scopes.iter().all(|s| grants.scopes.contains(s))
             && (self.roles.is_empty() || self.roles.iter().any(|r| grants.roles.contains(r)))
+    }
+
+    /// Whether the rule asks how or when its caller authenticated.
+    pub fn asks_assurance(&self) -> bool {
+        self.mfa || self.max_age.is_some()
+    }
+
+    /// What `session` lacks of the rule's `mfa` and `max_age` at `now`, if anything.
+    pub fn step_up(&self, session: &crate::session::Session, now: u64) -> Option<StepUp> {
+        if self.mfa && !session.has_second_factor() {
+            return Some(StepUp::SecondFactor);
+        }
+        match self.max_age {
+            Some(max) if !session.authenticated_within(max, now) => Some(StepUp::MaxAge(max)),
+            _ => None,
+        }
+    }
+
+    /// Why a rule cannot be met as written.
+    fn contradiction(&self) -> Option<&'static str> {
+        if !self.anonymous {
+            None
+        } else if !self.scopes.is_empty() || !self.roles.is_empty() {
+            Some("anonymous = true cannot also require scopes or roles")
+        } else if self.mfa || self.max_age.is_some() {
+            Some("anonymous = true cannot also require mfa or max_age")
+        } else {
+            None
+        }
     }
 }
 
@@ -153,6 +212,8 @@ impl Policy {
                 anonymous: r.anonymous,
                 scopes: r.scopes,
                 roles: r.roles,
+                mfa: r.mfa,
+                max_age: r.max_age,
             };
             let host = match r.host.as_deref() {
                 None => None,
@@ -215,12 +276,8 @@ impl Policy {
                         .collect::<Result<HashSet<_>, _>>()?,
                 ),
             };
-            if requirement.anonymous
-                && (!requirement.scopes.is_empty() || !requirement.roles.is_empty())
-            {
-                return Err(format!(
-                    "rule {n}: anonymous = true cannot also require scopes or roles"
-                ));
+            if let Some(why) = requirement.contradiction() {
+                return Err(format!("rule {n}: {why}"));
             }
             rules.push(Rule {
                 host,
@@ -230,10 +287,8 @@ impl Policy {
                 requirement,
             });
         }
-        if raw.default.anonymous
-            && (!raw.default.scopes.is_empty() || !raw.default.roles.is_empty())
-        {
-            return Err("default: anonymous = true cannot also require scopes or roles".into());
+        if let Some(why) = raw.default.contradiction() {
+            return Err(format!("default: {why}"));
         }
         Ok(Policy {
             has_host_rules: rules.iter().any(|r| r.host.is_some()),
@@ -829,6 +884,7 @@ mod tests {
             anonymous: false,
             scopes: vec!["a".into(), "b".into()],
             roles: vec!["x".into(), "y".into()],
+            ..Requirement::default()
         };
         let g = |s: &[&str], r: &[&str]| {
             (
@@ -873,6 +929,16 @@ mod tests {
             ("[[rule]]\nmethods = []", "methods is empty"),
             ("[[rule]]\nmethods = [\"G T\"]", "invalid method"),
             ("[[rule]]\nanonymous = true\nscopes = [\"x\"]", "anonymous"),
+            (
+                "[[rule]]\nanonymous = true\nmfa = true",
+                "cannot also require mfa",
+            ),
+            (
+                "[default]\nanonymous = true\nmax_age = \"5m\"",
+                "default: anonymous",
+            ),
+            ("[[rule]]\nmax_age = \"soon\"", "max_age"),
+            ("[[rule]]\nmax_age = \"0s\"", "at least 1s"),
             ("[[rule]]\nscope = [\"x\"]", "unknown field"),
             ("[[rule]\n", ""),
         ] {

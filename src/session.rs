@@ -67,7 +67,22 @@ pub struct Session {
     /// The name its holder gave it (a personal access token's), for lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// How its holder signed in, RFC 8176 values: `pwd`, `otp`, `hwk` (a passkey), `mfa` (two
+    /// factors, or a passkey with user verification). An OAuth access token carries the
+    /// consenting session's. Empty for `session create`, client credentials and personal
+    /// tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When its holder last authenticated (Unix seconds); an older record without it counts
+    /// its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
+
+/// The `acr` of a session signed in with one factor.
+pub const ACR_ONE_FACTOR: &str = "urn:gatehouse:acr:1fa";
+/// The `acr` of a session signed in with two factors, or a passkey with user verification.
+pub const ACR_TWO_FACTORS: &str = "urn:gatehouse:acr:2fa";
 
 impl Session {
     /// A user session for `sub` from `created_at` until `expires_at` (Unix seconds), with
@@ -88,6 +103,8 @@ impl Session {
             ip: None,
             user_agent: None,
             label: None,
+            amr: Vec::new(),
+            auth_time: None,
         }
     }
 
@@ -105,6 +122,37 @@ impl Session {
         }
     }
 
+    /// When its holder last authenticated: `auth_time`, else its creation.
+    pub fn auth_time(&self) -> u64 {
+        self.auth_time.unwrap_or(self.created_at)
+    }
+
+    /// Whether a person stands behind it, signed in with a second factor (`amr` holds
+    /// `mfa`). A personal token never counts, whatever its record says: a route that asks
+    /// for a second factor is for people at a browser or an app they consented to.
+    pub fn has_second_factor(&self) -> bool {
+        self.kind != SessionKind::Personal && self.amr.iter().any(|m| m == "mfa")
+    }
+
+    /// Whether its holder authenticated at most `max_age` seconds before `now`. Personal and
+    /// client-credentials tokens (no `amr`) never do: no person signed in for them.
+    pub fn authenticated_within(&self, max_age: u64, now: u64) -> bool {
+        self.kind != SessionKind::Personal
+            && (self.kind == SessionKind::User || !self.amr.is_empty())
+            && now.saturating_sub(self.auth_time()) <= max_age
+    }
+
+    /// The `acr` its JWT carries: none without `amr`.
+    pub fn acr(&self) -> Option<&'static str> {
+        if self.amr.is_empty() {
+            None
+        } else if self.has_second_factor() {
+            Some(ACR_TWO_FACTORS)
+        } else {
+            Some(ACR_ONE_FACTOR)
+        }
+    }
+
     /// The name the upstream sees in `X-Auth-Request-User`.
     pub fn display_user(&self) -> &str {
         self.username.as_deref().unwrap_or(&self.sub)
@@ -116,4 +164,47 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_people_who_signed_in_recently_or_with_two_factors_qualify() {
+        let now = 10_000;
+        let with = |kind, amr: &[&str], auth_time| Session {
+            kind,
+            amr: amr.iter().map(|s| s.to_string()).collect(),
+            auth_time,
+            ..Session::new("u", 1_000, 100_000)
+        };
+        let mfa = ["pwd", "otp", "mfa"];
+        assert!(with(SessionKind::User, &mfa, None).has_second_factor());
+        assert!(!with(SessionKind::User, &["pwd"], None).has_second_factor());
+        // An OAuth token of a consenting session with two factors qualifies; a personal
+        // token never, whatever its record says.
+        assert!(with(SessionKind::Client, &mfa, None).has_second_factor());
+        assert!(!with(SessionKind::Personal, &mfa, None).has_second_factor());
+
+        assert!(with(SessionKind::User, &[], Some(now - 60)).authenticated_within(60, now));
+        assert!(!with(SessionKind::User, &[], Some(now - 61)).authenticated_within(60, now));
+        // Without auth_time, the creation counts.
+        assert!(!with(SessionKind::User, &[], None).authenticated_within(60, now));
+        assert!(with(SessionKind::User, &[], None).authenticated_within(9_000, now));
+        // Client credentials (no amr) and personal tokens: no person signed in for them.
+        assert!(!with(SessionKind::Client, &[], Some(now)).authenticated_within(60, now));
+        assert!(with(SessionKind::Client, &["pwd"], Some(now)).authenticated_within(60, now));
+        assert!(!with(SessionKind::Personal, &["pwd"], Some(now)).authenticated_within(60, now));
+
+        assert_eq!(with(SessionKind::User, &[], None).acr(), None);
+        assert_eq!(
+            with(SessionKind::User, &["pwd"], None).acr(),
+            Some(ACR_ONE_FACTOR)
+        );
+        assert_eq!(
+            with(SessionKind::User, &mfa, None).acr(),
+            Some(ACR_TWO_FACTORS)
+        );
+    }
 }

@@ -118,6 +118,12 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     client_id: Option<&'a str>,
     auth_method: &'static str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    amr: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'static str>,
 }
 
 /// A key file found in the keys directory.
@@ -252,6 +258,9 @@ impl Signer {
                 Method::Cookie => "session",
                 Method::Bearer => "bearer",
             },
+            amr: &session.amr,
+            auth_time: (!session.amr.is_empty()).then(|| session.auth_time()),
+            acr: session.acr(),
         };
         let signing = self.current(now);
         let jwt = jsonwebtoken::encode(&signing.header, &claims, &signing.key)?;

@@ -33,7 +33,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::auth::{Answer, Gateway, NO_STORE, X_AUTH_REQUEST_EMAIL, X_AUTH_REQUEST_USER};
+use crate::auth::{
+    Answer, Gateway, NO_STORE, X_AUTH_REQUEST_AMR, X_AUTH_REQUEST_EMAIL, X_AUTH_REQUEST_USER,
+};
 
 /// Headers per request, as hyper's default.
 const MAX_HEADERS: usize = 100;
@@ -187,6 +189,9 @@ async fn encode(answer: Answer, out: &mut Vec<u8>) {
                 header(&X_AUTH_REQUEST_EMAIL, email, out);
             }
             header(&CACHE_CONTROL, &NO_STORE, out);
+            if let Some(amr) = &entry.amr {
+                header(&X_AUTH_REQUEST_AMR, amr, out);
+            }
             end_of_head(&[], out);
             return;
         }

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use base64::Engine;
 
 const PW: &str = "tangerine kayak moonlit orbit";
 const PW2: &str = "violet harbour drum sixty";
@@ -144,15 +143,11 @@ fn auth(gh: &Gatehouse, token: &str) -> Response {
 
 /// The claims of the JWT in an `/auth` answer.
 fn claims(r: &Response) -> serde_json::Value {
-    let jwt = r
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or_else(|| panic!("no JWT: {r:?}"));
-    let payload = jwt.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    jwt_claims(
+        r.header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or_else(|| panic!("no JWT: {r:?}")),
+    )
 }
 
 fn login(b: &mut Browser, username: &str, password: &str) -> Response {

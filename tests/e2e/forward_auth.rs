@@ -41,6 +41,7 @@ http:
           - Authorization
           - X-Auth-Request-User
           - X-Auth-Request-Email
+          - X-Auth-Request-Amr
   routers:
     app:
       entryPoints: [web]
@@ -69,15 +70,18 @@ http://127.0.0.1:{{PORT}} {
 		# and the X_Auth_Request_User-style aliases that CGI, WSGI and PHP read as them.
 		request_header -X-Auth-Request-User
 		request_header -X-Auth-Request-Email
+		request_header -X-Auth-Request-Amr
 		request_header -*_*
 		request_header -*.*
 		forward_auth 127.0.0.1:{{GATEHOUSE}} {
 			uri /auth/redirect
-			copy_headers Authorization X-Auth-Request-User X-Auth-Request-Email
+			copy_headers Authorization X-Auth-Request-User X-Auth-Request-Email X-Auth-Request-Amr
 		}
 		# Caddy < 2.10 fills a header the answer lacked with its placeholder's name.
 		@unset header_regexp X-Auth-Request-Email ^\{http\.reverse_proxy\.header\.
 		request_header @unset -X-Auth-Request-Email
+		@unsetamr header_regexp X-Auth-Request-Amr ^\{http\.reverse_proxy\.header\.
+		request_header @unsetamr -X-Auth-Request-Amr
 		reverse_proxy 127.0.0.1:{{APP}}
 	}
 }

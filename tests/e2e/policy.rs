@@ -19,6 +19,14 @@ path = "/api"
 methods = ["POST", "DELETE"]
 roles = ["writer", "editor"]
 
+[[rule]]
+path = "/vault"
+mfa = true
+
+[[rule]]
+path = "/recent"
+max_age = "15m"
+
 [default]
 scopes = ["read"]
 "#;
@@ -175,6 +183,146 @@ fn rules_decide_through_nginx() {
             "{spelling} reached the upstream"
         );
     }
+}
+
+/// Issue 18, step-up: a rule with `mfa = true` refuses a password-only session with 401 (a
+/// browser is sent to sign in with `acr_values`, an API client gets RFC 9470's challenge),
+/// and admits a session with a second factor, whose `amr` reaches the upstream; a rule with
+/// `max_age` does the same for a sign-in older than it.
+#[test]
+fn step_up_rules_ask_for_what_the_session_lacks_through_nginx() {
+    let s = stack(&[]);
+    let url = s._redis.url();
+    let create = |extra: &[&str]| {
+        let mut a = vec![
+            "session",
+            "create",
+            "--redis-url",
+            &url,
+            "--sub",
+            "carol",
+            "--scope",
+            "read",
+        ];
+        a.extend_from_slice(extra);
+        cli_stdout(&gatehouse_cli(&a))
+    };
+    let password_only = create(&["--amr", "pwd"]);
+    let two_factors = create(&["--amr", "pwd", "--amr", "otp", "--amr", "mfa"]);
+    let an_hour_ago = create(&[
+        "--amr",
+        "pwd",
+        "--amr",
+        "otp",
+        "--amr",
+        "mfa",
+        "--auth-age",
+        "1h",
+    ]);
+    let browser = |token: &str, path: &str| {
+        http_get(
+            s.nginx.addr(),
+            path,
+            &[
+                ("Cookie", &cookie(token)),
+                ("Accept", "text/html"),
+                ("X-Auth-Request-Amr", "mfa"),
+            ],
+        )
+    };
+
+    // A second factor: a browser without one goes to sign in, told what is missing.
+    let r = browser(&password_only, "/vault/box?m=v1");
+    assert_eq!(r.status, 302, "{r:?}");
+    let location = r.header("location").unwrap();
+    assert!(
+        location.starts_with("https://login.example.test/login?rd=http%3A%2F%2F")
+            && location.ends_with("&acr_values=urn%3Agatehouse%3Aacr%3A2fa"),
+        "{location}"
+    );
+    assert!(!upstream_saw(&s, "m=v1"), "a step-up reached the upstream");
+    // An API client gets the 401 with RFC 9470's challenge through nginx.
+    let r = via_nginx(&s, "GET", "/vault/box?m=v2", Some(&password_only));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header_all("www-authenticate").len(), 1, "{r:?}");
+    let challenge = r.header_all("www-authenticate").join(" | ");
+    assert!(
+        challenge.contains("error=\"insufficient_user_authentication\"")
+            && challenge.contains("acr_values=\"urn:gatehouse:acr:2fa\""),
+        "{challenge}"
+    );
+    // With one: through, and the upstream learns how the user signed in, never what the
+    // client claimed.
+    let r = browser(&two_factors, "/vault/box?m=v3");
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = s
+        .app
+        .requests()
+        .into_iter()
+        .find(|h| h.contains("m=v3"))
+        .unwrap();
+    let amr: Vec<&str> = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-auth-request-amr:"))
+        .collect();
+    assert_eq!(amr, ["X-Auth-Request-Amr: pwd otp mfa"], "{head}");
+    let jwt = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+        .unwrap();
+    let claims = jwt_claims(jwt);
+    assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp", "mfa"]));
+    assert_eq!(claims["acr"], "urn:gatehouse:acr:2fa");
+    assert!(claims["auth_time"].as_u64().unwrap() > 0);
+    let r = browser(&password_only, "/home?m=v4");
+    assert_eq!(r.status, 200);
+    let head = s
+        .app
+        .requests()
+        .into_iter()
+        .find(|h| h.contains("m=v4"))
+        .unwrap();
+    assert!(
+        head.contains("X-Auth-Request-Amr: pwd\r\n") || head.contains("X-Auth-Request-Amr: pwd\n"),
+        "{head}"
+    );
+    // Anonymous: no amr at all, whatever the client sent.
+    let r = http_get(
+        s.nginx.addr(),
+        "/public/x?m=v5",
+        &[("X-Auth-Request-Amr", "mfa")],
+    );
+    assert_eq!(r.status, 200);
+    let head = s
+        .app
+        .requests()
+        .into_iter()
+        .find(|h| h.contains("m=v5"))
+        .unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("x-auth-request-amr"),
+        "{head}"
+    );
+
+    // A recent sign-in: an hour-old one goes to sign in again, with max_age.
+    let r = browser(&an_hour_ago, "/recent?m=r1");
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(
+        r.header("location").unwrap().ends_with("&max_age=900"),
+        "{r:?}"
+    );
+    let r = via_nginx(&s, "GET", "/recent?m=r2", Some(&an_hour_ago));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header_all("www-authenticate")
+            .iter()
+            .any(|c| c.contains("insufficient_user_authentication") && c.contains("max_age=900")),
+        "{r:?}"
+    );
+    assert!(!upstream_saw(&s, "m=r1") && !upstream_saw(&s, "m=r2"));
+    assert_eq!(browser(&two_factors, "/recent?m=r3").status, 200);
+    // A second factor an hour ago still satisfies mfa, where max_age does not ask.
+    assert_eq!(browser(&an_hour_ago, "/vault?m=r4").status, 200);
 }
 
 #[test]

@@ -245,16 +245,11 @@ fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
 
 /// The claims of the JWT in an `/auth` answer.
 fn claims(r: &Response) -> serde_json::Value {
-    let jwt = r
-        .header("x-auth-request-jwt")
-        .or(r.header("authorization"))
-        .unwrap();
-    let jwt = jwt.trim_start_matches("Bearer ");
-    let payload = jwt.split('.').nth(1).unwrap();
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&raw).unwrap()
+    jwt_claims(
+        r.header("x-auth-request-jwt")
+            .or(r.header("authorization"))
+            .unwrap(),
+    )
 }
 
 /// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres_redis::NAME`.

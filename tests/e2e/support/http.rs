@@ -277,3 +277,17 @@ pub(crate) fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
             .ok_or_else(|| invalid("truncated chunk"))?;
     }
 }
+
+/// The claims of a JWT (its payload, decoded; the signature is not checked).
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let jwt = jwt.trim_start_matches("Bearer ");
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a JWT: {jwt}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
