@@ -139,6 +139,59 @@ impl ServerSecret {
         aws_lc_rs::hmac::verify(&self.key, &Self::message(purpose, data), &tag).is_ok()
     }
 
+    /// Encrypts `plain` for `purpose` (AES-256-GCM, under a key derived from the secret for
+    /// that purpose alone): `<kid>.<nonce and ciphertext, base64url>`, so that a value sealed
+    /// under another secret is recognised as such.
+    pub fn seal(&self, purpose: &str, plain: &[u8]) -> String {
+        use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+        use base64::Engine;
+        let key = LessSafeKey::new(self.aead_key(purpose));
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG");
+        let mut data = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(purpose.as_bytes()),
+            &mut data,
+        )
+        .expect("AES-GCM sealing of a short value");
+        let sealed = [nonce.as_slice(), &data].concat();
+        format!(
+            "{}.{}",
+            self.kid,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+        )
+    }
+
+    /// What [`ServerSecret::seal`] sealed for `purpose`; `None` when it was sealed under
+    /// another secret or changed.
+    pub fn open(&self, purpose: &str, sealed: &str) -> Option<Vec<u8>> {
+        use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+        use base64::Engine;
+        let (kid, data) = sealed.split_once('.')?;
+        if kid != self.kid {
+            return None;
+        }
+        let mut data = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(data)
+            .ok()?;
+        if data.len() < NONCE_LEN {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&data[..NONCE_LEN]).ok()?;
+        let key = LessSafeKey::new(self.aead_key(purpose));
+        let plain = key
+            .open_within(nonce, Aad::from(purpose.as_bytes()), &mut data, NONCE_LEN..)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
+    fn aead_key(&self, purpose: &str) -> aws_lc_rs::aead::UnboundKey {
+        let derived = aws_lc_rs::hmac::sign(&self.key, &Self::message("seal", purpose));
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, derived.as_ref())
+            .expect("a 32-byte key")
+    }
+
     fn message(purpose: &str, data: &str) -> Vec<u8> {
         [purpose.as_bytes(), b"\0", data.as_bytes()].concat()
     }
@@ -181,6 +234,29 @@ pub fn read_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_their_secret_and_purpose() {
+        let a = ServerSecret::from_bytes(&[1; 32]);
+        let b = ServerSecret::from_bytes(&[2; 32]);
+        let sealed = a.seal("totp", b"twenty bytes of key!");
+        assert!(sealed.starts_with(&format!("{}.", a.kid())));
+        assert_eq!(a.open("totp", &sealed).unwrap(), b"twenty bytes of key!");
+        assert_ne!(
+            sealed,
+            a.seal("totp", b"twenty bytes of key!"),
+            "a new nonce each time"
+        );
+        assert_eq!(a.open("other", &sealed), None);
+        assert_eq!(b.open("totp", &sealed), None);
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            a.open("totp", std::str::from_utf8(&tampered).unwrap()),
+            None
+        );
+    }
 
     #[test]
     fn debug_and_display_never_show_the_value() {

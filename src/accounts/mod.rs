@@ -11,6 +11,7 @@ mod api;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod factors;
 pub mod followers;
 pub mod guard;
 pub mod mail;
