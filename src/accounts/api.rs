@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::db::User;
 use super::ops::{self, Problem};
+use super::second;
 use super::web::{self, Ctx};
 use super::Accounts;
 use crate::secret::Secret;
@@ -30,6 +31,11 @@ type App = State<Arc<Accounts>>;
 pub fn routes() -> Router<Arc<Accounts>> {
     Router::new()
         .route("/api/login", post(login))
+        .route("/api/login/second-factor", post(second_factor))
+        .route("/api/security", get(security))
+        .route("/api/security/totp", post(begin_totp).delete(remove_totp))
+        .route("/api/security/totp/confirm", post(confirm_totp))
+        .route("/api/security/recovery-codes", post(recovery_codes))
         .route("/api/logout", post(logout))
         .route("/api/register", post(register))
         .route("/api/password/forgot", post(forgot))
@@ -133,22 +139,183 @@ async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejecti
         Err(r) => return r,
     };
     match ops::login(&app, &ctx.caller(), &b.username, Secret::new(b.password)).await {
-        Ok(done) => {
+        Ok(ops::LoginOutcome::Done(done)) => logged_in(&app, *done),
+        Ok(ops::LoginOutcome::SecondStep { pending, methods }) => {
             let mut r = answer(
                 StatusCode::OK,
-                json!({ "user": user_json(&app, &done.user), "sid": done.issued.sid }),
+                json!({ "second_factor_required": true, "methods": methods }),
             );
-            web::set_session_cookie(
-                &app,
-                r.headers_mut(),
-                done.issued.token.expose(),
-                app.settings.session_ttl,
-            );
-            web::signed_in_cookies(&app, r.headers_mut(), &done.device);
+            web::set_pending_cookie(&app, r.headers_mut(), pending.expose(), ops::PENDING_TTL);
             r
         }
         Err(p) => error(p),
     }
+}
+
+/// A finished sign-in: the user, and the cookies (the pending one cleared).
+fn logged_in(app: &Accounts, done: ops::LoggedIn) -> Response {
+    let mut r = answer(
+        StatusCode::OK,
+        json!({ "user": user_json(app, &done.user), "sid": done.issued.sid }),
+    );
+    web::completed_login_cookies(app, r.headers_mut(), &done);
+    r
+}
+
+#[derive(Deserialize)]
+struct CodeBody {
+    method: String,
+    code: String,
+}
+
+/// `POST /api/login/second-factor`: finishes the sign-in pending in this browser's cookie
+/// with the same answer as a finished `/api/login`; a signed-in caller steps up instead.
+async fn second_factor(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<CodeBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let caller = ctx.caller();
+    if let Some(pending) = ctx.pending() {
+        return match second::second_step(&app, &caller, pending, &b.method, &b.code).await {
+            Ok(done) => logged_in(&app, done),
+            Err(p) => error(p),
+        };
+    }
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::step_up(&app, &caller, &user, &b.method, &b.code).await {
+        Ok(issued) => {
+            let mut r = answer(
+                StatusCode::OK,
+                json!({ "user": user_json(&app, &user), "sid": issued.sid }),
+            );
+            web::set_session_cookie(
+                &app,
+                r.headers_mut(),
+                issued.token.expose(),
+                app.settings.session_ttl,
+            );
+            r
+        }
+        Err(p) => error(p),
+    }
+}
+
+/// `GET /api/security`: the caller's second factors.
+async fn security(State(app): App, ctx: Ctx) -> Response {
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::factors_of(&app, &user.id).await {
+        Ok(f) => answer(
+            StatusCode::OK,
+            json!({ "totp": f.totp, "recovery_codes_left": f.recovery_left }),
+        ),
+        Err(p) => error(p),
+    }
+}
+
+/// `POST /api/security/totp`: starts enrolling an authenticator app (409 when one is
+/// confirmed): its secret and `otpauth://` URI, once.
+async fn begin_totp(State(app): App, ctx: Ctx, b: Result<Json<Value>, JsonRejection>) -> Response {
+    let user = match writer(&app, &ctx, b).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::begin_totp(&app, &user).await {
+        Ok(Some(e)) => answer(StatusCode::OK, json!({ "secret": e.secret, "uri": e.uri })),
+        Ok(None) => refusal(
+            StatusCode::CONFLICT,
+            "already_enrolled",
+            "An authenticator app is already set up: remove it first.",
+        ),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfirmBody {
+    code: String,
+}
+
+/// `POST /api/security/totp/confirm`: the first code confirms the app; the first set of
+/// recovery codes comes back once (`null` when the user had some).
+async fn confirm_totp(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<ConfirmBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::confirm_totp(&app, &ctx.caller(), &user, &b.code).await {
+        Ok(codes) => answer(StatusCode::OK, json!({ "recovery_codes": codes })),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    password: String,
+}
+
+/// `DELETE /api/security/totp`: removes the app and the recovery codes; the password first.
+async fn remove_totp(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<PasswordBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let user = match user(&app, &ctx).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::remove_totp(&app, &ctx.caller(), &user, &b.password).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(p) => error(p),
+    }
+}
+
+/// `POST /api/security/recovery-codes`: a new set, once; the old one is void.
+async fn recovery_codes(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let user = match writer(&app, &ctx, b).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::new_recovery_codes(&app, &ctx.caller(), &user).await {
+        Ok(codes) => answer(StatusCode::OK, json!({ "recovery_codes": codes })),
+        Err(p) => error(p),
+    }
+}
+
+/// A write with no fields of its own: the cross-site check, then the signed-in user.
+async fn writer(
+    app: &Accounts,
+    ctx: &Ctx,
+    b: Result<Json<Value>, JsonRejection>,
+) -> Result<User, Response> {
+    body(app, ctx, b)?;
+    user(app, ctx).await
 }
 
 async fn logout(State(app): App, ctx: Ctx, b: Result<Json<Value>, JsonRejection>) -> Response {

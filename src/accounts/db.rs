@@ -97,6 +97,28 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // between two starts ends the sessions of the users whose scopes it changed.
         &["CREATE TABLE role_scopes (role TEXT PRIMARY KEY, scopes TEXT NOT NULL)"],
     ),
+    (
+        3,
+        // Second factors. An authenticator app per user: its secret sealed with the server
+        // secret, confirmed once a first code was right, and the last step used (no code
+        // twice). Recovery codes as SHA-256, each used once.
+        &[
+            "CREATE TABLE user_totp (
+                user_id TEXT PRIMARY KEY,
+                secret TEXT NOT NULL,
+                confirmed_at BIGINT,
+                last_step BIGINT NOT NULL,
+                created_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE user_recovery_codes (
+                user_id TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                used_at BIGINT,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (user_id, hash)
+            )",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +209,9 @@ pub enum Purpose {
     /// Lets the address in `email` register (`--registration invite`); its user id is
     /// `invite:<address>`, so a newer invitation to the same address voids the older.
     Invite,
+    /// A sign-in whose password was right and whose second step is pending (5 minutes, in an
+    /// HttpOnly cookie of the browser that gave the password); a newer one voids the older.
+    SecondStep,
 }
 
 impl Purpose {
@@ -195,6 +220,7 @@ impl Purpose {
             Purpose::Confirm => "confirm",
             Purpose::Reset => "reset",
             Purpose::Invite => "invite",
+            Purpose::SecondStep => "second_step",
         }
     }
 }
@@ -708,6 +734,149 @@ impl Db {
     }
 }
 
+/// A user's authenticator app, as stored.
+pub struct Totp {
+    /// Sealed with the server secret (`factors::TOTP_PURPOSE`).
+    pub sealed_secret: String,
+    /// Whether a first code confirmed it: until then it is no factor.
+    pub confirmed: bool,
+}
+
+/// Second factors.
+impl Db {
+    /// The user's authenticator app, confirmed or not.
+    pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, DbError> {
+        let row = sqlx::query("SELECT secret, confirmed_at FROM user_totp WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(Totp {
+                sealed_secret: r.try_get("secret")?,
+                confirmed: r.try_get::<Option<i64>, _>("confirmed_at")?.is_some(),
+            }),
+            None => None,
+        })
+    }
+
+    /// Starts an enrolment: `sealed_secret`, unconfirmed, in place of any unconfirmed one. A
+    /// confirmed app stays until removed (`false`).
+    pub async fn begin_totp(&self, user_id: &str, sealed_secret: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM user_totp WHERE user_id = $1 AND confirmed_at IS NULL")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO user_totp (user_id, secret, confirmed_at, last_step, created_at)
+             SELECT $1, $2, NULL, 0, $3 WHERE NOT EXISTS (SELECT 1 FROM user_totp WHERE user_id = $4)",
+        )
+        .bind(user_id)
+        .bind(sealed_secret)
+        .bind(unix_now() as i64)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
+    /// Records that the code of `step` was used, if no code of it or a later step was: the
+    /// replay check, atomic on both backends. With `confirm`, the enrolment is confirmed too.
+    pub async fn use_totp_step(
+        &self,
+        user_id: &str,
+        step: u64,
+        confirm: bool,
+    ) -> Result<bool, DbError> {
+        // (Each placeholder once and in order: how both backends read them through Any.)
+        let query = if confirm {
+            sqlx::query(
+                "UPDATE user_totp SET last_step = $1, confirmed_at = $2
+                 WHERE user_id = $3 AND last_step < $4 AND confirmed_at IS NULL",
+            )
+            .bind(step as i64)
+            .bind(unix_now() as i64)
+        } else {
+            sqlx::query(
+                "UPDATE user_totp SET last_step = $1
+                 WHERE user_id = $2 AND last_step < $3 AND confirmed_at IS NOT NULL",
+            )
+            .bind(step as i64)
+        };
+        let n = query
+            .bind(user_id)
+            .bind(step as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Removes the user's authenticator app; whether there was one.
+    pub async fn remove_totp(&self, user_id: &str) -> Result<bool, DbError> {
+        let n = sqlx::query("DELETE FROM user_totp WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Replaces the user's recovery codes with these hashes (an empty list removes them).
+    pub async fn replace_recovery_codes(
+        &self,
+        user_id: &str,
+        hashes: &[String],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM user_recovery_codes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let now = unix_now() as i64;
+        for hash in hashes {
+            sqlx::query(
+                "INSERT INTO user_recovery_codes (user_id, hash, used_at, created_at) VALUES ($1, $2, NULL, $3)",
+            )
+            .bind(user_id)
+            .bind(hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Uses the recovery code of `hash`, once: whether it was the user's and unused.
+    pub async fn use_recovery_code(&self, user_id: &str, hash: &str) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE user_recovery_codes SET used_at = $1 WHERE user_id = $2 AND hash = $3 AND used_at IS NULL",
+        )
+        .bind(unix_now() as i64)
+        .bind(user_id)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// How many of the user's recovery codes are unused.
+    pub async fn recovery_codes_left(&self, user_id: &str) -> Result<u64, DbError> {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM user_recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        Ok(n.max(0) as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,7 +909,14 @@ mod tests {
         let only_accounts = tables(&db).await;
         assert_eq!(
             only_accounts,
-            ["gatehouse_schema", "role_scopes", "user_tokens", "users"],
+            [
+                "gatehouse_schema",
+                "role_scopes",
+                "user_recovery_codes",
+                "user_tokens",
+                "user_totp",
+                "users"
+            ],
         );
         db.migrate(&[&EXTRA]).await.unwrap();
         db.migrate(&[&EXTRA]).await.unwrap();
@@ -758,6 +934,7 @@ mod tests {
             [
                 ("accounts".to_owned(), 1),
                 ("accounts".to_owned(), 2),
+                ("accounts".to_owned(), 3),
                 ("extra".to_owned(), 1)
             ]
         );

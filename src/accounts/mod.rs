@@ -18,6 +18,8 @@ pub mod mail;
 mod ops;
 pub mod pages;
 pub mod password;
+mod second;
+mod security;
 pub(crate) mod web;
 
 use std::net::IpAddr;
@@ -54,9 +56,15 @@ pub const LOGIN_RESULTS: [&str; 6] = [
     "busy",
 ];
 
+/// The methods of `gatehouse_second_factor_total{method,result}`.
+pub const SECOND_FACTOR_METHODS: [&str; 2] = ["totp", "recovery"];
+/// Its results.
+pub const SECOND_FACTOR_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
+
 /// The module's counters, exposed beside the core's on /metrics.
 pub struct AccountMetrics {
     logins: Family<[(&'static str, &'static str); 1], Counter>,
+    second_factors: Family<[(&'static str, &'static str); 2], Counter>,
     pub registrations: Counter,
     pub password_resets: Counter,
     pub throttled: Counter,
@@ -67,6 +75,7 @@ impl AccountMetrics {
         let mut registry = Registry::with_prefix("gatehouse");
         let m = AccountMetrics {
             logins: Family::default(),
+            second_factors: Family::default(),
             registrations: Counter::default(),
             password_resets: Counter::default(),
             throttled: Counter::default(),
@@ -80,6 +89,18 @@ impl AccountMetrics {
             "logins",
             "Login attempts by result (ok, failed, throttled, inactive, unconfirmed, busy)",
             m.logins.clone(),
+        );
+        for method in SECOND_FACTOR_METHODS {
+            for result in SECOND_FACTOR_RESULTS {
+                let _ = m
+                    .second_factors
+                    .get_or_create(&[("method", method), ("result", result)]);
+            }
+        }
+        registry.register(
+            "second_factor",
+            "Second steps of sign-in and step-up by method (totp, recovery) and result (ok, failed, throttled)",
+            m.second_factors.clone(),
         );
         registry.register(
             "registrations",
@@ -97,6 +118,16 @@ impl AccountMetrics {
             m.throttled.clone(),
         );
         (m, registry)
+    }
+
+    /// Counts a second step; `method` and `result` are of [`SECOND_FACTOR_METHODS`] and
+    /// [`SECOND_FACTOR_RESULTS`].
+    pub fn second_factor(&self, method: &'static str, result: &'static str) {
+        debug_assert!(SECOND_FACTOR_METHODS.contains(&method), "{method}");
+        debug_assert!(SECOND_FACTOR_RESULTS.contains(&result), "{result}");
+        self.second_factors
+            .get_or_create(&[("method", method), ("result", result)])
+            .inc();
     }
 
     /// Counts a login attempt; `result` is one of [`LOGIN_RESULTS`].
@@ -253,6 +284,7 @@ impl Accounts {
     /// the pages.
     pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
         let own = web::routes()
+            .merge(security::routes())
             .merge(api::routes())
             .fallback(web::not_found)
             .with_state(self.clone());

@@ -66,7 +66,7 @@ impl Problem {
         }
     }
 
-    fn wait(app: &Accounts, code: &'static str, wait: Duration) -> Problem {
+    pub(super) fn wait(app: &Accounts, code: &'static str, wait: Duration) -> Problem {
         app.metrics.throttled.inc();
         let secs = wait.as_secs().max(1);
         Problem {
@@ -128,14 +128,20 @@ pub struct Caller<'a> {
     pub device: Option<&'a str>,
 }
 
-/// What follows an accepted password. Today always a session; a second factor (passkey,
-/// TOTP) will be a step here, between the password and the session.
-pub enum Step {
+/// What follows an accepted password: the session, or first a second step when the user
+/// has a second factor.
+enum Step {
     IssueSession,
+    SecondFactor { methods: Vec<&'static str> },
 }
 
-fn next_step(_user: &User) -> Step {
-    Step::IssueSession
+async fn next_step(app: &Accounts, user: &User) -> Result<Step, Problem> {
+    let methods = super::second::methods(app, &user.id).await?;
+    Ok(if methods.is_empty() {
+        Step::IssueSession
+    } else {
+        Step::SecondFactor { methods }
+    })
 }
 
 /// The user behind a live session, when they still exist and are active.
@@ -164,6 +170,20 @@ pub struct LoggedIn {
     pub device: String,
 }
 
+/// What a right password leads to.
+pub enum LoginOutcome {
+    Done(Box<LoggedIn>),
+    /// The second step is pending: `pending` goes into the browser's HttpOnly pending cookie,
+    /// `methods` are what the user can finish it with (`totp`, `recovery`).
+    SecondStep {
+        pending: Secret<String>,
+        methods: Vec<&'static str>,
+    },
+}
+
+/// How long a pending sign-in waits for its second step.
+pub const PENDING_TTL: Duration = Duration::from_secs(5 * 60);
+
 /// Checks a username-or-email and password, with the login delays; on success the session.
 ///
 /// The delays follow OWASP's device cookies: a browser that signed into this account before
@@ -176,7 +196,7 @@ pub async fn login(
     caller: &Caller<'_>,
     login: &str,
     password: Secret<String>,
-) -> Result<LoggedIn, Problem> {
+) -> Result<LoginOutcome, Problem> {
     // Refused before anything else: a longer name is no user's, and must cost no memory, no
     // hash and no log line.
     if login.len() > MAX_LOGIN {
@@ -275,25 +295,45 @@ pub async fn login(
             }
         }
     }
-    match next_step(&user) {
-        Step::IssueSession => {
-            let issued = issue_session(app, caller, &user).await?;
-            // A device that signed in is known from now on (a new nonce each time).
-            let device = guard::Device::issue(&app.secret, &user.id);
-            Ok(LoggedIn {
-                issued,
-                user,
-                device,
-            })
+    match next_step(app, &user).await? {
+        Step::IssueSession => Ok(LoginOutcome::Done(Box::new(
+            finish_login(app, caller, user, &["pwd"]).await?,
+        ))),
+        Step::SecondFactor { methods } => {
+            let pending = app
+                .db
+                .issue_token(&user.id, Purpose::SecondStep, "", PENDING_TTL)
+                .await?;
+            audit!("login_second_step", user.id, caller.ip);
+            Ok(LoginOutcome::SecondStep { pending, methods })
         }
     }
 }
 
-/// The session for a user whose login is complete.
-async fn issue_session(
+/// The session of a completed sign-in, signed in with `amr`, and the device cookie.
+pub(super) async fn finish_login(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: User,
+    amr: &[&str],
+) -> Result<LoggedIn, Problem> {
+    let issued = issue_session(app, caller, &user, amr).await?;
+    // A device that signed in is known from now on (a new nonce each time).
+    let device = guard::Device::issue(&app.secret, &user.id);
+    Ok(LoggedIn {
+        issued,
+        user,
+        device,
+    })
+}
+
+/// The session for a user whose login is complete, who signed in with `amr` just now. Any
+/// session the caller carried is ended (no fixation; a step-up replaces its session).
+pub(super) async fn issue_session(
     app: &Accounts,
     caller: &Caller<'_>,
     user: &User,
+    amr: &[&str],
 ) -> Result<Issued, Problem> {
     let sessions = app.gateway.sessions();
     // Never reuse what the caller had: a session it carried before is ended, and the new one
@@ -310,6 +350,8 @@ async fn issue_session(
         scopes,
         ip: Some(caller.ip.to_string()),
         user_agent: caller.user_agent.clone(),
+        amr: amr.iter().map(|m| m.to_string()).collect(),
+        auth_time: Some(crate::session::unix_now()),
         ..crate::sessions::Sessions::draft(user.id.clone(), app.settings.session_ttl)
     };
     let issued = sessions.issue(&session).await?;

@@ -179,3 +179,45 @@ mod tests {
         assert_eq!(super::date(951_782_400), "2000-02-29 00:00 UTC");
     }
 }
+
+#[derive(Template)]
+#[template(path = "second_factor.html")]
+pub struct SecondFactor {
+    pub page: Page,
+    pub rd: String,
+    /// `totp` or `recovery`: which form is shown.
+    pub method: String,
+    pub can_recovery: bool,
+    /// A signed-in user asked for a second factor by a route, not a sign-in.
+    pub step_up: bool,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "security.html")]
+pub struct Security {
+    pub page: Page,
+    pub totp: bool,
+    pub recovery_left: u64,
+    pub notice: String,
+    pub error: String,
+    pub password_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "totp_enrol.html")]
+pub struct TotpEnrol {
+    pub page: Page,
+    pub secret: String,
+    /// Inline SVG made by `factors::qr_svg` from the secret's URI (no user input in it).
+    pub qr_svg: String,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "recovery_codes.html")]
+pub struct RecoveryCodes {
+    pub page: Page,
+    pub codes: Vec<String>,
+    pub notice: String,
+}

@@ -57,6 +57,8 @@ pub struct Ctx {
     session: Option<Listed>,
     /// The known-device cookie, as sent (checked by the login).
     device: Option<String>,
+    /// The pending sign-in's cookie, as sent (checked by the second step).
+    pending: Option<Secret<String>>,
 }
 
 /// An answer before any handler ran: the store failed (503).
@@ -106,6 +108,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
             .map(str::to_owned);
         let token = cookie(&s.cookie_name).map(|v| Secret::new(v.to_owned()));
         let device = cookie(super::guard::DEVICE_COOKIE).map(str::to_owned);
+        let pending = cookie(PENDING_COOKIE).map(|v| Secret::new(v.to_owned()));
         let session = match &token {
             Some(t) => app
                 .gateway
@@ -125,6 +128,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
             token,
             session,
             device,
+            pending,
         })
     }
 }
@@ -145,6 +149,11 @@ impl Ctx {
 
     pub(super) fn token(&self) -> Option<&str> {
         self.token.as_ref().map(|t| t.expose().as_str())
+    }
+
+    /// The sign-in pending its second step in this browser, if any (unchecked).
+    pub(super) fn pending(&self) -> Option<&str> {
+        self.pending.as_ref().map(|t| t.expose().as_str())
     }
 
     pub(crate) fn page(&self, section: &'static str) -> Page {
@@ -199,6 +208,29 @@ pub(crate) fn html(app: &Accounts, ctx: &Ctx, status: StatusCode, page: impl Tem
         set_csrf_cookie(app, h, &ctx.csrf);
     }
     response
+}
+
+/// The cookie of a sign-in whose second step is pending: HttpOnly, this site only, 5 minutes.
+pub(super) const PENDING_COOKIE: &str = "gatehouse_pending";
+
+/// Sets (or with an empty value and no lifetime, clears) the pending sign-in's cookie.
+pub(super) fn set_pending_cookie(app: &Accounts, h: &mut HeaderMap, value: &str, ttl: Duration) {
+    let cookie = Cookie::build((PENDING_COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .secure(app.settings.secure)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64))
+        .build();
+    add_cookie(h, &cookie);
+}
+
+/// Every cookie of a finished sign-in: the session, a new CSRF token, the known device, and
+/// the pending sign-in's cleared.
+pub(super) fn completed_login_cookies(app: &Accounts, h: &mut HeaderMap, done: &ops::LoggedIn) {
+    set_session_cookie(app, h, done.issued.token.expose(), app.settings.session_ttl);
+    signed_in_cookies(app, h, &done.device);
+    set_pending_cookie(app, h, "", Duration::ZERO);
 }
 
 /// Sets the CSRF cookie (double submit) to `value`.
@@ -319,7 +351,7 @@ pub(crate) fn post_allowed(app: &Accounts, ctx: &Ctx, csrf: &str) -> bool {
 }
 
 /// Where `rd` may send the browser, or `None`.
-fn redirect_target(app: &Accounts, ctx: &Ctx, rd: &str) -> Option<String> {
+pub(super) fn redirect_target(app: &Accounts, ctx: &Ctx, rd: &str) -> Option<String> {
     let mut allowed = app.settings.allowed_redirect_hosts.clone();
     allowed.extend(ctx.host());
     super::guard::safe_redirect(rd, &allowed)
@@ -352,12 +384,6 @@ fn min_hint(app: &Accounts) -> String {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub struct RdQuery {
-    rd: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
 pub struct LoginForm {
     csrf: String,
     username: String,
@@ -365,15 +391,46 @@ pub struct LoginForm {
     rd: String,
 }
 
-async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<RdQuery>) -> Response {
+/// `/login`: the form; for a signed-in browser, `rd` at once, unless the route it came from
+/// asks for more (a step-up): a second factor (`acr_values` names two factors), which it
+/// asks for alone, or a recent sign-in (`max_age`), for which it signs in again.
+async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> Response {
     let rd = redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
-    if ctx.session.is_some() {
-        return see_other(if rd.is_empty() { "/account" } else { &rd });
+    let Some(listed) = &ctx.session else {
+        return login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "");
+    };
+    let session = &listed.session;
+    let now = crate::session::unix_now();
+    if q.max_age
+        .is_some_and(|max| !session.authenticated_within(max, now))
+    {
+        let username = session.username.clone().unwrap_or_default();
+        return login_form(
+            &app,
+            &ctx,
+            StatusCode::OK,
+            &username,
+            &rd,
+            "",
+            "This page asks you to have signed in recently. Please sign in again.",
+        );
     }
-    login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "")
+    if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
+        return super::security::step_up_page(&app, &ctx, &rd).await;
+    }
+    see_other(if rd.is_empty() { "/account" } else { &rd })
 }
 
-fn login_form(
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginQuery {
+    rd: String,
+    /// A step-up's need, in OpenID Connect's words (from `X-Gatehouse-Login`).
+    acr_values: String,
+    max_age: Option<u64>,
+}
+
+pub(super) fn login_form(
     app: &Accounts,
     ctx: &Ctx,
     status: StatusCode,
@@ -409,7 +466,7 @@ impl Ctx {
 }
 
 /// A problem as a page of its own (the forms render their field errors themselves).
-fn problem_page(app: &Accounts, ctx: &Ctx, p: Problem) -> Response {
+pub(super) fn problem_page(app: &Accounts, ctx: &Ctx, p: Problem) -> Response {
     let (heading, link) = match p.code {
         "throttled" | "rate_limited" => ("Slow down", None),
         "registration_closed" => ("Registration is closed", Some(("/login", "Go to sign in"))),
@@ -434,15 +491,18 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
     }
     let rd = redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
     match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
-        Ok(done) => {
+        Ok(ops::LoginOutcome::Done(done)) => {
             let mut r = see_other(if rd.is_empty() { "/account" } else { &rd });
-            set_session_cookie(
-                &app,
-                r.headers_mut(),
-                done.issued.token.expose(),
-                app.settings.session_ttl,
-            );
-            signed_in_cookies(&app, r.headers_mut(), &done.device);
+            completed_login_cookies(&app, r.headers_mut(), &done);
+            r
+        }
+        Ok(ops::LoginOutcome::SecondStep { pending, .. }) => {
+            let mut to = "/login/second-factor".to_owned();
+            if !rd.is_empty() {
+                to += &format!("?rd={}", crate::forward::percent_encode(&rd));
+            }
+            let mut r = see_other(&to);
+            set_pending_cookie(&app, r.headers_mut(), pending.expose(), ops::PENDING_TTL);
             r
         }
         Err(p)

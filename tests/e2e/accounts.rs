@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const PW: &str = "tangerine kayak moonlit orbit";
+pub(crate) const PW: &str = "tangerine kayak moonlit orbit";
 const PW2: &str = "violet harbour drum sixty";
 const PW3: &str = "copper lantern quietly folds";
-const COOKIE: &str = "gatehouse_session";
+pub(crate) const COOKIE: &str = "gatehouse_session";
 
 fn roles_file(dir: &TempDir) -> String {
     let path = dir.join("roles.toml");
@@ -32,7 +32,7 @@ fn start(dir: &TempDir, extra: &[&str]) -> Gatehouse {
 
 /// Where a test's users live.
 #[derive(Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     /// `accounts.db` in the data directory.
     Sqlite,
     /// A throw-away PostgreSQL cluster.
@@ -41,14 +41,14 @@ enum Backend {
 
 /// One test's deployment: the server, the users' database and a directory holding the role
 /// file and the data directory (mail lands in `data/mail`). Fields drop in this order.
-struct Site {
-    gh: Gatehouse,
+pub(crate) struct Site {
+    pub(crate) gh: Gatehouse,
     pg: Option<Postgres>,
     dir: TempDir,
 }
 
 impl Site {
-    fn start(name: &str, backend: Backend, extra: &[&str]) -> Site {
+    pub(crate) fn start(name: &str, backend: Backend, extra: &[&str]) -> Site {
         let dir = TempDir::new(name);
         let pg = matches!(backend, Backend::Postgres).then(Postgres::start);
         let url = pg.as_ref().map(Postgres::url);
@@ -65,7 +65,7 @@ impl Site {
         Site { gh, pg, dir }
     }
 
-    fn data(&self) -> String {
+    pub(crate) fn data(&self) -> String {
         self.dir.join("data")
     }
 
@@ -83,7 +83,7 @@ impl Site {
         gatehouse_cli_with(&all, &env, stdin)
     }
 
-    fn create_user(&self, username: &str, email: &str, password: &str) {
+    pub(crate) fn create_user(&self, username: &str, email: &str, password: &str) {
         let out = self.cli(
             &["user", "create", "--username", username, "--email", email],
             Some(password),
@@ -133,7 +133,7 @@ fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
     }
 }
 
-fn auth(gh: &Gatehouse, token: &str) -> Response {
+pub(crate) fn auth(gh: &Gatehouse, token: &str) -> Response {
     http_get(
         gh.addr(),
         "/auth",
@@ -142,7 +142,7 @@ fn auth(gh: &Gatehouse, token: &str) -> Response {
 }
 
 /// The claims of the JWT in an `/auth` answer.
-fn claims(r: &Response) -> serde_json::Value {
+pub(crate) fn claims(r: &Response) -> serde_json::Value {
     jwt_claims(
         r.header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "))
@@ -150,7 +150,7 @@ fn claims(r: &Response) -> serde_json::Value {
     )
 }
 
-fn login(b: &mut Browser, username: &str, password: &str) -> Response {
+pub(crate) fn login(b: &mut Browser, username: &str, password: &str) -> Response {
     b.submit(
         "/login",
         "/login",

@@ -28,5 +28,7 @@ mod accounts;
 mod browser;
 #[cfg(feature = "registry")]
 mod registry;
+#[cfg(feature = "accounts")]
+mod second_factor;
 #[cfg(feature = "registry")]
 mod upgrade;

