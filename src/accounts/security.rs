@@ -266,7 +266,14 @@ fn enrol_page(
         status,
         pages::TotpEnrol {
             page: ctx.page("security"),
-            secret: e.secret.clone(),
+            // In groups of four, as apps show and take it.
+            secret: e
+                .secret
+                .as_bytes()
+                .chunks(4)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
             qr_svg: svg,
             error: error.into(),
         },

@@ -381,3 +381,169 @@ async fn consent_apps_and_tokens_through_nginx() {
     );
     c.close().await.unwrap();
 }
+
+/// The 6-digit code of the base32 `secret` for the current 30-second step, once the step has
+/// at least 8 s left (so that it is still current when the server checks it).
+async fn totp_now(secret: &str, skip: u64) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() % 30 > 22 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut buffer, mut bits, mut raw) = (0u32, 0u32, Vec::new());
+    for c in secret.bytes().filter(|b| !b.is_ascii_whitespace()) {
+        buffer = (buffer << 5) | ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+        bits += 5;
+        if bits >= 8 {
+            raw.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    format!(
+        "{:06}",
+        gatehouse::accounts::factors::code_at(&raw, now() / 30 + skip)
+    )
+}
+
+/// Issue 18 in a browser, through real nginx: a route with `mfa = true` sends a password-only
+/// session to the step-up; the user enrols an authenticator app from the page's key, steps
+/// up with its code and lands back on the route; later sign-ins ask for password and code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
+    let dir = TempDir::new("browser-2fa");
+    let data = dir.join("data");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\npath = \"/vault\"\nmfa = true\n\n[[rule]]\npath = \"/login\"\nanonymous = true\n",
+    )
+    .unwrap();
+    let gh = Gatehouse::spawn(&args(&[
+        "--insecure-cookies",
+        "--data-dir",
+        &data,
+        "--policy",
+        &policy,
+    ]));
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "bea",
+            "--email",
+            "bea@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let app = EchoServer::start();
+    let nginx = signin_site(gh.addr().port(), app.port());
+    let site = format!("http://{}", nginx.addr());
+    let driver = ChromeDriver::start();
+    let c = browser(&driver).await;
+
+    // Signed in with the password alone: the vault asks for a second factor, and with none
+    // set up the page says so on the security page.
+    c.goto(&format!("{site}/home")).await.unwrap();
+    sign_in(&c, "bea", PW).await;
+    wait_path(&c, "/home").await;
+    c.goto(&format!("{site}/vault/box?k=1")).await.unwrap();
+    wait_path(&c, "/login").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("needs a second factor"), "{page}");
+    assert!(!app.requests().iter().any(|r| r.contains("/vault")));
+    shoot(&c, "security-step-up-enrol").await;
+
+    // Enrol from the page: the key as text, the code from it.
+    c.goto(&format!("{site}/account/security")).await.unwrap();
+    shoot(&c, "security").await;
+    click(&c, "form[action='/account/security/totp'] button").await;
+    wait_path(&c, "/account/security/totp").await;
+    let key = c
+        .find(Locator::Id("totp-secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    shoot(&c, "security-totp-enrol").await;
+    fill(&c, "code", &totp_now(&key, 0).await).await;
+    click(&c, "form button[type=submit]").await;
+    wait_path(&c, "/account/security/totp/confirm").await;
+    let codes = c.find(Locator::Id("recovery-codes")).await.unwrap();
+    assert_eq!(codes.find_all(Locator::Css("li")).await.unwrap().len(), 10);
+    shoot(&c, "security-recovery-codes").await;
+
+    // The vault now asks for the code alone, and the session that passes is a new one.
+    let before = c.get_named_cookie("gatehouse_session").await.unwrap();
+    c.goto(&format!("{site}/vault/box?k=2")).await.unwrap();
+    wait_path(&c, "/login").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("Confirm it"), "{page}");
+    assert!(
+        !page.contains("id=\"password\""),
+        "a step-up asks only for the code"
+    );
+    shoot(&c, "second-step-step-up").await;
+    // (The code of the next step: the enrolment used this one, and codes are single use.)
+    fill(&c, "code", &totp_now(&key, 1).await).await;
+    click(&c, "form button[type=submit]").await;
+    wait_path(&c, "/vault/box").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("X-Auth-Request-Amr: pwd otp mfa"), "{page}");
+    let after = c.get_named_cookie("gatehouse_session").await.unwrap();
+    assert_ne!(
+        before.value(),
+        after.value(),
+        "the step-up kept the old session"
+    );
+    let old = http_get(
+        gh.addr(),
+        "/auth",
+        &[("Cookie", &format!("gatehouse_session={}", before.value()))],
+    );
+    assert_eq!(
+        old.status, 401,
+        "the session before the step-up still works"
+    );
+
+    // Signing in again: password, then the second step.
+    c.goto(&format!("{site}/logout")).await.unwrap();
+    click(&c, "form button[type=submit]").await;
+    c.delete_all_cookies().await.unwrap();
+    c.goto(&format!("{site}/vault/box?k=3")).await.unwrap();
+    wait_path(&c, "/login").await;
+    sign_in(&c, "bea", PW).await;
+    wait_path(&c, "/login/second-factor").await;
+    assert!(c.get_named_cookie("gatehouse_session").await.is_err());
+    shoot(&c, "second-step").await;
+    // A code of a later step than the step-up's: wait for the step to turn.
+    let used = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+        + 1;
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30
+        < used
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    fill(&c, "code", &totp_now(&key, 1).await).await;
+    click(&c, "form button[type=submit]").await;
+    wait_path(&c, "/vault/box").await;
+    c.close().await.unwrap();
+}

@@ -34,7 +34,7 @@ on_both_backends!(authenticator_app_and_recovery_codes);
 fn base32_decode(s: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.bytes() {
+    for c in s.bytes().filter(|b| !b.is_ascii_whitespace()) {
         let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
         buffer = (buffer << 5) | v;
         bits += 5;
