@@ -154,10 +154,12 @@ async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejecti
 
 /// A finished sign-in: the user, and the cookies (the pending one cleared).
 fn logged_in(app: &Accounts, done: ops::LoggedIn) -> Response {
-    let mut r = answer(
-        StatusCode::OK,
-        json!({ "user": user_json(app, &done.user), "sid": done.issued.sid }),
-    );
+    let mut body = json!({ "user": user_json(app, &done.user), "sid": done.issued.sid });
+    if done.must_enrol {
+        // --require-second-factor covers this user, who has none yet.
+        body["second_factor_setup_required"] = json!(true);
+    }
+    let mut r = answer(StatusCode::OK, body);
     web::completed_login_cookies(app, r.headers_mut(), &done);
     r
 }

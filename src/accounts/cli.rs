@@ -69,6 +69,13 @@ pub enum UserCommand {
         common: Common,
         user: String,
     },
+    /// Remove the user's second factors (a lost device) and end all their sessions: the
+    /// password alone signs in again, and the user sets up a new factor.
+    ResetSecondFactors {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
     /// Set the password (read from stdin) and end all the user's sessions.
     SetPassword {
         #[command(flatten)]
@@ -120,6 +127,7 @@ impl UserCommand {
             | UserCommand::Show { common, .. }
             | UserCommand::Activate { common, .. }
             | UserCommand::Deactivate { common, .. }
+            | UserCommand::ResetSecondFactors { common, .. }
             | UserCommand::SetPassword { common, .. }
             | UserCommand::Invite { common, .. }
             | UserCommand::Role(
@@ -315,6 +323,18 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{} is deactivated; {} session(s) and {} grant(s) ended",
+                u.username, n.sessions, n.grants
+            );
+            Ok(())
+        }
+        UserCommand::ResetSecondFactors { user, .. } => {
+            let u = find(&db, &user).await?;
+            let totp = db.remove_totp(&u.id).await.map_err(other)?;
+            db.replace_recovery_codes(&u.id, &[]).await.map_err(other)?;
+            let n = end_user(&store, &db, &u.id, Reason::SecondFactorsReset).await?;
+            tracing::info!(target: "gatehouse::audit", event = "second_factors_reset", user = %u.id, authenticator_app = totp, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
+            eprintln!(
+                "{}: second factors removed; {} session(s) and {} grant(s) ended",
                 u.username, n.sessions, n.grants
             );
             Ok(())

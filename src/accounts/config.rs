@@ -34,10 +34,42 @@ pub enum Registration {
     Invite,
 }
 
+/// Who must have a second factor (`--require-second-factor`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RequireSecondFactor {
+    /// Nobody: a second factor is each user's choice.
+    None,
+    /// Users with the `admin` role.
+    Admins,
+    /// Every user.
+    All,
+}
+
+impl RequireSecondFactor {
+    /// Whether it covers a user with these roles (beyond `user`).
+    pub fn covers(self, roles: &[String]) -> bool {
+        match self {
+            RequireSecondFactor::None => false,
+            RequireSecondFactor::Admins => roles.iter().any(|r| r == "admin"),
+            RequireSecondFactor::All => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct AccountsArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Who must have a second factor: `none`, `admins` (the `admin` role) or `all`. A
+    /// covered user without one is sent to set one up right after the password, and at the
+    /// next page view of a session signed in without one.
+    #[arg(
+        long,
+        env = "GATEHOUSE_REQUIRE_SECOND_FACTOR",
+        value_enum,
+        default_value = "none"
+    )]
+    pub require_second_factor: RequireSecondFactor,
     /// Who may register.
     #[arg(
         long,

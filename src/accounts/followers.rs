@@ -18,6 +18,8 @@ pub enum Reason {
     NewPassword,
     /// `user deactivate`.
     Deactivated,
+    /// `user reset-second-factors`: a lost device, which may be in other hands.
+    SecondFactorsReset,
 }
 
 /// A boxed future borrowing its arguments.

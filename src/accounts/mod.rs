@@ -158,6 +158,7 @@ pub struct Settings {
     pub allowed_redirect_hosts: Vec<String>,
     pub public_url: String,
     pub min_password: usize,
+    pub require_second_factor: config::RequireSecondFactor,
 }
 
 pub struct Accounts {
@@ -243,6 +244,7 @@ impl Accounts {
                 .trim_end_matches('/')
                 .to_owned(),
             min_password: a.password_min_length,
+            require_second_factor: a.require_second_factor,
         };
         tracing::info!(
             database = db.backend(),

@@ -168,6 +168,9 @@ pub struct LoggedIn {
     pub issued: Issued,
     pub user: User,
     pub device: String,
+    /// `--require-second-factor` covers the user, who signed in without one: they are to
+    /// set one up before anything else.
+    pub must_enrol: bool,
 }
 
 /// What a right password leads to.
@@ -320,10 +323,13 @@ pub(super) async fn finish_login(
     let issued = issue_session(app, caller, &user, amr).await?;
     // A device that signed in is known from now on (a new nonce each time).
     let device = guard::Device::issue(&app.secret, &user.id);
+    let must_enrol =
+        app.settings.require_second_factor.covers(&user.roles) && !amr.contains(&"mfa");
     Ok(LoggedIn {
         issued,
         user,
         device,
+        must_enrol,
     })
 }
 

@@ -184,23 +184,31 @@ async fn security(
     password_error: &str,
 ) -> Response {
     match second::factors_of(app, &user.id).await {
-        Ok(f) => web::html(
-            app,
-            ctx,
-            if error.is_empty() && password_error.is_empty() {
-                StatusCode::OK
+        Ok(f) => {
+            let required = app.settings.require_second_factor.covers(&user.roles) && !f.totp;
+            let error = if required && error.is_empty() {
+                "Your administrators ask for a second factor on this account: set up an authenticator app to continue."
             } else {
-                StatusCode::BAD_REQUEST
-            },
-            pages::Security {
-                page: ctx.page("security"),
-                totp: f.totp,
-                recovery_left: f.recovery_left,
-                notice: notice.into(),
-                error: error.into(),
-                password_error: password_error.into(),
-            },
-        ),
+                error
+            };
+            web::html(
+                app,
+                ctx,
+                if error.is_empty() && password_error.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                pages::Security {
+                    page: ctx.page("security"),
+                    totp: f.totp,
+                    recovery_left: f.recovery_left,
+                    notice: notice.into(),
+                    error: error.into(),
+                    password_error: password_error.into(),
+                },
+            )
+        }
         Err(p) => web::problem_page(app, ctx, p),
     }
 }

@@ -365,11 +365,32 @@ pub(crate) async fn signed_in(app: &Accounts, ctx: &Ctx, here: &str) -> Result<U
             crate::forward::percent_encode(here)
         )));
     };
-    match ops::active_user(app, listed).await {
-        Ok(Some(u)) => Ok(u),
-        Ok(None) => Err(see_other("/login")),
-        Err(p) => Err(problem_page(app, ctx, p)),
+    let user = match ops::active_user(app, listed).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err(see_other("/login")),
+        Err(p) => return Err(problem_page(app, ctx, p)),
+    };
+    // --require-second-factor: a covered user whose session was signed in without one sets
+    // one up, or steps up with it, before any other page.
+    if app.settings.require_second_factor.covers(&user.roles)
+        && !listed.session.has_second_factor()
+        && !here.starts_with("/account/security")
+    {
+        return Err(
+            match super::second::methods(app, &user.id)
+                .await
+                .map(|m| m.is_empty())
+            {
+                Ok(true) => see_other("/account/security"),
+                Ok(false) => see_other(&format!(
+                    "/login/second-factor?rd={}",
+                    crate::forward::percent_encode(here)
+                )),
+                Err(p) => problem_page(app, ctx, p),
+            },
+        );
     }
+    Ok(user)
 }
 
 fn min_hint(app: &Accounts) -> String {
@@ -492,7 +513,14 @@ async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response 
     let rd = redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
     match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
         Ok(ops::LoginOutcome::Done(done)) => {
-            let mut r = see_other(if rd.is_empty() { "/account" } else { &rd });
+            let to = if done.must_enrol {
+                "/account/security" // no second factor yet: set one up first
+            } else if rd.is_empty() {
+                "/account"
+            } else {
+                &rd
+            };
+            let mut r = see_other(to);
             completed_login_cookies(&app, r.headers_mut(), &done);
             r
         }

@@ -71,7 +71,7 @@ impl Site {
 
     /// `gatehouse <args>` on this site's users: its data directory and role file, and the
     /// PostgreSQL URL by environment, as the README tells operators to pass it.
-    fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         let (data, roles) = (self.data(), self.dir.join("roles.toml"));
         let mut all = args.to_vec();
         all.extend(["--data-dir", &data, "--roles", &roles]);
@@ -120,7 +120,7 @@ on_both_backends!(
 
 /// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s): a
 /// revocation made by another process reaches the server through the store.
-fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
+pub(crate) fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         if auth(gh, token).status == 401 {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::accounts::{auth, claims, login, Backend, Site, COOKIE, PW};
+use crate::accounts::{auth, claims, login, refused_soon, Backend, Site, COOKIE, PW};
 use crate::support::*;
 
 /// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`.
@@ -302,5 +302,121 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
     assert_eq!(
         login(&mut b, "ada", PW).header("location"),
         Some("/account")
+    );
+}
+
+/// `--require-second-factor admins`: an admin without one is sent to set one up right after
+/// the password and at every page until then; a password-only session of one who has a factor
+/// steps up first. A pending sign-in is no session: it cannot enrol a factor. `user
+/// reset-second-factors` (a lost phone) removes the factors and ends the sessions.
+#[test]
+fn a_required_second_factor_comes_before_anything_else() {
+    let site = Site::start(
+        "second-factor-required",
+        Backend::Sqlite,
+        &["--require-second-factor", "admins"],
+    );
+    let gh = &site.gh;
+    let out = site.cli(
+        &[
+            "user",
+            "create",
+            "--username",
+            "root",
+            "--email",
+            "root@example.org",
+            "--role",
+            "admin",
+        ],
+        Some(PW),
+    );
+    assert!(out.status.success(), "{out:?}");
+    site.create_user("plain", "plain@example.org", PW);
+
+    // Not covered: straight in.
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(
+        login(&mut b, "plain", PW).header("location"),
+        Some("/account")
+    );
+
+    // Covered, no factor: to the security page, and back there from any other page.
+    let mut b = Browser::new(gh.addr());
+    let r = login(&mut b, "root", PW);
+    assert_eq!(r.header("location"), Some("/account/security"), "{r:?}");
+    let r = b.get("/account/security");
+    assert!(r.body.contains("Your administrators ask"), "{}", r.body);
+    let r = b.get("/account");
+    assert_eq!(r.header("location"), Some("/account/security"));
+    let mut a = Browser::new(gh.addr());
+    let (_, v) = a.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "root", "password": PW}),
+    );
+    assert_eq!(v["second_factor_setup_required"], true, "{v}");
+
+    // Enrolled: this session was signed in without it, so it steps up before /account.
+    let r = b.submit("/account/security", "/account/security/totp", &[]);
+    let secret = shown_secret(&r.body);
+    let step = settled_step();
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/account/security/totp/confirm",
+        &[("code", &code(&secret, step - 1))],
+    );
+    assert_eq!(codes_on(&r.body).len(), 10, "{}", r.body);
+    let r = b.get("/account");
+    assert_eq!(
+        r.header("location"),
+        Some("/login/second-factor?rd=%2Faccount"),
+        "{r:?}"
+    );
+    let page = b.get("/login/second-factor?rd=%2Faccount");
+    let r = b.post_with_csrf_of(
+        &page.body,
+        "/login/second-factor",
+        &[
+            ("method", "totp"),
+            ("code", &code(&secret, step)),
+            ("rd", "/account"),
+        ],
+    );
+    assert_eq!(r.header("location"), Some("/account"), "{r:?}");
+    assert_eq!(b.get("/account").status, 200);
+    let stepped_up = b.cookie(COOKIE).unwrap().to_owned();
+    assert_eq!(
+        claims(&auth(gh, &stepped_up))["acr"],
+        "urn:gatehouse:acr:2fa"
+    );
+
+    // A pending sign-in (password right, second step not done) is not signed in: it cannot
+    // see or change the security page.
+    let mut p = Browser::new(gh.addr());
+    login(&mut p, "root", PW);
+    assert!(p.cookie("gatehouse_pending").is_some());
+    let r = p.get("/account/security");
+    assert_eq!(r.status, 303);
+    assert!(r.header("location").unwrap().starts_with("/login"), "{r:?}");
+    let form = p.get("/login");
+    let r = p.post_with_csrf_of(&form.body, "/account/security/totp", &[]);
+    assert_eq!(r.status, 303, "{r:?}");
+    let (r, _) = p.json("POST", "/api/security/totp", &json!({}));
+    assert_eq!(r.status, 401);
+    let (r, _) = p.json("POST", "/api/security/recovery-codes", &json!({}));
+    assert_eq!(r.status, 401);
+
+    // A lost phone: the operator resets the factors, which ends every session.
+    let out = site.cli(&["user", "reset-second-factors", "root"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        refused_soon(gh, &stepped_up),
+        "a session outlived the reset"
+    );
+    let mut b = Browser::new(gh.addr());
+    assert_eq!(
+        login(&mut b, "root", PW).header("location"),
+        Some("/account/security"),
+        "the password alone again, and enrolment first"
     );
 }
