@@ -24,6 +24,7 @@ pub(crate) async fn open(args: &StoreArgs) -> Result<Store, Failure> {
 pub async fn session(cmd: SessionCommand) -> Result<(), Failure> {
     match cmd {
         SessionCommand::Create(a) => {
+            let a = *a;
             let store = open(&a.store).await?;
             let session = Session {
                 username: a.username,

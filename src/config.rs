@@ -217,7 +217,7 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Create a session and print its token on stdout.
-    Create(SessionCreateArgs),
+    Create(Box<SessionCreateArgs>),
     /// Revoke one session (by token) or all sessions of a user (--sub).
     Revoke(SessionRevokeArgs),
     /// List a user's sessions.

@@ -20,8 +20,6 @@ impl Response {
         header_value(&self.headers, name)
     }
 
-    // Used by the companion modules' tests.
-    #[cfg(feature = "accounts")]
     /// Every value of a repeated header (e.g. `Set-Cookie`), in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         header_values(&self.headers, name)
