@@ -143,7 +143,7 @@ impl Ctx {
     }
 
     /// The caller's live session, if their cookie names one.
-    pub(super) fn session(&self) -> Option<&Listed> {
+    pub(crate) fn session(&self) -> Option<&Listed> {
         self.session.as_ref()
     }
 

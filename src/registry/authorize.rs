@@ -329,6 +329,14 @@ async fn issue(
     user_id: &str,
     granted: &[String],
 ) -> Response {
+    // How the user signed in, for the grant's tokens (`mfa`, `max_age` at /auth).
+    let signed_in = ctx
+        .session()
+        .map(|l| grants::SignedIn {
+            amr: l.session.amr.clone(),
+            auth_time: l.session.auth_time(),
+        })
+        .unwrap_or_default();
     let code = match grants::issue_code(
         &reg.accounts.db,
         &NewCode {
@@ -337,6 +345,7 @@ async fn issue(
             redirect_uri: &valid.redirect_uri,
             scopes: granted,
             challenge: &p.code_challenge,
+            signed_in: &signed_in,
         },
     )
     .await

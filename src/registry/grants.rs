@@ -43,6 +43,25 @@ pub struct Code {
     pub used: bool,
     /// The grant it produced once redeemed: what a replay revokes.
     pub grant_id: Option<String>,
+    /// How and when the consenting user had signed in.
+    pub signed_in: SignedIn,
+}
+
+/// How and when a consenting user had signed in (`amr`, `auth_time`): what their grant's
+/// access tokens say of them. Empty for grants made before it was recorded.
+#[derive(Clone, Debug, Default)]
+pub struct SignedIn {
+    pub amr: Vec<String>,
+    pub auth_time: u64,
+}
+
+impl SignedIn {
+    fn of(r: &sqlx::any::AnyRow) -> Result<SignedIn, sqlx::Error> {
+        Ok(SignedIn {
+            amr: words(&r.try_get::<String, _>("amr")?),
+            auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
+        })
+    }
 }
 
 pub struct NewCode<'a> {
@@ -51,13 +70,15 @@ pub struct NewCode<'a> {
     pub redirect_uri: &'a str,
     pub scopes: &'a [String],
     pub challenge: &'a str,
+    pub signed_in: &'a SignedIn,
 }
 
 pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, DbError> {
     let code = Secret::new(random_token(32));
     sqlx::query(
         "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, challenge,
-            expires_at, used, grant_id) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL)",
+            expires_at, used, grant_id, amr, auth_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, $8, $9)",
     )
     .bind(token_hash(code.expose()))
     .bind(new.client_id)
@@ -66,6 +87,8 @@ pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, Db
     .bind(new.scopes.join(" "))
     .bind(new.challenge)
     .bind((unix_now() + CODE_TTL_SECS) as i64)
+    .bind(new.signed_in.amr.join(" "))
+    .bind(new.signed_in.auth_time as i64)
     .execute(db.pool())
     .await?;
     Ok(code)
@@ -86,6 +109,7 @@ pub async fn find_code(db: &Db, code: &str) -> Result<Option<Code>, DbError> {
         expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
         used: r.try_get::<i64, _>("used")? != 0,
         grant_id: r.try_get("grant_id")?,
+        signed_in: SignedIn::of(&r)?,
     }))
 }
 
@@ -107,17 +131,20 @@ pub async fn create_grant(
     client_id: &str,
     user_id: &str,
     scopes: &[String],
+    signed_in: &SignedIn,
 ) -> Result<String, DbError> {
     let id = random_token(16);
     sqlx::query(
-        "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked)
-         VALUES ($1, $2, $3, $4, $5, 0)",
+        "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked, amr, auth_time)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
     )
     .bind(&id)
     .bind(client_id)
     .bind(user_id)
     .bind(scopes.join(" "))
     .bind(unix_now() as i64)
+    .bind(signed_in.amr.join(" "))
+    .bind(signed_in.auth_time as i64)
     .execute(db.pool())
     .await?;
     Ok(id)
@@ -132,6 +159,8 @@ pub struct Refresh {
     pub expired: bool,
     pub used: bool,
     pub grant_revoked: bool,
+    /// The grant's.
+    pub signed_in: SignedIn,
 }
 
 pub async fn issue_refresh(
@@ -156,7 +185,8 @@ pub async fn issue_refresh(
 
 pub async fn find_refresh(db: &Db, token: &str) -> Result<Option<Refresh>, DbError> {
     let row = sqlx::query(
-        "SELECT r.grant_id, r.scopes, r.expires_at, r.used, g.client_id, g.user_id, g.revoked
+        "SELECT r.grant_id, r.scopes, r.expires_at, r.used, g.client_id, g.user_id, g.revoked,
+                g.amr, g.auth_time
          FROM oauth_refresh r JOIN oauth_grants g ON g.id = r.grant_id WHERE r.hash = $1",
     )
     .bind(token_hash(token))
@@ -171,6 +201,7 @@ pub async fn find_refresh(db: &Db, token: &str) -> Result<Option<Refresh>, DbErr
         expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
         used: r.try_get::<i64, _>("used")? != 0,
         grant_revoked: r.try_get::<i64, _>("revoked")? != 0,
+        signed_in: SignedIn::of(&r)?,
     }))
 }
 
@@ -557,9 +588,12 @@ mod tests {
             redirect_uri: "https://app.example.org/cb",
             scopes: &scopes,
             challenge: "x",
+            signed_in: &SignedIn::default(),
         };
         issue_code(&db, &code).await.unwrap();
-        let grant = create_grant(&db, "c", "u", &scopes).await.unwrap();
+        let grant = create_grant(&db, "c", "u", &scopes, &SignedIn::default())
+            .await
+            .unwrap();
         issue_refresh(&db, &grant, &scopes, 3600).await.unwrap();
         let now = unix_now();
         record_access(&db, &grant, "sid", "client:c", now + 60)

@@ -361,9 +361,15 @@ async fn authorization_code(
         ));
     }
     let user = grant_user(reg, &found.user_id).await?;
-    let grant = grants::create_grant(db, &client.client_id, &user.id, &found.scopes)
-        .await
-        .map_err(OAuthError::unavailable)?;
+    let grant = grants::create_grant(
+        db,
+        &client.client_id,
+        &user.id,
+        &found.scopes,
+        &found.signed_in,
+    )
+    .await
+    .map_err(OAuthError::unavailable)?;
     if !grants::use_code(db, code, Some(&grant))
         .await
         .map_err(OAuthError::unavailable)?
@@ -371,7 +377,15 @@ async fn authorization_code(
         revoke_after_replay(reg, &grant, "code_replayed").await;
         return Err(invalid_grant("this code was used before"));
     }
-    user_tokens(reg, client, &user, &grant, &found.scopes, &found.scopes).await
+    user_tokens(
+        reg,
+        client,
+        &user,
+        (&grant, &found.signed_in),
+        &found.scopes,
+        &found.scopes,
+    )
+    .await
 }
 
 async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Response, OAuthError> {
@@ -402,17 +416,25 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
         revoke_after_replay(reg, &found.grant_id, "refresh_reused").await;
         return Err(invalid_grant("this refresh token is no longer valid"));
     }
-    user_tokens(reg, client, &user, &found.grant_id, &scopes, &found.scopes).await
+    user_tokens(
+        reg,
+        client,
+        &user,
+        (&found.grant_id, &found.signed_in),
+        &scopes,
+        &found.scopes,
+    )
+    .await
 }
 
 /// The token response of a user's grant: an access token of `scopes` (the user's current
-/// scopes permitting), recorded under the grant, and a new refresh token of `grant_scopes`
-/// when the client may refresh.
+/// scopes permitting) that says how the user signed in when they consented, recorded under
+/// the grant, and a new refresh token of `grant_scopes` when the client may refresh.
 async fn user_tokens(
     reg: &Registry,
     client: &Client,
     user: &User,
-    grant: &str,
+    (grant, signed_in): (&str, &grants::SignedIn),
     scopes: &[String],
     grant_scopes: &[String],
 ) -> Result<Response, OAuthError> {
@@ -430,6 +452,8 @@ async fn user_tokens(
         email: Some(user.email.clone()),
         name: Some(user.name.clone()).filter(|n| !n.is_empty()),
         scopes: scopes.clone(),
+        amr: signed_in.amr.clone(),
+        auth_time: (signed_in.auth_time > 0).then_some(signed_in.auth_time),
         ..Sessions::draft(user.id.clone(), ttl)
     };
     let sessions = reg.accounts.gateway.sessions();

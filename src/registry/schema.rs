@@ -103,4 +103,16 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // past its cap of live access tokens ends the oldest first.
         &["ALTER TABLE oauth_access ADD COLUMN created_us BIGINT NOT NULL DEFAULT 0"],
     ),
+    (
+        5,
+        // how the consenting user signed in (amr, space-separated) and when: the access
+        // tokens of the code's grant carry them, so that a route's `mfa` and `max_age` hold
+        // for an app as for its user.
+        &[
+            "ALTER TABLE oauth_codes ADD COLUMN amr TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_codes ADD COLUMN auth_time BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE oauth_grants ADD COLUMN amr TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_grants ADD COLUMN auth_time BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ];

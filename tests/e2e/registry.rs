@@ -764,6 +764,11 @@ fn authorization_code_with_pkce_consent_and_refresh_rotation(backend: Backend) {
         Some("rosa"),
         "{c}"
     );
+    // Issue 18: the token says how the consenting user signed in (a password), and when.
+    assert_eq!(c["amr"], serde_json::json!(["pwd"]), "{c}");
+    assert_eq!(c["acr"], "urn:gatehouse:acr:1fa", "{c}");
+    assert!(c["auth_time"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(r.header("x-auth-request-amr"), Some("pwd"));
     assert_eq!(tokens.expires_in(), Some(Duration::from_secs(3600)));
     let first_refresh = tokens.refresh_token().unwrap().clone();
 
@@ -807,9 +812,12 @@ fn authorization_code_with_pkce_consent_and_refresh_rotation(backend: Backend) {
     let rotated = client.exchange_refresh_token(&r1).request(&http).unwrap();
     let r2 = rotated.refresh_token().unwrap().clone();
     assert_ne!(r2.secret(), r1.secret(), "the refresh token did not rotate");
+    let r = bearer(&site.gh, rotated.access_token().secret());
+    assert_eq!(r.status, 200);
+    // A refreshed token keeps the consenting sign-in's amr and auth_time.
     assert_eq!(
-        bearer(&site.gh, rotated.access_token().secret()).status,
-        200
+        (claims(&r)["amr"].clone(), claims(&r)["auth_time"].clone()),
+        (c["amr"].clone(), c["auth_time"].clone())
     );
     // The spent one again (a thief, or the client after a theft): the whole family ends.
     assert_eq!(
@@ -1586,6 +1594,10 @@ fn tokens_carry_granted_scopes_and_never_roles() {
     let r = elsewhere(pat);
     assert_eq!(claims(&r)["roles"], serde_json::json!([]));
     assert_eq!(claims(&r)["scope"], "");
+    assert!(
+        claims(&r).get("amr").is_none(),
+        "a personal token says a person signed in"
+    );
 
     // Issue 17, 1.9: a request whose scope holds an escaped space (%20) survives the sign-in
     // detour and comes back to the client (it used to land on /account).
