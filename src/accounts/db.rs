@@ -940,6 +940,62 @@ mod tests {
         );
     }
 
+    /// Issue 18, in-process: an authenticator app is no factor until confirmed, a step is
+    /// used once and never one older than the last, and recovery codes work once and are
+    /// voided by a new set.
+    #[tokio::test]
+    async fn totp_steps_and_recovery_codes_are_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        assert!(db.begin_totp("u", "sealed-1").await.unwrap());
+        assert!(!db.totp("u").await.unwrap().unwrap().confirmed);
+        assert!(
+            !db.use_totp_step("u", 10, false).await.unwrap(),
+            "unconfirmed"
+        );
+        assert!(db.use_totp_step("u", 10, true).await.unwrap());
+        assert!(db.totp("u").await.unwrap().unwrap().confirmed);
+        assert!(
+            !db.begin_totp("u", "sealed-2").await.unwrap(),
+            "a confirmed app stays"
+        );
+        assert_eq!(
+            db.totp("u").await.unwrap().unwrap().sealed_secret,
+            "sealed-1"
+        );
+        assert!(!db.use_totp_step("u", 10, false).await.unwrap(), "a replay");
+        assert!(
+            !db.use_totp_step("u", 9, false).await.unwrap(),
+            "an older step"
+        );
+        assert!(db.use_totp_step("u", 11, false).await.unwrap());
+        assert!(!db.use_totp_step("other", 12, false).await.unwrap());
+
+        let first = ["h1".to_owned(), "h2".to_owned()];
+        db.replace_recovery_codes("u", &first).await.unwrap();
+        assert_eq!(db.recovery_codes_left("u").await.unwrap(), 2);
+        assert!(db.use_recovery_code("u", "h1").await.unwrap());
+        assert!(
+            !db.use_recovery_code("u", "h1").await.unwrap(),
+            "used twice"
+        );
+        assert!(
+            !db.use_recovery_code("other", "h2").await.unwrap(),
+            "another user's"
+        );
+        assert_eq!(db.recovery_codes_left("u").await.unwrap(), 1);
+        db.replace_recovery_codes("u", &["h3".to_owned()])
+            .await
+            .unwrap();
+        assert!(
+            !db.use_recovery_code("u", "h2").await.unwrap(),
+            "the old set"
+        );
+        assert!(db.use_recovery_code("u", "h3").await.unwrap());
+        assert!(db.remove_totp("u").await.unwrap());
+        assert!(db.totp("u").await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn expired_one_time_tokens_are_purged_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
