@@ -420,3 +420,43 @@ fn a_required_second_factor_comes_before_anything_else() {
         "the password alone again, and enrolment first"
     );
 }
+
+/// `/login?max_age=…` (a route's `max_age`, from the login location): a signed-in browser
+/// whose sign-in is older signs in again, and gets a new session that says so; a recent one
+/// goes straight on.
+#[test]
+fn an_old_sign_in_signs_in_again_for_max_age() {
+    let site = Site::start("second-factor-max-age", Backend::Sqlite, &[]);
+    let gh = &site.gh;
+    site.create_user("cai", "cai@example.org", PW);
+    let mut b = Browser::new(gh.addr());
+    login(&mut b, "cai", PW);
+    let first = b.cookie(COOKIE).unwrap().to_owned();
+    let r = b.get("/login?rd=%2Faccount&max_age=60");
+    assert_eq!(
+        r.header("location"),
+        Some("/account"),
+        "a recent sign-in: {r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = now();
+    let r = b.get("/login?rd=%2Faccount&max_age=1");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("signed in recently"), "{}", r.body);
+    assert!(
+        r.body.contains("value=\"cai\""),
+        "the username is filled in: {}",
+        r.body
+    );
+    let r = b.post_with_csrf_of(
+        &r.body,
+        "/login",
+        &[("username", "cai"), ("password", PW), ("rd", "/account")],
+    );
+    assert_eq!(r.header("location"), Some("/account"), "{r:?}");
+    let second = b.cookie(COOKIE).unwrap().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(auth(gh, &first).status, 401, "the older session lives on");
+    let c = claims(&auth(gh, &second));
+    assert!(c["auth_time"].as_u64().unwrap() >= before, "{c}");
+}
