@@ -228,8 +228,8 @@ async fn security(State(app): App, ctx: Ctx) -> Response {
 /// `POST /api/security/totp`: starts enrolling an authenticator app (409 when one is
 /// confirmed): its secret and `otpauth://` URI, once.
 async fn begin_totp(State(app): App, ctx: Ctx, b: Result<Json<Value>, JsonRejection>) -> Response {
-    let user = match writer(&app, &ctx, b).await {
-        Ok(u) => u,
+    let (_, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match second::begin_totp(&app, &user).await {
@@ -255,12 +255,8 @@ async fn confirm_totp(
     ctx: Ctx,
     b: Result<Json<ConfirmBody>, JsonRejection>,
 ) -> Response {
-    let b = match body(&app, &ctx, b) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let user = match user(&app, &ctx).await {
-        Ok(u) => u,
+    let (b, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match second::confirm_totp(&app, &ctx.caller(), &user, &b.code).await {
@@ -280,12 +276,8 @@ async fn remove_totp(
     ctx: Ctx,
     b: Result<Json<PasswordBody>, JsonRejection>,
 ) -> Response {
-    let b = match body(&app, &ctx, b) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let user = match user(&app, &ctx).await {
-        Ok(u) => u,
+    let (b, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match second::remove_totp(&app, &ctx.caller(), &user, &b.password).await {
@@ -300,8 +292,8 @@ async fn recovery_codes(
     ctx: Ctx,
     b: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let user = match writer(&app, &ctx, b).await {
-        Ok(u) => u,
+    let (_, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     match second::new_recovery_codes(&app, &ctx.caller(), &user).await {
@@ -310,14 +302,14 @@ async fn recovery_codes(
     }
 }
 
-/// A write with no fields of its own: the cross-site check, then the signed-in user.
-async fn writer(
+/// A signed-in user's write: the body (after the cross-site check), then the user.
+async fn writer<T>(
     app: &Accounts,
     ctx: &Ctx,
-    b: Result<Json<Value>, JsonRejection>,
-) -> Result<User, Response> {
-    body(app, ctx, b)?;
-    user(app, ctx).await
+    b: Result<Json<T>, JsonRejection>,
+) -> Result<(T, User), Response> {
+    let b = body(app, ctx, b)?;
+    Ok((b, user(app, ctx).await?))
 }
 
 async fn logout(State(app): App, ctx: Ctx, b: Result<Json<Value>, JsonRejection>) -> Response {

@@ -109,6 +109,7 @@ macro_rules! on_both_backends {
         }
     };
 }
+pub(crate) use on_both_backends;
 
 on_both_backends!(
     json_api_full_flow,

@@ -382,33 +382,13 @@ async fn consent_apps_and_tokens_through_nginx() {
     c.close().await.unwrap();
 }
 
-/// The 6-digit code of the base32 `secret` for the current 30-second step, once the step has
-/// at least 8 s left (so that it is still current when the server checks it).
-async fn totp_now(secret: &str, skip: u64) -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let now = || {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
-    while now() % 30 > 22 {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buffer, mut bits, mut raw) = (0u32, 0u32, Vec::new());
-    for c in secret.bytes().filter(|b| !b.is_ascii_whitespace()) {
-        buffer = (buffer << 5) | ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-        bits += 5;
-        if bits >= 8 {
-            raw.push((buffer >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    format!(
-        "{:06}",
-        gatehouse::accounts::factors::code_at(&raw, now() / 30 + skip)
-    )
+/// The code of authenticator `key` at the current step plus `skip`, once the step has at
+/// least 8 s left.
+async fn totp_now(key: &str, skip: u64) -> String {
+    let step = tokio::task::spawn_blocking(settled_totp_step)
+        .await
+        .unwrap();
+    totp_code(key, step + skip)
 }
 
 /// Issue 18 in a browser, through real nginx: a route with `mfa = true` sends a password-only

@@ -8,43 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::accounts::{auth, claims, login, refused_soon, Backend, Site, COOKIE, PW};
+use crate::accounts::{
+    auth, claims, login, on_both_backends, refused_soon, Backend, Site, COOKIE, PW,
+};
 use crate::support::*;
 
-/// Each named `fn(Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Sqlite)
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Postgres)
-            })*
-        }
-    };
-}
-
 on_both_backends!(authenticator_app_and_recovery_codes);
-
-fn base32_decode(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut buffer, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.bytes().filter(|b| !b.is_ascii_whitespace()) {
-        let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-        buffer = (buffer << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buffer >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -53,24 +22,11 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// Waits until the current 30-second step has at least 8 s left, so that a code computed
-/// now is still of this step when the server checks it; returns the step.
-fn settled_step() -> u64 {
-    while now() % 30 > 22 {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    now() / 30
-}
-
-fn code(secret: &[u8], step: u64) -> String {
-    format!("{:06}", gatehouse::accounts::factors::code_at(secret, step))
-}
-
 /// The secret an enrolment page shows.
-fn shown_secret(html: &str) -> Vec<u8> {
+fn shown_secret(html: &str) -> String {
     let start = html.find("id=\"totp-secret\">").expect("the secret") + 17;
     let end = start + html[start..].find('<').unwrap();
-    base32_decode(&html[start..end])
+    html[start..end].to_owned()
 }
 
 fn codes_on(html: &str) -> Vec<String> {
@@ -102,8 +58,8 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
         r.body
     );
     let secret = shown_secret(&r.body);
-    assert_eq!(secret.len(), 20);
-    let step = settled_step();
+    assert_eq!(secret.replace(' ', "").len(), 32, "160 bits in base32");
+    let step = settled_totp_step();
     let r = b.post_with_csrf_of(
         &r.body,
         "/account/security/totp/confirm",
@@ -119,7 +75,7 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
     let r = b.post_with_csrf_of(
         &r.body,
         "/account/security/totp/confirm",
-        &[("code", &code(&secret, step - 1))],
+        &[("code", &totp_code(&secret, step - 1))],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let recovery = codes_on(&r.body);
@@ -152,7 +108,7 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
         &[
             ("csrf", &csrf),
             ("method", "totp"),
-            ("code", &code(&secret, now() / 30)),
+            ("code", &totp_code(&secret, now() / 30)),
         ],
     );
     assert_eq!(r.status, 303);
@@ -172,17 +128,17 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
         &[("method", "totp"), ("code", "123456")],
     );
     assert_eq!(r.status, 401, "{}", r.body);
-    let step = settled_step();
+    let step = settled_totp_step();
     let r = b.post_with_csrf_of(
         &r.body,
         "/login/second-factor",
-        &[("method", "totp"), ("code", &code(&secret, step - 1))],
+        &[("method", "totp"), ("code", &totp_code(&secret, step - 1))],
     );
     assert_eq!(r.status, 401, "a used code was taken again: {}", r.body);
     let r = b.post_with_csrf_of(
         &r.body,
         "/login/second-factor",
-        &[("method", "totp"), ("code", &code(&secret, step))],
+        &[("method", "totp"), ("code", &totp_code(&secret, step))],
     );
     assert_eq!(r.status, 303, "{}", r.body);
     let token = b.cookie(COOKIE).unwrap().to_owned();
@@ -359,11 +315,11 @@ fn a_required_second_factor_comes_before_anything_else() {
     // Enrolled: this session was signed in without it, so it steps up before /account.
     let r = b.submit("/account/security", "/account/security/totp", &[]);
     let secret = shown_secret(&r.body);
-    let step = settled_step();
+    let step = settled_totp_step();
     let r = b.post_with_csrf_of(
         &r.body,
         "/account/security/totp/confirm",
-        &[("code", &code(&secret, step - 1))],
+        &[("code", &totp_code(&secret, step - 1))],
     );
     assert_eq!(codes_on(&r.body).len(), 10, "{}", r.body);
     let r = b.get("/account");
@@ -378,7 +334,7 @@ fn a_required_second_factor_comes_before_anything_else() {
         "/login/second-factor",
         &[
             ("method", "totp"),
-            ("code", &code(&secret, step)),
+            ("code", &totp_code(&secret, step)),
             ("rd", "/account"),
         ],
     );
