@@ -384,6 +384,8 @@ struct Identity<'a> {
     email: Option<&'a str>,
     /// The JWT's `auth_method`: `session` (cookie) or `bearer`.
     method: &'a str,
+    /// `X-Auth-Request-Amr`, when the session says how its user signed in.
+    amr: Option<&'a str>,
 }
 
 fn check(which: Which, store: StoreKind) {
@@ -396,6 +398,12 @@ fn check(which: Which, store: StoreKind) {
         "alice",
         "--email",
         "alice@example.org",
+        "--amr",
+        "pwd",
+        "--amr",
+        "otp",
+        "--amr",
+        "mfa",
     ]);
     let bob = s.session(&["--sub", "u-bob", "--username", "bob"]); // no email
     let alice_cookie = format!("gatehouse_session={alice}");
@@ -414,6 +422,7 @@ fn check(which: Which, store: StoreKind) {
         user: "alice",
         email: Some("alice@example.org"),
         method: "session",
+        amr: Some("pwd otp mfa"),
     };
     check_identity(&s, &head, &alice, &alice_by_cookie);
 
@@ -438,6 +447,7 @@ fn check(which: Which, store: StoreKind) {
             ("Cookie", &alice_cookie),
             ("X-Auth-Request-User", "admin"),
             ("X-Auth-Request-Email", "admin@evil"),
+            ("X-Auth-Request-Amr", "hwk mfa"),
             json,
         ],
     );
@@ -453,6 +463,7 @@ fn check(which: Which, store: StoreKind) {
             ("Cookie", &bob_cookie),
             ("X-Auth-Request-User", "admin"),
             ("X-Auth-Request-Email", "admin@evil"),
+            ("X-Auth-Request-Amr", "hwk mfa"),
             json,
         ],
     );
@@ -462,6 +473,7 @@ fn check(which: Which, store: StoreKind) {
         user: "bob",
         email: None,
         method: "session",
+        amr: None,
     };
     check_identity(&s, &head, &bob, &bob_by_cookie);
 
@@ -571,7 +583,8 @@ fn check(which: Which, store: StoreKind) {
 
 /// The upstream request `head` carries exactly gatehouse's identity for `id`: one
 /// `Authorization: Bearer <JWT minted for it>` (not the client's `token`), one
-/// `X-Auth-Request-User`, and `X-Auth-Request-Email` only when the session has an email.
+/// `X-Auth-Request-User`, `X-Auth-Request-Email` only when the session has an email, and
+/// `X-Auth-Request-Amr` only when it has an `amr`.
 /// No client-sent value (`admin`, `admin@evil`) survives.
 fn check_identity(s: &Stack, head: &str, token: &str, id: &Identity) {
     let fail =
@@ -613,6 +626,13 @@ fn check_identity(s: &Stack, head: &str, token: &str, id: &Identity) {
         fail(format!(
             "X-Auth-Request-Email should be {:?}, got {emails:?}",
             id.email
+        ));
+    }
+    let amr = cgi_lines(head, "X-Auth-Request-Amr");
+    if amr != id.amr.into_iter().collect::<Vec<_>>() {
+        fail(format!(
+            "X-Auth-Request-Amr should be {:?}, got {amr:?}",
+            id.amr
         ));
     }
 }
