@@ -127,6 +127,10 @@ scopes = ["admin"]
 [[rule]]
 path = "/public"
 anonymous = true
+
+[[rule]]
+path = "/vault"
+mfa = true
 "#;
 
 /// The audit's bypass, through the real proxies: both copy the client's own headers into the
@@ -198,6 +202,37 @@ fn policy(which: Which, mode: &str) {
             .iter()
             .any(|h| h.starts_with("GET /admin/b") || h.starts_with("GET /admin/c")),
         "[{mode}] a refused request reached the upstream: {}",
+        ctx()
+    );
+
+    // Issue 18, step-up through /auth/redirect: a browser without a second factor is sent to
+    // sign in with what the route needs; an API client gets RFC 9470's challenge.
+    let cookie = format!(
+        "gatehouse_session={}",
+        s.session(&["--sub", "u-pwd", "--amr", "pwd"])
+    );
+    let r = s.get("/vault/x", &[("Cookie", &cookie), ("Accept", "text/html")]);
+    assert_eq!(r.status, 302, "[{mode}] {}", ctx());
+    let location = r.header("location").unwrap_or_default();
+    assert!(
+        location.contains("rd=") && location.ends_with("&acr_values=urn%3Agatehouse%3Aacr%3A2fa"),
+        "[{mode}] {location}"
+    );
+    let r = s.get("/vault/x", &[("Authorization", &user)]);
+    assert_eq!(r.status, 401, "[{mode}] {}", ctx());
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|c| c.contains("insufficient_user_authentication")),
+        "[{mode}] {r:?}"
+    );
+    let mfa = format!(
+        "Bearer {}",
+        s.session(&["--sub", "u-mfa", "--amr", "otp", "--amr", "mfa"])
+    );
+    assert_eq!(
+        s.get("/vault/x", &[("Authorization", &mfa)]).status,
+        200,
+        "[{mode}] {}",
         ctx()
     );
 }
