@@ -202,6 +202,8 @@ pub struct Security {
     pub notice: String,
     pub error: String,
     pub password_error: String,
+    /// Where a step-up that sent the user here goes once a factor is set up.
+    pub rd: String,
 }
 
 #[derive(Template)]
@@ -211,6 +213,7 @@ pub struct TotpEnrol {
     pub secret: String,
     /// Inline SVG made by `factors::qr_svg` from the secret's URI (no user input in it).
     pub qr_svg: String,
+    pub rd: String,
     pub error: String,
 }
 
@@ -219,5 +222,7 @@ pub struct TotpEnrol {
 pub struct RecoveryCodes {
     pub page: Page,
     pub codes: Vec<String>,
+    /// Where "I have saved them" goes.
+    pub next: String,
     pub notice: String,
 }

@@ -87,16 +87,16 @@ pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str) -> Respons
         Err(r) => return r,
     };
     match second::methods(app, &user.id).await {
-        Ok(m) if m.is_empty() => security(
+        Ok(m) if m.is_empty() => security(app, ctx, &user, rd, "", "", "").await,
+        Ok(m) => step_form(
             app,
             ctx,
-            &user,
+            StatusCode::OK,
+            (rd, "totp"),
+            m.contains(&"recovery"),
+            true,
             "",
-            "The page you asked for needs a second factor. Set up an authenticator app, then go back to it.",
-            "",
-        )
-        .await,
-        Ok(m) => step_form(app, ctx, StatusCode::OK, (rd, "totp"), m.contains(&"recovery"), true, ""),
+        ),
         Err(p) => web::problem_page(app, ctx, p),
     }
 }
@@ -175,47 +175,56 @@ fn refused(app: &Accounts, ctx: &Ctx, p: Problem, form: (&str, &str), step_up: b
     }
 }
 
+/// The security page; `rd` is where a step-up that sent the user here goes once a factor is
+/// set up. An `error` or `password_error` is a refused form (400).
 async fn security(
     app: &Accounts,
     ctx: &Ctx,
     user: &User,
+    rd: &str,
     notice: &str,
     error: &str,
     password_error: &str,
 ) -> Response {
-    match second::factors_of(app, &user.id).await {
-        Ok(f) => {
-            let required = app.settings.require_second_factor.covers(&user.roles) && !f.totp;
-            let error = if required && error.is_empty() {
-                "Your administrators ask for a second factor on this account: set up an authenticator app to continue."
-            } else {
-                error
-            };
-            web::html(
-                app,
-                ctx,
-                if error.is_empty() && password_error.is_empty() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::BAD_REQUEST
-                },
-                pages::Security {
-                    page: ctx.page("security"),
-                    totp: f.totp,
-                    recovery_left: f.recovery_left,
-                    notice: notice.into(),
-                    error: error.into(),
-                    password_error: password_error.into(),
-                },
-            )
-        }
-        Err(p) => web::problem_page(app, ctx, p),
-    }
+    let status = if error.is_empty() && password_error.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let f = match second::factors_of(app, &user.id).await {
+        Ok(f) => f,
+        Err(p) => return web::problem_page(app, ctx, p),
+    };
+    // Why a user without a factor is here, when something sent them (shown as an error,
+    // answered 200: it is guidance, not a refused form).
+    let error = if !error.is_empty() || f.totp {
+        error
+    } else if !rd.is_empty() {
+        "The page you asked for needs a second factor. Set up an authenticator app, then you will go on to it."
+    } else if app.settings.require_second_factor.covers(&user.roles) {
+        "Your administrators ask for a second factor on this account: set up an authenticator app to continue."
+    } else {
+        ""
+    };
+    web::html(
+        app,
+        ctx,
+        status,
+        pages::Security {
+            page: ctx.page("security"),
+            totp: f.totp,
+            recovery_left: f.recovery_left,
+            notice: notice.into(),
+            error: error.into(),
+            password_error: password_error.into(),
+            rd: rd.into(),
+        },
+    )
 }
 
 async fn security_page(State(app): App, ctx: Ctx) -> Response {
     match web::signed_in(&app, &ctx, "/account/security").await {
-        Ok(user) => security(&app, &ctx, &user, "", "", "").await,
+        Ok(user) => security(&app, &ctx, &user, "", "", "", "").await,
         Err(r) => r,
     }
 }
@@ -224,6 +233,8 @@ async fn security_page(State(app): App, ctx: Ctx) -> Response {
 #[serde(default)]
 pub struct CsrfForm {
     csrf: String,
+    /// Where to go once done (a step-up that sent the user to set up a factor).
+    rd: String,
 }
 
 /// The signed-in user of a POST that passed the CSRF and same-site checks.
@@ -239,13 +250,15 @@ async fn begin_totp(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Respo
         Ok(u) => u,
         Err(r) => return r,
     };
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
     match second::begin_totp(&app, &user).await {
-        Ok(Some(e)) => enrol_page(&app, &ctx, StatusCode::OK, &e, ""),
+        Ok(Some(e)) => enrol_page(&app, &ctx, StatusCode::OK, &e, &rd, ""),
         Ok(None) => {
             security(
                 &app,
                 &ctx,
                 &user,
+                "",
                 "Your authenticator app is already on.",
                 "",
                 "",
@@ -261,6 +274,7 @@ fn enrol_page(
     ctx: &Ctx,
     status: StatusCode,
     e: &second::Enrolment,
+    rd: &str,
     error: &str,
 ) -> Response {
     // The SVG goes inline: no XML declaration inside HTML.
@@ -283,6 +297,7 @@ fn enrol_page(
                 .collect::<Vec<_>>()
                 .join(" "),
             qr_svg: svg,
+            rd: rd.into(),
             error: error.into(),
         },
     )
@@ -293,6 +308,7 @@ fn enrol_page(
 pub struct CodeForm {
     csrf: String,
     code: String,
+    rd: String,
 }
 
 async fn confirm_totp(State(app): App, ctx: Ctx, Form(f): Form<CodeForm>) -> Response {
@@ -300,24 +316,37 @@ async fn confirm_totp(State(app): App, ctx: Ctx, Form(f): Form<CodeForm>) -> Res
         Ok(u) => u,
         Err(r) => return r,
     };
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
     match second::confirm_totp(&app, &ctx.caller(), &user, &f.code).await {
         Ok(Some(codes)) => codes_page(
             &app,
             &ctx,
             codes,
+            &rd,
             "Your authenticator app is on: signing in now asks for its code.",
         ),
-        Ok(None) => security(&app, &ctx, &user, "Your authenticator app is on.", "", "").await,
+        Ok(None) => {
+            security(
+                &app,
+                &ctx,
+                &user,
+                "",
+                "Your authenticator app is on.",
+                "",
+                "",
+            )
+            .await
+        }
         Err(p) if p.code == "invalid_code" => match second::enrolment(&app, &user).await {
-            Ok(Some(e)) => enrol_page(&app, &ctx, p.status, &e, &p.message),
-            Ok(None) => security(&app, &ctx, &user, "", &p.message, "").await,
+            Ok(Some(e)) => enrol_page(&app, &ctx, p.status, &e, &rd, &p.message),
+            Ok(None) => security(&app, &ctx, &user, "", "", &p.message, "").await,
             Err(p) => web::problem_page(&app, &ctx, p),
         },
         Err(p) => web::problem_page(&app, &ctx, p),
     }
 }
 
-fn codes_page(app: &Accounts, ctx: &Ctx, codes: Vec<String>, notice: &str) -> Response {
+fn codes_page(app: &Accounts, ctx: &Ctx, codes: Vec<String>, rd: &str, notice: &str) -> Response {
     web::html(
         app,
         ctx,
@@ -325,6 +354,11 @@ fn codes_page(app: &Accounts, ctx: &Ctx, codes: Vec<String>, notice: &str) -> Re
         pages::RecoveryCodes {
             page: ctx.page("security"),
             codes,
+            next: if rd.is_empty() {
+                "/account/security".into()
+            } else {
+                rd.into()
+            },
             notice: notice.into(),
         },
     )
@@ -348,6 +382,7 @@ async fn remove_totp(State(app): App, ctx: Ctx, Form(f): Form<PasswordForm>) -> 
                 &app,
                 &ctx,
                 &user,
+                "",
                 "Your authenticator app was removed: signing in asks for your password alone.",
                 "",
                 "",
@@ -355,7 +390,7 @@ async fn remove_totp(State(app): App, ctx: Ctx, Form(f): Form<PasswordForm>) -> 
             .await
         }
         Err(p) if p.code == "invalid_credentials" => {
-            security(&app, &ctx, &user, "", "", &p.message).await
+            security(&app, &ctx, &user, "", "", "", &p.message).await
         }
         Err(p) => web::problem_page(&app, &ctx, p),
     }
@@ -371,8 +406,9 @@ async fn recovery_codes(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> R
             &app,
             &ctx,
             codes,
+            "",
             "A new set: the old codes no longer work.",
         ),
-        Err(p) => security(&app, &ctx, &user, "", &p.message, "").await,
+        Err(p) => security(&app, &ctx, &user, "", "", &p.message, "").await,
     }
 }

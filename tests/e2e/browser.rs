@@ -443,9 +443,9 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
     assert!(!app.requests().iter().any(|r| r.contains("/vault")));
     shoot(&c, "security-step-up-enrol").await;
 
-    // Enrol from the page: the key as text, the code from it.
-    c.goto(&format!("{site}/account/security")).await.unwrap();
-    shoot(&c, "security").await;
+    // Enrol right there: the key as text, the code from it; the recovery codes page then
+    // leads back to the vault, which asks for the code alone, and the session that passes is a
+    // new one.
     click(&c, "form[action='/account/security/totp'] button").await;
     wait_path(&c, "/account/security/totp").await;
     let key = c
@@ -462,10 +462,8 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
     let codes = c.find(Locator::Id("recovery-codes")).await.unwrap();
     assert_eq!(codes.find_all(Locator::Css("li")).await.unwrap().len(), 10);
     shoot(&c, "security-recovery-codes").await;
-
-    // The vault now asks for the code alone, and the session that passes is a new one.
     let before = c.get_named_cookie("gatehouse_session").await.unwrap();
-    c.goto(&format!("{site}/vault/box?k=2")).await.unwrap();
+    click(&c, "#saved").await;
     wait_path(&c, "/login").await;
     let page = c.source().await.unwrap();
     assert!(page.contains("Confirm it"), "{page}");
@@ -480,6 +478,10 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
     wait_path(&c, "/vault/box").await;
     let page = c.source().await.unwrap();
     assert!(page.contains("X-Auth-Request-Amr: pwd otp mfa"), "{page}");
+    assert!(
+        page.contains("k=1"),
+        "back to the page first asked for: {page}"
+    );
     let after = c.get_named_cookie("gatehouse_session").await.unwrap();
     assert_ne!(
         before.value(),
@@ -495,6 +497,9 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
         old.status, 401,
         "the session before the step-up still works"
     );
+
+    c.goto(&format!("{site}/account/security")).await.unwrap();
+    shoot(&c, "security").await;
 
     // Signing in again: password, then the second step.
     c.goto(&format!("{site}/logout")).await.unwrap();
