@@ -52,7 +52,13 @@ fuzz_target!(|data: &[u8]| {
         "{s:?} -> {encoded:?}"
     );
     if check_login_url(s).is_ok() {
-        let location = login_location(s, original.as_deref());
+        // With a step-up's need too: the login URL always stays the prefix.
+        let need = match data.len() % 3 {
+            0 => None,
+            1 => Some(gatehouse::policy::StepUp::SecondFactor),
+            _ => Some(gatehouse::policy::StepUp::MaxAge(data.len() as u64)),
+        };
+        let location = login_location(s, original.as_deref(), need);
         assert!(location.starts_with(s), "{location:?}");
     }
 });
