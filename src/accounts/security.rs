@@ -79,9 +79,9 @@ fn step_form(
     )
 }
 
-/// `/login?acr_values=…` for a signed-in user without a second factor: the code alone, or
-/// enrolment when they have none.
-pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str) -> Response {
+/// `/login?acr_values=…` for a signed-in user without a second factor: a code alone (of
+/// `method`, `totp` or `recovery`), or enrolment when they have none.
+pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str, method: &str) -> Response {
     let user = match web::signed_in(app, ctx, "/account/security").await {
         Ok(u) => u,
         Err(r) => return r,
@@ -92,7 +92,7 @@ pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str) -> Respons
             app,
             ctx,
             StatusCode::OK,
-            (rd, "totp"),
+            (rd, method),
             m.contains(&"recovery"),
             true,
             "",
@@ -117,7 +117,7 @@ async fn second_step_page(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>)
         );
     }
     if ctx.session().is_some() {
-        return step_up_page(&app, &ctx, &rd).await;
+        return step_up_page(&app, &ctx, &rd, &q.method).await;
     }
     web::see_other("/login")
 }

@@ -437,7 +437,7 @@ async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> R
         );
     }
     if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
-        return super::security::step_up_page(&app, &ctx, &rd).await;
+        return super::security::step_up_page(&app, &ctx, &rd, "totp").await;
     }
     see_other(if rd.is_empty() { "/account" } else { &rd })
 }

@@ -321,20 +321,23 @@ fn a_required_second_factor_comes_before_anything_else() {
         "/account/security/totp/confirm",
         &[("code", &totp_code(&secret, step - 1))],
     );
-    assert_eq!(codes_on(&r.body).len(), 10, "{}", r.body);
+    let recovery = codes_on(&r.body);
+    assert_eq!(recovery.len(), 10, "{}", r.body);
     let r = b.get("/account");
     assert_eq!(
         r.header("location"),
         Some("/login/second-factor?rd=%2Faccount"),
         "{r:?}"
     );
-    let page = b.get("/login/second-factor?rd=%2Faccount");
+    // (With a recovery code: the step-up offers both, like the sign-in.)
+    let page = b.get("/login/second-factor?method=recovery&rd=%2Faccount");
+    assert!(page.body.contains("Recovery code"), "{}", page.body);
     let r = b.post_with_csrf_of(
         &page.body,
         "/login/second-factor",
         &[
-            ("method", "totp"),
-            ("code", &totp_code(&secret, step)),
+            ("method", "recovery"),
+            ("code", &recovery[0]),
             ("rd", "/account"),
         ],
     );
