@@ -742,8 +742,38 @@ pub struct Totp {
     pub confirmed: bool,
 }
 
+/// A user's second factors.
+pub struct Factors {
+    /// A confirmed authenticator app.
+    pub totp: bool,
+    /// Unused recovery codes.
+    pub recovery_left: u64,
+}
+
+impl Factors {
+    /// What a second step can be finished with: `totp` when an authenticator app is
+    /// confirmed, and then `recovery` while recovery codes are left. Empty: no second factor.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut methods = Vec::new();
+        if self.totp {
+            methods.push("totp");
+            if self.recovery_left > 0 {
+                methods.push("recovery");
+            }
+        }
+        methods
+    }
+}
+
 /// Second factors.
 impl Db {
+    pub async fn factors(&self, user_id: &str) -> Result<Factors, DbError> {
+        Ok(Factors {
+            totp: self.totp(user_id).await?.is_some_and(|t| t.confirmed),
+            recovery_left: self.recovery_codes_left(user_id).await?,
+        })
+    }
+
     /// The user's authenticator app, confirmed or not.
     pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, DbError> {
         let row = sqlx::query("SELECT secret, confirmed_at FROM user_totp WHERE user_id = $1")

@@ -136,7 +136,7 @@ enum Step {
 }
 
 async fn next_step(app: &Accounts, user: &User) -> Result<Step, Problem> {
-    let methods = super::second::methods(app, &user.id).await?;
+    let methods = app.db.factors(&user.id).await?.methods();
     Ok(if methods.is_empty() {
         Step::IssueSession
     } else {

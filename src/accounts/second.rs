@@ -7,40 +7,21 @@
 
 use axum::http::StatusCode;
 
-use super::db::{Purpose, User};
+use super::db::{Factors, Purpose, User};
 use super::factors::{self, TOTP_PURPOSE};
 use super::ops::{self, Caller, LoggedIn, Problem};
 use super::Accounts;
 use crate::audit;
 use crate::sessions::Issued;
 
-/// What the user can finish a second step with: `totp` when an authenticator app is
-/// confirmed, and then `recovery` while recovery codes are left. Empty: no second factor.
+/// What the user can finish a second step with ([`super::db::Factors::methods`]).
 pub async fn methods(app: &Accounts, user_id: &str) -> Result<Vec<&'static str>, Problem> {
-    let f = factors_of(app, user_id).await?;
-    let mut methods = Vec::new();
-    if f.totp {
-        methods.push("totp");
-        if f.recovery_left > 0 {
-            methods.push("recovery");
-        }
-    }
-    Ok(methods)
+    Ok(app.db.factors(user_id).await?.methods())
 }
 
 /// The user's second factors, for the security page and the API.
-pub struct Factors {
-    /// A confirmed authenticator app.
-    pub totp: bool,
-    /// Unused recovery codes.
-    pub recovery_left: u64,
-}
-
 pub async fn factors_of(app: &Accounts, user_id: &str) -> Result<Factors, Problem> {
-    Ok(Factors {
-        totp: app.db.totp(user_id).await?.is_some_and(|t| t.confirmed),
-        recovery_left: app.db.recovery_codes_left(user_id).await?,
-    })
+    Ok(app.db.factors(user_id).await?)
 }
 
 fn expired() -> Problem {

@@ -1,4 +1,5 @@
-//! The pages of second factors: the second step of a sign-in and the step-up
+//! The sign-in pages beyond the form (`/login` decides whether a signed-in browser steps
+//! up), and the pages of second factors: the second step of a sign-in and the step-up
 //! (`/login/second-factor`), and `/account/security` with enrolment, removal and recovery
 //! codes. The operations are [`super::second`]'s, shared with the JSON API.
 
@@ -23,6 +24,7 @@ type App = State<Arc<Accounts>>;
 
 pub fn routes() -> Router<Arc<Accounts>> {
     Router::new()
+        .route("/login", get(login_page).post(web::login))
         .route(
             "/login/second-factor",
             get(second_step_page).post(second_step),
@@ -32,6 +34,45 @@ pub fn routes() -> Router<Arc<Accounts>> {
         .route("/account/security/totp/confirm", post(confirm_totp))
         .route("/account/security/totp/remove", post(remove_totp))
         .route("/account/security/recovery", post(recovery_codes))
+}
+
+/// `/login`: the form; for a signed-in browser, `rd` at once, unless the route it came from
+/// asks for more (a step-up): a second factor (`acr_values` names two factors), which it
+/// asks for alone, or a recent sign-in (`max_age`), for which it signs in again.
+async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> Response {
+    let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
+    let Some(listed) = ctx.session() else {
+        return web::login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "");
+    };
+    let session = &listed.session;
+    let now = crate::session::unix_now();
+    if q.max_age
+        .is_some_and(|max| !session.authenticated_within(max, now))
+    {
+        let username = session.username.clone().unwrap_or_default();
+        return web::login_form(
+            &app,
+            &ctx,
+            StatusCode::OK,
+            &username,
+            &rd,
+            "",
+            "This page asks you to have signed in recently. Please sign in again.",
+        );
+    }
+    if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
+        return step_up_page(&app, &ctx, &rd, "totp").await;
+    }
+    web::see_other(if rd.is_empty() { "/account" } else { &rd })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginQuery {
+    rd: String,
+    /// A step-up's need, in OpenID Connect's words (from `X-Gatehouse-Login`).
+    acr_values: String,
+    max_age: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -29,7 +29,6 @@ type App = State<Arc<Accounts>>;
 /// The pages' routes (the JSON API's are `api::routes`; `Accounts::modules` joins them).
 pub fn routes() -> Router<Arc<Accounts>> {
     Router::new()
-        .route("/login", get(login_page).post(login))
         .route("/logout", get(logout_page).post(logout))
         .route("/register", get(register_page).post(register))
         .route("/email/confirm", get(confirm_email))
@@ -412,45 +411,6 @@ pub struct LoginForm {
     rd: String,
 }
 
-/// `/login`: the form; for a signed-in browser, `rd` at once, unless the route it came from
-/// asks for more (a step-up): a second factor (`acr_values` names two factors), which it
-/// asks for alone, or a recent sign-in (`max_age`), for which it signs in again.
-async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> Response {
-    let rd = redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
-    let Some(listed) = &ctx.session else {
-        return login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "");
-    };
-    let session = &listed.session;
-    let now = crate::session::unix_now();
-    if q.max_age
-        .is_some_and(|max| !session.authenticated_within(max, now))
-    {
-        let username = session.username.clone().unwrap_or_default();
-        return login_form(
-            &app,
-            &ctx,
-            StatusCode::OK,
-            &username,
-            &rd,
-            "",
-            "This page asks you to have signed in recently. Please sign in again.",
-        );
-    }
-    if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
-        return super::security::step_up_page(&app, &ctx, &rd, "totp").await;
-    }
-    see_other(if rd.is_empty() { "/account" } else { &rd })
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub struct LoginQuery {
-    rd: String,
-    /// A step-up's need, in OpenID Connect's words (from `X-Gatehouse-Login`).
-    acr_values: String,
-    max_age: Option<u64>,
-}
-
 pub(super) fn login_form(
     app: &Accounts,
     ctx: &Ctx,
@@ -506,7 +466,7 @@ pub(super) fn problem_page(app: &Accounts, ctx: &Ctx, p: Problem) -> Response {
     r
 }
 
-async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response {
+pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -> Response {
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
