@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 
 use super::db::User;
 use super::ops::{self, Problem};
-use super::second;
+use super::passkeys;
+use super::second::{self, Proof};
 use super::web::{self, Ctx};
 use super::Accounts;
 use crate::secret::Secret;
@@ -36,6 +37,21 @@ pub fn routes() -> Router<Arc<Accounts>> {
         .route("/api/security/totp", post(begin_totp).delete(remove_totp))
         .route("/api/security/totp/confirm", post(confirm_totp))
         .route("/api/security/recovery-codes", post(recovery_codes))
+        // Passkeys. The options of a ceremony are JSON for the pages' script too, at the
+        // pages' paths (which the nginx snippet routes; /api/ is the operator's to route).
+        .route("/login/passkey/options", post(assertion_options))
+        .route("/api/login/passkey/options", post(assertion_options))
+        .route("/api/login/passkey", post(passkey_login))
+        .route(
+            "/account/security/passkeys/options",
+            post(registration_options),
+        )
+        .route("/api/security/passkeys/options", post(registration_options))
+        .route("/api/security/passkeys", post(add_passkey))
+        .route(
+            "/api/security/passkeys/{id}",
+            axum::routing::patch(rename_passkey).delete(remove_passkey),
+        )
         .route("/api/logout", post(logout))
         .route("/api/register", post(register))
         .route("/api/password/forgot", post(forgot))
@@ -181,25 +197,35 @@ async fn second_factor(
         Ok(b) => b,
         Err(r) => return r,
     };
+    let proof = Proof::Code {
+        method: &b.method,
+        code: &b.code,
+    };
+    finish_step(&app, &ctx, proof).await
+}
+
+/// Finishes the sign-in pending in this browser's cookie with `proof`, or steps the
+/// caller's session up with it.
+async fn finish_step(app: &Accounts, ctx: &Ctx, proof: Proof<'_>) -> Response {
     let caller = ctx.caller();
     if let Some(pending) = ctx.pending() {
-        return match second::second_step(&app, &caller, pending, &b.method, &b.code).await {
-            Ok(done) => logged_in(&app, done),
+        return match second::second_step(app, &caller, pending, proof).await {
+            Ok(done) => logged_in(app, done),
             Err(p) => error(p),
         };
     }
-    let user = match user(&app, &ctx).await {
+    let user = match user(app, ctx).await {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match second::step_up(&app, &caller, &user, &b.method, &b.code).await {
+    match second::step_up(app, &caller, &user, proof).await {
         Ok(issued) => {
             let mut r = answer(
                 StatusCode::OK,
-                json!({ "user": user_json(&app, &user), "sid": issued.sid }),
+                json!({ "user": user_json(app, &user), "sid": issued.sid }),
             );
             web::set_session_cookie(
-                &app,
+                app,
                 r.headers_mut(),
                 issued.token.expose(),
                 app.settings.session_ttl,
@@ -216,11 +242,210 @@ async fn security(State(app): App, ctx: Ctx) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
+    let listed = match passkeys::list(&app, &user.id).await {
+        Ok(l) => l,
+        Err(p) => return error(p),
+    };
     match second::factors_of(&app, &user.id).await {
         Ok(f) => answer(
             StatusCode::OK,
-            json!({ "totp": f.totp, "recovery_codes_left": f.recovery_left }),
+            json!({
+                "passkeys_available": app.passkeys.is_some(),
+                "passkeys": listed,
+                "totp": f.totp,
+                "recovery_codes_left": f.recovery_left,
+            }),
         ),
+        Err(p) => error(p),
+    }
+}
+
+/// A ceremony's options, with its cookie (HttpOnly: the ceremony's token is never in a body).
+fn challenge(app: &Accounts, c: passkeys::Challenge) -> Response {
+    let mut r = answer(StatusCode::OK, c.options);
+    web::set_ceremony_cookie(
+        app,
+        r.headers_mut(),
+        c.ceremony.expose(),
+        passkeys::CEREMONY_TTL,
+    );
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PurposeBody {
+    /// `sign_in` (default: a passkey alone, discoverable) or `second_factor` (the user of
+    /// the pending sign-in, or the signed-in user stepping up).
+    purpose: String,
+}
+
+/// `POST /login/passkey/options` (and under /api/): the options of a passkey assertion.
+async fn assertion_options(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<PurposeBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let begun = match b.purpose.as_str() {
+        "" | "sign_in" => passkeys::begin_assertion(&app, None).await,
+        "second_factor" => {
+            let who = match ctx.pending() {
+                Some(pending) => second::pending_user(&app, pending).await,
+                None => match user(&app, &ctx).await {
+                    Ok(u) => Ok(u),
+                    Err(r) => return r,
+                },
+            };
+            match who {
+                Ok(u) => passkeys::begin_assertion(&app, Some(&u)).await,
+                Err(p) => Err(p),
+            }
+        }
+        _ => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_fields",
+                "purpose is sign_in or second_factor.",
+            )
+        }
+    };
+    match begun {
+        Ok(c) => challenge(&app, c),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct AssertionBody {
+    #[serde(default)]
+    purpose: String,
+    /// The authenticator's answer (`PublicKeyCredential`, binary fields in base64url).
+    credential: Value,
+}
+
+/// `POST /api/login/passkey`: the answer to this browser's assertion: a sign-in with the
+/// passkey alone (the same body as `/api/login`), or the second step or step-up.
+async fn passkey_login(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<AssertionBody>, JsonRejection>,
+) -> Response {
+    let b = match body(&app, &ctx, b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ceremony = ctx.ceremony().unwrap_or_default();
+    let credential = b.credential.to_string();
+    let mut r = if b.purpose == "second_factor" {
+        let proof = Proof::Passkey {
+            ceremony,
+            credential: &credential,
+        };
+        finish_step(&app, &ctx, proof).await
+    } else {
+        match second::passkey_sign_in(&app, &ctx.caller(), ceremony, &credential).await {
+            Ok(done) => logged_in(&app, done),
+            Err(p) => error(p),
+        }
+    };
+    web::set_ceremony_cookie(&app, r.headers_mut(), "", std::time::Duration::ZERO);
+    r
+}
+
+/// `POST /account/security/passkeys/options` (and under /api/): the options of a new
+/// passkey for the signed-in user.
+async fn registration_options(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<Value>, JsonRejection>,
+) -> Response {
+    let (_, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match passkeys::begin_registration(&app, &user).await {
+        Ok(c) => challenge(&app, c),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewPasskeyBody {
+    name: String,
+    /// The authenticator's answer (`PublicKeyCredential` of a creation).
+    credential: Value,
+}
+
+/// `POST /api/security/passkeys`: the new passkey; the first second factor's recovery
+/// codes come back once (`null` when the user had some).
+async fn add_passkey(
+    State(app): App,
+    ctx: Ctx,
+    b: Result<Json<NewPasskeyBody>, JsonRejection>,
+) -> Response {
+    let (b, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ceremony = ctx.ceremony().unwrap_or_default();
+    let credential = b.credential.to_string();
+    let added =
+        second::add_passkey(&app, &ctx.caller(), &user, ceremony, &b.name, &credential).await;
+    let mut r = match added {
+        Ok(codes) => answer(StatusCode::CREATED, json!({ "recovery_codes": codes })),
+        Err(p) => error(p),
+    };
+    web::set_ceremony_cookie(&app, r.headers_mut(), "", std::time::Duration::ZERO);
+    r
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    name: String,
+}
+
+/// `PATCH /api/security/passkeys/{id}`: a new name.
+async fn rename_passkey(
+    State(app): App,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    b: Result<Json<RenameBody>, JsonRejection>,
+) -> Response {
+    let (b, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match second::rename_passkey(&app, &user, &id, &b.name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(p) => error(p),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MaybePasswordBody {
+    /// Asked when the passkey is the user's last second factor.
+    password: String,
+}
+
+/// `DELETE /api/security/passkeys/{id}`: removes it (the password first when it is the
+/// last second factor).
+async fn remove_passkey(
+    State(app): App,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    b: Result<Json<MaybePasswordBody>, JsonRejection>,
+) -> Response {
+    let (b, user) = match writer(&app, &ctx, b).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match second::remove_passkey(&app, &ctx.caller(), &user, &id, &b.password).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(p) => error(p),
     }
 }

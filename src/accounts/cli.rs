@@ -330,9 +330,10 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         UserCommand::ResetSecondFactors { user, .. } => {
             let u = find(&db, &user).await?;
             let totp = db.remove_totp(&u.id).await.map_err(other)?;
+            let passkeys = db.remove_passkeys(&u.id, None).await.map_err(other)?;
             db.replace_recovery_codes(&u.id, &[]).await.map_err(other)?;
             let n = end_user(&store, &db, &u.id, Reason::SecondFactorsReset).await?;
-            tracing::info!(target: "gatehouse::audit", event = "second_factors_reset", user = %u.id, authenticator_app = totp, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
+            tracing::info!(target: "gatehouse::audit", event = "second_factors_reset", user = %u.id, authenticator_app = totp, passkeys, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{}: second factors removed; {} session(s) and {} grant(s) ended",
                 u.username, n.sessions, n.grants

@@ -108,6 +108,12 @@ pub struct AccountsArgs {
     /// [default: http://<--listen>]
     #[arg(long, env = "GATEHOUSE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// The WebAuthn relying party id of passkeys: the host of --public-url or a parent
+    /// domain of it (example.org for https://login.example.org). Passkeys made under one id
+    /// work only under it: changing it later loses them. An IP address is none: then
+    /// passkeys are off. [default: the host of --public-url]
+    #[arg(long, env = "GATEHOUSE_WEBAUTHN_RP_ID")]
+    pub webauthn_rp_id: Option<String>,
     /// Send mail over SMTP: smtp://host:587 (STARTTLS), smtps://host (TLS), with
     /// user:password@ when the server needs them. Without it, mail is written as .eml files
     /// into <data-dir>/mail.

@@ -119,6 +119,42 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             )",
         ],
     ),
+    (
+        4,
+        // Passkeys. One row per credential: webauthn-rs' record of it (JSON: the public key,
+        // counter and backup flags) beside the fields the pages list and the counter and flags
+        // again as columns for operators. A credential id is unique across every user; the
+        // user handle is the random id the user's passkeys carry (never their user id). The
+        // ceremonies hold the state between a ceremony's two requests, used once; a "not now"
+        // to the offer of a passkey is remembered.
+        &[
+            "CREATE TABLE user_passkeys (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                credential_id TEXT NOT NULL UNIQUE,
+                user_handle TEXT NOT NULL,
+                name TEXT NOT NULL,
+                passkey TEXT NOT NULL,
+                counter BIGINT NOT NULL,
+                backup_eligible BIGINT NOT NULL,
+                backup_state BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                last_used_at BIGINT
+            )",
+            "CREATE INDEX user_passkeys_user ON user_passkeys (user_id)",
+            "CREATE TABLE webauthn_ceremonies (
+                hash TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                state TEXT NOT NULL,
+                expires_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE passkey_offers_declined (
+                user_id TEXT PRIMARY KEY,
+                declined_at BIGINT NOT NULL
+            )",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -701,11 +737,18 @@ impl Db {
     /// Deletes the one-time tokens that expired unused before `now` (Unix seconds); a used one
     /// is deleted when used. The number deleted.
     pub async fn purge_expired_tokens(&self, now: u64) -> Result<u64, DbError> {
-        Ok(sqlx::query("DELETE FROM user_tokens WHERE expires_at < $1")
-            .bind(now as i64)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        let mut n = 0;
+        for query in [
+            "DELETE FROM user_tokens WHERE expires_at < $1",
+            "DELETE FROM webauthn_ceremonies WHERE expires_at < $1",
+        ] {
+            n += sqlx::query(query)
+                .bind(now as i64)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
     }
 
     /// Confirms `email` for the user: it becomes their address if it is not taken meanwhile.
@@ -744,6 +787,8 @@ pub struct Totp {
 
 /// A user's second factors.
 pub struct Factors {
+    /// Passkeys registered.
+    pub passkeys: u64,
     /// A confirmed authenticator app.
     pub totp: bool,
     /// Unused recovery codes.
@@ -751,27 +796,283 @@ pub struct Factors {
 }
 
 impl Factors {
-    /// What a second step can be finished with: `totp` when an authenticator app is
-    /// confirmed, and then `recovery` while recovery codes are left. Empty: no second factor.
+    /// Whether the user has a second factor (recovery codes alone are none: they stand in
+    /// for one).
+    pub fn any(&self) -> bool {
+        self.passkeys > 0 || self.totp
+    }
+
+    /// What a second step can be finished with: `passkey` and `totp` when the user has them,
+    /// and then `recovery` while recovery codes are left. Empty: no second factor.
     pub fn methods(&self) -> Vec<&'static str> {
         let mut methods = Vec::new();
+        if self.passkeys > 0 {
+            methods.push("passkey");
+        }
         if self.totp {
             methods.push("totp");
-            if self.recovery_left > 0 {
-                methods.push("recovery");
-            }
+        }
+        if self.any() && self.recovery_left > 0 {
+            methods.push("recovery");
         }
         methods
     }
 }
 
+/// A passkey as stored.
+pub struct StoredPasskey {
+    /// Ours, random: what the pages and the API name it by.
+    pub id: String,
+    pub user_id: String,
+    /// The user handle the credential carries (a UUID, random per user).
+    pub user_handle: String,
+    pub name: String,
+    /// webauthn-rs' record of it, JSON.
+    pub passkey: String,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: u64,
+    pub last_used_at: Option<u64>,
+}
+
+fn passkey_of(r: &AnyRow) -> Result<StoredPasskey, sqlx::Error> {
+    Ok(StoredPasskey {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        user_handle: r.try_get("user_handle")?,
+        name: r.try_get("name")?,
+        passkey: r.try_get("passkey")?,
+        backup_eligible: r.try_get::<i64, _>("backup_eligible")? != 0,
+        backup_state: r.try_get::<i64, _>("backup_state")? != 0,
+        created_at: r.try_get::<i64, _>("created_at")?.max(0) as u64,
+        last_used_at: ts(r.try_get("last_used_at")?),
+    })
+}
+
+/// A passkey to store: `passkey` is webauthn-rs' record (JSON), with its counter and flags.
+pub struct NewPasskey<'a> {
+    pub user_id: &'a str,
+    pub credential_id: &'a str,
+    pub user_handle: &'a str,
+    pub name: &'a str,
+    pub passkey: &'a str,
+    pub counter: u32,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+}
+
 /// Second factors.
 impl Db {
     pub async fn factors(&self, user_id: &str) -> Result<Factors, DbError> {
+        let passkeys: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM user_passkeys WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
         Ok(Factors {
+            passkeys: passkeys.max(0) as u64,
             totp: self.totp(user_id).await?.is_some_and(|t| t.confirmed),
             recovery_left: self.recovery_codes_left(user_id).await?,
         })
+    }
+
+    /// The user's passkeys, oldest first.
+    pub async fn passkeys(&self, user_id: &str) -> Result<Vec<StoredPasskey>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, user_handle, name, passkey, backup_eligible, backup_state,
+                created_at, last_used_at
+             FROM user_passkeys WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(passkey_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The passkey of a credential id (base64url), whoever's it is.
+    pub async fn passkey_by_credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<Option<StoredPasskey>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, user_id, user_handle, name, passkey, backup_eligible, backup_state,
+                created_at, last_used_at
+             FROM user_passkeys WHERE credential_id = $1",
+        )
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(passkey_of).transpose()?)
+    }
+
+    /// Stores a new passkey; `None` when its credential id is registered already (to this
+    /// user or another), else its id.
+    pub async fn add_passkey(&self, new: &NewPasskey<'_>) -> Result<Option<String>, DbError> {
+        let id = random_token(12);
+        let inserted = sqlx::query(
+            "INSERT INTO user_passkeys (id, user_id, credential_id, user_handle, name, passkey,
+                counter, backup_eligible, backup_state, created_at, last_used_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL
+             WHERE NOT EXISTS (SELECT 1 FROM user_passkeys WHERE credential_id = $11)",
+        )
+        .bind(&id)
+        .bind(new.user_id)
+        .bind(new.credential_id)
+        .bind(new.user_handle)
+        .bind(new.name)
+        .bind(new.passkey)
+        .bind(i64::from(new.counter))
+        .bind(i64::from(new.backup_eligible))
+        .bind(i64::from(new.backup_state))
+        .bind(unix_now() as i64)
+        .bind(new.credential_id)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(r) if r.rows_affected() == 1 => Ok(Some(id)),
+            Ok(_) => Ok(None),
+            // Two registrations of one credential racing: the unique index refused the second.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a sign-in with the passkey: when, and its record after it (a higher counter,
+    /// changed backup flags). Refused (`false`) when another sign-in stored a counter at or
+    /// above this one's meanwhile: of two racing assertions with one counter, one counts.
+    pub async fn used_passkey(
+        &self,
+        id: &str,
+        passkey: &str,
+        counter: u32,
+        backup: (bool, bool),
+    ) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE user_passkeys SET passkey = $1, counter = $2, backup_eligible = $3,
+                backup_state = $4, last_used_at = $5
+             WHERE id = $6 AND (counter < $7 OR $8 = 0)",
+        )
+        .bind(passkey)
+        .bind(i64::from(counter))
+        .bind(i64::from(backup.0))
+        .bind(i64::from(backup.1))
+        .bind(unix_now() as i64)
+        .bind(id)
+        .bind(i64::from(counter))
+        .bind(i64::from(counter))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Renames the user's passkey; whether it was theirs.
+    pub async fn rename_passkey(
+        &self,
+        user_id: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<bool, DbError> {
+        let n = sqlx::query("UPDATE user_passkeys SET name = $1 WHERE user_id = $2 AND id = $3")
+            .bind(name)
+            .bind(user_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Removes the user's passkey (`None`: every passkey of the user); how many went.
+    pub async fn remove_passkeys(&self, user_id: &str, id: Option<&str>) -> Result<u64, DbError> {
+        let q = match id {
+            Some(id) => sqlx::query("DELETE FROM user_passkeys WHERE user_id = $1 AND id = $2")
+                .bind(user_id)
+                .bind(id),
+            None => sqlx::query("DELETE FROM user_passkeys WHERE user_id = $1").bind(user_id),
+        };
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Keeps the state of a WebAuthn ceremony of `kind` for `user_id` (empty: a sign-in that
+    /// names no one yet) until `ttl`; the token for the browser's cookie.
+    pub async fn begin_ceremony(
+        &self,
+        user_id: &str,
+        kind: &str,
+        state: &str,
+        ttl: Duration,
+    ) -> Result<Secret<String>, DbError> {
+        let token = random_token(24);
+        sqlx::query(
+            "INSERT INTO webauthn_ceremonies (hash, user_id, kind, state, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash(&token))
+        .bind(user_id)
+        .bind(kind)
+        .bind(state)
+        .bind((unix_now() + ttl.as_secs()) as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(Secret::new(token))
+    }
+
+    /// Uses up the ceremony of `token`: its user id, kind and state when it was live. Of two
+    /// requests with one token, one gets it.
+    pub async fn take_ceremony(
+        &self,
+        token: &str,
+    ) -> Result<Option<(String, String, String)>, DbError> {
+        let hash = token_hash(token);
+        let Some(row) = sqlx::query(
+            "SELECT user_id, kind, state FROM webauthn_ceremonies WHERE hash = $1 AND expires_at > $2",
+        )
+        .bind(&hash)
+        .bind(unix_now() as i64)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let deleted = sqlx::query("DELETE FROM webauthn_ceremonies WHERE hash = $1")
+            .bind(&hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted != 1 {
+            return Ok(None);
+        }
+        Ok(Some((
+            row.try_get("user_id")?,
+            row.try_get("kind")?,
+            row.try_get("state")?,
+        )))
+    }
+
+    /// Whether the user said "not now" to the offer of a passkey.
+    pub async fn passkey_offer_declined(&self, user_id: &str) -> Result<bool, DbError> {
+        Ok(
+            sqlx::query("SELECT 1 AS n FROM passkey_offers_declined WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Remembers the user's "not now" to the offer of a passkey.
+    pub async fn decline_passkey_offer(&self, user_id: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO passkey_offers_declined (user_id, declined_at)
+             SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM passkey_offers_declined WHERE user_id = $3)",
+        )
+        .bind(user_id)
+        .bind(unix_now() as i64)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The user's authenticator app, confirmed or not.

@@ -17,6 +17,7 @@ pub mod guard;
 pub mod mail;
 mod ops;
 pub mod pages;
+pub mod passkeys;
 pub mod password;
 mod second;
 mod security;
@@ -57,7 +58,7 @@ pub const LOGIN_RESULTS: [&str; 6] = [
 ];
 
 /// The methods of `gatehouse_second_factor_total{method,result}`.
-pub const SECOND_FACTOR_METHODS: [&str; 2] = ["totp", "recovery"];
+pub const SECOND_FACTOR_METHODS: [&str; 3] = ["passkey", "totp", "recovery"];
 /// Its results.
 pub const SECOND_FACTOR_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
 
@@ -99,7 +100,7 @@ impl AccountMetrics {
         }
         registry.register(
             "second_factor",
-            "Second steps of sign-in and step-up by method (totp, recovery) and result (ok, failed, throttled)",
+            "Second steps of sign-in and step-up, and passkey sign-ins, by method (passkey, totp, recovery) and result (ok, failed, throttled)",
             m.second_factors.clone(),
         );
         registry.register(
@@ -177,6 +178,8 @@ pub struct Accounts {
     /// `--server-secret-file`: the known-device cookie's MAC key.
     pub secret: Arc<crate::secret::ServerSecret>,
     pub metrics: AccountMetrics,
+    /// The WebAuthn relying party; `None`: passkeys are off (no domain name to bind them to).
+    pub passkeys: Option<passkeys::RelyingParty>,
 }
 
 /// Writes an audit line: who did what from where. Never a password, token or hash; the user
@@ -252,6 +255,7 @@ impl Accounts {
             mail = if a.smtp_url.is_some() { "smtp" } else { "files" },
             "accounts ready"
         );
+        let passkeys = passkeys::relying_party(a.webauthn_rp_id.as_deref(), &settings.public_url)?;
         let counters = Arc::new(crate::store::counters::Counters::for_store(&gateway.store));
         let app = Arc::new(Accounts {
             gateway,
@@ -274,6 +278,7 @@ impl Accounts {
             counters,
             secret,
             metrics,
+            passkeys,
         });
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));
         hourly("expired one-time tokens", &app.db, |db, now| async move {

@@ -14,6 +14,8 @@ pub struct Page {
     pub csrf: String,
     /// The registry's pages (tokens, apps) are there to link to.
     pub registry: bool,
+    /// Passkeys are on: the page loads the one script (`/login/passkeys.js`).
+    pub passkeys: bool,
 }
 
 /// Field errors of a form, by field name.
@@ -44,6 +46,14 @@ pub struct Login {
     pub error: String,
     pub notice: String,
     pub registration_open: bool,
+}
+
+#[derive(Template)]
+#[template(path = "passkey_offer.html")]
+pub struct PasskeyOffer {
+    pub page: Page,
+    /// Where the user goes on: after a passkey is made, or "not now".
+    pub rd: String,
 }
 
 #[derive(Template)]
@@ -185,8 +195,11 @@ mod tests {
 pub struct SecondFactor {
     pub page: Page,
     pub rd: String,
-    /// `totp` or `recovery`: which form is shown.
+    /// `passkey`, `totp` or `recovery`: which way is shown.
     pub method: String,
+    /// The other ways the user has, as links.
+    pub can_passkey: bool,
+    pub can_totp: bool,
     pub can_recovery: bool,
     /// A signed-in user asked for a second factor by a route, not a sign-in.
     pub step_up: bool,
@@ -197,6 +210,11 @@ pub struct SecondFactor {
 #[template(path = "security.html")]
 pub struct Security {
     pub page: Page,
+    /// Passkeys are on (the server has a domain name to bind them to).
+    pub passkeys_on: bool,
+    pub passkeys: Vec<PasskeyRow>,
+    /// Removing this passkey removes the last second factor: the password is asked.
+    pub last_factor: bool,
     pub totp: bool,
     pub recovery_left: u64,
     pub notice: String,
@@ -204,6 +222,16 @@ pub struct Security {
     pub password_error: String,
     /// Where a step-up that sent the user here goes once a factor is set up.
     pub rd: String,
+}
+
+/// A passkey as the security page lists it.
+pub struct PasskeyRow {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    /// When it last signed in, or "never".
+    pub last_used: String,
+    pub synced: bool,
 }
 
 #[derive(Template)]

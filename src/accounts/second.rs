@@ -1,6 +1,7 @@
 //! The second factors' operations, for the pages and the JSON API alike (as `ops`): which a
-//! user has, the second step of a sign-in, the step-up of a signed-in session, enrolment of
-//! an authenticator app, recovery codes, and removal.
+//! user has, the second step of a sign-in, the step-up of a signed-in session (both with a
+//! code or a passkey), a sign-in with a passkey alone, enrolment of an authenticator app or
+//! a passkey, recovery codes, and removal.
 //!
 //! A wrong code costs what a wrong password costs: the same throttle, keyed by the user
 //! (`2fa:<id>`), and no device cookie exempts anyone from it.
@@ -10,6 +11,7 @@ use axum::http::StatusCode;
 use super::db::{Factors, Purpose, User};
 use super::factors::{self, TOTP_PURPOSE};
 use super::ops::{self, Caller, LoggedIn, Problem};
+use super::passkeys;
 use super::Accounts;
 use crate::audit;
 use crate::sessions::Issued;
@@ -32,21 +34,38 @@ fn expired() -> Problem {
     )
 }
 
-/// Finishes the sign-in whose pending token the browser holds, with a code of `method`.
+/// What a second step is finished with.
+pub enum Proof<'a> {
+    /// A code of `method`: `totp` or `recovery`.
+    Code { method: &'a str, code: &'a str },
+    /// A passkey's answer (JSON) to the ceremony of the browser's cookie.
+    Passkey {
+        ceremony: &'a str,
+        credential: &'a str,
+    },
+}
+
+/// The user of the sign-in whose pending token the browser holds.
+pub async fn pending_user(app: &Accounts, pending: &str) -> Result<User, Problem> {
+    let Some((user_id, _)) = app.db.peek_token(pending, Purpose::SecondStep).await? else {
+        return Err(expired());
+    };
+    app.db
+        .user(&user_id)
+        .await?
+        .filter(|u| u.active)
+        .ok_or_else(expired)
+}
+
+/// Finishes the sign-in whose pending token the browser holds, with `proof`.
 pub async fn second_step(
     app: &Accounts,
     caller: &Caller<'_>,
     pending: &str,
-    method: &str,
-    code: &str,
+    proof: Proof<'_>,
 ) -> Result<LoggedIn, Problem> {
-    let Some((user_id, _)) = app.db.peek_token(pending, Purpose::SecondStep).await? else {
-        return Err(expired());
-    };
-    let Some(user) = app.db.user(&user_id).await?.filter(|u| u.active) else {
-        return Err(expired());
-    };
-    let amr = verify(app, caller, &user, method, code).await?;
+    let user = pending_user(app, pending).await?;
+    let amr = verify(app, caller, &user, proof).await?;
     // Used once: of two browsers racing with one pending token, one signs in.
     if app
         .db
@@ -65,26 +84,27 @@ pub async fn step_up(
     app: &Accounts,
     caller: &Caller<'_>,
     user: &User,
-    method: &str,
-    code: &str,
+    proof: Proof<'_>,
 ) -> Result<Issued, Problem> {
-    let amr = verify(app, caller, user, method, code).await?;
+    let amr = verify(app, caller, user, proof).await?;
     audit!("step_up", user.id, caller.ip);
     ops::issue_session(app, caller, user, amr).await
 }
 
-/// Checks a code of `method` for `user`, with the throttle; the session's `amr` on success.
+/// Checks `proof` for `user`, with the throttle; the session's `amr` on success.
 async fn verify(
     app: &Accounts,
     caller: &Caller<'_>,
     user: &User,
-    method: &str,
-    code: &str,
+    proof: Proof<'_>,
 ) -> Result<&'static [&'static str], Problem> {
-    let (method, amr): (&'static str, &'static [&'static str]) = match method {
-        "totp" => ("totp", &["pwd", "otp", "mfa"]),
-        "recovery" => ("recovery", &["pwd", "mfa"]),
-        _ => {
+    let (method, amr): (&'static str, &'static [&'static str]) = match proof {
+        Proof::Passkey { .. } => ("passkey", &["pwd", "hwk", "mfa"]),
+        Proof::Code { method: "totp", .. } => ("totp", &["pwd", "otp", "mfa"]),
+        Proof::Code {
+            method: "recovery", ..
+        } => ("recovery", &["pwd", "mfa"]),
+        Proof::Code { .. } => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_fields",
@@ -104,18 +124,29 @@ async fn verify(
         );
         return Err(Problem::wait(app, "throttled", wait));
     }
-    let ok = match method {
-        "totp" => totp_ok(app, user, code, false).await?,
-        _ => {
+    let ok = match proof {
+        Proof::Code { code, .. } if method == "totp" => totp_ok(app, user, code, false).await?,
+        Proof::Code { code, .. } => {
             app.db
                 .use_recovery_code(&user.id, &factors::recovery_hash(code))
                 .await?
         }
+        Proof::Passkey {
+            ceremony,
+            credential,
+        } => match passkeys::check_assertion(app, ceremony, credential, Some(&user.id)).await {
+            Ok(_) => true,
+            Err(p) if p.code == "passkey_refused" => false,
+            Err(p) => return Err(p),
+        },
     };
     if !ok {
         app.throttle.fail(&key).await?;
         app.metrics.second_factor(method, "failed");
         audit!("second_factor_failed", user.id, caller.ip, method = method);
+        if method == "passkey" {
+            return Err(passkeys::refused());
+        }
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "invalid_code",
@@ -251,11 +282,11 @@ pub async fn new_recovery_codes(
     caller: &Caller<'_>,
     user: &User,
 ) -> Result<Vec<String>, Problem> {
-    if !factors_of(app, &user.id).await?.totp {
+    if !factors_of(app, &user.id).await?.any() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "no_second_factor",
-            "Add an authenticator app first: recovery codes stand in for it.",
+            "Add a passkey or an authenticator app first: recovery codes stand in for them.",
         ));
     }
     let codes = store_recovery_codes(app, user).await?;
@@ -276,8 +307,8 @@ async fn store_recovery_codes(app: &Accounts, user: &User) -> Result<Vec<String>
     Ok(codes)
 }
 
-/// Removes the authenticator app, and with it the recovery codes: the user's last second
-/// factor, so their password is asked again first.
+/// Removes the authenticator app, the password first; the recovery codes go with it when it
+/// was the user's last second factor.
 pub async fn remove_totp(
     app: &Accounts,
     caller: &Caller<'_>,
@@ -285,22 +316,183 @@ pub async fn remove_totp(
     password: &str,
 ) -> Result<(), Problem> {
     if !ops::current_password_ok(app, user, password).await? {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "That is not your current password.",
-        ));
+        return Err(wrong_password());
     }
     if app.db.remove_totp(&user.id).await? {
-        app.db.replace_recovery_codes(&user.id, &[]).await?;
+        let last = !app.db.factors(&user.id).await?.any();
+        if last {
+            app.db.replace_recovery_codes(&user.id, &[]).await?;
+        }
         audit!("second_factor_removed", user.id, caller.ip, method = "totp");
         notify(
             app,
             user,
             "An authenticator app was removed",
-            "the authenticator app of your account was removed, with its recovery codes: signing in asks for your password alone",
+            if last {
+                "the authenticator app of your account was removed, with its recovery codes: signing in asks for your password alone"
+            } else {
+                "the authenticator app of your account was removed"
+            },
         );
     }
+    Ok(())
+}
+
+fn wrong_password() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "That is not your current password.",
+    )
+}
+
+/// Signs in with a passkey alone (discoverable: whoever's passkey it is). User verification
+/// makes it two factors (`hwk mfa`). A refused passkey costs what a wrong password costs
+/// from this address.
+pub async fn passkey_sign_in(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    ceremony: &str,
+    credential: &str,
+) -> Result<LoggedIn, Problem> {
+    let key = format!("ip:{}", crate::store::counters::address_key(caller.ip));
+    let wait = app.throttle.wait(&key).await?;
+    if !wait.is_zero() {
+        app.metrics.second_factor("passkey", "throttled");
+        return Err(Problem::wait(app, "throttled", wait));
+    }
+    let user_id = match passkeys::check_assertion(app, ceremony, credential, None).await {
+        Ok(passkeys::Asserted::SignIn(id)) => id,
+        Ok(passkeys::Asserted::User(_)) => return Err(passkeys::refused()),
+        Err(p) => {
+            if p.code == "passkey_refused" {
+                app.throttle.fail(&key).await?;
+                app.metrics.second_factor("passkey", "failed");
+                audit!("passkey_sign_in_failed", "", caller.ip);
+            }
+            return Err(p);
+        }
+    };
+    let Some(user) = app.db.user(&user_id).await? else {
+        return Err(passkeys::refused());
+    };
+    if !user.active {
+        app.metrics.login("inactive");
+        audit!("login_inactive", user.id, caller.ip);
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "inactive",
+            "This account is deactivated. Contact the administrators.",
+        ));
+    }
+    app.throttle.succeed(&key).await?;
+    app.metrics.second_factor("passkey", "ok");
+    audit!("passkey_sign_in", user.id, caller.ip);
+    ops::finish_login(app, caller, user, &["hwk", "mfa"]).await
+}
+
+/// Whether to offer the user, just signed in with a password alone, to make a passkey:
+/// passkeys are on, they have none, and they did not say "not now".
+pub async fn offer_passkey(app: &Accounts, user: &User) -> bool {
+    if app.passkeys.is_none() {
+        return false;
+    }
+    match (
+        app.db.factors(&user.id).await,
+        app.db.passkey_offer_declined(&user.id).await,
+    ) {
+        (Ok(f), Ok(declined)) => f.passkeys == 0 && !declined,
+        _ => false,
+    }
+}
+
+/// Registers a passkey from the authenticator's answer to the browser's ceremony. Returns
+/// a first set of recovery codes (shown once) when the user had none.
+pub async fn add_passkey(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    ceremony: &str,
+    name: &str,
+    credential: &str,
+) -> Result<Option<Vec<String>>, Problem> {
+    passkeys::finish_registration(app, caller, user, ceremony, name, credential).await?;
+    notify(
+        app,
+        user,
+        "A passkey was added",
+        &format!(
+            "a passkey named \"{}\" was added to your account: it signs you in on its own, and stands in for a code after your password",
+            name.trim()
+        ),
+    );
+    if app.db.recovery_codes_left(&user.id).await? > 0 {
+        return Ok(None);
+    }
+    Ok(Some(store_recovery_codes(app, user).await?))
+}
+
+/// Renames one of the user's passkeys.
+pub async fn rename_passkey(
+    app: &Accounts,
+    user: &User,
+    id: &str,
+    name: &str,
+) -> Result<(), Problem> {
+    let name = passkeys::check_name(name)?;
+    if !app.db.rename_passkey(&user.id, id, &name).await? {
+        return Err(no_such_passkey());
+    }
+    Ok(())
+}
+
+fn no_such_passkey() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "No such passkey.")
+}
+
+/// Removes one of the user's passkeys. When it is their last second factor the recovery
+/// codes go with it, and the password is asked first.
+pub async fn remove_passkey(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    id: &str,
+    password: &str,
+) -> Result<(), Problem> {
+    let f = app.db.factors(&user.id).await?;
+    let last = !f.totp && f.passkeys <= 1;
+    if last && !ops::current_password_ok(app, user, password).await? {
+        return Err(wrong_password());
+    }
+    let Some(name) = app
+        .db
+        .passkeys(&user.id)
+        .await?
+        .into_iter()
+        .find(|p| p.id == id)
+        .map(|p| p.name)
+    else {
+        return Err(no_such_passkey());
+    };
+    if app.db.remove_passkeys(&user.id, Some(id)).await? == 0 {
+        return Err(no_such_passkey());
+    }
+    if last {
+        app.db.replace_recovery_codes(&user.id, &[]).await?;
+    }
+    audit!(
+        "second_factor_removed",
+        user.id,
+        caller.ip,
+        method = "passkey",
+        passkey = id
+    );
+    notify(
+        app,
+        user,
+        "A passkey was removed",
+        &format!("the passkey named \"{name}\" was removed from your account"),
+    );
     Ok(())
 }
 

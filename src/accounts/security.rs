@@ -6,9 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use super::db::User;
 use super::ops::Problem;
 use super::pages;
-use super::second;
+use super::second::{self, Proof};
 use super::web::{self, Ctx};
 use super::Accounts;
 
@@ -34,6 +35,37 @@ pub fn routes() -> Router<Arc<Accounts>> {
         .route("/account/security/totp/confirm", post(confirm_totp))
         .route("/account/security/totp/remove", post(remove_totp))
         .route("/account/security/recovery", post(recovery_codes))
+        .route("/login/passkey", post(passkey_login))
+        .route("/login/passkeys.js", get(script))
+        .route(
+            "/login/passkey-offer",
+            get(passkey_offer).post(decline_passkey_offer),
+        )
+        .route("/account/security/passkeys", post(add_passkey))
+        .route(
+            "/account/security/passkeys/{id}/rename",
+            post(rename_passkey),
+        )
+        .route(
+            "/account/security/passkeys/{id}/remove",
+            post(remove_passkey),
+        )
+}
+
+/// The pages' one script: the WebAuthn calls of passkeys (`script-src 'self'`).
+async fn script() -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("templates/passkeys.js"),
+    )
+        .into_response()
 }
 
 /// `/login`: the form; for a signed-in browser, `rd` at once, unless the route it came from
@@ -61,7 +93,7 @@ async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> R
         );
     }
     if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
-        return step_up_page(&app, &ctx, &rd, "totp").await;
+        return step_up_page(&app, &ctx, &rd, "").await;
     }
     web::see_other(if rd.is_empty() { "/account" } else { &rd })
 }
@@ -96,24 +128,28 @@ fn step_form(
     ctx: &Ctx,
     status: StatusCode,
     (rd, method): (&str, &str),
-    can_recovery: bool,
+    methods: &[&str],
     step_up: bool,
     error: &str,
 ) -> Response {
-    let method = if method == "recovery" && can_recovery {
-        "recovery"
-    } else {
-        "totp"
-    };
+    // The way asked for when the user has it, else their first (a passkey before a code).
+    let method = methods
+        .iter()
+        .copied()
+        .find(|m| *m == method)
+        .or(methods.first().copied())
+        .unwrap_or("totp");
     web::html(
         app,
         ctx,
         status,
         pages::SecondFactor {
-            page: ctx.page("login"),
+            page: web::passkey_page(app, ctx, "login"),
             rd: rd.into(),
             method: method.into(),
-            can_recovery,
+            can_passkey: methods.contains(&"passkey"),
+            can_totp: methods.contains(&"totp"),
+            can_recovery: methods.contains(&"recovery"),
             step_up,
             error: error.into(),
         },
@@ -129,33 +165,18 @@ pub(super) async fn step_up_page(app: &Accounts, ctx: &Ctx, rd: &str, method: &s
     };
     match second::methods(app, &user.id).await {
         Ok(m) if m.is_empty() => security(app, ctx, &user, rd, "", "", "").await,
-        Ok(m) => step_form(
-            app,
-            ctx,
-            StatusCode::OK,
-            (rd, method),
-            m.contains(&"recovery"),
-            true,
-            "",
-        ),
+        Ok(m) => step_form(app, ctx, StatusCode::OK, (rd, method), &m, true, ""),
         Err(p) => web::problem_page(app, ctx, p),
     }
 }
 
 async fn second_step_page(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>) -> Response {
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
-    if ctx.pending().is_some() {
-        // Which methods the user has is told only after the password: a pending cookie is
-        // enough to show both forms (a wrong kind of code is simply wrong).
-        return step_form(
-            &app,
-            &ctx,
-            StatusCode::OK,
-            (&rd, &q.method),
-            true,
-            false,
-            "",
-        );
+    if let Some(pending) = ctx.pending() {
+        return match pending_methods(&app, pending).await {
+            Ok(m) => step_form(&app, &ctx, StatusCode::OK, (&rd, &q.method), &m, false, ""),
+            Err(p) => restart(&app, &ctx, p, &rd),
+        };
     }
     if ctx.session().is_some() {
         return step_up_page(&app, &ctx, &rd, &q.method).await;
@@ -163,54 +184,100 @@ async fn second_step_page(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>)
     web::see_other("/login")
 }
 
+/// What the user of a pending sign-in can finish it with (they gave their password).
+async fn pending_methods(app: &Accounts, pending: &str) -> Result<Vec<&'static str>, Problem> {
+    let user = second::pending_user(app, pending).await?;
+    second::methods(app, &user.id).await
+}
+
+/// A pending sign-in that expired or was finished elsewhere: the sign-in form again.
+fn restart(app: &Accounts, ctx: &Ctx, p: Problem, rd: &str) -> Response {
+    if p.code != "second_step_expired" {
+        return web::problem_page(app, ctx, p);
+    }
+    let mut r = web::login_form(app, ctx, p.status, "", rd, "", &p.message);
+    web::set_pending_cookie(app, r.headers_mut(), "", Duration::ZERO);
+    r
+}
+
 async fn second_step(State(app): App, ctx: Ctx, Form(f): Form<StepForm>) -> Response {
     if !web::post_allowed(&app, &ctx, &f.csrf) {
         return web::forbidden(&app, &ctx);
     }
     let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
-    let to = if rd.is_empty() { "/account" } else { &rd };
+    let proof = Proof::Code {
+        method: &f.method,
+        code: &f.code,
+    };
+    finish_step(&app, &ctx, &rd, (&f.method, proof)).await
+}
+
+/// Finishes the browser's pending sign-in, or steps its session up, with `proof` (of
+/// `method`): on to `rd`, or the form again with what was wrong.
+async fn finish_step(
+    app: &Accounts,
+    ctx: &Ctx,
+    rd: &str,
+    (method, proof): (&str, Proof<'_>),
+) -> Response {
+    let to = if rd.is_empty() { "/account" } else { rd };
     let caller = ctx.caller();
     if let Some(pending) = ctx.pending() {
-        return match second::second_step(&app, &caller, pending, &f.method, &f.code).await {
+        let methods = match pending_methods(app, pending).await {
+            Ok(m) => m,
+            Err(p) => return restart(app, ctx, p, rd),
+        };
+        return match second::second_step(app, &caller, pending, proof).await {
             Ok(done) => {
                 let mut r = web::see_other(to);
-                web::completed_login_cookies(&app, r.headers_mut(), &done);
+                web::completed_login_cookies(app, r.headers_mut(), &done);
                 r
             }
-            Err(p) if p.code == "second_step_expired" => {
-                let mut r = web::login_form(&app, &ctx, p.status, "", &rd, "", &p.message);
-                web::set_pending_cookie(&app, r.headers_mut(), "", Duration::ZERO);
-                r
-            }
-            Err(p) => refused(&app, &ctx, p, (&rd, &f.method), false),
+            Err(p) if p.code == "second_step_expired" => restart(app, ctx, p, rd),
+            Err(p) => refused(app, ctx, p, (rd, method), &methods, false),
         };
     }
     if ctx.session().is_none() {
         return web::see_other("/login");
     }
-    let user = match web::signed_in(&app, &ctx, "/account/security").await {
+    let user = match web::signed_in(app, ctx, "/account/security").await {
         Ok(u) => u,
         Err(r) => return r,
     };
-    match second::step_up(&app, &caller, &user, &f.method, &f.code).await {
+    let methods = match second::methods(app, &user.id).await {
+        Ok(m) => m,
+        Err(p) => return web::problem_page(app, ctx, p),
+    };
+    match second::step_up(app, &caller, &user, proof).await {
         Ok(issued) => {
             let mut r = web::see_other(to);
             web::set_session_cookie(
-                &app,
+                app,
                 r.headers_mut(),
                 issued.token.expose(),
                 app.settings.session_ttl,
             );
             r
         }
-        Err(p) => refused(&app, &ctx, p, (&rd, &f.method), true),
+        Err(p) => refused(app, ctx, p, (rd, method), &methods, true),
     }
 }
 
-/// A refused code: the form again with the message; a delay or an outage as its own page.
-fn refused(app: &Accounts, ctx: &Ctx, p: Problem, form: (&str, &str), step_up: bool) -> Response {
-    if matches!(p.code, "invalid_code" | "invalid_fields") {
-        step_form(app, ctx, p.status, form, true, step_up, &p.message)
+/// A refused code or passkey: the form again with the message; a delay or an outage as its
+/// own page.
+fn refused(
+    app: &Accounts,
+    ctx: &Ctx,
+    p: Problem,
+    form: (&str, &str),
+    methods: &[&str],
+    step_up: bool,
+) -> Response {
+    if matches!(
+        p.code,
+        "invalid_code" | "invalid_fields" | "passkey_refused" | "ceremony_expired"
+    ) {
+        step_form(app, ctx, p.status, form, methods, step_up, &p.message)
     } else {
         web::problem_page(app, ctx, p)
     }
@@ -236,27 +303,48 @@ async fn security(
         Ok(f) => f,
         Err(p) => return web::problem_page(app, ctx, p),
     };
+    let passkeys = match super::passkeys::list(app, &user.id).await {
+        Ok(list) => list,
+        Err(p) => return web::problem_page(app, ctx, p),
+    };
     // Why a user without a factor is here, when something sent them (shown as an error,
     // answered 200: it is guidance, not a refused form).
-    let error = if !error.is_empty() || f.totp {
-        error
-    } else if !rd.is_empty() {
-        "The page you asked for needs a second factor. Set up an authenticator app, then you will go on to it."
-    } else if app.settings.require_second_factor.covers(&user.roles) {
-        "Your administrators ask for a second factor on this account: set up an authenticator app to continue."
+    let way = if app.passkeys.is_some() {
+        "add a passkey or set up an authenticator app"
     } else {
-        ""
+        "set up an authenticator app"
+    };
+    let error = if !error.is_empty() || f.any() {
+        error.to_owned()
+    } else if !rd.is_empty() {
+        format!("The page you asked for needs a second factor: {way}, then you will go on to it.")
+    } else if app.settings.require_second_factor.covers(&user.roles) {
+        format!("Your administrators ask for a second factor on this account: {way} to continue.")
+    } else {
+        String::new()
     };
     web::html(
         app,
         ctx,
         status,
         pages::Security {
-            page: ctx.page("security"),
+            page: web::passkey_page(app, ctx, "security"),
+            passkeys_on: app.passkeys.is_some(),
+            last_factor: !f.totp && passkeys.len() == 1,
+            passkeys: passkeys
+                .into_iter()
+                .map(|k| pages::PasskeyRow {
+                    id: k.id,
+                    name: k.name,
+                    created: pages::date(k.created_at),
+                    last_used: k.last_used_at.map_or("never".into(), pages::date),
+                    synced: k.backed_up,
+                })
+                .collect(),
             totp: f.totp,
             recovery_left: f.recovery_left,
             notice: notice.into(),
-            error: error.into(),
+            error,
             password_error: password_error.into(),
             rd: rd.into(),
         },
@@ -451,5 +539,176 @@ async fn recovery_codes(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> R
             "A new set: the old codes no longer work.",
         ),
         Err(p) => security(&app, &ctx, &user, "", "", &p.message, "").await,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct PasskeyForm {
+    csrf: String,
+    rd: String,
+    /// `sign_in` (a passkey alone) or `second_factor` (after the password, or a step-up).
+    purpose: String,
+    /// The authenticator's answer, JSON (from the script).
+    credential: String,
+}
+
+/// `POST /login/passkey`: the answer of the browser's passkey ceremony. Signs in with the
+/// passkey alone, or finishes the pending sign-in or the step-up.
+async fn passkey_login(State(app): App, ctx: Ctx, Form(f): Form<PasskeyForm>) -> Response {
+    if !web::post_allowed(&app, &ctx, &f.csrf) {
+        return web::forbidden(&app, &ctx);
+    }
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
+    let ceremony = ctx.ceremony().unwrap_or_default();
+    let mut r = if f.purpose == "second_factor" {
+        let proof = Proof::Passkey {
+            ceremony,
+            credential: &f.credential,
+        };
+        finish_step(&app, &ctx, &rd, ("passkey", proof)).await
+    } else {
+        match second::passkey_sign_in(&app, &ctx.caller(), ceremony, &f.credential).await {
+            Ok(done) => {
+                let mut r = web::see_other(if rd.is_empty() { "/account" } else { &rd });
+                web::completed_login_cookies(&app, r.headers_mut(), &done);
+                r
+            }
+            Err(p) if matches!(p.code, "passkey_refused" | "ceremony_expired" | "inactive") => {
+                web::login_form(&app, &ctx, p.status, "", &rd, &p.message, "")
+            }
+            Err(p) => web::problem_page(&app, &ctx, p),
+        }
+    };
+    web::set_ceremony_cookie(&app, r.headers_mut(), "", Duration::ZERO);
+    r
+}
+
+/// `/login/passkey-offer`: after a sign-in with a password alone, the offer to make a
+/// passkey (the script goes straight on in a browser without passkeys).
+async fn passkey_offer(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>) -> Response {
+    let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
+    if ctx.session().is_none() || app.passkeys.is_none() {
+        return web::see_other(if rd.is_empty() { "/account" } else { &rd });
+    }
+    web::html(
+        &app,
+        &ctx,
+        StatusCode::OK,
+        pages::PasskeyOffer {
+            page: web::passkey_page(&app, &ctx, "security"),
+            rd: if rd.is_empty() { "/account".into() } else { rd },
+        },
+    )
+}
+
+/// "Not now": remembered, and the offer is not made again.
+async fn decline_passkey_offer(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if let Err(e) = app.db.decline_passkey_offer(&user.id).await {
+        return web::problem_page(&app, &ctx, e.into());
+    }
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
+    web::see_other(if rd.is_empty() { "/account" } else { &rd })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct NewPasskeyForm {
+    csrf: String,
+    rd: String,
+    name: String,
+    credential: String,
+}
+
+/// `POST /account/security/passkeys`: the new passkey from the browser's ceremony. A first
+/// second factor comes with recovery codes, shown once.
+async fn add_passkey(State(app): App, ctx: Ctx, Form(f): Form<NewPasskeyForm>) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
+    let ceremony = ctx.ceremony().unwrap_or_default();
+    let added =
+        second::add_passkey(&app, &ctx.caller(), &user, ceremony, &f.name, &f.credential).await;
+    let mut r = match added {
+        Ok(Some(codes)) => codes_page(
+            &app,
+            &ctx,
+            codes,
+            &rd,
+            "Your passkey is saved: you can sign in with it alone.",
+        ),
+        Ok(None) if !rd.is_empty() => web::see_other(&rd),
+        Ok(None) => {
+            security(
+                &app,
+                &ctx,
+                &user,
+                "",
+                "Your passkey is saved: you can sign in with it alone.",
+                "",
+                "",
+            )
+            .await
+        }
+        Err(p) if p.status.is_client_error() => {
+            security(&app, &ctx, &user, &rd, "", &p.message, "").await
+        }
+        Err(p) => web::problem_page(&app, &ctx, p),
+    };
+    web::set_ceremony_cookie(&app, r.headers_mut(), "", Duration::ZERO);
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RenameForm {
+    csrf: String,
+    name: String,
+}
+
+async fn rename_passkey(
+    State(app): App,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(f): Form<RenameForm>,
+) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::rename_passkey(&app, &user, &id, &f.name).await {
+        Ok(()) => security(&app, &ctx, &user, "", "The passkey is renamed.", "", "").await,
+        Err(p) if p.status.is_client_error() => {
+            security(&app, &ctx, &user, "", "", &p.message, "").await
+        }
+        Err(p) => web::problem_page(&app, &ctx, p),
+    }
+}
+
+async fn remove_passkey(
+    State(app): App,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(f): Form<PasswordForm>,
+) -> Response {
+    let user = match poster(&app, &ctx, &f.csrf).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match second::remove_passkey(&app, &ctx.caller(), &user, &id, &f.password).await {
+        Ok(()) => security(&app, &ctx, &user, "", "The passkey is removed.", "", "").await,
+        Err(p) if p.code == "invalid_credentials" => {
+            security(&app, &ctx, &user, "", "", "", &p.message).await
+        }
+        Err(p) if p.status.is_client_error() => {
+            security(&app, &ctx, &user, "", "", &p.message, "").await
+        }
+        Err(p) => web::problem_page(&app, &ctx, p),
     }
 }

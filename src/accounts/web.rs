@@ -58,6 +58,8 @@ pub struct Ctx {
     device: Option<String>,
     /// The pending sign-in's cookie, as sent (checked by the second step).
     pending: Option<Secret<String>>,
+    /// The passkey ceremony's cookie, as sent (checked when the ceremony ends).
+    ceremony: Option<Secret<String>>,
 }
 
 /// An answer before any handler ran: the store failed (503).
@@ -108,6 +110,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
         let token = cookie(&s.cookie_name).map(|v| Secret::new(v.to_owned()));
         let device = cookie(super::guard::DEVICE_COOKIE).map(str::to_owned);
         let pending = cookie(PENDING_COOKIE).map(|v| Secret::new(v.to_owned()));
+        let ceremony = cookie(super::passkeys::CEREMONY_COOKIE).map(|v| Secret::new(v.to_owned()));
         let session = match &token {
             Some(t) => app
                 .gateway
@@ -128,6 +131,7 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
             session,
             device,
             pending,
+            ceremony,
         })
     }
 }
@@ -155,6 +159,11 @@ impl Ctx {
         self.pending.as_ref().map(|t| t.expose().as_str())
     }
 
+    /// The passkey ceremony of this browser, if any (unchecked).
+    pub(super) fn ceremony(&self) -> Option<&str> {
+        self.ceremony.as_ref().map(|t| t.expose().as_str())
+    }
+
     pub(crate) fn page(&self, section: &'static str) -> Page {
         Page {
             signed_in: self.session.as_ref().map(|l| {
@@ -166,6 +175,7 @@ impl Ctx {
             section,
             csrf: self.csrf.clone(),
             registry: cfg!(feature = "registry"),
+            passkeys: false,
         }
     }
 
@@ -214,7 +224,17 @@ pub(super) const PENDING_COOKIE: &str = "gatehouse_pending";
 
 /// Sets (or with an empty value and no lifetime, clears) the pending sign-in's cookie.
 pub(super) fn set_pending_cookie(app: &Accounts, h: &mut HeaderMap, value: &str, ttl: Duration) {
-    let cookie = Cookie::build((PENDING_COOKIE, value))
+    strict_cookie(app, h, PENDING_COOKIE, value, ttl);
+}
+
+/// Sets (or clears) the cookie of a passkey ceremony: like the pending sign-in's.
+pub(super) fn set_ceremony_cookie(app: &Accounts, h: &mut HeaderMap, value: &str, ttl: Duration) {
+    strict_cookie(app, h, super::passkeys::CEREMONY_COOKIE, value, ttl);
+}
+
+/// An HttpOnly cookie of this site alone (SameSite=Strict) that lives `ttl`.
+fn strict_cookie(app: &Accounts, h: &mut HeaderMap, name: &str, value: &str, ttl: Duration) {
+    let cookie = Cookie::build((name, value))
         .path("/")
         .http_only(true)
         .secure(app.settings.secure)
@@ -273,7 +293,7 @@ fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
 }
@@ -411,6 +431,14 @@ pub struct LoginForm {
     rd: String,
 }
 
+/// A page that loads the passkey script when passkeys are on.
+pub(super) fn passkey_page(app: &Accounts, ctx: &Ctx, section: &'static str) -> Page {
+    Page {
+        passkeys: app.passkeys.is_some(),
+        ..ctx.page(section)
+    }
+}
+
 pub(super) fn login_form(
     app: &Accounts,
     ctx: &Ctx,
@@ -425,7 +453,7 @@ pub(super) fn login_form(
         ctx,
         status,
         pages::Login {
-            page: ctx.page("login"),
+            page: passkey_page(app, ctx, "login"),
             username: username.into(),
             rd: rd.into(),
             error: error.into(),
@@ -474,13 +502,19 @@ pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -
     match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
         Ok(ops::LoginOutcome::Done(done)) => {
             let to = if done.must_enrol {
-                "/account/security" // no second factor yet: set one up first
+                "/account/security".to_owned() // no second factor yet: set one up first
+            } else if super::second::offer_passkey(&app, &done.user).await {
+                let mut to = "/login/passkey-offer".to_owned();
+                if !rd.is_empty() {
+                    to += &format!("?rd={}", crate::forward::percent_encode(&rd));
+                }
+                to
             } else if rd.is_empty() {
-                "/account"
+                "/account".to_owned()
             } else {
-                &rd
+                rd
             };
-            let mut r = see_other(to);
+            let mut r = see_other(&to);
             completed_login_cookies(&app, r.headers_mut(), &done);
             r
         }

@@ -69,6 +69,11 @@ impl Site {
         self.dir.join("data")
     }
 
+    /// The users' database, as `Db::open` takes it (`None`: SQLite in the data directory).
+    pub(crate) fn database_url(&self) -> Option<String> {
+        self.pg.as_ref().map(Postgres::url)
+    }
+
     /// `gatehouse <args>` on this site's users: its data directory and role file, and the
     /// PostgreSQL URL by environment, as the README tells operators to pass it.
     pub(crate) fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
