@@ -532,3 +532,183 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
     wait_path(&c, "/vault/box").await;
     c.close().await.unwrap();
 }
+
+/// A command of chromedriver's own beyond what fantoccini wraps: `path` under the session.
+#[derive(Debug)]
+struct Chromedriver {
+    path: &'static str,
+    body: serde_json::Value,
+}
+
+impl Chromedriver {
+    /// The virtual authenticator (the WebDriver extension of WebAuthn §11): a platform
+    /// passkey provider with resident keys and user verification, which answers every
+    /// ceremony of this browser session as if the user touched it.
+    fn virtual_authenticator() -> Chromedriver {
+        Chromedriver {
+            path: "webauthn/authenticator",
+            body: serde_json::json!({
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": true,
+                "hasUserVerification": true,
+                "isUserVerified": true,
+                "automaticPresenceSimulation": true,
+            }),
+        }
+    }
+
+    /// Runs `source` in every page before its own scripts (DevTools, through chromedriver).
+    fn before_each_page(source: &str) -> Chromedriver {
+        Chromedriver {
+            path: "goog/cdp/execute",
+            body: serde_json::json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": source },
+            }),
+        }
+    }
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Chromedriver {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (hyper::Method, Option<String>) {
+        (hyper::Method::POST, Some(self.body.to_string()))
+    }
+}
+
+/// Passkeys in a real browser: the offer after a password sign-in ("not now"), a passkey
+/// added on the security page (with the first recovery codes), a sign-in with the passkey
+/// alone and no username, which a `mfa = true` route behind nginx admits at once, and the
+/// passkey as the second step after a password. The pages are on `localhost`: a passkey is
+/// bound to a domain name, never to an IP address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkey_enrolment_and_sign_in_without_a_username_through_nginx() {
+    let dir = TempDir::new("browser-passkeys");
+    let data = dir.join("data");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\npath = \"/vault\"\nmfa = true\n\n[[rule]]\npath = \"/login\"\nanonymous = true\n",
+    )
+    .unwrap();
+    let base = [
+        "--insecure-cookies",
+        "--data-dir",
+        &data,
+        "--policy",
+        &policy,
+    ];
+    let mut gh = Gatehouse::spawn(&args(&base));
+    let created = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--data-dir",
+            &data,
+            "--username",
+            "cleo",
+            "--email",
+            "cleo@example.org",
+        ],
+        PW,
+    );
+    assert!(created.status.success(), "{created:?}");
+    let app = EchoServer::start();
+    let nginx = signin_site(gh.addr().port(), app.port());
+    let site = format!("http://localhost:{}", nginx.addr().port());
+    let mut with_url = base.to_vec();
+    with_url.extend(["--public-url", &site]);
+    gh.restart_with(&args(&with_url));
+    assert!(gh.logs().contains("passkeys on"), "{}", gh.logs());
+
+    let driver = ChromeDriver::start();
+    let c = browser(&driver).await;
+    c.issue_cmd(Chromedriver::virtual_authenticator())
+        .await
+        .expect("chromedriver's virtual authenticator");
+
+    // A password sign-in offers a passkey once; "not now" goes on and is remembered.
+    c.goto(&format!("{site}/home")).await.unwrap();
+    wait_path(&c, "/login").await;
+    let username = c.find(Locator::Id("username")).await.unwrap();
+    assert_eq!(
+        username.attr("autocomplete").await.unwrap().as_deref(),
+        Some("username webauthn")
+    );
+    shoot(&c, "login-passkey").await;
+    sign_in(&c, "cleo", PW).await;
+    wait_path(&c, "/login/passkey-offer").await;
+    shoot(&c, "passkey-offer").await;
+    click(&c, "#passkey-not-now").await;
+    wait_path(&c, "/home").await;
+
+    // Added on the security page: the first second factor comes with recovery codes.
+    c.goto(&format!("{site}/account/security")).await.unwrap();
+    fill(&c, "passkey-name", "Laptop").await;
+    click(&c, "#passkey-register button[type=submit]").await;
+    wait_path(&c, "/account/security/passkeys").await;
+    let codes = c.find(Locator::Id("recovery-codes")).await.unwrap();
+    assert_eq!(codes.find_all(Locator::Css("li")).await.unwrap().len(), 10);
+    click(&c, "#saved").await;
+    wait_path(&c, "/account/security").await;
+    let page = c.source().await.unwrap();
+    assert!(
+        page.contains("Laptop") && page.contains("Last used never"),
+        "{page}"
+    );
+    shoot(&c, "security-passkeys").await;
+
+    // Signed out, then in with the passkey alone, no username: the sign-in page asks the
+    // browser for passkeys as autofill (conditional UI), which the virtual authenticator
+    // answers at once; the vault (mfa = true) lets the session in without a step-up.
+    let sign_out = || async {
+        c.goto(&format!("{site}/logout")).await.unwrap();
+        click(&c, "form button[type=submit]").await;
+        c.delete_all_cookies().await.unwrap();
+    };
+    sign_out().await;
+    c.goto(&format!("{site}/vault/box?k=1")).await.unwrap();
+    wait_path(&c, "/vault/box").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("X-Auth-Request-Amr: hwk mfa"), "{page}");
+
+    // A browser without autofill of passkeys: the "Sign in with a passkey" button.
+    c.issue_cmd(Chromedriver::before_each_page(
+        "PublicKeyCredential.isConditionalMediationAvailable = async () => false;",
+    ))
+    .await
+    .expect("a script before each page");
+    sign_out().await;
+    c.goto(&format!("{site}/vault/box?k=2")).await.unwrap();
+    wait_path(&c, "/login").await;
+    click(&c, "#passkey-sign-in").await;
+    wait_path(&c, "/vault/box").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("X-Auth-Request-Amr: hwk mfa"), "{page}");
+
+    // Password first, then the passkey as the second step; no offer any more.
+    sign_out().await;
+    c.goto(&format!("{site}/vault/box?k=3")).await.unwrap();
+    wait_path(&c, "/login").await;
+    sign_in(&c, "cleo", PW).await;
+    wait_path(&c, "/login/second-factor").await;
+    assert!(c.get_named_cookie("gatehouse_session").await.is_err());
+    shoot(&c, "second-step-passkey").await;
+    click(&c, "#passkey-second-factor").await;
+    wait_path(&c, "/vault/box").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("X-Auth-Request-Amr: pwd hwk mfa"), "{page}");
+    c.close().await.unwrap();
+}

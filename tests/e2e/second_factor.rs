@@ -205,7 +205,10 @@ fn authenticator_app_and_recovery_codes(backend: Backend) {
     assert_eq!(v["user"]["username"], "ada");
     assert_eq!(a.json("GET", "/api/me", &json!(null)).0.status, 200);
     let (_, v) = a.json("GET", "/api/security", &json!(null));
-    assert_eq!(v, json!({"totp": true, "recovery_codes_left": 8}));
+    assert_eq!(
+        v,
+        json!({"passkeys_available": false, "passkeys": [], "totp": true, "recovery_codes_left": 8})
+    );
 
     // A wrong code costs what a wrong password costs: the delay comes, then 429.
     let mut a = Browser::new(gh.addr());

@@ -60,6 +60,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
     // only the migrations newer than the fixture ran.
     let newer = [
         "module=\"accounts\" version=3",
+        "module=\"accounts\" version=4",
         "module=\"registry\" version=5",
     ];
     for line in gh
@@ -76,6 +77,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 1",
         "accounts 2",
         "accounts 3",
+        "accounts 4",
         "registry 1",
         "registry 2",
         "registry 3",

@@ -278,6 +278,13 @@ impl Gatehouse {
     /// Kills the process if it is running and starts it again with the same ports, args and
     /// environment in the same directory (so an embedded store and keys survive); waits for
     /// readiness like `spawn`.
+    /// Restarts it on the same ports with other arguments (what it learned after it started,
+    /// such as the port of the nginx in front of it).
+    pub fn restart_with(&mut self, extra_args: &[String]) {
+        self.extra_args = extra_args.to_vec();
+        self.restart();
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.start_process();
