@@ -321,25 +321,17 @@ pub async fn begin_assertion(app: &Accounts, user: Option<&User>) -> Result<Chal
     })
 }
 
-/// Whose passkey a ceremony's answer is, when it checks out.
-pub enum Asserted {
-    /// A discoverable sign-in: the owner of the passkey.
-    SignIn(String),
-    /// The user the ceremony was for.
-    User(String),
-}
-
 /// Checks an authenticator's answer (`credential`, JSON) to the ceremony of `ceremony`:
 /// the challenge, the origin and RP id, the signature, user verification, and a counter
 /// that went up (a counter that did not is a cloned authenticator). `for_user` is who a
 /// named ceremony must be for; the passkey must be theirs. On success the passkey's new
-/// counter and last use are stored.
+/// counter and last use are stored, and its owner's user id is returned.
 pub async fn check_assertion(
     app: &Accounts,
     ceremony: &str,
     credential: &str,
     for_user: Option<&str>,
-) -> Result<Asserted, Problem> {
+) -> Result<String, Problem> {
     let rp = rp(app)?;
     let credential: PublicKeyCredential =
         serde_json::from_str(credential).map_err(|_| refused())?;
@@ -412,10 +404,7 @@ pub async fn check_assertion(
         );
         return Err(refused());
     }
-    Ok(match for_user {
-        None => Asserted::SignIn(stored.user_id),
-        Some(_) => Asserted::User(stored.user_id),
-    })
+    Ok(stored.user_id)
 }
 
 /// A passkey as the pages and the API list it.

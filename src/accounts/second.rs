@@ -362,8 +362,7 @@ pub async fn passkey_sign_in(
         return Err(Problem::wait(app, "throttled", wait));
     }
     let user_id = match passkeys::check_assertion(app, ceremony, credential, None).await {
-        Ok(passkeys::Asserted::SignIn(id)) => id,
-        Ok(passkeys::Asserted::User(_)) => return Err(passkeys::refused()),
+        Ok(id) => id,
         Err(p) => {
             if p.code == "passkey_refused" {
                 app.throttle.fail(&key).await?;

@@ -278,6 +278,7 @@ impl Gatehouse {
     /// Kills the process if it is running and starts it again with the same ports, args and
     /// environment in the same directory (so an embedded store and keys survive); waits for
     /// readiness like `spawn`.
+    #[cfg(feature = "accounts")]
     /// Restarts it on the same ports with other arguments (what it learned after it started,
     /// such as the port of the nginx in front of it).
     pub fn restart_with(&mut self, extra_args: &[String]) {
