@@ -1242,11 +1242,14 @@ mod tests {
             only_accounts,
             [
                 "gatehouse_schema",
+                "passkey_offers_declined",
                 "role_scopes",
+                "user_passkeys",
                 "user_recovery_codes",
                 "user_tokens",
                 "user_totp",
-                "users"
+                "users",
+                "webauthn_ceremonies"
             ],
         );
         db.migrate(&[&EXTRA]).await.unwrap();
@@ -1266,6 +1269,7 @@ mod tests {
                 ("accounts".to_owned(), 1),
                 ("accounts".to_owned(), 2),
                 ("accounts".to_owned(), 3),
+                ("accounts".to_owned(), 4),
                 ("extra".to_owned(), 1)
             ]
         );
