@@ -292,19 +292,10 @@ async fn assertion_options(
     };
     let begun = match b.purpose.as_str() {
         "" | "sign_in" => passkeys::begin_assertion(&app, None).await,
-        "second_factor" => {
-            let who = match ctx.pending() {
-                Some(pending) => second::pending_user(&app, pending).await,
-                None => match user(&app, &ctx).await {
-                    Ok(u) => Ok(u),
-                    Err(r) => return r,
-                },
-            };
-            match who {
-                Ok(u) => passkeys::begin_assertion(&app, Some(&u)).await,
-                Err(p) => Err(p),
-            }
-        }
+        "second_factor" => match stepping_user(&app, &ctx).await {
+            Ok(u) => passkeys::begin_assertion(&app, Some(&u)).await,
+            Err(r) => return r,
+        },
         _ => {
             return refusal(
                 StatusCode::BAD_REQUEST,
@@ -316,6 +307,15 @@ async fn assertion_options(
     match begun {
         Ok(c) => challenge(&app, c),
         Err(p) => error(p),
+    }
+}
+
+/// Who a second factor is for: the user of the sign-in pending in this browser, else the
+/// signed-in user (a step-up).
+async fn stepping_user(app: &Accounts, ctx: &Ctx) -> Result<User, Response> {
+    match ctx.pending() {
+        Some(pending) => second::pending_user(app, pending).await.map_err(error),
+        None => user(app, ctx).await,
     }
 }
 

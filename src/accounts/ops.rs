@@ -274,13 +274,7 @@ pub async fn login(
         app.throttle.succeed(key).await?;
     }
     if !user.active {
-        app.metrics.login("inactive");
-        audit!("login_inactive", user.id, caller.ip);
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "inactive",
-            "This account is deactivated. Contact the administrators.",
-        ));
+        return Err(inactive(app, caller, &user));
     }
     if user.email_confirmed_at.is_none() {
         app.metrics.login("unconfirmed");
@@ -311,6 +305,17 @@ pub async fn login(
             Ok(LoginOutcome::SecondStep { pending, methods })
         }
     }
+}
+
+/// A deactivated user's right password or passkey: counted, audited, refused.
+pub(super) fn inactive(app: &Accounts, caller: &Caller<'_>, user: &User) -> Problem {
+    app.metrics.login("inactive");
+    audit!("login_inactive", user.id, caller.ip);
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "inactive",
+        "This account is deactivated. Contact the administrators.",
+    )
 }
 
 /// The session of a completed sign-in, signed in with `amr`, and the device cookie.

@@ -210,8 +210,6 @@ pub struct SecondFactor {
 #[template(path = "security.html")]
 pub struct Security {
     pub page: Page,
-    /// Passkeys are on (the server has a domain name to bind them to).
-    pub passkeys_on: bool,
     pub passkeys: Vec<PasskeyRow>,
     /// Removing this passkey removes the last second factor: the password is asked.
     pub last_factor: bool,

@@ -20,9 +20,8 @@ use webauthn_rs::prelude::{
 };
 
 use super::db::{NewPasskey, StoredPasskey, User};
-use super::ops::{Caller, Problem};
+use super::ops::Problem;
 use super::Accounts;
-use crate::audit;
 use crate::error::ConfigError;
 
 /// The cookie of a ceremony in progress: HttpOnly, this site only, [`CEREMONY_TTL`].
@@ -191,7 +190,6 @@ pub fn check_name(name: &str) -> Result<String, Problem> {
 /// cookie, which must be this user's. The passkey's id on success.
 pub async fn finish_registration(
     app: &Accounts,
-    caller: &Caller<'_>,
     user: &User,
     ceremony: &str,
     name: &str,
@@ -237,13 +235,6 @@ pub async fn finish_registration(
             "This passkey is registered already.",
         ));
     };
-    audit!(
-        "second_factor_added",
-        user.id,
-        caller.ip,
-        method = "passkey",
-        passkey = id.as_str()
-    );
     Ok(id)
 }
 

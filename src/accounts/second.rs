@@ -269,10 +269,7 @@ pub async fn confirm_totp(
         "An authenticator app was added",
         "an authenticator app was added to your account: signing in now asks for its code after your password",
     );
-    if app.db.recovery_codes_left(&user.id).await? > 0 {
-        return Ok(None);
-    }
-    Ok(Some(store_recovery_codes(app, user).await?))
+    first_recovery_codes(app, user).await
 }
 
 /// A new set of recovery codes (the old set is void), shown once. Only for a user with a
@@ -298,6 +295,15 @@ pub async fn new_recovery_codes(
         "a new set of recovery codes was made for your account; the old ones no longer work",
     );
     Ok(codes)
+}
+
+/// The first set of recovery codes, with a user's first second factor; `None` when they
+/// have some already.
+async fn first_recovery_codes(app: &Accounts, user: &User) -> Result<Option<Vec<String>>, Problem> {
+    if app.db.recovery_codes_left(&user.id).await? > 0 {
+        return Ok(None);
+    }
+    Ok(Some(store_recovery_codes(app, user).await?))
 }
 
 async fn store_recovery_codes(app: &Accounts, user: &User) -> Result<Vec<String>, Problem> {
@@ -376,13 +382,7 @@ pub async fn passkey_sign_in(
         return Err(passkeys::refused());
     };
     if !user.active {
-        app.metrics.login("inactive");
-        audit!("login_inactive", user.id, caller.ip);
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "inactive",
-            "This account is deactivated. Contact the administrators.",
-        ));
+        return Err(ops::inactive(app, caller, &user));
     }
     app.throttle.succeed(&key).await?;
     app.metrics.second_factor("passkey", "ok");
@@ -415,7 +415,14 @@ pub async fn add_passkey(
     name: &str,
     credential: &str,
 ) -> Result<Option<Vec<String>>, Problem> {
-    passkeys::finish_registration(app, caller, user, ceremony, name, credential).await?;
+    let id = passkeys::finish_registration(app, user, ceremony, name, credential).await?;
+    audit!(
+        "second_factor_added",
+        user.id,
+        caller.ip,
+        method = "passkey",
+        passkey = id.as_str()
+    );
     notify(
         app,
         user,
@@ -425,10 +432,7 @@ pub async fn add_passkey(
             name.trim()
         ),
     );
-    if app.db.recovery_codes_left(&user.id).await? > 0 {
-        return Ok(None);
-    }
-    Ok(Some(store_recovery_codes(app, user).await?))
+    first_recovery_codes(app, user).await
 }
 
 /// Renames one of the user's passkeys.

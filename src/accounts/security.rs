@@ -95,7 +95,7 @@ async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> R
     if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
         return step_up_page(&app, &ctx, &rd, "").await;
     }
-    web::see_other(if rd.is_empty() { "/account" } else { &rd })
+    web::see_other(onward(&rd))
 }
 
 #[derive(Deserialize, Default)]
@@ -184,6 +184,15 @@ async fn second_step_page(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>)
     web::see_other("/login")
 }
 
+/// Where a finished sign-in, step-up or offer goes: `rd`, or the account page.
+fn onward(rd: &str) -> &str {
+    if rd.is_empty() {
+        "/account"
+    } else {
+        rd
+    }
+}
+
 /// What the user of a pending sign-in can finish it with (they gave their password).
 async fn pending_methods(app: &Accounts, pending: &str) -> Result<Vec<&'static str>, Problem> {
     let user = second::pending_user(app, pending).await?;
@@ -220,7 +229,7 @@ async fn finish_step(
     rd: &str,
     (method, proof): (&str, Proof<'_>),
 ) -> Response {
-    let to = if rd.is_empty() { "/account" } else { rd };
+    let to = onward(rd);
     let caller = ctx.caller();
     if let Some(pending) = ctx.pending() {
         let methods = match pending_methods(app, pending).await {
@@ -329,7 +338,6 @@ async fn security(
         status,
         pages::Security {
             page: web::passkey_page(app, ctx, "security"),
-            passkeys_on: app.passkeys.is_some(),
             last_factor: !f.totp && passkeys.len() == 1,
             passkeys: passkeys
                 .into_iter()
@@ -570,7 +578,7 @@ async fn passkey_login(State(app): App, ctx: Ctx, Form(f): Form<PasskeyForm>) ->
     } else {
         match second::passkey_sign_in(&app, &ctx.caller(), ceremony, &f.credential).await {
             Ok(done) => {
-                let mut r = web::see_other(if rd.is_empty() { "/account" } else { &rd });
+                let mut r = web::see_other(onward(&rd));
                 web::completed_login_cookies(&app, r.headers_mut(), &done);
                 r
             }
@@ -589,7 +597,7 @@ async fn passkey_login(State(app): App, ctx: Ctx, Form(f): Form<PasskeyForm>) ->
 async fn passkey_offer(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>) -> Response {
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
     if ctx.session().is_none() || app.passkeys.is_none() {
-        return web::see_other(if rd.is_empty() { "/account" } else { &rd });
+        return web::see_other(onward(&rd));
     }
     web::html(
         &app,
@@ -597,7 +605,7 @@ async fn passkey_offer(State(app): App, ctx: Ctx, Query(q): Query<StepQuery>) ->
         StatusCode::OK,
         pages::PasskeyOffer {
             page: web::passkey_page(&app, &ctx, "security"),
-            rd: if rd.is_empty() { "/account".into() } else { rd },
+            rd: onward(&rd).into(),
         },
     )
 }
@@ -612,7 +620,7 @@ async fn decline_passkey_offer(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm
         return web::problem_page(&app, &ctx, e.into());
     }
     let rd = web::redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
-    web::see_other(if rd.is_empty() { "/account" } else { &rd })
+    web::see_other(onward(&rd))
 }
 
 #[derive(Deserialize, Default)]

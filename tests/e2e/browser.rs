@@ -38,6 +38,17 @@ async fn sign_in(c: &Client, username: &str, password: &str) {
     click(c, "form button[type=submit]").await;
 }
 
+/// A policy file in `dir` whose `/vault` asks for a second factor (`/login` is open).
+fn vault_policy(dir: &TempDir) -> String {
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\npath = \"/vault\"\nmfa = true\n\n[[rule]]\npath = \"/login\"\nanonymous = true\n",
+    )
+    .unwrap();
+    policy
+}
+
 /// Types `text` into the field with id `id`.
 async fn fill(c: &Client, id: &str, text: &str) {
     c.find(Locator::Id(id))
@@ -398,12 +409,7 @@ async fn totp_now(key: &str, skip: u64) -> String {
 async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
     let dir = TempDir::new("browser-2fa");
     let data = dir.join("data");
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[[rule]]\npath = \"/vault\"\nmfa = true\n\n[[rule]]\npath = \"/login\"\nanonymous = true\n",
-    )
-    .unwrap();
+    let policy = vault_policy(&dir);
     let gh = Gatehouse::spawn(&args(&[
         "--insecure-cookies",
         "--data-dir",
@@ -411,20 +417,7 @@ async fn second_factor_enrolment_sign_in_and_step_up_through_nginx() {
         "--policy",
         &policy,
     ]));
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "bea",
-            "--email",
-            "bea@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "bea", "bea@example.org", PW);
     let app = EchoServer::start();
     let nginx = signin_site(gh.addr().port(), app.port());
     let site = format!("http://{}", nginx.addr());
@@ -597,12 +590,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for Chromedriver {
 async fn passkey_enrolment_and_sign_in_without_a_username_through_nginx() {
     let dir = TempDir::new("browser-passkeys");
     let data = dir.join("data");
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[[rule]]\npath = \"/vault\"\nmfa = true\n\n[[rule]]\npath = \"/login\"\nanonymous = true\n",
-    )
-    .unwrap();
+    let policy = vault_policy(&dir);
     let base = [
         "--insecure-cookies",
         "--data-dir",
@@ -611,20 +599,7 @@ async fn passkey_enrolment_and_sign_in_without_a_username_through_nginx() {
         &policy,
     ];
     let mut gh = Gatehouse::spawn(&args(&base));
-    let created = gatehouse_cli_stdin(
-        &[
-            "user",
-            "create",
-            "--data-dir",
-            &data,
-            "--username",
-            "cleo",
-            "--email",
-            "cleo@example.org",
-        ],
-        PW,
-    );
-    assert!(created.status.success(), "{created:?}");
+    create_user(&data, "cleo", "cleo@example.org", PW);
     let app = EchoServer::start();
     let nginx = signin_site(gh.addr().port(), app.port());
     let site = format!("http://localhost:{}", nginx.addr().port());

@@ -124,6 +124,16 @@ impl Device {
     }
 }
 
+/// Posts a device's answer to the browser's ceremony: a sign-in (`sign_in`) or a second
+/// step (`second_factor`).
+fn finish(b: &mut Browser, purpose: &str, answer: Value) -> (Response, Value) {
+    b.json(
+        "POST",
+        "/api/login/passkey",
+        &json!({ "purpose": purpose, "credential": answer }),
+    )
+}
+
 fn json_login(b: &mut Browser, username: &str) -> Value {
     let (r, v) = b.json(
         "POST",
@@ -201,11 +211,7 @@ fn register_second_step_and_sign_in_alone(backend: Backend) {
         );
         assert_eq!(o["publicKey"]["userVerification"], "required");
     });
-    let (r, v) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "purpose": "second_factor", "credential": answer }),
-    );
+    let (r, v) = finish(&mut b, "second_factor", answer);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(v["user"]["username"], "ada");
     assert_eq!(amr(&site, &b), json!(["pwd", "hwk", "mfa"]));
@@ -213,11 +219,7 @@ fn register_second_step_and_sign_in_alone(backend: Backend) {
     // The passkey alone, no username: two factors on its own.
     let mut b = Browser::new(site.gh.addr());
     let answer = phone.sign_in_answer(&mut b);
-    let (r, v) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "credential": answer }),
-    );
+    let (r, v) = finish(&mut b, "sign_in", answer);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(v["user"]["username"], "ada");
     let c = claims(&auth(&site.gh, b.cookie(COOKIE).unwrap()));
@@ -247,11 +249,7 @@ fn register_second_step_and_sign_in_alone(backend: Backend) {
     // A removed passkey signs no one in.
     let mut b = Browser::new(site.gh.addr());
     let answer = phone.sign_in_answer(&mut b);
-    let (r, v) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "credential": answer }),
-    );
+    let (r, v) = finish(&mut b, "sign_in", answer);
     assert_eq!(
         (r.status, v["error"].as_str()),
         (401, Some("passkey_refused"))
@@ -278,11 +276,7 @@ fn attacks_are_refused(backend: Backend) {
     let answer = ada_key.answer(&mut b, "second_factor", ORIGIN, |o| {
         o["publicKey"]["allowCredentials"] = json!([{ "type": "public-key", "id": ada_id }]);
     });
-    let (r, v) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "purpose": "second_factor", "credential": answer }),
-    );
+    let (r, v) = finish(&mut b, "second_factor", answer);
     assert_eq!(
         (r.status, v["error"].as_str()),
         (401, Some("passkey_refused"))
@@ -292,11 +286,7 @@ fn attacks_are_refused(backend: Backend) {
     let mut b = Browser::new(site.gh.addr());
     let mut answer = bob_key.sign_in_answer(&mut b);
     answer["response"]["userHandle"] = ada_key.handle.clone().into();
-    let (r, _) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "credential": answer }),
-    );
+    let (r, _) = finish(&mut b, "sign_in", answer);
     assert_eq!(r.status, 401, "{}", r.body);
 
     // Another site's RP id: a phishing page that relays our challenge gets an answer bound
@@ -309,11 +299,7 @@ fn attacks_are_refused(backend: Backend) {
     });
     let mut answer = answer;
     answer["response"]["userHandle"] = ada_key.handle.clone().into();
-    let (r, _) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "credential": answer }),
-    );
+    let (r, _) = finish(&mut b, "sign_in", answer);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(b.cookie(COOKIE).is_none());
 
@@ -356,11 +342,7 @@ fn attacks_are_refused(backend: Backend) {
     });
     let mut b = Browser::new(site.gh.addr());
     let answer = ada_key.sign_in_answer(&mut b);
-    let (r, v) = b.json(
-        "POST",
-        "/api/login/passkey",
-        &json!({ "credential": answer }),
-    );
+    let (r, v) = finish(&mut b, "sign_in", answer);
     assert_eq!(
         (r.status, v["error"].as_str()),
         (401, Some("passkey_refused"))
