@@ -291,9 +291,9 @@ async fn assertion_options(
         Err(r) => return r,
     };
     let begun = match b.purpose.as_str() {
-        "" | "sign_in" => passkeys::begin_assertion(&app, None).await,
+        "" | "sign_in" => passkeys::begin_assertion(&app, ctx.ip(), None).await,
         "second_factor" => match stepping_user(&app, &ctx).await {
-            Ok(u) => passkeys::begin_assertion(&app, Some(&u)).await,
+            Ok(u) => passkeys::begin_assertion(&app, ctx.ip(), Some(&u)).await,
             Err(r) => return r,
         },
         _ => {
@@ -367,7 +367,7 @@ async fn registration_options(
         Ok(x) => x,
         Err(r) => return r,
     };
-    match passkeys::begin_registration(&app, &user).await {
+    match passkeys::begin_registration(&app, ctx.ip(), &user).await {
         Ok(c) => challenge(&app, c),
         Err(p) => error(p),
     }

@@ -172,17 +172,25 @@ impl Throttle {
     }
 }
 
-/// At most `limit` requests per address in each `window` (registration, forgot-password),
-/// IPv6 by its /64.
+/// At most `limit` requests per address in each `window` (registration and forgot-password;
+/// passkey ceremonies, on their own counter), IPv6 by its /64.
 pub struct RateLimit {
+    /// The counters' key prefix: one per limit.
+    name: &'static str,
     limit: u32,
     window: Duration,
     counters: Arc<Counters>,
 }
 
 impl RateLimit {
-    pub fn new(limit: u32, window: Duration, counters: Arc<Counters>) -> RateLimit {
+    pub fn new(
+        name: &'static str,
+        limit: u32,
+        window: Duration,
+        counters: Arc<Counters>,
+    ) -> RateLimit {
         RateLimit {
+            name,
             limit,
             window,
             counters,
@@ -191,7 +199,7 @@ impl RateLimit {
 
     /// Counts one request from `ip`; `Some(retry_after)` when over the limit.
     pub async fn check(&self, ip: IpAddr) -> Result<Option<Duration>, StoreError> {
-        let key = format!("rate:{}", address_key(ip));
+        let key = format!("{}:{}", self.name, address_key(ip));
         let (n, left) = self.counters.hit(&key, self.window).await?;
         Ok((n > self.limit).then(|| left.max(Duration::from_secs(1))))
     }
@@ -432,7 +440,12 @@ mod tests {
 
     #[tokio::test]
     async fn rate_limit_counts_per_address_and_ipv6_per_64() {
-        let r = RateLimit::new(2, Duration::from_secs(60), Arc::new(Counters::local()));
+        let r = RateLimit::new(
+            "rate",
+            2,
+            Duration::from_secs(60),
+            Arc::new(Counters::local()),
+        );
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(r.check(a).await.unwrap(), None);
         assert_eq!(r.check(a).await.unwrap(), None);

@@ -173,6 +173,8 @@ pub struct Accounts {
     pub throttle: guard::Throttle,
     /// Registrations and reset requests per IP.
     pub rate: guard::RateLimit,
+    /// Passkey ceremonies begun per IP: each keeps a row until it is used or expires.
+    pub ceremonies: guard::RateLimit,
     /// The throttles' counters (shared through Redis when it is the store).
     pub counters: Arc<crate::store::counters::Counters>,
     /// `--server-secret-file`: the known-device cookie's MAC key.
@@ -271,8 +273,15 @@ impl Accounts {
             settings,
             throttle: guard::Throttle::new(3, Duration::from_secs(60), counters.clone()),
             rate: guard::RateLimit::new(
+                "rate",
                 a.ip_rate_limit,
                 Duration::from_secs(3600),
+                counters.clone(),
+            ),
+            ceremonies: guard::RateLimit::new(
+                "ceremony",
+                passkeys::CEREMONIES_PER_MINUTE,
+                Duration::from_secs(60),
                 counters.clone(),
             ),
             counters,

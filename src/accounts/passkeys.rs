@@ -7,6 +7,7 @@
 //! HttpOnly cookie ([`CEREMONY_COOKIE`]); a ceremony of a named user is bound to that user.
 //! Attestation is not asked for (`none`): any authenticator that verifies its user will do.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -28,6 +29,9 @@ use crate::error::ConfigError;
 pub const CEREMONY_COOKIE: &str = "gatehouse_webauthn";
 /// How long a ceremony waits for the authenticator (the user may have to find a key).
 pub const CEREMONY_TTL: Duration = Duration::from_secs(5 * 60);
+/// Ceremonies one address may begin per minute: a sign-in page asks for one at every load
+/// (autofill), and each keeps a row until it is used or expires.
+pub const CEREMONIES_PER_MINUTE: u32 = 30;
 /// The longest name of a passkey, in characters.
 pub const MAX_NAME: usize = 64;
 
@@ -115,6 +119,15 @@ fn rp(app: &Accounts) -> Result<&RelyingParty, Problem> {
     app.passkeys.as_ref().ok_or_else(off)
 }
 
+/// The relying party, once `ip` is within its ceremonies per minute.
+async fn begin(app: &Accounts, ip: IpAddr) -> Result<&RelyingParty, Problem> {
+    let rp = rp(app)?;
+    if let Some(wait) = app.ceremonies.check(ip).await? {
+        return Err(Problem::wait(app, "rate_limited", wait));
+    }
+    Ok(rp)
+}
+
 /// What a ceremony's first request gives the browser: the options for
 /// `navigator.credentials` (`{"publicKey": …}`), and the token for its cookie.
 pub struct Challenge {
@@ -132,8 +145,12 @@ struct Registering {
 /// Starts registering a passkey for the signed-in `user`. The credential asked for is
 /// discoverable (resident), so that it can sign in without a username; the user's passkeys
 /// are excluded (one credential, one registration).
-pub async fn begin_registration(app: &Accounts, user: &User) -> Result<Challenge, Problem> {
-    let rp = rp(app)?;
+pub async fn begin_registration(
+    app: &Accounts,
+    ip: IpAddr,
+    user: &User,
+) -> Result<Challenge, Problem> {
+    let rp = begin(app, ip).await?;
     let existing = app.db.passkeys(&user.id).await?;
     let handle = existing
         .first()
@@ -268,8 +285,12 @@ fn parse(p: &StoredPasskey) -> Result<Passkey, Problem> {
 /// Starts a sign-in with a passkey: for `user` (a second step or a step-up: only their
 /// passkeys are allowed), or, with `None`, for whoever's passkey the authenticator offers
 /// (discoverable; the browser may offer it as autofill).
-pub async fn begin_assertion(app: &Accounts, user: Option<&User>) -> Result<Challenge, Problem> {
-    let rp = rp(app)?;
+pub async fn begin_assertion(
+    app: &Accounts,
+    ip: IpAddr,
+    user: Option<&User>,
+) -> Result<Challenge, Problem> {
+    let rp = begin(app, ip).await?;
     let (options, user_id, kind, state) = match user {
         None => {
             let (rcr, state) = rp

@@ -348,6 +348,21 @@ fn attacks_are_refused(backend: Backend) {
         (401, Some("passkey_refused"))
     );
     assert!(b.cookie(COOKIE).is_none());
+    // Beginning ceremonies is limited per address (each keeps a row until used or expired):
+    // the 31st in a minute is refused, with when to try again.
+    let mut b = Browser::new(site.gh.addr());
+    let refused = (0..40).find_map(|_| {
+        let (r, v) = b.json(
+            "POST",
+            "/api/login/passkey/options",
+            &json!({ "purpose": "sign_in" }),
+        );
+        (r.status != 200).then_some((r, v))
+    });
+    let (r, v) = refused.expect("a limit on ceremonies");
+    assert_eq!((r.status, v["error"].as_str()), (429, Some("rate_limited")));
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+
     assert!(
         site.gh.logs().contains("may have be compromised"),
         "{}",
