@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::Path;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -71,16 +72,23 @@ async fn script() -> Response {
 /// `/login`: the form; for a signed-in browser, `rd` at once, unless the route it came from
 /// asks for more (a step-up): a second factor (`acr_values` names two factors), which it
 /// asks for alone, or a recent sign-in (`max_age`), for which it signs in again.
-async fn login_page(State(app): App, ctx: Ctx, Query(q): Query<LoginQuery>) -> Response {
+async fn login_page(
+    State(app): App,
+    ctx: Ctx,
+    q: Result<Query<LoginQuery>, QueryRejection>,
+) -> Response {
+    // A query that does not parse (a field twice) is a bare /login, never a plain-text 400.
+    let q = q.map(|Query(q)| q).unwrap_or_default();
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
     let Some(listed) = ctx.session() else {
         return web::login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "");
     };
     let session = &listed.session;
     let now = crate::session::unix_now();
-    if q.max_age
-        .is_some_and(|max| !session.authenticated_within(max, now))
-    {
+    // A max_age that is no number is not gatehouse's (it writes the login location): it
+    // asks for nothing, and the route's own rule sends the browser back with the right one.
+    let max_age = q.max_age.parse::<u64>().ok();
+    if max_age.is_some_and(|max| !session.authenticated_within(max, now)) {
         let username = session.username.clone().unwrap_or_default();
         return web::login_form(
             &app,
@@ -104,7 +112,7 @@ pub struct LoginQuery {
     rd: String,
     /// A step-up's need, in OpenID Connect's words (from `X-Gatehouse-Login`).
     acr_values: String,
-    max_age: Option<u64>,
+    max_age: String,
 }
 
 #[derive(Deserialize, Default)]

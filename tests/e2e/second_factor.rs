@@ -421,4 +421,14 @@ fn an_old_sign_in_signs_in_again_for_max_age() {
     assert_eq!(auth(gh, &first).status, 401, "the older session lives on");
     let c = claims(&auth(gh, &second));
     assert!(c["auth_time"].as_u64().unwrap() >= before, "{c}");
+
+    // A max_age that is no number, or a field twice: the page, never a bare 400.
+    for bad in ["/login?rd=%2Faccount&max_age=abc", "/login?rd=a&rd=b"] {
+        let r = b.get(bad);
+        assert!(matches!(r.status, 200 | 303), "{bad}: {r:?}");
+    }
+    let mut signed_out = Browser::new(gh.addr());
+    let r = signed_out.get("/login?max_age=abc&max_age=1");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("<form"), "{}", r.body);
 }
