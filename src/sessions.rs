@@ -7,8 +7,16 @@
 //! and in session lists. A revocation deletes the session in the store first, then drops it
 //! from this instance's cache at once, and the store tells every other instance.
 //!
+//! Modules learn that sessions ended through [`on_end`]: sign-out, a revocation by sid,
+//! `revoke_user` (reset, deactivation, "log out everywhere") call every hook registered, just
+//! after the store call, with each ended session's `sub` and `sid`. Expiry calls nothing. The
+//! core never names a module.
+//!
 //! This module must never log or return a token other than in [`Issued`].
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::cache::SessionCache;
@@ -52,6 +60,48 @@ impl SessionsError {
             SessionsError::NotAToken | SessionsError::NoLifetime => Fault::Caller,
             SessionsError::Store(e) => e.fault(),
         }
+    }
+}
+
+/// A session that was ended (not one that expired): whose, and its handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub sub: String,
+    pub sid: String,
+}
+
+/// What a module does when sessions end. It runs before the caller answers, so what it writes
+/// (the registry: back-channel logouts in the outbox) is stored when a sign-out completes; its
+/// own failures are its to log.
+pub type EndHook =
+    Arc<dyn Fn(Vec<Ended>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+static HOOKS: RwLock<Vec<(&'static str, EndHook)>> = RwLock::new(Vec::new());
+
+/// Registers `hook` under `name`, replacing an earlier one of that name (a database opened
+/// again registers its own).
+pub fn on_end(name: &'static str, hook: EndHook) {
+    let mut all = HOOKS.write().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(n, _)| *n != name);
+    all.push((name, hook));
+}
+
+fn hooks() -> Vec<EndHook> {
+    HOOKS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect()
+}
+
+/// Tells every hook that `ended` ended.
+async fn ended(ended: Vec<Ended>) {
+    if ended.is_empty() {
+        return;
+    }
+    for hook in hooks() {
+        hook(ended.clone()).await;
     }
 }
 
@@ -120,7 +170,16 @@ impl<'a> Sessions<'a> {
         if credential::check(token).is_none() {
             return Err(SessionsError::NotAToken);
         }
-        self.revoke_key(&TokenHash::of(token)).await
+        let hash = TokenHash::of(token);
+        // Whose it was, for the hooks: one more read, on a sign-out, only when a module listens.
+        let sub = if hooks().is_empty() {
+            None
+        } else {
+            self.timed(StoreOp::Get, self.store.get(&hash))
+                .await?
+                .map(|s| s.sub)
+        };
+        self.revoke_key(&hash, sub.as_deref()).await
     }
 
     /// Revokes one of `sub`'s sessions by its `sid` ("sign out that device"). `false` when
@@ -132,7 +191,7 @@ impl<'a> Sessions<'a> {
             .into_iter()
             .find(|(hash, _)| hash.sid() == sid);
         match found {
-            Some((hash, _)) => self.revoke_key(&hash).await,
+            Some((hash, _)) => self.revoke_key(&hash, Some(sub)).await,
             None => Ok(false),
         }
     }
@@ -147,7 +206,7 @@ impl<'a> Sessions<'a> {
         let listed = self.timed(StoreOp::List, self.store.list_user(sub)).await?;
         let mut revoked = 0;
         for (hash, _) in listed {
-            if sids.contains(&hash.sid()) && self.revoke_key(&hash).await? {
+            if sids.contains(&hash.sid()) && self.revoke_key(&hash, Some(sub)).await? {
                 revoked += 1;
             }
         }
@@ -174,6 +233,16 @@ impl<'a> Sessions<'a> {
         for hash in &revoked {
             self.forget(hash).await;
         }
+        ended(
+            revoked
+                .iter()
+                .map(|h| Ended {
+                    sub: sub.to_owned(),
+                    sid: h.sid(),
+                })
+                .collect(),
+        )
+        .await;
         Ok(revoked.len() as u64)
     }
 
@@ -206,11 +275,19 @@ impl<'a> Sessions<'a> {
             .collect())
     }
 
-    async fn revoke_key(&self, hash: &TokenHash) -> Result<bool, SessionsError> {
+    /// Revokes the session stored under `hash`, `sub`'s when known (then the hooks hear of it).
+    async fn revoke_key(&self, hash: &TokenHash, sub: Option<&str>) -> Result<bool, SessionsError> {
         // The store first: a cache fill that begins after the local drop below reads the
         // store after the delete.
         let existed = self.timed(StoreOp::Revoke, self.store.revoke(hash)).await?;
         self.forget(hash).await;
+        if let (true, Some(sub)) = (existed, sub) {
+            ended(vec![Ended {
+                sub: sub.to_owned(),
+                sid: hash.sid(),
+            }])
+            .await;
+        }
         Ok(existed)
     }
 

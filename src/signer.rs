@@ -83,6 +83,9 @@ pub struct Signer {
     /// The keys of the configured algorithm in signing order; the last whose `from` has come
     /// signs (the first, if none has).
     signing: Vec<SigningKey>,
+    /// Every asymmetric key in the directory, in signing order: what tokens signed with an
+    /// algorithm of their own (an OpenID Connect client's id_token) are signed with.
+    any: Vec<SigningKey>,
     jwks: Bytes,
     settings: TokenSettings,
 }
@@ -142,28 +145,40 @@ impl Signer {
         secret: Option<&Secret<String>>,
         settings: TokenSettings,
     ) -> Result<Signer, ConfigError> {
-        let mut keys = load_dir(keys_dir)?;
-        if alg != JwtAlg::Hs256 && !keys.iter().any(|k| k.alg == alg.algorithm()) {
-            generate_into(keys_dir, alg, &format!("{}-0", alg.file_stem()))?;
-            keys = load_dir(keys_dir)?;
+        if alg != JwtAlg::Hs256 {
+            ensure_key(keys_dir, alg)?;
         }
+        let mut keys = load_dir(keys_dir)?;
+        keys.sort_by_cached_key(|k| signing_order(&k.path));
         let jwks = {
             let set = JwkSet {
                 keys: keys.iter().map(|k| k.jwk.clone()).collect(),
             };
             Bytes::from(serde_json::to_vec(&set).expect("a JWK set always serialises"))
         };
-        let header = |kid: &str| {
-            let mut h = Header::new(alg.algorithm());
+        let header = |alg: Algorithm, kid: &str| {
+            let mut h = Header::new(alg);
             h.kid = Some(kid.to_string());
             h
         };
+        let any: Vec<SigningKey> = keys
+            .iter()
+            .map(|k| {
+                let kid = k.jwk.common.key_id.clone().unwrap_or_default();
+                SigningKey {
+                    header: header(k.alg, &kid),
+                    from: activation(signing_order(&k.path).0),
+                    key: k.key.clone(),
+                    kid,
+                }
+            })
+            .collect();
         let signing = match (alg, secret) {
             (JwtAlg::Hs256, Some(secret)) => {
                 let d = digest::digest(&digest::SHA256, secret.expose().as_bytes());
                 let kid = format!("hs256-{}", URL_SAFE_NO_PAD.encode(&d.as_ref()[..6]));
                 vec![SigningKey {
-                    header: header(&kid),
+                    header: header(Algorithm::HS256, &kid),
                     key: EncodingKey::from_secret(secret.expose().as_bytes()),
                     kid,
                     from: 0,
@@ -175,31 +190,23 @@ impl Signer {
                     "is required with --jwt-alg HS256",
                 ))
             }
-            _ => {
-                let mut candidates: Vec<_> = keys
-                    .into_iter()
-                    .filter(|k| k.alg == alg.algorithm())
-                    .collect();
-                candidates.sort_by_cached_key(|k| signing_order(&k.path));
-                candidates
-                    .into_iter()
-                    .map(|k| {
-                        let kid = k.jwk.common.key_id.clone().unwrap_or_default();
-                        SigningKey {
-                            header: header(&kid),
-                            from: activation(signing_order(&k.path).0),
-                            key: k.key,
-                            kid,
-                        }
-                    })
-                    .collect()
-            }
+            _ => any
+                .iter()
+                .filter(|k| k.header.alg == alg.algorithm())
+                .map(|k| SigningKey {
+                    header: k.header.clone(),
+                    key: k.key.clone(),
+                    kid: k.kid.clone(),
+                    from: k.from,
+                })
+                .collect(),
         };
         if signing.is_empty() {
             return Err(ConfigError::new("--keys-dir", "holds no usable key"));
         }
         Ok(Signer {
             signing,
+            any,
             jwks,
             settings,
         })
@@ -212,6 +219,34 @@ impl Signer {
             .rev()
             .find(|k| k.from <= now)
             .unwrap_or(&self.signing[0])
+    }
+
+    /// Whether a key of `alg` is in the directory (and so in the JWKS).
+    pub fn has(&self, alg: Algorithm) -> bool {
+        self.any.iter().any(|k| k.header.alg == alg)
+    }
+
+    /// Signs `claims` with the current key of `alg`, whatever `--jwt-alg` is, with the
+    /// header's `typ` (`JWT`, `logout+jwt`, `at+jwt`). An error when the directory holds no key
+    /// of `alg` (the caller checked [`Signer::has`] at start).
+    pub fn sign<T: Serialize>(
+        &self,
+        alg: Algorithm,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = crate::session::unix_now();
+        let key = self
+            .any
+            .iter()
+            .rev()
+            .filter(|k| k.header.alg == alg)
+            .find(|k| k.from <= now)
+            .or_else(|| self.any.iter().find(|k| k.header.alg == alg))
+            .ok_or(jsonwebtoken::errors::ErrorKind::InvalidAlgorithm)?;
+        let mut header = key.header.clone();
+        header.typ = Some(typ.to_owned());
+        jsonwebtoken::encode(&header, claims, &key.key)
     }
 
     /// The `kid` of the key that signs now.
@@ -270,6 +305,16 @@ impl Signer {
             kid: &signing.kid,
         })
     }
+}
+
+/// Makes sure `dir` holds a key of `alg`, generating `<alg>-0.pem` when it holds none (so that
+/// it signs at once, and every replica starting on the same empty directory writes the same
+/// name: one wins).
+pub fn ensure_key(dir: &Path, alg: JwtAlg) -> Result<(), ConfigError> {
+    if !load_dir(dir)?.iter().any(|k| k.alg == alg.algorithm()) {
+        generate_into(dir, alg, &format!("{}-0", alg.file_stem()))?;
+    }
+    Ok(())
 }
 
 fn keys_dir_error(dir: &Path, what: impl std::fmt::Display) -> ConfigError {

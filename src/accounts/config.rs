@@ -119,6 +119,18 @@ pub struct AccountsArgs {
     /// into <data-dir>/mail.
     #[arg(long, env = "GATEHOUSE_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<Secret<String>>,
+    /// How long an outbox item (a back-channel logout) is tried before it is given up, and
+    /// how long a finished one is kept.
+    #[arg(long, env = "GATEHOUSE_OUTBOX_RETENTION", default_value = "3d", value_parser = parse_duration)]
+    pub outbox_retention: Duration,
+    /// More certificate authorities (PEM) the outbound HTTP client trusts, beside the
+    /// system's: a private CA of the deployment's clients.
+    #[arg(long, env = "GATEHOUSE_OUTBOUND_CA")]
+    pub outbound_ca: Option<std::path::PathBuf>,
+    /// Let URLs that users and self-registering clients supply reach loopback, private and
+    /// link-local addresses (a test bed or a closed network; never on the internet).
+    #[arg(long, env = "GATEHOUSE_OUTBOUND_ALLOW_PRIVATE")]
+    pub outbound_allow_private: bool,
     /// The From of every mail.
     #[arg(
         long,

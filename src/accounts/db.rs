@@ -155,6 +155,28 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             )",
         ],
     ),
+    (
+        5,
+        // The outbox: what must reach another system (a back-channel logout), written
+        // beside the change it reports and delivered by a worker, at least once, under a
+        // stable id. `status` is pending, delivered or failed (given up after
+        // --outbox-retention); `locked_until` keeps an item to the worker that claimed it.
+        &[
+            "CREATE TABLE outbox (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                next_at BIGINT NOT NULL,
+                locked_until BIGINT NOT NULL,
+                last_error TEXT NOT NULL
+            )",
+            "CREATE INDEX outbox_due ON outbox (status, next_at)",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,8 @@ pub mod followers;
 pub mod guard;
 pub mod mail;
 mod ops;
+pub mod outbound;
+pub mod outbox;
 pub mod pages;
 pub mod passkeys;
 pub mod password;
@@ -182,6 +184,8 @@ pub struct Accounts {
     pub metrics: AccountMetrics,
     /// The WebAuthn relying party; `None`: passkeys are off (no domain name to bind them to).
     pub passkeys: Option<passkeys::RelyingParty>,
+    /// The outbound HTTP client, for what the modules send out.
+    pub outbound: Arc<outbound::Outbound>,
 }
 
 /// Writes an audit line: who did what from where. Never a password, token or hash; the user
@@ -206,6 +210,10 @@ impl Accounts {
         let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
         let roles = Roles::load(a.database.roles.as_deref())?;
         let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
+        let outbound = Arc::new(outbound::Outbound::new(
+            a.outbound_ca.as_deref(),
+            a.outbound_allow_private,
+        )?);
         let mut allowed: Vec<String> = a
             .allowed_redirect_hosts
             .iter()
@@ -288,7 +296,9 @@ impl Accounts {
             secret,
             metrics,
             passkeys,
+            outbound,
         });
+        outbox::start(&app.db, a.outbox_retention);
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));
         hourly("expired one-time tokens", &app.db, |db, now| async move {
             db.purge_expired_tokens(now).await

@@ -1,0 +1,297 @@
+//! The durable outbox: everything that must reach another system (a client's back-channel
+//! logout today) is written here, in the accounts database, and delivered by a worker.
+//!
+//! - **At least once.** An item stays pending until its deliverer says it arrived; a failure
+//!   is tried again with a growing delay (1 s, 2 s, 4 s … at most an hour) until
+//!   `--outbox-retention` after it was written, then it is marked failed.
+//! - **A stable id.** The id is made when the item is written and travels with every attempt
+//!   (a logout_token's `jti`), so a receiver can drop a duplicate.
+//! - **Survives restarts.** Items are rows; a worker that stops mid-delivery leaves its claim
+//!   to lapse (`locked_until`), and any worker takes the item again.
+//! - **One worker per item.** Claiming is one `UPDATE … RETURNING`; on PostgreSQL its
+//!   candidates are chosen `FOR UPDATE SKIP LOCKED`, so replicas never take the same item.
+//!   (SQLite has one writer at a time.)
+//!
+//! The module that writes an item of a kind registers how to deliver it ([`deliver_with`]);
+//! accounts knows no kind.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::db::{random_token, Db, DbError};
+use crate::session::unix_now;
+
+/// How long a claim holds: longer than any delivery's time cap.
+const CLAIM_SECS: u64 = 60;
+/// The most items one worker takes at a time.
+const BATCH: i64 = 16;
+/// How often the worker looks for due items when nothing wakes it.
+const POLL: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts.
+const MAX_BACKOFF_SECS: u64 = 3600;
+
+/// An item as its deliverer sees it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Stable across attempts.
+    pub id: String,
+    pub kind: String,
+    /// Where it goes (a URL), as written.
+    pub target: String,
+    pub payload: serde_json::Value,
+    /// Attempts before this one.
+    pub attempts: u32,
+}
+
+/// Delivers one item: `Ok` once it arrived, `Err(why)` to try again later.
+pub type Deliver =
+    Arc<dyn Fn(Item) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+static DELIVERERS: RwLock<Vec<(&'static str, Deliver)>> = RwLock::new(Vec::new());
+
+/// Makes `deliver` the way items of `kind` are delivered (replacing an earlier one).
+pub fn deliver_with(kind: &'static str, deliver: Deliver) {
+    let mut all = DELIVERERS.write().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(k, _)| *k != kind);
+    all.push((kind, deliver));
+}
+
+fn deliverer(kind: &str) -> Option<Deliver> {
+    DELIVERERS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, d)| d.clone())
+}
+
+/// Wakes this process's worker when an item is written, so delivery starts at once.
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Writes an item of `kind` for `target`; its id.
+pub async fn enqueue(
+    db: &Db,
+    kind: &str,
+    target: &str,
+    payload: &serde_json::Value,
+) -> Result<String, DbError> {
+    let id = random_token(16);
+    let now = unix_now() as i64;
+    sqlx::query(
+        "INSERT INTO outbox (id, kind, target, payload, status, attempts, created_at, next_at,
+            locked_until, last_error)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, 0, '')",
+    )
+    .bind(&id)
+    .bind(kind)
+    .bind(target)
+    .bind(payload.to_string())
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    WAKE.notify_one();
+    Ok(id)
+}
+
+/// Takes up to [`BATCH`] due items for this worker.
+async fn claim(db: &Db, now: u64) -> Result<Vec<(Item, u64)>, DbError> {
+    const CLAIM: &str = "UPDATE outbox SET locked_until = $1 WHERE id IN (
+            SELECT id FROM outbox
+            WHERE status = 'pending' AND next_at <= $2 AND locked_until <= $2
+            ORDER BY next_at LIMIT $3)
+         RETURNING id, kind, target, payload, attempts, created_at";
+    const CLAIM_SKIP_LOCKED: &str = "UPDATE outbox SET locked_until = $1 WHERE id IN (
+            SELECT id FROM outbox
+            WHERE status = 'pending' AND next_at <= $2 AND locked_until <= $2
+            ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, target, payload, attempts, created_at";
+    let sql = if db.backend() == "postgres" {
+        CLAIM_SKIP_LOCKED
+    } else {
+        CLAIM
+    };
+    let rows = sqlx::query(sql)
+        .bind((now + CLAIM_SECS) as i64)
+        .bind(now as i64)
+        .bind(BATCH)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let payload: String = r.try_get("payload")?;
+            Ok((
+                Item {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    target: r.try_get("target")?,
+                    payload: serde_json::from_str(&payload).unwrap_or_default(),
+                    attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
+                },
+                r.try_get::<i64, _>("created_at")?.max(0) as u64,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::from)
+}
+
+/// The wait after the `attempts`-th failed attempt: 1 s, doubling, at most an hour.
+fn backoff(attempts: u32) -> u64 {
+    1u64.checked_shl(attempts.saturating_sub(1))
+        .unwrap_or(MAX_BACKOFF_SECS)
+        .min(MAX_BACKOFF_SECS)
+}
+
+/// Records an attempt's outcome.
+async fn settle(
+    db: &Db,
+    item: &Item,
+    created_at: u64,
+    outcome: Result<(), String>,
+    retention: Duration,
+) -> Result<(), DbError> {
+    let now = unix_now();
+    let attempts = item.attempts + 1;
+    let (status, next_at, error) = match outcome {
+        Ok(()) => ("delivered", now, String::new()),
+        Err(why) => {
+            let next = now + backoff(attempts);
+            let status = if next > created_at + retention.as_secs() {
+                "failed"
+            } else {
+                "pending"
+            };
+            (status, next, why)
+        }
+    };
+    match status {
+        "delivered" => {
+            tracing::info!(id = %item.id, kind = %item.kind, attempts, "outbox item delivered")
+        }
+        "failed" => {
+            tracing::error!(id = %item.id, kind = %item.kind, attempts, error = %error, "outbox item given up after --outbox-retention")
+        }
+        _ => {
+            tracing::warn!(id = %item.id, kind = %item.kind, attempts, retry_in_secs = next_at - now, error = %error, "outbox item not delivered; it will be tried again")
+        }
+    }
+    sqlx::query(
+        "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, locked_until = 0,
+            last_error = $4 WHERE id = $5",
+    )
+    .bind(status)
+    .bind(i64::from(attempts))
+    .bind(next_at as i64)
+    .bind(error)
+    .bind(&item.id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// One round: claims what is due and delivers it, the items of one claim side by side. How
+/// many were claimed.
+pub async fn run_once(db: &Db, retention: Duration) -> Result<usize, DbError> {
+    let claimed = claim(db, unix_now()).await?;
+    let n = claimed.len();
+    let mut rounds = tokio::task::JoinSet::new();
+    for (item, created_at) in claimed {
+        let db = db.clone();
+        rounds.spawn(async move {
+            let outcome = match deliverer(&item.kind) {
+                Some(deliver) => deliver(item.clone()).await,
+                None => Err(format!("nothing here delivers {:?} items", item.kind)),
+            };
+            settle(&db, &item, created_at, outcome, retention).await
+        });
+    }
+    while let Some(r) = rounds.join_next().await {
+        if let Ok(Err(e)) = r {
+            return Err(e);
+        }
+    }
+    Ok(n)
+}
+
+/// Starts this process's worker: a round whenever an item is written here, and every few
+/// seconds for items written elsewhere or due again. Finished items are purged
+/// `retention` after they were written.
+pub fn start(db: &Db, retention: Duration) {
+    let worker = db.clone();
+    tokio::spawn(async move {
+        loop {
+            match run_once(&worker, retention).await {
+                // A full batch: there may be more.
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox: cannot read the database"),
+            }
+            let _ = tokio::time::timeout(POLL, WAKE.notified()).await;
+        }
+    });
+    super::hourly("finished outbox items", db, move |db, now| async move {
+        let before = now.saturating_sub(retention.as_secs()) as i64;
+        let done = sqlx::query("DELETE FROM outbox WHERE status <> 'pending' AND created_at < $1")
+            .bind(before)
+            .execute(db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_to_an_hour() {
+        let waits: Vec<u64> = (1..=14).map(backoff).collect();
+        assert_eq!(&waits[..5], &[1, 2, 4, 8, 16]);
+        assert_eq!(waits[12], 3600);
+        assert_eq!(backoff(200), 3600);
+    }
+
+    #[tokio::test]
+    async fn an_item_is_retried_until_delivered_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = calls.clone();
+        deliver_with(
+            "test-flaky",
+            Arc::new(move |item: Item| {
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    assert_eq!(item.attempts, n);
+                    if n == 0 {
+                        Err("down".into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            }),
+        );
+        let id = enqueue(&db, "test-flaky", "http://x", &serde_json::json!({"a": 1}))
+            .await
+            .unwrap();
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 1);
+        // Not due again for a second: a second round takes nothing.
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 0);
+        sqlx::query("UPDATE outbox SET next_at = 0 WHERE id = $1")
+            .bind(&id)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 1);
+        let status: String = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
+            .bind(&id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(status, "delivered");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
