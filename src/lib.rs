@@ -118,8 +118,14 @@ pub async fn build_gateway(args: &ServeArgs) -> Result<Arc<auth::Gateway>, Failu
         files::tighten(&args.store.data_dir);
     }
     let store = store::Store::open(&args.store.settings(), None).await?;
+    let keys_dir = args.keys.dir(&args.store.data_dir);
+    // OpenID Connect requires RS256 (Core §15.1): with the registry running, id_tokens always
+    // have an RS256 key, whatever --jwt-alg signs.
+    if args.running_modules().registry {
+        signer::ensure_key(&keys_dir, signer::JwtAlg::Rs256)?;
+    }
     let signer = signer::Signer::load(
-        &args.keys.dir(&args.store.data_dir),
+        &keys_dir,
         args.jwt_alg,
         args.jwt_secret.as_ref(),
         signer::TokenSettings {

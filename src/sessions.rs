@@ -196,6 +196,16 @@ impl<'a> Sessions<'a> {
         }
     }
 
+    /// `sub`'s live session of handle `sid`, if any.
+    pub async fn find_sid(&self, sub: &str, sid: &str) -> Result<Option<Listed>, SessionsError> {
+        let now = crate::session::unix_now();
+        Ok(self
+            .list(sub)
+            .await?
+            .into_iter()
+            .find(|l| l.sid == sid && l.session.is_live(now)))
+    }
+
     /// Revokes those of `sub`'s sessions whose `sid` is in `sids` (a grant's access tokens):
     /// one listing of the user's sessions, then one revocation each, so that ending many costs
     /// linear, not quadratic, work. How many were revoked.

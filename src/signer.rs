@@ -307,11 +307,16 @@ impl Signer {
     }
 }
 
+/// Whether `dir` holds a key of `alg`.
+pub fn has_key(dir: &Path, alg: JwtAlg) -> Result<bool, ConfigError> {
+    Ok(load_dir(dir)?.iter().any(|k| k.alg == alg.algorithm()))
+}
+
 /// Makes sure `dir` holds a key of `alg`, generating `<alg>-0.pem` when it holds none (so that
 /// it signs at once, and every replica starting on the same empty directory writes the same
 /// name: one wins).
 pub fn ensure_key(dir: &Path, alg: JwtAlg) -> Result<(), ConfigError> {
-    if !load_dir(dir)?.iter().any(|k| k.alg == alg.algorithm()) {
+    if !has_key(dir, alg)? {
         generate_into(dir, alg, &format!("{}-0", alg.file_stem()))?;
     }
     Ok(())

@@ -44,6 +44,18 @@ pub fn add_schema(schema: &'static Schema) {
     }
 }
 
+/// What the modules do with each database opened (in the server and the CLI alike): the
+/// registry listens for ended sessions with it.
+static OPENED: std::sync::RwLock<Vec<(&'static str, fn(&Db))>> = std::sync::RwLock::new(Vec::new());
+
+/// Makes every `Db::open` from now on call `f` with the opened database (once per name).
+pub fn on_open(name: &'static str, f: fn(&Db)) {
+    let mut all = OPENED.write().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|(n, _)| *n == name) {
+        all.push((name, f));
+    }
+}
+
 /// Before schemas were per module, one global sequence numbered every migration: what each of
 /// its versions is now (module, version). A database migrated then is adopted as it stands.
 const GLOBAL_VERSIONS: [(i64, &str, i64); 6] = [
@@ -361,6 +373,15 @@ impl Db {
                 format!("cannot migrate the accounts database: {e}"),
             )
         })?;
+        let opened: Vec<fn(&Db)> = OPENED
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, f)| *f)
+            .collect();
+        for f in opened {
+            f(&db);
+        }
         Ok(db)
     }
 

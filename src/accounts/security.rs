@@ -81,14 +81,18 @@ async fn login_page(
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
     let Some(listed) = ctx.session() else {
-        return web::login_form(&app, &ctx, StatusCode::OK, "", &rd, "", "");
+        // An OpenID Connect client's login_hint fills in the username (a hint only).
+        let hint: String = q.login_hint.chars().take(254).collect();
+        return web::login_form(&app, &ctx, StatusCode::OK, &hint, &rd, "", "");
     };
     let session = &listed.session;
     let now = crate::session::unix_now();
     // A max_age that is no number is not gatehouse's (it writes the login location): it
     // asks for nothing, and the route's own rule sends the browser back with the right one.
     let max_age = q.max_age.parse::<u64>().ok();
-    if max_age.is_some_and(|max| !session.authenticated_within(max, now)) {
+    // `prompt=login`: an OpenID Connect client asks for a sign-in now, however recent the last.
+    let again = q.prompt == "login";
+    if again || max_age.is_some_and(|max| !session.authenticated_within(max, now)) {
         let username = session.username.clone().unwrap_or_default();
         return web::login_form(
             &app,
@@ -113,6 +117,8 @@ pub struct LoginQuery {
     /// A step-up's need, in OpenID Connect's words (from `X-Gatehouse-Login`).
     acr_values: String,
     max_age: String,
+    login_hint: String,
+    prompt: String,
 }
 
 #[derive(Deserialize, Default)]

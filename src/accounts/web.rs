@@ -595,9 +595,16 @@ async fn logout(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response 
     if !post_allowed(&app, &ctx, &f.csrf) {
         return forbidden(&app, &ctx);
     }
+    sign_out(&app, ctx, None).await
+}
+
+/// Ends the browser's session (if any: the end-of-session hooks hear of it) and clears its
+/// cookie; then sends the browser to `then`, or shows the sign-in page saying it is signed
+/// out. `/logout`'s end, and an OpenID Connect client's (`/oauth/logout`).
+pub(crate) async fn sign_out(app: &Accounts, ctx: Ctx, then: Option<&str>) -> Response {
     if let (Some(token), Some(listed)) = (&ctx.token, &ctx.session) {
         let done = ops::logout(
-            &app,
+            app,
             &ctx.caller(),
             token.expose(),
             &listed.session.sub,
@@ -605,22 +612,25 @@ async fn logout(State(app): App, ctx: Ctx, Form(f): Form<CsrfForm>) -> Response 
         )
         .await;
         if let Err(p) = done {
-            return problem_page(&app, &ctx, p);
+            return problem_page(app, &ctx, p);
         }
     }
-    let mut r = login_form(
-        &app,
-        &Ctx {
-            session: None,
-            ..ctx
-        },
-        StatusCode::OK,
-        "",
-        "",
-        "",
-        "You are signed out.",
-    );
-    set_session_cookie(&app, r.headers_mut(), "", Duration::ZERO);
+    let mut r = match then {
+        Some(to) => see_other(to),
+        None => login_form(
+            app,
+            &Ctx {
+                session: None,
+                ..ctx
+            },
+            StatusCode::OK,
+            "",
+            "",
+            "",
+            "You are signed out.",
+        ),
+    };
+    set_session_cookie(app, r.headers_mut(), "", Duration::ZERO);
     r
 }
 

@@ -1,5 +1,7 @@
 //! `GET/POST /oauth/authorize`: the authorization code grant's browser half (RFC 6749 §4.1,
-//! PKCE S256 required as RFC 9700 asks, `iss` in the answer as RFC 9207 asks).
+//! PKCE S256 required as RFC 9700 asks, `iss` in the answer as RFC 9207 asks), and OpenID
+//! Connect's authentication request (Core §3.1.2: `nonce`, `prompt`, `max_age`,
+//! `login_hint`, `id_token_hint`, `response_mode=query`).
 //!
 //! An unknown client or a redirect URI that is not exactly a registered one gets an error
 //! page and no redirect: the browser is never sent anywhere the client's owner did not
@@ -18,6 +20,7 @@ use serde::Deserialize;
 
 use super::clients::{self, Client};
 use super::grants::{self, NewCode};
+use super::oidc;
 use super::Registry;
 use crate::accounts::pages::Page;
 use crate::accounts::web::{self, Ctx};
@@ -32,6 +35,13 @@ pub struct Params {
     state: String,
     code_challenge: String,
     code_challenge_method: String,
+    // OpenID Connect's.
+    nonce: String,
+    prompt: String,
+    max_age: String,
+    login_hint: String,
+    id_token_hint: String,
+    response_mode: String,
     // The consent form's own fields.
     csrf: String,
     decision: String,
@@ -48,6 +58,8 @@ impl Params {
             ("state", &self.state),
             ("code_challenge", &self.code_challenge),
             ("code_challenge_method", &self.code_challenge_method),
+            ("nonce", &self.nonce),
+            ("response_mode", &self.response_mode),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
@@ -74,6 +86,20 @@ struct Valid {
     redirect_uri: String,
     /// None: the client's scopes.
     asked: Option<Vec<String>>,
+    prompt: Prompt,
+    /// `max_age` in seconds.
+    max_age: Option<u64>,
+}
+
+/// OpenID Connect's `prompt`: what the client wants shown.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prompt {
+    /// No page at all: an error at the redirect URI when one would be needed.
+    none: bool,
+    /// Sign in again, whatever the session.
+    login: bool,
+    /// Ask for consent, whatever was recorded.
+    consent: bool,
 }
 
 /// Why a request is refused: on a page of ours, at the client's registered URI, or because
@@ -137,6 +163,35 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
             "this client may not use the authorization code grant",
         );
     }
+    if !matches!(p.response_mode.as_str(), "" | "query") {
+        return refuse("invalid_request", "only response_mode=query is offered");
+    }
+    let mut prompt = Prompt::default();
+    for word in p.prompt.split(' ').filter(|w| !w.is_empty()) {
+        match word {
+            "none" => prompt.none = true,
+            "login" => prompt.login = true,
+            "consent" => prompt.consent = true,
+            // Nothing to choose among: one account per browser session.
+            "select_account" => {}
+            other => {
+                return refuse(
+                    "invalid_request",
+                    &format!("prompt {other:?} is not offered"),
+                )
+            }
+        }
+    }
+    if prompt.none && (prompt.login || prompt.consent || p.prompt.contains("select_account")) {
+        return refuse("invalid_request", "prompt=none goes with no other value");
+    }
+    let max_age = match p.max_age.as_str() {
+        "" => None,
+        n => match n.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => return refuse("invalid_request", "max_age is a number of seconds"),
+        },
+    };
     if p.code_challenge_method != "S256" || !valid_challenge(&p.code_challenge) {
         return refuse(
             "invalid_request",
@@ -144,7 +199,11 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
         );
     }
     let asked = (!p.scope.trim().is_empty()).then(|| grants::scope_list(&p.scope));
-    if let Some(s) = asked.iter().flatten().find(|s| !client.scopes.contains(s)) {
+    if let Some(s) = asked
+        .iter()
+        .flatten()
+        .find(|s| !client.scopes.contains(s) && !oidc::is_oidc_scope(s))
+    {
         return refuse(
             "invalid_scope",
             &format!("scope {s:?} is not allowed for this client"),
@@ -154,7 +213,28 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
         client,
         redirect_uri,
         asked,
+        prompt,
+        max_age,
     })
+}
+
+impl Valid {
+    /// An OpenID Connect request: `openid` asked for.
+    fn openid(&self) -> bool {
+        self.asked
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|s| s == oidc::OPENID))
+    }
+
+    /// An error at the redirect URI.
+    fn refusal(&self, p: &Params, error: &'static str, description: &str) -> Refusal {
+        Refusal::Redirect {
+            uri: self.redirect_uri.clone(),
+            error,
+            description: description.to_owned(),
+            state: p.state.clone(),
+        }
+    }
 }
 
 /// A PKCE S256 challenge: BASE64URL(SHA-256(verifier)), 43 characters.
@@ -165,7 +245,7 @@ fn valid_challenge(c: &str) -> bool {
 }
 
 /// `uri` with the answer's parameters added to its query.
-fn answer_uri(uri: &str, params: &[(&str, &str)]) -> String {
+pub(super) fn answer_uri(uri: &str, params: &[(&str, &str)]) -> String {
     let query = serde_urlencoded::to_string(params).unwrap_or_default();
     let sep = if uri.contains('?') { '&' } else { '?' };
     format!("{uri}{sep}{query}")
@@ -200,6 +280,9 @@ fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
 
 /// In words, what a scope lets a client do.
 fn scope_words(scope: &str) -> String {
+    if let Some(words) = oidc::scope_words(scope) {
+        return words.to_owned();
+    }
     match scope.split_once(':') {
         _ if scope == "admin" => "Administer this service".into(),
         Some((what, "read")) => format!("Read your {what}"),
@@ -221,20 +304,75 @@ pub async fn authorize_page(
     let here = uri
         .path_and_query()
         .map_or("/oauth/authorize", |p| p.as_str());
+    // Whether the browser must sign in (again) first: not signed in, `prompt=login`, or a
+    // sign-in older than `max_age`. With `prompt=none` that is an answer, not a page.
+    let now = crate::session::unix_now();
+    let must_sign_in = match ctx.session() {
+        None => true,
+        Some(l) => {
+            valid.prompt.login
+                || valid
+                    .max_age
+                    .is_some_and(|max| max == 0 || !l.session.authenticated_within(max, now))
+                || !oidc::hint_matches(&reg, &p.id_token_hint, &l.session.sub)
+        }
+    };
+    if must_sign_in {
+        if valid.prompt.none {
+            let r = valid.refusal(&p, "login_required", "the user must sign in");
+            return refused(&reg, &ctx, r);
+        }
+        return sign_in_first(&p, &uri, ctx.session().is_some());
+    }
     let user = match web::signed_in(&reg.accounts, &ctx, here).await {
         Ok(u) => u,
+        Err(_) if valid.prompt.none => {
+            let r = valid.refusal(&p, "interaction_required", "the user must act first");
+            return refused(&reg, &ctx, r);
+        }
         Err(r) => return r,
     };
     let granted = reg.grantable(&valid, &user);
     // Only a recorded consent that covers the request skips the page: an empty set of
     // scopes needs one as much as any other (it still hands the client the user's identity).
     match grants::consent(&reg.accounts.db, &user.id, &valid.client.client_id).await {
-        Ok(Some(given)) if granted.iter().all(|s| given.contains(s)) => {
+        Ok(Some(given)) if !valid.prompt.consent && granted.iter().all(|s| given.contains(s)) => {
             issue(&reg, &ctx, &p, &valid, &user.id, &granted).await
+        }
+        Ok(_) if valid.prompt.none => {
+            let r = valid.refusal(&p, "consent_required", "the user has not consented");
+            refused(&reg, &ctx, r)
         }
         Ok(_) => consent_page(&reg, &ctx, &p, &valid, &granted).await,
         Err(e) => web::unavailable(&reg.accounts, &ctx, &e),
     }
+}
+
+/// Sends the browser to `/login`, and back to this request once signed in. A sign-in asked
+/// for again (`prompt=login`, `max_age`) comes back without those, so that it does not ask
+/// once more; the id_token's `auth_time` tells the client when it happened.
+fn sign_in_first(p: &Params, uri: &Uri, again: bool) -> Response {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+    let back: Vec<(String, String)> = query
+        .into_iter()
+        .filter(|(k, _)| k != "prompt" && k != "max_age")
+        .collect();
+    let rd = format!(
+        "/oauth/authorize?{}",
+        serde_urlencoded::to_string(&back).unwrap_or_default()
+    );
+    let mut login = vec![("rd", rd.as_str())];
+    if again {
+        login.push(("prompt", "login"));
+    }
+    if !p.login_hint.is_empty() {
+        login.push(("login_hint", p.login_hint.as_str()));
+    }
+    web::see_other(&format!(
+        "/login?{}",
+        serde_urlencoded::to_string(&login).unwrap_or_default()
+    ))
 }
 
 async fn consent_page(
@@ -335,6 +473,7 @@ async fn issue(
         .map(|l| grants::SignedIn {
             amr: l.session.amr.clone(),
             auth_time: l.session.auth_time(),
+            sid: l.sid.clone(),
         })
         .unwrap_or_default();
     let code = match grants::issue_code(
@@ -346,6 +485,7 @@ async fn issue(
             scopes: granted,
             challenge: &p.code_challenge,
             signed_in: &signed_in,
+            nonce: if valid.openid() { &p.nonce } else { "" },
         },
     )
     .await
@@ -371,7 +511,7 @@ impl Registry {
             .as_ref()
             .unwrap_or(&valid.client.scopes)
             .iter()
-            .filter(|s| mine.contains(s))
+            .filter(|s| mine.contains(s) || oidc::is_oidc_scope(s))
             .cloned()
             .collect()
     }

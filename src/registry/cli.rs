@@ -5,7 +5,10 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::clients::{self, check_redirect_uri, Client, NewClient, GRANTS};
+use super::clients::{
+    self, check_redirect_uri, AccessTokenFormat, Client, IdTokenAlg, NewClient, OidcSettings,
+    GRANTS,
+};
 use super::grants;
 use crate::accounts::cli::{find, other, print, Common};
 use crate::accounts::db::Db;
@@ -43,6 +46,16 @@ pub enum ClientCommand {
         /// The user (username or email) who owns it.
         #[arg(long)]
         owner: Option<String>,
+        #[command(flatten)]
+        oidc: OidcFlags,
+    },
+    /// Change a client's OpenID Connect settings; flags not given keep their value.
+    Update {
+        #[command(flatten)]
+        common: Common,
+        client_id: String,
+        #[command(flatten)]
+        oidc: OidcFlags,
     },
     /// Every client.
     List {
@@ -83,8 +96,86 @@ impl ClientCommand {
             | ClientCommand::Show { common, .. }
             | ClientCommand::Disable { common, .. }
             | ClientCommand::Enable { common, .. }
-            | ClientCommand::RotateSecret { common, .. } => common,
+            | ClientCommand::RotateSecret { common, .. }
+            | ClientCommand::Update { common, .. } => common,
         }
+    }
+}
+
+/// A client's OpenID Connect settings on the command line.
+#[derive(Debug, clap::Args)]
+pub struct OidcFlags {
+    /// Where `/oauth/logout` may send the browser after signing out (repeatable, exact);
+    /// `update` replaces the list, and one empty value clears it.
+    #[arg(long = "post-logout-redirect-uri", id = "post_logout_redirect_uri")]
+    post_logout_redirect_uri: Vec<String>,
+    /// Where a logout_token is POSTed when a session the client received an id_token for
+    /// ends (OpenID Connect Back-Channel Logout); empty clears it.
+    #[arg(long)]
+    backchannel_logout_uri: Option<String>,
+    /// What the client's id_tokens are signed with; a key of it must be in --keys-dir
+    /// (RS256's is made by the server). [default: RS256]
+    #[arg(long, value_enum)]
+    id_token_alg: Option<IdTokenAlg>,
+    /// Opaque access tokens (resolved at /auth, revocable), or RFC 9068 JWTs that resource
+    /// servers verify themselves (5 minutes at most). [default: opaque]
+    #[arg(long, value_enum)]
+    access_token_format: Option<AccessTokenFormat>,
+    #[command(flatten)]
+    keys: crate::config::KeyArgs,
+}
+
+impl OidcFlags {
+    /// `base` with the flags given applied, checked.
+    fn apply(
+        self,
+        mut base: OidcSettings,
+        data_dir: &std::path::Path,
+    ) -> Result<OidcSettings, Failure> {
+        if !self.post_logout_redirect_uri.is_empty() {
+            let uris: Vec<String> = self
+                .post_logout_redirect_uri
+                .into_iter()
+                .filter(|u| !u.is_empty())
+                .collect();
+            if let Some(e) = uris.iter().find_map(|u| check_redirect_uri(u).err()) {
+                return Err(ConfigError::new("--post-logout-redirect-uri", e).into());
+            }
+            base.post_logout_redirect_uris = uris;
+        }
+        if let Some(uri) = self.backchannel_logout_uri {
+            if !uri.is_empty() {
+                let absolute = uri.starts_with("https://") || uri.starts_with("http://");
+                if !absolute || uri.contains('#') || uri.contains(char::is_whitespace) {
+                    return Err(ConfigError::new(
+                        "--backchannel-logout-uri",
+                        "must be an absolute http(s) URL without a fragment",
+                    )
+                    .into());
+                }
+            }
+            base.backchannel_logout_uri = Some(uri).filter(|u| !u.is_empty());
+        }
+        if let Some(alg) = self.id_token_alg {
+            let dir = self.keys.dir(data_dir);
+            if alg != IdTokenAlg::Rs256 && !crate::signer::has_key(&dir, alg.jwt_alg())? {
+                return Err(ConfigError::new(
+                    "--id-token-alg",
+                    format!(
+                        "no {} key in {}; make one with `gatehouse keys generate --alg {}`",
+                        alg.name(),
+                        dir.display(),
+                        alg.name()
+                    ),
+                )
+                .into());
+            }
+            base.id_token_alg = alg;
+        }
+        if let Some(format) = self.access_token_format {
+            base.access_token_format = format;
+        }
+        Ok(base)
     }
 }
 
@@ -141,8 +232,10 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
             redirect_uri,
             public,
             owner,
+            oidc,
             ..
         } => {
+            let oidc = oidc.apply(OidcSettings::default(), &store.data_dir)?;
             let grants = if !grant.is_empty() {
                 grant
             } else if public {
@@ -201,6 +294,7 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
                     redirect_uris: &redirect_uri,
                     grants: &grants,
                     scopes: &scope,
+                    oidc: &oidc,
                 },
             )
             .await
@@ -244,6 +338,22 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
                 json_out,
                 &json!({"client_id": c.client_id, "disabled": true, "tokens_revoked": n}),
                 format!("{} disabled; {n} tokens revoked", c.client_id),
+            )
+        }
+        ClientCommand::Update {
+            client_id, oidc, ..
+        } => {
+            let c = existing(&db, &client_id).await?;
+            let updated = oidc.apply(c.oidc.clone(), &store.data_dir)?;
+            clients::set_oidc(&db, &c.client_id, &updated)
+                .await
+                .map_err(other)?;
+            tracing::info!(target: "gatehouse::audit", event = "client_updated", client_id = %c.client_id, "audit");
+            let c = existing(&db, &client_id).await?;
+            print(
+                json_out,
+                &json!(c),
+                serde_json::to_string_pretty(&c).map_err(other)?,
             )
         }
         ClientCommand::Enable { client_id, .. } => {

@@ -29,8 +29,102 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub disabled: bool,
     pub created_at: u64,
+    #[serde(flatten)]
+    pub oidc: OidcSettings,
     #[serde(skip)]
     secret_hash: Option<String>,
+}
+
+/// A client's OpenID Connect settings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OidcSettings {
+    /// Where `/oauth/logout` may send the browser afterwards (exact match).
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Where a `logout_token` is POSTed when a session it received an id_token for ends.
+    pub backchannel_logout_uri: Option<String>,
+    /// What its id_tokens are signed with.
+    pub id_token_alg: IdTokenAlg,
+    /// What its access tokens are.
+    pub access_token_format: AccessTokenFormat,
+}
+
+impl Default for OidcSettings {
+    fn default() -> Self {
+        OidcSettings {
+            post_logout_redirect_uris: Vec::new(),
+            backchannel_logout_uri: None,
+            id_token_alg: IdTokenAlg::Rs256,
+            access_token_format: AccessTokenFormat::Opaque,
+        }
+    }
+}
+
+/// The algorithms an id_token may be signed with: never HS256 (a client could forge tokens
+/// with a shared secret) nor `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum IdTokenAlg {
+    #[value(name = "RS256", alias = "rs256")]
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[value(name = "ES256", alias = "es256")]
+    #[serde(rename = "ES256")]
+    Es256,
+    #[value(name = "EdDSA", alias = "eddsa")]
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl IdTokenAlg {
+    pub const ALL: [IdTokenAlg; 3] = [IdTokenAlg::Rs256, IdTokenAlg::Es256, IdTokenAlg::EdDsa];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IdTokenAlg::Rs256 => "RS256",
+            IdTokenAlg::Es256 => "ES256",
+            IdTokenAlg::EdDsa => "EdDSA",
+        }
+    }
+
+    fn parse(s: &str) -> IdTokenAlg {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .unwrap_or(IdTokenAlg::Rs256)
+    }
+
+    pub fn algorithm(self) -> jsonwebtoken::Algorithm {
+        match self {
+            IdTokenAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+            IdTokenAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+            IdTokenAlg::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+
+    pub fn jwt_alg(self) -> crate::signer::JwtAlg {
+        match self {
+            IdTokenAlg::Rs256 => crate::signer::JwtAlg::Rs256,
+            IdTokenAlg::Es256 => crate::signer::JwtAlg::Es256,
+            IdTokenAlg::EdDsa => crate::signer::JwtAlg::EdDsa,
+        }
+    }
+}
+
+/// An access token is an opaque session token `/auth` resolves, or an RFC 9068 JWT a resource
+/// server verifies itself (which cannot be revoked, so it lives at most five minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessTokenFormat {
+    Opaque,
+    Jwt,
+}
+
+impl AccessTokenFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessTokenFormat::Opaque => "opaque",
+            AccessTokenFormat::Jwt => "jwt",
+        }
+    }
 }
 
 impl Client {
@@ -72,6 +166,7 @@ pub struct NewClient<'a> {
     pub redirect_uris: &'a [String],
     pub grants: &'a [String],
     pub scopes: &'a [String],
+    pub oidc: &'a OidcSettings,
 }
 
 /// A client secret: 256 bits, base64url, with a prefix secret scanners can find.
@@ -96,6 +191,19 @@ fn client_of(row: &AnyRow) -> Result<Client, sqlx::Error> {
         scopes: list(&row.try_get::<String, _>("scopes")?),
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+        oidc: OidcSettings {
+            post_logout_redirect_uris: list(
+                &row.try_get::<String, _>("post_logout_redirect_uris")?,
+            ),
+            backchannel_logout_uri: Some(row.try_get::<String, _>("backchannel_logout_uri")?)
+                .filter(|u| !u.is_empty()),
+            id_token_alg: IdTokenAlg::parse(&row.try_get::<String, _>("id_token_alg")?),
+            access_token_format: if row.try_get::<String, _>("access_token_format")? == "jwt" {
+                AccessTokenFormat::Jwt
+            } else {
+                AccessTokenFormat::Opaque
+            },
+        },
         secret_hash: row.try_get("secret_hash")?,
     })
 }
@@ -140,8 +248,9 @@ pub async fn create(
     let now = unix_now() as i64;
     sqlx::query(
         "INSERT INTO oauth_clients (id, secret_hash, name, description, homepage, owner,
-            confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11)",
+            confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at,
+            post_logout_redirect_uris, backchannel_logout_uri, id_token_alg, access_token_format)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $12, $13, $14, $15)",
     )
     .bind(&id)
     .bind(secret.as_ref().map(|s| token_hash(s.expose())))
@@ -154,6 +263,10 @@ pub async fn create(
     .bind(new.grants.join(" "))
     .bind(new.scopes.join(" "))
     .bind(now)
+    .bind(new.oidc.post_logout_redirect_uris.join(" "))
+    .bind(new.oidc.backchannel_logout_uri.as_deref().unwrap_or(""))
+    .bind(new.oidc.id_token_alg.name())
+    .bind(new.oidc.access_token_format.name())
     .execute(db.pool())
     .await?;
     let client = find(db, &id).await?.ok_or(DbError::Taken("client_id"))?;
@@ -193,6 +306,23 @@ pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, DbE
         .bind(id)
         .execute(db.pool())
         .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Replaces a client's OpenID Connect settings (`client update`, the owner's page).
+pub async fn set_oidc(db: &Db, id: &str, oidc: &OidcSettings) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE oauth_clients SET post_logout_redirect_uris = $1, backchannel_logout_uri = $2,
+            id_token_alg = $3, access_token_format = $4, updated_at = $5 WHERE id = $6",
+    )
+    .bind(oidc.post_logout_redirect_uris.join(" "))
+    .bind(oidc.backchannel_logout_uri.as_deref().unwrap_or(""))
+    .bind(oidc.id_token_alg.name())
+    .bind(oidc.access_token_format.name())
+    .bind(unix_now() as i64)
+    .bind(id)
+    .execute(db.pool())
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -252,6 +382,7 @@ mod tests {
             scopes: vec![],
             disabled: false,
             created_at: 0,
+            oidc: OidcSettings::default(),
             secret_hash: Some(token_hash("gcs_right")),
         };
         assert!(c.secret_matches("gcs_right"));

@@ -45,14 +45,18 @@ pub struct Code {
     pub grant_id: Option<String>,
     /// How and when the consenting user had signed in.
     pub signed_in: SignedIn,
+    /// The OpenID Connect request's nonce, for the id_token ("" when none).
+    pub nonce: String,
 }
 
-/// How and when a consenting user had signed in (`amr`, `auth_time`): what their grant's
-/// access tokens say of them. Empty for grants made before it was recorded.
+/// How and when a consenting user had signed in (`amr`, `auth_time`), and in which browser
+/// session (`sid`): what their grant's access tokens and id_tokens say of them, and the
+/// session whose end is the grant's logout. Empty for grants made before it was recorded.
 #[derive(Clone, Debug, Default)]
 pub struct SignedIn {
     pub amr: Vec<String>,
     pub auth_time: u64,
+    pub sid: String,
 }
 
 impl SignedIn {
@@ -60,6 +64,7 @@ impl SignedIn {
         Ok(SignedIn {
             amr: words(&r.try_get::<String, _>("amr")?),
             auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
+            sid: r.try_get("sid")?,
         })
     }
 }
@@ -71,14 +76,15 @@ pub struct NewCode<'a> {
     pub scopes: &'a [String],
     pub challenge: &'a str,
     pub signed_in: &'a SignedIn,
+    pub nonce: &'a str,
 }
 
 pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, DbError> {
     let code = Secret::new(random_token(32));
     sqlx::query(
         "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, challenge,
-            expires_at, used, grant_id, amr, auth_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, $8, $9)",
+            expires_at, used, grant_id, amr, auth_time, sid, nonce)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, $8, $9, $10, $11)",
     )
     .bind(token_hash(code.expose()))
     .bind(new.client_id)
@@ -89,6 +95,8 @@ pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, Db
     .bind((unix_now() + CODE_TTL_SECS) as i64)
     .bind(new.signed_in.amr.join(" "))
     .bind(new.signed_in.auth_time as i64)
+    .bind(&new.signed_in.sid)
+    .bind(new.nonce)
     .execute(db.pool())
     .await?;
     Ok(code)
@@ -110,6 +118,7 @@ pub async fn find_code(db: &Db, code: &str) -> Result<Option<Code>, DbError> {
         used: r.try_get::<i64, _>("used")? != 0,
         grant_id: r.try_get("grant_id")?,
         signed_in: SignedIn::of(&r)?,
+        nonce: r.try_get("nonce")?,
     }))
 }
 
@@ -135,8 +144,9 @@ pub async fn create_grant(
 ) -> Result<String, DbError> {
     let id = random_token(16);
     sqlx::query(
-        "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked, amr, auth_time)
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
+        "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked, amr,
+            auth_time, sid)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
     )
     .bind(&id)
     .bind(client_id)
@@ -145,6 +155,7 @@ pub async fn create_grant(
     .bind(unix_now() as i64)
     .bind(signed_in.amr.join(" "))
     .bind(signed_in.auth_time as i64)
+    .bind(&signed_in.sid)
     .execute(db.pool())
     .await?;
     Ok(id)
@@ -186,7 +197,7 @@ pub async fn issue_refresh(
 pub async fn find_refresh(db: &Db, token: &str) -> Result<Option<Refresh>, DbError> {
     let row = sqlx::query(
         "SELECT r.grant_id, r.scopes, r.expires_at, r.used, g.client_id, g.user_id, g.revoked,
-                g.amr, g.auth_time
+                g.amr, g.auth_time, g.sid
          FROM oauth_refresh r JOIN oauth_grants g ON g.id = r.grant_id WHERE r.hash = $1",
     )
     .bind(token_hash(token))

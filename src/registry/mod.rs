@@ -17,7 +17,9 @@ pub mod catalog;
 pub mod cli;
 pub mod clients;
 pub mod grants;
+mod logout;
 mod oauth;
+mod oidc;
 mod pages;
 pub mod personal;
 mod schema;
@@ -67,6 +69,7 @@ pub fn install() {
     crate::accounts::followers::follow("registry", |db, sessions, user, reason| {
         Box::pin(grants::user_ended(db, sessions, user, reason))
     });
+    crate::accounts::db::on_open("registry", logout::listen);
 }
 
 /// The module's state: the accounts module it stands on (database, gateway, public URL).
@@ -103,13 +106,29 @@ impl Registry {
                 }
             }
         });
-        Ok(Arc::new(Registry {
+        let reg = Arc::new(Registry {
             accounts,
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
             allow_non_expiring: args.allow_non_expiring_tokens,
             catalog: catalog::load(args.api_catalog.as_deref())?,
-        }))
+        });
+        // This server delivers back-channel logouts, whoever wrote them (it, another
+        // replica, the CLI).
+        let weak = Arc::downgrade(&reg);
+        crate::accounts::outbox::deliver_with(
+            logout::KIND,
+            Arc::new(move |item| {
+                let reg = weak.upgrade();
+                Box::pin(async move {
+                    match reg {
+                        Some(reg) => logout::deliver(reg, item).await,
+                        None => Err("the server is stopping".into()),
+                    }
+                })
+            }),
+        );
+        Ok(reg)
     }
 
     /// The authorization server's issuer identifier (RFC 8414): the public URL of the pages.
@@ -123,6 +142,10 @@ impl Registry {
             .route(
                 "/oauth/authorize",
                 axum::routing::get(authorize::authorize_page).post(authorize::authorize),
+            )
+            .route(
+                "/oauth/logout",
+                axum::routing::get(logout::logout_page).post(logout::logout),
             )
             .merge(pages::routes())
             .with_state(self.clone())

@@ -31,6 +31,11 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/oauth/revoke", post(revoke).layer(body_limit()))
         .route("/oauth/introspect", post(introspect).layer(body_limit()))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/openid-configuration", get(metadata))
+        .route(
+            "/oauth/userinfo",
+            get(super::oidc::userinfo).post(super::oidc::userinfo),
+        )
 }
 
 /// The largest form the token, revocation and introspection endpoints read (413 beyond), and
@@ -382,8 +387,8 @@ async fn authorization_code(
         client,
         &user,
         (&grant, &found.signed_in),
-        &found.scopes,
-        &found.scopes,
+        (&found.scopes, &found.scopes),
+        &found.nonce,
     )
     .await
 }
@@ -409,6 +414,24 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
     }
     let scopes = granted_scopes(params.get("scope"), &found.scopes)?;
     let user = grant_user(reg, &found.user_id).await?;
+    // An OpenID Connect grant without offline_access ends with the browser session it was
+    // made in (expired or signed out): its refresh token works only while that session
+    // lives. (A plain OAuth2 grant is the app's until revoked, as before.)
+    if super::oidc::ends_with_session(&found.scopes) && !found.signed_in.sid.is_empty() {
+        let live = reg
+            .accounts
+            .gateway
+            .sessions()
+            .find_sid(&user.id, &found.signed_in.sid)
+            .await
+            .map_err(OAuthError::unavailable)?
+            .is_some();
+        if !live {
+            return Err(invalid_grant(
+                "the sign-in this grant came from has ended; without offline_access its refresh tokens end with it",
+            ));
+        }
+    }
     if !grants::use_refresh(db, token)
         .await
         .map_err(OAuthError::unavailable)?
@@ -421,27 +444,28 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
         client,
         &user,
         (&found.grant_id, &found.signed_in),
-        &scopes,
-        &found.scopes,
+        (&scopes, &found.scopes),
+        "",
     )
     .await
 }
 
 /// The token response of a user's grant: an access token of `scopes` (the user's current
 /// scopes permitting) that says how the user signed in when they consented, recorded under
-/// the grant, and a new refresh token of `grant_scopes` when the client may refresh.
+/// the grant, a new refresh token of `grant_scopes` when the client may refresh, and an
+/// id_token when `openid` was granted (with the request's `nonce` on the code's).
 async fn user_tokens(
     reg: &Registry,
     client: &Client,
     user: &User,
     (grant, signed_in): (&str, &grants::SignedIn),
-    scopes: &[String],
-    grant_scopes: &[String],
+    (scopes, grant_scopes): (&[String], &[String]),
+    nonce: &str,
 ) -> Result<Response, OAuthError> {
     let (_, mine) = reg.accounts.roles.of(&user.roles);
     let scopes: Vec<String> = scopes
         .iter()
-        .filter(|s| mine.contains(s))
+        .filter(|s| mine.contains(s) || super::oidc::is_oidc_scope(s))
         .cloned()
         .collect();
     let ttl = reg.access_ttl;
@@ -489,6 +513,24 @@ async fn user_tokens(
         .await
         .map_err(OAuthError::unavailable)?;
         body["refresh_token"] = json!(refresh.expose());
+    }
+    if scopes.iter().any(|s| s == super::oidc::OPENID) {
+        let id_token = reg
+            .id_token(
+                client,
+                user,
+                &super::oidc::IdTokenFor {
+                    signed_in,
+                    nonce,
+                    access_token: issued.token.expose(),
+                    scopes: &scopes,
+                },
+            )
+            .map_err(|e| {
+                tracing::error!(client_id = %client.client_id, alg = client.oidc.id_token_alg.name(), error = %e, "cannot sign an id_token: is there a key of the client's --id-token-alg in --keys-dir?");
+                OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the id_token cannot be signed")
+            })?;
+        body["id_token"] = json!(id_token);
     }
     tracing::info!(target: "gatehouse::audit", event = "token_issued", grant = %grant, client_id = %client.client_id, user = %user.id, sid = %issued.sid, "audit");
     Ok(no_store(StatusCode::OK, body))
@@ -630,26 +672,10 @@ async fn introspect(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: 
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// RFC 8414: what this server offers, at the issuer's well-known address.
+/// RFC 8414 and OpenID Connect Discovery: what this server offers, at the issuer's
+/// well-known addresses.
 async fn metadata(State(reg): State<Arc<Registry>>) -> Response {
-    let base = reg.issuer();
-    let auth_methods = json!(["client_secret_basic", "client_secret_post"]);
-    let mut r = axum::Json(json!({
-        "issuer": base,
-        "authorization_endpoint": format!("{base}/oauth/authorize"),
-        "token_endpoint": format!("{base}/oauth/token"),
-        "revocation_endpoint": format!("{base}/oauth/revoke"),
-        "introspection_endpoint": format!("{base}/oauth/introspect"),
-        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
-        "code_challenge_methods_supported": ["S256"],
-        "authorization_response_iss_parameter_supported": true,
-        "token_endpoint_auth_methods_supported": auth_methods,
-        "revocation_endpoint_auth_methods_supported": auth_methods,
-        "introspection_endpoint_auth_methods_supported": auth_methods,
-    }))
-    .into_response();
+    let mut r = axum::Json(super::oidc::metadata(&reg)).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

@@ -474,6 +474,7 @@ async fn clients_post(
             redirect_uris: std::slice::from_ref(&form.redirect_uri),
             grants: &grants,
             scopes: &scopes,
+            oidc: &clients::OidcSettings::default(),
         },
     )
     .await;

@@ -115,4 +115,22 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE oauth_grants ADD COLUMN auth_time BIGINT NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        6,
+        // OpenID Connect. A code keeps the request's nonce and the browser session it was
+        // consented in (`sid`); a grant keeps that sid, for the id_tokens it issues, for the
+        // back-channel logouts owed when that session ends, and to end its refresh tokens
+        // with the session unless offline_access was granted. A client has its logout URIs
+        // (space-separated), its id_token algorithm and its access token format.
+        &[
+            "ALTER TABLE oauth_codes ADD COLUMN nonce TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_codes ADD COLUMN sid TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_grants ADD COLUMN sid TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX oauth_grants_sid ON oauth_grants (sid)",
+            "ALTER TABLE oauth_clients ADD COLUMN post_logout_redirect_uris TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_clients ADD COLUMN backchannel_logout_uri TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_clients ADD COLUMN id_token_alg TEXT NOT NULL DEFAULT 'RS256'",
+            "ALTER TABLE oauth_clients ADD COLUMN access_token_format TEXT NOT NULL DEFAULT 'opaque'",
+        ],
+    ),
 ];

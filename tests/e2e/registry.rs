@@ -13,11 +13,11 @@ use oauth2::{
     TokenIntrospectionResponse, TokenResponse, TokenUrl,
 };
 
-const PW: &str = "tangerine kayak moonlit orbit";
+pub(crate) const PW: &str = "tangerine kayak moonlit orbit";
 
 /// Where the test's clients and sessions live.
 #[derive(Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     /// SQLite in the data directory, sessions in the embedded store.
     Sqlite,
     /// A throw-away PostgreSQL, sessions in a real Redis.
@@ -25,20 +25,24 @@ enum Backend {
 }
 
 /// One test's deployment. Fields drop in this order: the server before what it uses.
-struct Site {
-    gh: Gatehouse,
-    pg: Option<Postgres>,
-    redis: Option<RedisServer>,
-    dir: TempDir,
+pub(crate) struct Site {
+    pub(crate) gh: Gatehouse,
+    pub(crate) pg: Option<Postgres>,
+    pub(crate) redis: Option<RedisServer>,
+    pub(crate) dir: TempDir,
 }
 
 impl Site {
-    fn start(name: &str, backend: Backend) -> Site {
+    pub(crate) fn start(name: &str, backend: Backend) -> Site {
         Site::start_with(name, backend, |_| Vec::new())
     }
 
     /// `start` with more flags for `serve`, made from the test's directory.
-    fn start_with(name: &str, backend: Backend, extra: impl Fn(&TempDir) -> Vec<String>) -> Site {
+    pub(crate) fn start_with(
+        name: &str,
+        backend: Backend,
+        extra: impl Fn(&TempDir) -> Vec<String>,
+    ) -> Site {
         let dir = TempDir::new(name);
         let (pg, redis) = match backend {
             Backend::Sqlite => (None, None),
@@ -74,11 +78,11 @@ impl Site {
 
     /// `gatehouse <args>` on this site's database and session store; the database URL by
     /// environment, as the README tells operators to pass it.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         self.cli_stdin(args, None)
     }
 
-    fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    pub(crate) fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         let (data, roles) = (self.dir.join("data"), self.dir.join("roles.toml"));
         let mut all = args.to_vec();
         all.extend(["--data-dir", &data, "--roles", &roles]);
@@ -94,7 +98,7 @@ impl Site {
         gatehouse_cli_with(&all, &env, stdin)
     }
 
-    fn create_user(&self, username: &str) {
+    pub(crate) fn create_user(&self, username: &str) {
         let email = format!("{username}@example.org");
         let out = self.cli_stdin(
             &["user", "create", "--username", username, "--email", &email],
@@ -124,7 +128,7 @@ impl Site {
     }
 
     /// Registers a client with the CLI: its id and secret.
-    fn client(&self, args: &[&str]) -> (String, Option<String>) {
+    pub(crate) fn client(&self, args: &[&str]) -> (String, Option<String>) {
         let mut all = vec!["client", "create", "--json"];
         all.extend_from_slice(args);
         let v: serde_json::Value = serde_json::from_str(&cli_stdout(&self.cli(&all))).unwrap();
@@ -134,7 +138,7 @@ impl Site {
         )
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.gh.url())
     }
 
@@ -165,7 +169,11 @@ impl Site {
     }
 
     /// `POST /oauth/token` by hand, for what a well-behaved library will not send.
-    fn token_raw(&self, headers: &[(&str, &str)], body: &str) -> (Response, serde_json::Value) {
+    pub(crate) fn token_raw(
+        &self,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (Response, serde_json::Value) {
         let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
         all.extend_from_slice(headers);
         let r = http_request(
@@ -195,7 +203,7 @@ type OAuthClient = oauth2::Client<
 >;
 
 /// The `oauth2` crate's HTTP, through the tests' own loopback client.
-fn http(request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
+pub(crate) fn http(request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
     let uri = request.uri();
     let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap_or(80));
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -223,7 +231,7 @@ fn http(request: HttpRequest) -> Result<HttpResponse, std::io::Error> {
     Ok(builder.body(r.body.into_bytes()).unwrap())
 }
 
-fn bearer(gh: &Gatehouse, token: &str) -> Response {
+pub(crate) fn bearer(gh: &Gatehouse, token: &str) -> Response {
     http_get(
         gh.addr(),
         "/auth",
@@ -244,7 +252,7 @@ fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
 }
 
 /// The claims of the JWT in an `/auth` answer.
-fn claims(r: &Response) -> serde_json::Value {
+pub(crate) fn claims(r: &Response) -> serde_json::Value {
     jwt_claims(
         r.header("x-auth-request-jwt")
             .or(r.header("authorization"))
@@ -600,11 +608,11 @@ fn token_endpoint_refusals_follow_rfc_6749() {
 // The authorization code grant: a user in a browser, the client through the `oauth2` crate.
 
 /// Where the client's redirect URI points: nothing listens, the test reads the `Location`.
-const CALLBACK: &str = "http://127.0.0.1:9/cb";
+pub(crate) const CALLBACK: &str = "http://127.0.0.1:9/cb";
 
 /// `GET` an authorization URL as a browser, signing in as `user` when sent to `/login`:
 /// the answer after sign-in (a consent page, or the redirect back to the client).
-fn open_authorize(b: &mut Browser, url: &str, user: &str) -> Response {
+pub(crate) fn open_authorize(b: &mut Browser, url: &str, user: &str) -> Response {
     let path = url
         .split_once("/oauth/")
         .map(|(_, p)| format!("/oauth/{p}"))
@@ -636,7 +644,7 @@ fn open_authorize(b: &mut Browser, url: &str, user: &str) -> Response {
 }
 
 /// Answers a consent page as its buttons would.
-fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -> Response {
+pub(crate) fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -> Response {
     assert_eq!(page.status, 200, "{}", page.body);
     let mut fields: Vec<(String, String)> = [
         "csrf",
@@ -647,6 +655,8 @@ fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -> Response 
         "state",
         "code_challenge",
         "code_challenge_method",
+        "nonce",
+        "response_mode",
     ]
     .iter()
     .filter_map(|n| hidden(&page.body, n).map(|v| (n.to_string(), v)))
@@ -660,7 +670,7 @@ fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -> Response 
 }
 
 /// The query parameters of the redirect back to the client.
-fn callback(r: &Response) -> std::collections::HashMap<String, String> {
+pub(crate) fn callback(r: &Response) -> std::collections::HashMap<String, String> {
     assert_eq!(r.status, 303, "{}", r.body);
     let location = r.header("location").unwrap();
     assert!(location.starts_with(CALLBACK), "sent elsewhere: {location}");
@@ -1391,7 +1401,7 @@ fn hidden_value(html: &str, label: &str) -> String {
 }
 
 /// A signed-in browser of `user` on `site`.
-fn signed_in(site: &Site, user: &str) -> Browser {
+pub(crate) fn signed_in(site: &Site, user: &str) -> Browser {
     let mut b = Browser::new(site.gh.addr());
     let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
     let r = b.post(
@@ -1404,7 +1414,7 @@ fn signed_in(site: &Site, user: &str) -> Browser {
 
 /// An authorization request of `client_id` for `scope`, with a fresh PKCE pair: the path and
 /// the verifier.
-fn authorize_path(client_id: &str, scope: &str) -> (String, String) {
+pub(crate) fn authorize_path(client_id: &str, scope: &str) -> (String, String) {
     use oauth2::PkceCodeChallenge;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let path = format!(
@@ -1423,7 +1433,13 @@ fn authorize_path(client_id: &str, scope: &str) -> (String, String) {
 }
 
 /// Redeems `code` at the token endpoint by hand: the JSON answer.
-fn redeem(site: &Site, id: &str, secret: &str, code: &str, verifier: &str) -> serde_json::Value {
+pub(crate) fn redeem(
+    site: &Site,
+    id: &str,
+    secret: &str,
+    code: &str,
+    verifier: &str,
+) -> serde_json::Value {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
     let (r, v) = site.token_raw(
         &[("Authorization", &format!("Basic {basic}"))],
@@ -1439,7 +1455,7 @@ fn redeem(site: &Site, id: &str, secret: &str, code: &str, verifier: &str) -> se
 }
 
 /// A refresh by hand: the answer and its JSON.
-fn refresh_raw(
+pub(crate) fn refresh_raw(
     site: &Site,
     id: &str,
     secret: &str,
@@ -1453,7 +1469,7 @@ fn refresh_raw(
 }
 
 /// A refresh by hand: the status and the RFC 6749 error, if any.
-fn refresh_status(site: &Site, id: &str, secret: &str, refresh: &str) -> (u16, String) {
+pub(crate) fn refresh_status(site: &Site, id: &str, secret: &str, refresh: &str) -> (u16, String) {
     let (r, v) = refresh_raw(site, id, secret, refresh);
     (r.status, v["error"].as_str().unwrap_or("").to_string())
 }

@@ -22,6 +22,8 @@ mod ports;
 mod postgres;
 mod process;
 pub mod proxy;
+#[cfg(feature = "accounts")]
+mod receiver;
 mod redis;
 #[cfg(feature = "accounts")]
 mod web;
@@ -36,6 +38,8 @@ pub use ports::*;
 #[cfg(feature = "accounts")]
 pub use postgres::*;
 pub use process::*;
+#[cfg(feature = "accounts")]
+pub use receiver::*;
 pub use redis::*;
 #[cfg(feature = "accounts")]
 pub use web::*;

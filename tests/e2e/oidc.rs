@@ -1,0 +1,605 @@
+//! OpenID Connect, end to end: real `gatehouse serve` processes, clients registered with the
+//! CLI, and an independent relying party (the `openidconnect` crate) that discovers the
+//! provider, runs the code flow with nonce and PKCE, validates every id_token (signature
+//! against the JWKS, `iss`, `aud`, `nonce`, `at_hash`), calls UserInfo and refreshes. Sign-out
+//! everywhere: RP-initiated logout, and back-channel logout tokens received by a listener in
+//! the test and checked against the JWKS, through the durable outbox (across a restart while
+//! the receiver is down). On SQLite with the embedded store, and on PostgreSQL with Redis.
+
+use std::time::Duration;
+
+use crate::registry::{
+    answer_consent, bearer, callback, claims, http, open_authorize, signed_in, Backend, Site,
+    CALLBACK,
+};
+use crate::support::*;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreUserInfoClaims,
+};
+use openidconnect::{
+    AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
+};
+
+/// Where clients may be sent after signing out: nothing listens, the test reads `Location`.
+const AFTER_LOGOUT: &str = "http://127.0.0.1:9/signed-out";
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres_redis {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::PostgresRedis)
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    an_independent_relying_party_signs_in_with_the_code_flow,
+    backchannel_logout_reaches_every_client_and_survives_a_restart,
+);
+
+/// A confidential OpenID Connect client with refresh, returning to CALLBACK, allowed to send
+/// the browser to AFTER_LOGOUT; `extra` flags added.
+fn oidc_client(site: &Site, name: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "--name",
+        name,
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        CALLBACK,
+        "--scope",
+        "papers:read",
+        "--post-logout-redirect-uri",
+        AFTER_LOGOUT,
+    ];
+    args.extend_from_slice(extra);
+    let (id, secret) = site.client(&args);
+    (id, secret.unwrap())
+}
+
+/// The relying party, from discovery.
+fn relying_party(
+    site: &Site,
+    id: &str,
+    secret: &str,
+) -> openidconnect::core::CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+> {
+    let issuer = IssuerUrl::new(site.gh.url()).unwrap();
+    let meta = CoreProviderMetadata::discover(&issuer, &http).expect("discovery");
+    CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(id.to_string()),
+        Some(ClientSecret::new(secret.to_string())),
+    )
+    .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).unwrap())
+}
+
+/// The JSON of a GET.
+fn get_json(site: &Site, path: &str) -> serde_json::Value {
+    let r = http_get(site.gh.addr(), path, &[]);
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The claims of a JWT of this site after checking its signature against the site's JWKS,
+/// and its header.
+fn verified(site: &Site, jwt: &str) -> (serde_json::Value, jsonwebtoken::Header) {
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&http_get(site.gh.addr(), "/.well-known/jwks.json", &[]).body)
+            .unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
+            .unwrap();
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["iss", "exp"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v).expect("a valid signature");
+    (data.claims, header)
+}
+
+fn an_independent_relying_party_signs_in_with_the_code_flow(backend: Backend) {
+    let site = Site::start("oidc-flow", backend);
+    site.create_user("ines");
+    let (id, secret) = oidc_client(&site, "Wiki", &[]);
+
+    // Discovery: one issuer, every endpoint, RS256 always, back-channel logout offered.
+    let d = get_json(&site, "/.well-known/openid-configuration");
+    assert_eq!(d["issuer"], site.gh.url());
+    for (k, path) in [
+        ("authorization_endpoint", "/oauth/authorize"),
+        ("token_endpoint", "/oauth/token"),
+        ("userinfo_endpoint", "/oauth/userinfo"),
+        ("end_session_endpoint", "/oauth/logout"),
+        ("jwks_uri", "/.well-known/jwks.json"),
+    ] {
+        assert_eq!(d[k], site.url(path), "{k}");
+    }
+    assert!(d["id_token_signing_alg_values_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("RS256")));
+    for s in [
+        "openid",
+        "profile",
+        "email",
+        "offline_access",
+        "papers:read",
+    ] {
+        assert!(
+            d["scopes_supported"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(s)),
+            "{s} not in {d}"
+        );
+    }
+    assert_eq!(d["response_types_supported"], serde_json::json!(["code"]));
+    assert_eq!(
+        d["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(d["backchannel_logout_supported"], true);
+    assert_eq!(d["backchannel_logout_session_supported"], true);
+
+    let rp = relying_party(&site, &id, &secret);
+    let authorize = || {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = rp
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .add_scope(Scope::new("profile".into()))
+            .add_scope(Scope::new("email".into()))
+            .set_pkce_challenge(challenge)
+            .url();
+        (url.to_string(), state, nonce, verifier)
+    };
+
+    // The code flow: sign in, consent in words, a code at the callback with iss.
+    let mut b = Browser::new(site.gh.addr());
+    let (url, state, nonce, verifier) = authorize();
+    let page = open_authorize(&mut b, &url, "ines");
+    for words in [
+        "Sign you in with your account here",
+        "See your name and username",
+        "See your email address",
+    ] {
+        assert!(page.body.contains(words), "{words} missing: {}", page.body);
+    }
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    assert_eq!(back["state"], *state.secret());
+    assert_eq!(back["iss"], site.gh.url());
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(back["code"].clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request(&http)
+        .unwrap();
+
+    // The id_token, as the relying party checks it: signature from the JWKS, iss, aud, exp,
+    // nonce; and at_hash binds the access token.
+    let id_token = tokens.id_token().expect("an id_token");
+    let checker = rp.id_token_verifier();
+    let c = id_token.claims(&checker, &nonce).expect("a valid id_token");
+    let at_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&checker).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c.access_token_hash(), Some(&at_hash));
+    assert!(
+        id_token
+            .claims(&checker, &Nonce::new("another request's nonce".into()))
+            .is_err(),
+        "a wrong nonce passed"
+    );
+    // Its claims: the same sub and sid as the browser session's own JWT at /auth.
+    let browser_jwt = claims(&b.get("/auth"));
+    let (raw, header) = verified(&site, &id_token.to_string());
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(raw["sub"], browser_jwt["sub"], "{raw}");
+    assert_eq!(raw["sid"], browser_jwt["sid"], "{raw}");
+    assert_eq!(raw["aud"], id.as_str());
+    assert_eq!(raw["amr"], serde_json::json!(["pwd"]));
+    assert_eq!(raw["auth_time"], browser_jwt["auth_time"]);
+    assert_eq!(raw["preferred_username"], "ines");
+    assert_eq!(raw["email"], "ines@example.org");
+    assert_eq!(raw["email_verified"], true);
+    assert!(raw["updated_at"].as_u64().is_some(), "{raw}");
+    // The access token works at /auth, and carries the OIDC scopes with the granted one.
+    let r = bearer(&site.gh, tokens.access_token().secret());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(claims(&r)["scope"], "email openid profile");
+
+    // UserInfo, GET (the crate) and POST: the claims the scopes allow.
+    let info: CoreUserInfoClaims = rp
+        .user_info(tokens.access_token().clone(), None)
+        .unwrap()
+        .request(&http)
+        .unwrap();
+    assert_eq!(info.subject().as_str(), raw["sub"].as_str().unwrap());
+    assert_eq!(info.email().map(|e| e.as_str()), Some("ines@example.org"));
+    assert_eq!(info.preferred_username().map(|u| u.as_str()), Some("ines"));
+    let bearer_header = format!("Bearer {}", tokens.access_token().secret());
+    let r = http_request(
+        "POST",
+        site.gh.addr(),
+        "/oauth/userinfo",
+        &[("Authorization", &bearer_header)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http_get(
+        site.gh.addr(),
+        "/oauth/userinfo",
+        &[("Authorization", "Bearer gtc_not-a-token")],
+    );
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+
+    // A refresh returns a fresh id_token: same sub and auth_time, no nonce.
+    let refreshed = rp
+        .exchange_refresh_token(tokens.refresh_token().unwrap())
+        .unwrap()
+        .request(&http)
+        .unwrap();
+    let again = refreshed.id_token().expect("a refreshed id_token");
+    let c2 = again
+        .claims(&checker, |n: Option<&Nonce>| {
+            n.is_none()
+                .then_some(())
+                .ok_or_else(|| "a refreshed id_token carries a nonce".to_string())
+        })
+        .unwrap();
+    assert_eq!(c2.subject(), c.subject());
+    assert_eq!(c2.auth_time(), c.auth_time());
+
+    // A token without openid has no UserInfo.
+    let plain = crate::registry::authorize_path(&id, "papers:read");
+    let page = open_authorize(&mut b, &site.url(&plain.0), "ines");
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let v = crate::registry::redeem(&site, &id, &secret, &back["code"], &plain.1);
+    assert!(v.get("id_token").is_none(), "{v}");
+    let r = http_get(
+        site.gh.addr(),
+        "/oauth/userinfo",
+        &[(
+            "Authorization",
+            &format!("Bearer {}", v["access_token"].as_str().unwrap()),
+        )],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+/// `prompt`, `max_age` and `login_hint`: what a client may ask of the sign-in.
+#[test]
+fn prompt_max_age_and_login_hint_are_honoured() {
+    let site = Site::start("oidc-prompt", Backend::Sqlite);
+    site.create_user("jon");
+    let (id, _) = oidc_client(&site, "Board", &[]);
+    let path = |extra: &[(&str, &str)]| {
+        let (challenge, _) = PkceCodeChallenge::new_random_sha256();
+        let mut q = vec![
+            ("response_type", "code"),
+            ("client_id", id.as_str()),
+            ("redirect_uri", CALLBACK),
+            ("scope", "openid profile"),
+            ("state", "st"),
+            ("nonce", "n-1"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        q.extend_from_slice(extra);
+        format!("/oauth/authorize?{}", form_encode(&q))
+    };
+
+    // prompt=none while signed out: login_required at the redirect URI, never a page.
+    let mut out = Browser::new(site.gh.addr());
+    let back = callback(&out.get(&path(&[("prompt", "none")])));
+    assert_eq!(back["error"], "login_required");
+    assert_eq!(back["state"], "st");
+    assert_eq!(back["iss"], site.gh.url());
+    // login_hint fills in the username on the way to /login.
+    let r = out.get(&path(&[("login_hint", "jon")]));
+    let login = r.header("location").unwrap().to_string();
+    assert!(login.starts_with("/login?"), "{login}");
+    let page = out.get(&login);
+    assert!(page.body.contains("value=\"jon\""), "{}", page.body);
+
+    // Signed in but never consented: prompt=none is consent_required.
+    let mut b = signed_in(&site, "jon");
+    let back = callback(&b.get(&path(&[("prompt", "none")])));
+    assert_eq!(back["error"], "consent_required");
+    // Consent once; then prompt=none comes straight back with a code.
+    let page = b.get(&path(&[]));
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    assert!(back.contains_key("code"));
+    let back = callback(&b.get(&path(&[("prompt", "none")])));
+    assert!(back.contains_key("code"), "{back:?}");
+    // prompt=consent asks again though consent is recorded.
+    let r = b.get(&path(&[("prompt", "consent")]));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Allow Board"), "{}", r.body);
+
+    // prompt=login and max_age=0 send a signed-in browser to sign in again, and back
+    // without asking once more.
+    for extra in [("prompt", "login"), ("max_age", "0")] {
+        let r = b.get(&path(&[extra]));
+        let login = r.header("location").unwrap_or("").to_string();
+        assert!(
+            login.starts_with("/login?"),
+            "{extra:?}: {} {login}",
+            r.status
+        );
+        let page = b.get(&login);
+        assert!(page.body.contains("sign in again"), "{}", page.body);
+        let rd = hidden(&page.body, "rd").unwrap();
+        assert!(!rd.contains("prompt=") && !rd.contains("max_age="), "{rd}");
+        // With prompt=none, the same need is login_required.
+        let none = [extra, ("prompt", "none")];
+        let none: Vec<(&str, &str)> = if extra.0 == "prompt" {
+            vec![("prompt", "none"), ("max_age", "0")]
+        } else {
+            none.to_vec()
+        };
+        let back = callback(&b.get(&path(&none)));
+        assert_eq!(back["error"], "login_required", "{none:?}");
+    }
+    // Nonsense is refused at the redirect URI.
+    for bad in [
+        ("prompt", "none login"),
+        ("max_age", "soon"),
+        ("response_mode", "fragment"),
+    ] {
+        let back = callback(&b.get(&path(&[bad])));
+        assert_eq!(back["error"], "invalid_request", "{bad:?}");
+    }
+}
+
+/// RP-initiated logout: a valid hint signs out at once and returns to a registered URI;
+/// without one a page asks; nothing unregistered or foreign is followed.
+#[test]
+fn rp_initiated_logout_returns_only_to_registered_addresses() {
+    let site = Site::start("oidc-logout", Backend::Sqlite);
+    site.create_user("kai");
+    let (id, secret) = oidc_client(&site, "Notes", &[]);
+    let (other, _) = oidc_client(&site, "Other", &[]);
+
+    let sign_in = || {
+        let mut b = signed_in(&site, "kai");
+        let (path, verifier) = crate::registry::authorize_path(&id, "openid");
+        let r = b.get(&path);
+        let r = if r.status == 200 {
+            answer_consent(&mut b, &r, "allow")
+        } else {
+            r
+        };
+        let back = callback(&r);
+        let v = crate::registry::redeem(&site, &id, &secret, &back["code"], &verifier);
+        (b, v["id_token"].as_str().unwrap().to_string())
+    };
+    let logout = |params: &[(&str, &str)]| format!("/oauth/logout?{}", form_encode(params));
+
+    // A valid hint: signed out at once, sent to the registered URI with state.
+    let (mut b, hint) = sign_in();
+    assert_eq!(b.get("/auth").status, 200);
+    let r = b.get(&logout(&[
+        ("id_token_hint", &hint),
+        ("post_logout_redirect_uri", AFTER_LOGOUT),
+        ("state", "bye"),
+    ]));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(&*format!("{AFTER_LOGOUT}?state=bye"))
+    );
+    assert_eq!(b.get("/auth").status, 401, "still signed in");
+
+    // Without a hint: a page asks, and signing out there returns to the client.
+    let (mut b, _) = sign_in();
+    let ask = logout(&[
+        ("client_id", &id),
+        ("post_logout_redirect_uri", AFTER_LOGOUT),
+    ]);
+    let page = b.get(&ask);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("Notes asks you to sign out"),
+        "{}",
+        page.body
+    );
+    assert_eq!(b.get("/auth").status, 200, "signed out without asking");
+    let r = answer_logout(&mut b, &page.body, "stay");
+    assert_eq!(r.status, 303);
+    assert_eq!(b.get("/auth").status, 200, "'stay' signed out");
+    let page = b.get(&ask);
+    let r = answer_logout(&mut b, &page.body, "logout");
+    assert_eq!(r.header("location"), Some(AFTER_LOGOUT));
+    assert_eq!(b.get("/auth").status, 401);
+
+    // Refused with a page, never redirected: an unregistered URI, another client's hint,
+    // a hint this site did not sign.
+    let (mut b, hint) = sign_in();
+    let foreign = {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"someone else");
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"iss": "https://elsewhere.example", "sub": "x", "aud": id}),
+            &key,
+        )
+        .unwrap()
+    };
+    for params in [
+        vec![
+            ("id_token_hint", hint.as_str()),
+            ("post_logout_redirect_uri", "https://evil.example/"),
+        ],
+        vec![
+            ("client_id", id.as_str()),
+            ("post_logout_redirect_uri", "https://evil.example/"),
+        ],
+        vec![("post_logout_redirect_uri", AFTER_LOGOUT)],
+        vec![
+            ("id_token_hint", hint.as_str()),
+            ("client_id", other.as_str()),
+        ],
+        vec![("id_token_hint", foreign.as_str())],
+    ] {
+        let r = b.get(&logout(&params));
+        assert_eq!(r.status, 400, "{params:?}: {}", r.body);
+        assert!(r.header("location").is_none());
+        assert!(r.body.contains("This sign-out request cannot be used"));
+    }
+    assert_eq!(b.get("/auth").status, 200, "a refused request signed out");
+}
+
+/// Answers the logout confirmation page as its buttons would.
+fn answer_logout(b: &mut Browser, html: &str, decision: &str) -> Response {
+    let mut fields: Vec<(&str, String)> = [
+        "csrf",
+        "id_token_hint",
+        "client_id",
+        "post_logout_redirect_uri",
+        "state",
+    ]
+    .into_iter()
+    .filter_map(|n| hidden(html, n).map(|v| (n, v)))
+    .collect();
+    fields.push(("decision", decision.to_string()));
+    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    b.post("/oauth/logout", &borrowed)
+}
+
+/// A listener's logout_tokens, each checked: signed by a key of the JWKS with `typ`
+/// logout+jwt, for `aud`, with the back-channel event and no nonce. Their (sub, sid) pairs.
+fn logout_tokens(site: &Site, bodies: &[String], aud: &str) -> Vec<(String, String)> {
+    bodies
+        .iter()
+        .map(|body| {
+            let form: std::collections::HashMap<String, String> =
+                oauth2::url::form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+            let (c, header) = verified(site, &form["logout_token"]);
+            assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+            assert_eq!(c["iss"], site.gh.url());
+            assert_eq!(c["aud"], aud);
+            assert!(c["iat"].is_u64() && c["jti"].is_string(), "{c}");
+            assert_eq!(
+                c["events"],
+                serde_json::json!({"http://schemas.openid.net/event/backchannel-logout": {}})
+            );
+            assert!(c.get("nonce").is_none(), "{c}");
+            (
+                c["sub"].as_str().unwrap().to_string(),
+                c["sid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn backchannel_logout_reaches_every_client_and_survives_a_restart(backend: Backend) {
+    let receiver = Receiver::start();
+    let port = receiver.port();
+    let mut site = Site::start("oidc-backchannel", backend);
+    site.create_user("lea");
+    let (id, secret) = oidc_client(
+        &site,
+        "Dashboards",
+        &["--backchannel-logout-uri", &receiver.url("/bc")],
+    );
+    let sign_in = |b: &mut Browser, scope: &str| {
+        let (path, verifier) = crate::registry::authorize_path(&id, scope);
+        let r = b.get(&path);
+        let r = if r.status == 200 {
+            answer_consent(b, &r, "allow")
+        } else {
+            r
+        };
+        let back = callback(&r);
+        crate::registry::redeem(&site, &id, &secret, &back["code"], &verifier)
+    };
+
+    // Sign out at /logout: the client that got an id_token for that session hears of it.
+    let mut b = signed_in(&site, "lea");
+    let tokens = sign_in(&mut b, "openid");
+    let jwt = claims(&b.get("/auth"));
+    let (sub, sid) = (
+        jwt["sub"].as_str().unwrap().to_string(),
+        jwt["sid"].as_str().unwrap().to_string(),
+    );
+    let r = b.submit("/logout", "/logout", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = receiver.wait_bodies(1, Duration::from_secs(10));
+    assert_eq!(logout_tokens(&site, &got, &id), vec![(sub.clone(), sid)]);
+    // Its refresh token ended with the session (no offline_access).
+    let (status, error) = crate::registry::refresh_status(
+        &site,
+        &id,
+        &secret,
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+    assert_eq!((status, error.as_str()), (400, "invalid_grant"));
+
+    // With offline_access the refresh token outlives the session, as consented; the logout
+    // is still sent.
+    let mut b = signed_in(&site, "lea");
+    let offline = sign_in(&mut b, "openid offline_access");
+    b.submit("/logout", "/logout", &[]);
+    assert_eq!(receiver.wait_bodies(2, Duration::from_secs(10)).len(), 2);
+    let (r, v) = crate::registry::refresh_raw(
+        &site,
+        &id,
+        &secret,
+        offline["refresh_token"].as_str().unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(v["id_token"].is_string());
+
+    // The receiver is down when the session ends, and gatehouse restarts before it is back:
+    // the logout waits in the outbox and arrives once the receiver listens again.
+    let mut b = signed_in(&site, "lea");
+    sign_in(&mut b, "openid");
+    let jwt = claims(&b.get("/auth"));
+    drop(receiver);
+    let out = site.cli(&["user", "deactivate", "lea"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        site.gh
+            .wait_for_log("will be tried again", Duration::from_secs(10)),
+        "no failed attempt: {}",
+        site.gh.logs()
+    );
+    site.gh.restart();
+    let receiver = Receiver::start_on(port).expect("the receiver's port again");
+    let got = receiver.wait_bodies(1, Duration::from_secs(20));
+    let pairs = logout_tokens(&site, &got, &id);
+    assert!(
+        pairs.contains(&(sub, jwt["sid"].as_str().unwrap().to_string())),
+        "{pairs:?}"
+    );
+}
