@@ -3,6 +3,10 @@
 //! (release build, embedded store, SQLite clients). Then `/auth` with a client token against
 //! `/auth` with a browser session: the same cache hit, so the ratio should be ~1.
 //!
+//! Then what an OpenID Connect id_token costs: signing one in-process with each algorithm
+//! (the p50 of 2 000), and a refresh at the token endpoint with `openid` (an id_token in the
+//! answer) against the same refresh without it, one at a time.
+//!
 //! `cargo bench --bench tokens`. Each request opens its own connection (as the tests' client
 //! does), so the figures carry a TCP handshake each; the ratios compare like with like.
 //! Nothing here is an assertion: a benchmark reports, it does not fail.
@@ -177,8 +181,179 @@ fn main() {
          Basic {:.0} µs, in the body {:.0} µs, unknown client {:.0} µs.\n",
         refusals[0], refusals[1], refusals[2]
     );
+    let out = format!("{out}\n{}", id_token_cost(&gh, &data));
     print!("{out}");
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load");
     std::fs::create_dir_all(&report).unwrap();
     std::fs::write(report.join("tokens.md"), out).unwrap();
+}
+
+/// p50 of `n` runs of `f`, in µs.
+fn p50_us(n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<Duration> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[n / 2].as_secs_f64() * 1e6
+}
+
+/// The id_token's cost: signing alone, per algorithm, and a refresh with and without one.
+fn id_token_cost(gh: &Gatehouse, data: &str) -> String {
+    use gatehouse::signer::{JwtAlg, Signer, TokenSettings};
+    let keys = std::path::Path::new(data).join("bench-keys");
+    let claims = serde_json::json!({
+        "iss": "https://login.example.org", "sub": "u1", "aud": "client", "azp": "client",
+        "exp": 2_000_000_000u64, "iat": 1_700_000_000u64, "auth_time": 1_700_000_000u64,
+        "nonce": "n-0S6_WzA2Mj", "sid": "Q3G3fTku-GrDSCaO", "amr": ["pwd"],
+        "at_hash": "77QmUPtjPfzWtF2AnpK9RQ", "preferred_username": "rosa",
+        "email": "rosa@example.org", "email_verified": true,
+    });
+    let mut lines = String::from("id_token, signed in-process, p50 of 2000:");
+    for alg in [JwtAlg::Rs256, JwtAlg::Es256, JwtAlg::EdDsa] {
+        let signer = Signer::load(
+            &keys,
+            alg,
+            None,
+            TokenSettings {
+                issuer: "https://login.example.org".into(),
+                audience: None,
+                ttl_secs: 300,
+            },
+        )
+        .unwrap();
+        let us = p50_us(2000, || {
+            signer.sign(alg.algorithm(), "JWT", &claims).unwrap();
+        });
+        lines.push_str(&format!(" {alg:?} {us:.1} µs;"));
+    }
+    // A user, a signed-in browser, a client, and two grants: one with openid, one without.
+    let pw = "tangerine kayak moonlit orbit";
+    create_user(data, "rosa", "rosa@example.org", pw);
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&gatehouse_cli(&[
+        "client",
+        "create",
+        "--json",
+        "--name",
+        "rp",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--redirect-uri",
+        "http://127.0.0.1:9/cb",
+        "--data-dir",
+        data,
+    ])))
+    .unwrap();
+    let (id, secret) = (
+        made["client_id"].as_str().unwrap().to_string(),
+        made["client_secret"].as_str().unwrap().to_string(),
+    );
+    let mut b = Browser::new(gh.addr());
+    let csrf = hidden(&b.get("/login").body, "csrf").unwrap();
+    b.post(
+        "/login",
+        &[("csrf", &csrf), ("username", "rosa"), ("password", pw)],
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    );
+    let token = |body: &str| -> serde_json::Value {
+        let r = http_request(
+            "POST",
+            gh.addr(),
+            "/oauth/token",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &basic),
+            ],
+            body.as_bytes(),
+        );
+        serde_json::from_str(&r.body).unwrap()
+    };
+    let mut grant = |scope: &str| -> String {
+        // RFC 7636 appendix B's pair.
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeunhRU4tLz5ymv46PPc";
+        let q = form_encode(&[
+            ("response_type", "code"),
+            ("client_id", &id),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("scope", scope),
+            ("nonce", "n"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        let page = b.get(&format!("/oauth/authorize?{q}"));
+        let mut fields: Vec<(String, String)> = [
+            "csrf",
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "nonce",
+            "code_challenge",
+            "code_challenge_method",
+        ]
+        .iter()
+        .filter_map(|n| hidden(&page.body, n).map(|v| (n.to_string(), v)))
+        .collect();
+        fields.push(("decision".into(), "allow".into()));
+        let f: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let back = b.post("/oauth/authorize", &f);
+        let location = back.header("location").unwrap().to_string();
+        let code = location
+            .split("code=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_string();
+        let v = token(&form_encode(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("code_verifier", verifier),
+        ]));
+        v["refresh_token"].as_str().unwrap().to_string()
+    };
+    let mut with = grant("openid profile email");
+    let mut without = grant("");
+    let mut refresh = |r: &mut String, want_id_token: bool| {
+        let v = token(&form_encode(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", r),
+        ]));
+        assert_eq!(v["id_token"].is_string(), want_id_token, "{v}");
+        *r = v["refresh_token"].as_str().unwrap().to_string();
+    };
+    // Interleaved, so that both see the same machine.
+    let (mut a, mut c) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let t = Instant::now();
+        refresh(&mut with, true);
+        a.push(t.elapsed());
+        let t = Instant::now();
+        refresh(&mut without, false);
+        c.push(t.elapsed());
+    }
+    a.sort();
+    c.sort();
+    let (a, c) = (a[150].as_secs_f64() * 1e6, c[150].as_secs_f64() * 1e6);
+    lines.push_str(&format!(
+        "\nPOST /oauth/token refresh_token, one at a time, p50 of 300: with openid (an id_token, \
+         RS256) {a:.0} µs, without {c:.0} µs: the id_token adds {:.0} µs ({:.2}×).\n",
+        a - c,
+        a / c
+    ));
+    lines
 }

@@ -1285,6 +1285,7 @@ mod tests {
             only_accounts,
             [
                 "gatehouse_schema",
+                "outbox",
                 "passkey_offers_declined",
                 "role_scopes",
                 "user_passkeys",
@@ -1313,6 +1314,7 @@ mod tests {
                 ("accounts".to_owned(), 2),
                 ("accounts".to_owned(), 3),
                 ("accounts".to_owned(), 4),
+                ("accounts".to_owned(), 5),
                 ("extra".to_owned(), 1)
             ]
         );

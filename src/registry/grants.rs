@@ -600,6 +600,7 @@ mod tests {
             scopes: &scopes,
             challenge: "x",
             signed_in: &SignedIn::default(),
+            nonce: "",
         };
         issue_code(&db, &code).await.unwrap();
         let grant = create_grant(&db, "c", "u", &scopes, &SignedIn::default())

@@ -61,7 +61,9 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
     let newer = [
         "module=\"accounts\" version=3",
         "module=\"accounts\" version=4",
+        "module=\"accounts\" version=5",
         "module=\"registry\" version=5",
+        "module=\"registry\" version=6",
     ];
     for line in gh
         .logs()
@@ -78,11 +80,13 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 2",
         "accounts 3",
         "accounts 4",
+        "accounts 5",
         "registry 1",
         "registry 2",
         "registry 3",
         "registry 4",
         "registry 5",
+        "registry 6",
     ];
     assert_eq!(recorded(url), expected);
 
