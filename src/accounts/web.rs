@@ -141,7 +141,7 @@ impl Ctx {
         &self.headers
     }
 
-    pub(super) fn ip(&self) -> IpAddr {
+    pub(crate) fn ip(&self) -> IpAddr {
         self.ip
     }
 

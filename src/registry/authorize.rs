@@ -279,7 +279,7 @@ fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
 }
 
 /// In words, what a scope lets a client do.
-fn scope_words(scope: &str) -> String {
+pub(super) fn scope_words(scope: &str) -> String {
     if let Some(words) = oidc::scope_words(scope) {
         return words.to_owned();
     }

@@ -13,7 +13,12 @@ use crate::secret::Secret;
 use crate::session::unix_now;
 
 /// The grants a client may be allowed.
-pub const GRANTS: &[&str] = &["client_credentials", "authorization_code", "refresh_token"];
+pub const GRANTS: &[&str] = &[
+    "client_credentials",
+    "authorization_code",
+    "refresh_token",
+    "device_code",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Client {

@@ -16,6 +16,7 @@ mod authorize;
 pub mod catalog;
 pub mod cli;
 pub mod clients;
+mod device;
 pub mod grants;
 mod logout;
 mod oauth;
@@ -79,6 +80,8 @@ pub struct Registry {
     refresh_ttl: Duration,
     allow_non_expiring: bool,
     catalog: Vec<catalog::Api>,
+    /// Codes typed at `/device` per address.
+    device_tries: crate::accounts::guard::RateLimit,
 }
 
 impl crate::accounts::web::WithAccounts for Arc<Registry> {
@@ -106,7 +109,17 @@ impl Registry {
                 }
             }
         });
+        crate::accounts::hourly("expired device codes", &accounts.db, |db, now| async move {
+            device::purge(&db, now).await
+        });
+        let device_tries = crate::accounts::guard::RateLimit::new(
+            "device",
+            device::TRIES_PER_MINUTE,
+            Duration::from_secs(60),
+            accounts.counters.clone(),
+        );
         let reg = Arc::new(Registry {
+            device_tries,
             accounts,
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
@@ -142,6 +155,10 @@ impl Registry {
             .route(
                 "/oauth/authorize",
                 axum::routing::get(authorize::authorize_page).post(authorize::authorize),
+            )
+            .route(
+                "/device",
+                axum::routing::get(device::page).post(device::submit),
             )
             .route(
                 "/oauth/logout",

@@ -30,6 +30,10 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/oauth/token", post(token).layer(body_limit()))
         .route("/oauth/revoke", post(revoke).layer(body_limit()))
         .route("/oauth/introspect", post(introspect).layer(body_limit()))
+        .route(
+            "/oauth/device_authorization",
+            post(super::device::authorization).layer(body_limit()),
+        )
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/openid-configuration", get(metadata))
         .route(
@@ -50,14 +54,18 @@ fn body_limit() -> axum::extract::DefaultBodyLimit {
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug)]
-pub struct OAuthError {
+pub(super) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         OAuthError {
             status,
             error,
@@ -65,7 +73,7 @@ impl OAuthError {
         }
     }
 
-    fn request(description: impl Into<String>) -> Self {
+    pub(super) fn request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
@@ -79,7 +87,7 @@ impl OAuthError {
     }
 
     /// The store or database did not answer: fail closed.
-    fn unavailable(e: impl std::fmt::Display) -> Self {
+    pub(super) fn unavailable(e: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %e, "oauth: store or database unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -106,7 +114,7 @@ impl IntoResponse for OAuthError {
 }
 
 /// JSON that no cache keeps (RFC 6749 §5.1).
-fn no_store(status: StatusCode, body: Value) -> Response {
+pub(super) fn no_store(status: StatusCode, body: Value) -> Response {
     let mut r = (status, axum::Json(body)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -116,10 +124,10 @@ fn no_store(status: StatusCode, body: Value) -> Response {
 
 /// The form parameters of a request: `application/x-www-form-urlencoded`, each at most once
 /// (RFC 6749 §3.2), empty values treated as absent.
-struct Params(Vec<(String, String)>);
+pub(super) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
+    pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Params, OAuthError> {
         let form = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -149,7 +157,7 @@ impl Params {
         Ok(Params(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == name && !v.is_empty())
@@ -169,7 +177,7 @@ fn form_decode(s: &str) -> Option<String> {
 /// The calling client, authenticated by `client_secret_basic` or `client_secret_post`; a
 /// public client is named by `client_id` alone. Anything else is `invalid_client`, at the
 /// same cost whether the client exists or not.
-async fn authenticate(
+pub(super) async fn authenticate(
     reg: &Registry,
     headers: &HeaderMap,
     params: &Params,
@@ -249,6 +257,7 @@ async fn token_inner(
         Some("client_credentials") => client_credentials(reg, &client, &params).await,
         Some("authorization_code") => authorization_code(reg, &client, &params).await,
         Some("refresh_token") => refresh(reg, &client, &params).await,
+        Some(super::device::GRANT_TYPE) => super::device::redeem(reg, &client, &params).await,
         Some(other) => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -273,7 +282,7 @@ fn granted_scopes(asked: Option<&str>, allowed: &[String]) -> Result<Vec<String>
     Ok(scopes)
 }
 
-fn invalid_grant(description: &str) -> OAuthError {
+pub(super) fn invalid_grant(description: &str) -> OAuthError {
     OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
 }
 
@@ -314,7 +323,7 @@ async fn revoke_after_replay(reg: &Registry, grant_id: &str, what: &'static str)
 }
 
 /// The live user behind a grant, or `invalid_grant` (deactivated or gone).
-async fn grant_user(reg: &Registry, user_id: &str) -> Result<User, OAuthError> {
+pub(super) async fn grant_user(reg: &Registry, user_id: &str) -> Result<User, OAuthError> {
     match reg.accounts.db.user(user_id).await {
         Ok(Some(u)) if u.active => Ok(u),
         Ok(_) => Err(invalid_grant(
@@ -454,7 +463,7 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
 /// scopes permitting) that says how the user signed in when they consented, recorded under
 /// the grant, a new refresh token of `grant_scopes` when the client may refresh, and an
 /// id_token when `openid` was granted (with the request's `nonce` on the code's).
-async fn user_tokens(
+pub(super) async fn user_tokens(
     reg: &Registry,
     client: &Client,
     user: &User,

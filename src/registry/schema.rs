@@ -117,7 +117,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     (
         6,
-        // OpenID Connect. A code keeps the request's nonce and the browser session it was
+        // OpenID Connect and the device grant. A code keeps the request's nonce and the browser session it was
         // consented in (`sid`); a grant keeps that sid, for the id_tokens it issues, for the
         // back-channel logouts owed when that session ends, and to end its refresh tokens
         // with the session unless offline_access was granted. A client has its logout URIs
@@ -131,6 +131,23 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE oauth_clients ADD COLUMN backchannel_logout_uri TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE oauth_clients ADD COLUMN id_token_alg TEXT NOT NULL DEFAULT 'RS256'",
             "ALTER TABLE oauth_clients ADD COLUMN access_token_format TEXT NOT NULL DEFAULT 'opaque'",
+            // The device authorization grant (RFC 8628): a code pair per request, the device
+            // code as SHA-256; status pending, approved, denied or used; the approving user's
+            // sign-in as a code's.
+            "CREATE TABLE oauth_device_codes (
+                hash TEXT PRIMARY KEY,
+                user_code TEXT NOT NULL UNIQUE,
+                client_id TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                interval_secs BIGINT NOT NULL,
+                last_poll BIGINT NOT NULL,
+                status TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                amr TEXT NOT NULL,
+                auth_time BIGINT NOT NULL,
+                sid TEXT NOT NULL
+            )",
         ],
     ),
 ];

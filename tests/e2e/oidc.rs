@@ -603,3 +603,127 @@ fn backchannel_logout_reaches_every_client_and_survives_a_restart(backend: Backe
         "{pairs:?}"
     );
 }
+
+/// The device authorization grant (RFC 8628): a command-line tool polls while the user
+/// allows it in a browser; the code works once; guessing codes at `/device` is limited.
+#[test]
+fn device_grant_polls_until_the_user_allows_and_works_once() {
+    let site = Site::start("oidc-device", Backend::Sqlite);
+    site.create_user("noor");
+    let (id, _) = site.client(&[
+        "--name",
+        "papers-cli",
+        "--public",
+        "--grant",
+        "device_code",
+        "--grant",
+        "refresh_token",
+        "--scope",
+        "papers:read",
+    ]);
+    let post = |path: &str, form: &[(&str, &str)]| {
+        let r = http_request(
+            "POST",
+            site.gh.addr(),
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form_encode(form).as_bytes(),
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (r.status, v)
+    };
+    let start = || {
+        let (status, v) = post(
+            "/oauth/device_authorization",
+            &[("client_id", &id), ("scope", "openid papers:read")],
+        );
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["verification_uri"], site.url("/device"));
+        assert_eq!(v["interval"], 5);
+        (
+            v["device_code"].as_str().unwrap().to_string(),
+            v["user_code"].as_str().unwrap().to_string(),
+        )
+    };
+    let poll = |device_code: &str| {
+        post(
+            "/oauth/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+                ("client_id", &id),
+            ],
+        )
+    };
+    let (device_code, user_code) = start();
+    assert_eq!(poll(&device_code).1["error"], "authorization_pending");
+    assert_eq!(
+        poll(&device_code).1["error"],
+        "slow_down",
+        "polled at once again"
+    );
+
+    // The user types the code (any case, spaces for the dash), sees the tool and allows it.
+    let mut b = signed_in(&site, "noor");
+    let page = b.get(&format!("/device?user_code={user_code}"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&user_code), "{}", page.body);
+    let typed = user_code.to_lowercase().replace('-', " ");
+    let confirm = b.post_with_csrf_of(&page.body, "/device", &[("user_code", &typed)]);
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    assert!(confirm.body.contains("Allow papers-cli on your device?"));
+    assert!(confirm.body.contains("Read your papers"));
+    let done = b.post_with_csrf_of(
+        &confirm.body,
+        "/device",
+        &[("user_code", &user_code), ("decision", "allow")],
+    );
+    assert!(done.body.contains("Device connected"), "{}", done.body);
+
+    let (status, tokens) = poll(&device_code);
+    assert_eq!(status, 200, "{tokens}");
+    assert!(tokens["id_token"].is_string(), "{tokens}");
+    let r = bearer(&site.gh, tokens["access_token"].as_str().unwrap());
+    assert_eq!(r.status, 200);
+    assert_eq!(claims(&r)["scope"], "openid papers:read");
+    // A replayed device code is refused, and its code no longer opens a confirmation.
+    let (status, v) = poll(&device_code);
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_grant")));
+    let again = b.submit("/device", "/device", &[("user_code", &user_code)]);
+    assert_eq!(again.status, 400);
+    assert!(again.body.contains("not valid"), "{}", again.body);
+
+    // Denied: the tool hears access_denied.
+    let (device_code, user_code) = start();
+    let confirm = b.submit("/device", "/device", &[("user_code", &user_code)]);
+    b.post_with_csrf_of(
+        &confirm.body,
+        "/device",
+        &[("user_code", &user_code), ("decision", "deny")],
+    );
+    assert_eq!(poll(&device_code).1["error"], "access_denied");
+
+    // A client without the grant cannot start; guessing codes is cut off after 20 a minute.
+    let (other, _) = site.client(&["--name", "web", "--public", "--redirect-uri", CALLBACK]);
+    let (status, v) = post("/oauth/device_authorization", &[("client_id", &other)]);
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("unauthorized_client"))
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(
+            b.submit("/device", "/device", &[("user_code", "BCDF-GHJK")])
+                .status,
+        );
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        b.submit("/device", "/device", &[("user_code", "BCDF-GHJK")])
+            .status,
+        429
+    );
+}
