@@ -328,7 +328,7 @@ fn id_token_cost(gh: &Gatehouse, data: &str) -> String {
     };
     let mut with = grant("openid profile email");
     let mut without = grant("");
-    let mut refresh = |r: &mut String, want_id_token: bool| {
+    let refresh = |r: &mut String, want_id_token: bool| {
         let v = token(&form_encode(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", r),

@@ -77,6 +77,10 @@ pub struct Session {
     /// its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// The API it is for (an OAuth `resource`, RFC 8707): its JWT's `aud` instead of
+    /// `--audience`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// The `acr` of a session signed in with one factor.
@@ -105,6 +109,7 @@ impl Session {
             label: None,
             amr: Vec::new(),
             auth_time: None,
+            audience: None,
         }
     }
 

@@ -276,7 +276,10 @@ impl Signer {
         aws_lc_rs::rand::fill(&mut jti).expect("the OS random number generator failed");
         let claims = Claims {
             iss: &self.settings.issuer,
-            aud: self.settings.audience.as_deref(),
+            aud: session
+                .audience
+                .as_deref()
+                .or(self.settings.audience.as_deref()),
             sub: &session.sub,
             iat: now,
             nbf: now,

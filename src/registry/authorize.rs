@@ -42,6 +42,7 @@ pub struct Params {
     login_hint: String,
     id_token_hint: String,
     response_mode: String,
+    resource: String,
     // The consent form's own fields.
     csrf: String,
     decision: String,
@@ -60,6 +61,7 @@ impl Params {
             ("code_challenge_method", &self.code_challenge_method),
             ("nonce", &self.nonce),
             ("response_mode", &self.response_mode),
+            ("resource", &self.resource),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
@@ -89,6 +91,8 @@ struct Valid {
     prompt: Prompt,
     /// `max_age` in seconds.
     max_age: Option<u64>,
+    /// The API the tokens are for (RFC 8707), "" for none.
+    resource: String,
 }
 
 /// OpenID Connect's `prompt`: what the client wants shown.
@@ -192,6 +196,18 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
             Err(_) => return refuse("invalid_request", "max_age is a number of seconds"),
         },
     };
+    let resource = match p.resource.as_str() {
+        "" => String::new(),
+        r => match reg.resource(r) {
+            Some(api) => api,
+            None => {
+                return refuse(
+                    "invalid_target",
+                    &format!("{r:?} is not an API of this server"),
+                )
+            }
+        },
+    };
     if p.code_challenge_method != "S256" || !valid_challenge(&p.code_challenge) {
         return refuse(
             "invalid_request",
@@ -215,6 +231,7 @@ async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
         asked,
         prompt,
         max_age,
+        resource,
     })
 }
 
@@ -474,6 +491,7 @@ async fn issue(
             amr: l.session.amr.clone(),
             auth_time: l.session.auth_time(),
             sid: l.sid.clone(),
+            resource: valid.resource.clone(),
         })
         .unwrap_or_default();
     let code = match grants::issue_code(

@@ -121,6 +121,10 @@ pub struct OidcFlags {
     /// servers verify themselves (5 minutes at most). [default: opaque]
     #[arg(long, value_enum)]
     access_token_format: Option<AccessTokenFormat>,
+    /// The `aud` of its JWT access tokens when a request names no resource; empty clears
+    /// it. [default: the issuer]
+    #[arg(long)]
+    audience: Option<String>,
     #[command(flatten)]
     keys: crate::config::KeyArgs,
 }
@@ -174,6 +178,9 @@ impl OidcFlags {
         }
         if let Some(format) = self.access_token_format {
             base.access_token_format = format;
+        }
+        if let Some(aud) = self.audience {
+            base.audience = Some(aud.trim().to_owned()).filter(|a| !a.is_empty());
         }
         Ok(base)
     }

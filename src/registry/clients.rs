@@ -51,6 +51,8 @@ pub struct OidcSettings {
     pub id_token_alg: IdTokenAlg,
     /// What its access tokens are.
     pub access_token_format: AccessTokenFormat,
+    /// The `aud` of its JWT access tokens when the request names no resource.
+    pub audience: Option<String>,
 }
 
 impl Default for OidcSettings {
@@ -60,6 +62,7 @@ impl Default for OidcSettings {
             backchannel_logout_uri: None,
             id_token_alg: IdTokenAlg::Rs256,
             access_token_format: AccessTokenFormat::Opaque,
+            audience: None,
         }
     }
 }
@@ -208,6 +211,7 @@ fn client_of(row: &AnyRow) -> Result<Client, sqlx::Error> {
             } else {
                 AccessTokenFormat::Opaque
             },
+            audience: Some(row.try_get::<String, _>("audience")?).filter(|a| !a.is_empty()),
         },
         secret_hash: row.try_get("secret_hash")?,
     })
@@ -254,8 +258,9 @@ pub async fn create(
     sqlx::query(
         "INSERT INTO oauth_clients (id, secret_hash, name, description, homepage, owner,
             confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at,
-            post_logout_redirect_uris, backchannel_logout_uri, id_token_alg, access_token_format)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $12, $13, $14, $15)",
+            post_logout_redirect_uris, backchannel_logout_uri, id_token_alg, access_token_format,
+            audience)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&id)
     .bind(secret.as_ref().map(|s| token_hash(s.expose())))
@@ -272,6 +277,7 @@ pub async fn create(
     .bind(new.oidc.backchannel_logout_uri.as_deref().unwrap_or(""))
     .bind(new.oidc.id_token_alg.name())
     .bind(new.oidc.access_token_format.name())
+    .bind(new.oidc.audience.as_deref().unwrap_or(""))
     .execute(db.pool())
     .await?;
     let client = find(db, &id).await?.ok_or(DbError::Taken("client_id"))?;
@@ -318,12 +324,14 @@ pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, DbE
 pub async fn set_oidc(db: &Db, id: &str, oidc: &OidcSettings) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE oauth_clients SET post_logout_redirect_uris = $1, backchannel_logout_uri = $2,
-            id_token_alg = $3, access_token_format = $4, updated_at = $5 WHERE id = $6",
+            id_token_alg = $3, access_token_format = $4, audience = $5, updated_at = $6
+         WHERE id = $7",
     )
     .bind(oidc.post_logout_redirect_uris.join(" "))
     .bind(oidc.backchannel_logout_uri.as_deref().unwrap_or(""))
     .bind(oidc.id_token_alg.name())
     .bind(oidc.access_token_format.name())
+    .bind(oidc.audience.as_deref().unwrap_or(""))
     .bind(unix_now() as i64)
     .bind(id)
     .execute(db.pool())

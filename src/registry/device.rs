@@ -164,6 +164,7 @@ fn record(r: &sqlx::any::AnyRow) -> Result<DeviceCode, sqlx::Error> {
                 .collect(),
             auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
             sid: r.try_get("sid")?,
+            resource: String::new(),
         },
     })
 }
@@ -409,6 +410,7 @@ pub async fn submit(
                     amr: l.session.amr.clone(),
                     auth_time: l.session.auth_time(),
                     sid: l.sid.clone(),
+                    resource: String::new(),
                 })
                 .unwrap_or_default();
             let done = sqlx::query(

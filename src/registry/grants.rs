@@ -57,6 +57,8 @@ pub struct SignedIn {
     pub amr: Vec<String>,
     pub auth_time: u64,
     pub sid: String,
+    /// The API (RFC 8707 `resource`) the grant's tokens are for; "" for none.
+    pub resource: String,
 }
 
 impl SignedIn {
@@ -65,6 +67,7 @@ impl SignedIn {
             amr: words(&r.try_get::<String, _>("amr")?),
             auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
             sid: r.try_get("sid")?,
+            resource: r.try_get("resource")?,
         })
     }
 }
@@ -83,8 +86,8 @@ pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, Db
     let code = Secret::new(random_token(32));
     sqlx::query(
         "INSERT INTO oauth_codes (hash, client_id, user_id, redirect_uri, scopes, challenge,
-            expires_at, used, grant_id, amr, auth_time, sid, nonce)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, $8, $9, $10, $11)",
+            expires_at, used, grant_id, amr, auth_time, sid, nonce, resource)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, 0, NULL, $8, $9, $10, $11, $12)",
     )
     .bind(token_hash(code.expose()))
     .bind(new.client_id)
@@ -97,6 +100,7 @@ pub async fn issue_code(db: &Db, new: &NewCode<'_>) -> Result<Secret<String>, Db
     .bind(new.signed_in.auth_time as i64)
     .bind(&new.signed_in.sid)
     .bind(new.nonce)
+    .bind(&new.signed_in.resource)
     .execute(db.pool())
     .await?;
     Ok(code)
@@ -145,8 +149,8 @@ pub async fn create_grant(
     let id = random_token(16);
     sqlx::query(
         "INSERT INTO oauth_grants (id, client_id, user_id, scopes, created_at, revoked, amr,
-            auth_time, sid)
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
+            auth_time, sid, resource)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(client_id)
@@ -156,6 +160,7 @@ pub async fn create_grant(
     .bind(signed_in.amr.join(" "))
     .bind(signed_in.auth_time as i64)
     .bind(&signed_in.sid)
+    .bind(&signed_in.resource)
     .execute(db.pool())
     .await?;
     Ok(id)
@@ -197,7 +202,7 @@ pub async fn issue_refresh(
 pub async fn find_refresh(db: &Db, token: &str) -> Result<Option<Refresh>, DbError> {
     let row = sqlx::query(
         "SELECT r.grant_id, r.scopes, r.expires_at, r.used, g.client_id, g.user_id, g.revoked,
-                g.amr, g.auth_time, g.sid
+                g.amr, g.auth_time, g.sid, g.resource
          FROM oauth_refresh r JOIN oauth_grants g ON g.id = r.grant_id WHERE r.hash = $1",
     )
     .bind(token_hash(token))

@@ -374,6 +374,15 @@ async fn authorization_code(
             "the code does not match this client, redirect_uri or code_verifier",
         ));
     }
+    if let Some(r) = resource(reg, params.get("resource"))? {
+        if r != found.signed_in.resource {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource differs from the authorization request's",
+            ));
+        }
+    }
     let user = grant_user(reg, &found.user_id).await?;
     let grant = grants::create_grant(
         db,
@@ -422,6 +431,15 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
         return Err(invalid_grant("this refresh token is no longer valid"));
     }
     let scopes = granted_scopes(params.get("scope"), &found.scopes)?;
+    if let Some(r) = resource(reg, params.get("resource"))? {
+        if r != found.signed_in.resource {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "resource differs from the grant's",
+            ));
+        }
+    }
     let user = grant_user(reg, &found.user_id).await?;
     // An OpenID Connect grant without offline_access ends with the browser session it was
     // made in (expired or signed out): its refresh token works only while that session
@@ -477,7 +495,6 @@ pub(super) async fn user_tokens(
         .filter(|s| mine.contains(s) || super::oidc::is_oidc_scope(s))
         .cloned()
         .collect();
-    let ttl = reg.access_ttl;
     let session = crate::session::Session {
         kind: SessionKind::Client,
         client_id: Some(client.client_id.clone()),
@@ -487,29 +504,14 @@ pub(super) async fn user_tokens(
         scopes: scopes.clone(),
         amr: signed_in.amr.clone(),
         auth_time: (signed_in.auth_time > 0).then_some(signed_in.auth_time),
-        ..Sessions::draft(user.id.clone(), ttl)
+        audience: Some(signed_in.resource.clone()).filter(|r| !r.is_empty()),
+        ..Sessions::draft(user.id.clone(), reg.access_ttl)
     };
-    let sessions = reg.accounts.gateway.sessions();
-    let issued = sessions
-        .issue(&session)
-        .await
-        .map_err(OAuthError::unavailable)?;
-    grants::record_access(
-        &reg.accounts.db,
-        grant,
-        &issued.sid,
-        &user.id,
-        session.expires_at,
-    )
-    .await
-    .map_err(OAuthError::unavailable)?;
-    grants::cap_access(&reg.accounts.db, &sessions, grant)
-        .await
-        .map_err(OAuthError::unavailable)?;
+    let access = issue_access(reg, client, &session, Some(grant)).await?;
     let mut body = json!({
-        "access_token": issued.token.expose(),
+        "access_token": access.token.expose(),
         "token_type": "Bearer",
-        "expires_in": ttl.as_secs(),
+        "expires_in": access.ttl,
         "scope": scopes.join(" "),
     });
     if client.allows_grant("refresh_token") {
@@ -531,7 +533,7 @@ pub(super) async fn user_tokens(
                 &super::oidc::IdTokenFor {
                     signed_in,
                     nonce,
-                    access_token: issued.token.expose(),
+                    access_token: access.token.expose(),
                     scopes: &scopes,
                 },
             )
@@ -541,7 +543,7 @@ pub(super) async fn user_tokens(
             })?;
         body["id_token"] = json!(id_token);
     }
-    tracing::info!(target: "gatehouse::audit", event = "token_issued", grant = %grant, client_id = %client.client_id, user = %user.id, sid = %issued.sid, "audit");
+    tracing::info!(target: "gatehouse::audit", event = "token_issued", grant = %grant, client_id = %client.client_id, user = %user.id, sid = %access.sid, "audit");
     Ok(no_store(StatusCode::OK, body))
 }
 
@@ -558,38 +560,102 @@ async fn client_credentials(
         ));
     }
     let scopes = granted_scopes(params.get("scope"), &client.scopes)?;
-    let ttl = reg.access_ttl;
     let session = crate::session::Session {
         kind: SessionKind::Client,
         client_id: Some(client.client_id.clone()),
         name: Some(client.name.clone()),
         scopes: scopes.clone(),
-        ..Sessions::draft(client.client_id.clone(), ttl)
+        audience: resource(reg, params.get("resource"))?,
+        ..Sessions::draft(client.client_id.clone(), reg.access_ttl)
     };
-    let issued = reg
-        .accounts
-        .gateway
-        .sessions()
-        .issue(&session)
-        .await
-        .map_err(OAuthError::unavailable)?;
+    let access = issue_access(reg, client, &session, None).await?;
     tracing::info!(
         target: "gatehouse::audit",
         event = "token_issued",
         grant = "client_credentials",
         client_id = %client.client_id,
-        sid = %issued.sid,
+        sid = %access.sid,
         "audit"
     );
     Ok(no_store(
         StatusCode::OK,
         json!({
-            "access_token": issued.token.expose(),
+            "access_token": access.token.expose(),
             "token_type": "Bearer",
-            "expires_in": ttl.as_secs(),
+            "expires_in": access.ttl,
             "scope": scopes.join(" "),
         }),
     ))
+}
+
+/// An access token handed out: the token, its lifetime, and its session's handle ("" for a
+/// JWT, which has no session).
+struct Access {
+    token: crate::secret::Secret<String>,
+    ttl: u64,
+    sid: String,
+}
+
+/// The access token of `session`, in the client's format: a session in the store (recorded
+/// under `grant` and capped, for a user's grant), or an RFC 9068 JWT that nothing stores and
+/// so nothing revokes, hence at most [`super::oidc::JWT_ACCESS_TTL`].
+async fn issue_access(
+    reg: &Registry,
+    client: &Client,
+    session: &crate::session::Session,
+    grant: Option<&str>,
+) -> Result<Access, OAuthError> {
+    if client.oidc.access_token_format == super::clients::AccessTokenFormat::Jwt {
+        let ttl = reg.access_ttl.as_secs().min(super::oidc::JWT_ACCESS_TTL);
+        let jwt = reg.access_jwt(client, session, ttl).map_err(|e| {
+            tracing::error!(client_id = %client.client_id, error = %e, "cannot sign a JWT access token");
+            OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the access token cannot be signed")
+        })?;
+        return Ok(Access {
+            token: crate::secret::Secret::new(jwt),
+            ttl,
+            sid: String::new(),
+        });
+    }
+    let sessions = reg.accounts.gateway.sessions();
+    let issued = sessions
+        .issue(session)
+        .await
+        .map_err(OAuthError::unavailable)?;
+    if let Some(grant) = grant {
+        grants::record_access(
+            &reg.accounts.db,
+            grant,
+            &issued.sid,
+            &session.sub,
+            session.expires_at,
+        )
+        .await
+        .map_err(OAuthError::unavailable)?;
+        grants::cap_access(&reg.accounts.db, &sessions, grant)
+            .await
+            .map_err(OAuthError::unavailable)?;
+    }
+    Ok(Access {
+        token: issued.token,
+        ttl: reg.access_ttl.as_secs(),
+        sid: issued.sid,
+    })
+}
+
+/// A `resource` parameter (RFC 8707): one of the APIs of `--api-catalog`, by its base URL;
+/// `invalid_target` for any other.
+pub(super) fn resource(reg: &Registry, given: Option<&str>) -> Result<Option<String>, OAuthError> {
+    match given {
+        None => Ok(None),
+        Some(r) => reg.resource(r).map(Some).ok_or_else(|| {
+            OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                format!("{r:?} is not an API of this server"),
+            )
+        }),
+    }
 }
 
 /// The live session of `token` if it was issued to `client`; None for anything else (unknown,

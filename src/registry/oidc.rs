@@ -129,6 +129,28 @@ fn at_hash(alg: IdTokenAlg, access_token: &str) -> String {
     URL_SAFE_NO_PAD.encode(half)
 }
 
+/// The longest a JWT access token lives: nothing stores it, so nothing can revoke it.
+pub const JWT_ACCESS_TTL: u64 = 300;
+
+/// An RFC 9068 access token's claims.
+#[derive(Serialize)]
+struct AccessJwt<'a> {
+    iss: &'a str,
+    exp: u64,
+    aud: &'a str,
+    sub: &'a str,
+    client_id: &'a str,
+    iat: u64,
+    jti: String,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'static str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    amr: &'a [String],
+}
+
 /// What an id_token says beyond the user: the grant's sign-in, the request's nonce (the
 /// first id_token only: a refreshed one has none), and the access token it comes with.
 pub struct IdTokenFor<'a> {
@@ -178,13 +200,71 @@ impl Registry {
             .sign(alg.algorithm(), "JWT", &claims)
     }
 
+    /// An RFC 9068 JWT access token (`typ: at+jwt`) of `session`, for `ttl` seconds: `aud` is
+    /// the session's resource, or the client's audience, or the issuer. Signed with the
+    /// client's id_token algorithm (never HS256), by a key of the JWKS.
+    pub(super) fn access_jwt(
+        &self,
+        client: &Client,
+        session: &crate::session::Session,
+        ttl: u64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).expect("the OS random number generator failed");
+        let claims = AccessJwt {
+            iss: self.issuer(),
+            exp: now + ttl,
+            aud: session
+                .audience
+                .as_deref()
+                .or(client.oidc.audience.as_deref())
+                .unwrap_or(self.issuer()),
+            sub: &session.sub,
+            client_id: &client.client_id,
+            iat: now,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+            scope: session.scopes.join(" "),
+            auth_time: session.auth_time,
+            acr: session.acr(),
+            amr: &session.amr,
+        };
+        self.accounts.gateway.signer.load().sign(
+            client.oidc.id_token_alg.algorithm(),
+            "at+jwt",
+            &claims,
+        )
+    }
+
+    /// The API of `--api-catalog` whose base URL `given` is (a trailing slash aside).
+    pub(super) fn resource(&self, given: &str) -> Option<String> {
+        let want = given.trim_end_matches('/');
+        self.catalog
+            .iter()
+            .find(|api| api.base_url.trim_end_matches('/') == want)
+            .map(|api| api.base_url.clone())
+    }
+
     /// The claims of an id_token (or logout token) this server signed, any algorithm of its
     /// JWKS, expired or not (an `id_token_hint` may be old); `None` for anything else: a
     /// token of another issuer, a bad signature, not a JWT.
     pub(super) fn own_token(&self, token: &str) -> Option<Value> {
+        self.verify_own(token, None)
+    }
+
+    /// The claims of a live RFC 9068 access token this server signed.
+    fn own_access_jwt(&self, token: &str) -> Option<Value> {
+        self.verify_own(token, Some("at+jwt"))
+    }
+
+    /// `own_token`'s check; with `typ`, the header must say it and the token must be live.
+    fn verify_own(&self, token: &str, typ: Option<&str>) -> Option<Value> {
         use jsonwebtoken::jwk::JwkSet;
         use jsonwebtoken::{Algorithm, DecodingKey, Validation};
         let header = jsonwebtoken::decode_header(token).ok()?;
+        if typ.is_some() && header.typ.as_deref() != typ {
+            return None;
+        }
         if !matches!(
             header.alg,
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
@@ -196,7 +276,7 @@ impl Registry {
         let jwk = jwks.find(header.kid.as_deref()?)?;
         let key = DecodingKey::from_jwk(jwk).ok()?;
         let mut v = Validation::new(header.alg);
-        v.validate_exp = false;
+        v.validate_exp = typ.is_some();
         v.validate_aud = false;
         v.set_issuer(&[self.issuer()]);
         v.set_required_spec_claims(&["iss", "sub"]);
@@ -264,24 +344,37 @@ pub async fn userinfo(State(reg): State<Arc<Registry>>, headers: HeaderMap) -> R
             );
         }
     };
-    let Some(listed) =
-        found.filter(|l| l.session.kind == SessionKind::Client && l.session.is_live(unix_now()))
-    else {
+    // A session of a client's (an opaque token), or a JWT access token of ours.
+    let held = match found {
+        Some(l) if l.session.kind == SessionKind::Client && l.session.is_live(unix_now()) => {
+            Some((l.session.sub, l.session.scopes))
+        }
+        Some(_) => None,
+        None => reg.own_access_jwt(token).map(|c| {
+            let scopes = c["scope"]
+                .as_str()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            (c["sub"].as_str().unwrap_or("").to_owned(), scopes)
+        }),
+    };
+    let Some((sub, scopes)) = held else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "the access token is not valid",
         );
     };
-    let s = &listed.session;
-    if !s.scopes.iter().any(|x| x == OPENID) {
+    if !scopes.iter().any(|x| x == OPENID) {
         return refuse(
             StatusCode::FORBIDDEN,
             "insufficient_scope",
             "the access token was not granted openid",
         );
     }
-    let user = match reg.accounts.db.user(&s.sub).await {
+    let user = match reg.accounts.db.user(&sub).await {
         Ok(Some(u)) if u.active => u,
         Ok(_) => {
             return refuse(
@@ -292,7 +385,7 @@ pub async fn userinfo(State(reg): State<Arc<Registry>>, headers: HeaderMap) -> R
         }
         Err(e) => return web_unavailable(e),
     };
-    let mut claims = user_claims(&user, &s.scopes);
+    let mut claims = user_claims(&user, &scopes);
     claims.insert("sub".into(), json!(user.id));
     let mut r = axum::Json(Value::Object(claims)).into_response();
     r.headers_mut()

@@ -131,6 +131,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE oauth_clients ADD COLUMN backchannel_logout_uri TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE oauth_clients ADD COLUMN id_token_alg TEXT NOT NULL DEFAULT 'RS256'",
             "ALTER TABLE oauth_clients ADD COLUMN access_token_format TEXT NOT NULL DEFAULT 'opaque'",
+            // The audience of a client's JWT access tokens when no resource is named, and
+            // the resource (RFC 8707) a code and its grant were asked for.
+            "ALTER TABLE oauth_clients ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_codes ADD COLUMN resource TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE oauth_grants ADD COLUMN resource TEXT NOT NULL DEFAULT ''",
             // The device authorization grant (RFC 8628): a code pair per request, the device
             // code as SHA-256; status pending, approved, denied or used; the approving user's
             // sign-in as a code's.

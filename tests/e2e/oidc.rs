@@ -727,3 +727,114 @@ fn device_grant_polls_until_the_user_allows_and_works_once() {
         429
     );
 }
+
+/// RFC 9068 access tokens for clients that ask for them, and RFC 8707 resources: a token is
+/// for one API of the catalog, whatever its format.
+#[test]
+fn jwt_access_tokens_and_resource_indicators() {
+    const API: &str = "https://papers.example.org/api";
+    let site = Site::start_with("oidc-at-jwt", Backend::Sqlite, |dir| {
+        let catalog = dir.join("apis.toml");
+        std::fs::write(
+            &catalog,
+            format!(
+                "[[api]]\nname = \"Papers\"\nbase_url = \"{API}\"\nscopes = [\"papers:read\"]\n"
+            ),
+        )
+        .unwrap();
+        vec!["--api-catalog".into(), catalog]
+    });
+    site.create_user("omar");
+    let basic = |id: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{id}:{secret}")
+            )
+        )
+    };
+    let (machine, machine_secret) = {
+        let (id, secret) = site.client(&[
+            "--name",
+            "indexer",
+            "--scope",
+            "papers:read",
+            "--access-token-format",
+            "jwt",
+        ]);
+        (id, secret.unwrap())
+    };
+    let cc = |resource: &str| {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !resource.is_empty() {
+            form.push(("resource", resource));
+        }
+        site.token_raw(
+            &[("Authorization", &basic(&machine, &machine_secret))],
+            &form_encode(&form),
+        )
+    };
+    // A JWT for the API named, checked against the JWKS; /auth does not take it.
+    let (r, v) = cc(&format!("{API}/"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let at = v["access_token"].as_str().unwrap();
+    let (c, header) = verified(&site, at);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert_eq!(c["aud"], API);
+    assert_eq!(c["client_id"], machine.as_str());
+    assert_eq!(c["scope"], "papers:read");
+    assert!(c["jti"].is_string());
+    let lifetime = c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap();
+    assert!(lifetime <= 300, "{lifetime}");
+    assert_eq!(v["expires_in"].as_u64(), Some(lifetime));
+    assert_eq!(
+        bearer(&site.gh, at).status,
+        401,
+        "/auth took a JWT access token"
+    );
+    // Without a resource: the issuer. An API that is not in the catalog: invalid_target.
+    let (_, v) = cc("");
+    assert_eq!(
+        verified(&site, v["access_token"].as_str().unwrap()).0["aud"],
+        site.gh.url()
+    );
+    let (r, v) = cc("https://elsewhere.example/api");
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+
+    // An opaque token with a resource: its JWT at /auth is for that API.
+    let (web, web_secret) = oidc_client(&site, "Reader", &[]);
+    let mut b = signed_in(&site, "omar");
+    let (path, verifier) = crate::registry::authorize_path(&web, "openid papers:read");
+    let path = format!("{path}&resource={}", url_encode(API));
+    let page = b.get(&path);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let v = crate::registry::redeem(&site, &web, &web_secret, &back["code"], &verifier);
+    let r = bearer(&site.gh, v["access_token"].as_str().unwrap());
+    assert_eq!(claims(&r)["aud"], API);
+    let (path, _) = crate::registry::authorize_path(&web, "openid");
+    let back = callback(&b.get(&format!("{path}&resource=https%3A%2F%2Fevil.example")));
+    assert_eq!(back["error"], "invalid_target");
+
+    // A JWT-format client of a user: UserInfo takes its JWT access token.
+    let (jwt_web, jwt_secret) = oidc_client(&site, "Jotter", &["--access-token-format", "jwt"]);
+    let (path, verifier) = crate::registry::authorize_path(&jwt_web, "openid email");
+    let page = b.get(&path);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let v = crate::registry::redeem(&site, &jwt_web, &jwt_secret, &back["code"], &verifier);
+    let at = v["access_token"].as_str().unwrap();
+    assert_eq!(
+        verified(&site, at).0["sub"],
+        verified(&site, v["id_token"].as_str().unwrap()).0["sub"]
+    );
+    let r = http_get(
+        site.gh.addr(),
+        "/oauth/userinfo",
+        &[("Authorization", &format!("Bearer {at}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("omar@example.org"), "{}", r.body);
+}

@@ -657,6 +657,7 @@ pub(crate) fn answer_consent(b: &mut Browser, page: &Response, decision: &str) -
         "code_challenge_method",
         "nonce",
         "response_mode",
+        "resource",
     ]
     .iter()
     .filter_map(|n| hidden(&page.body, n).map(|v| (n.to_string(), v)))
