@@ -152,6 +152,18 @@ pub struct Gateway {
     touches: mpsc::Sender<(TokenHash, Session)>,
     touches_rx: std::sync::Mutex<Option<mpsc::Receiver<(TokenHash, Session)>>>,
     shutting_down: AtomicBool,
+    /// The protected resources a module serves metadata for (RFC 9728): a 401 for a request
+    /// to one of them names its metadata. Set once at start.
+    protected: std::sync::OnceLock<Vec<ProtectedResource>>,
+}
+
+/// An API whose OAuth 2.0 Protected Resource Metadata (RFC 9728) is published.
+#[derive(Debug, Clone)]
+pub struct ProtectedResource {
+    /// Its base URL, without a trailing slash: the requests under it are its.
+    pub base_url: String,
+    /// Where its metadata is.
+    pub metadata_url: String,
 }
 
 /// What the gateway needs from the configuration, free of the command line (built by
@@ -215,7 +227,14 @@ impl Gateway {
             touches,
             touches_rx: std::sync::Mutex::new(Some(touches_rx)),
             shutting_down: AtomicBool::new(false),
+            protected: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Names the protected resources whose 401s carry `resource_metadata` (the registry's
+    /// API catalog); the first call wins.
+    pub fn set_protected_resources(&self, resources: Vec<ProtectedResource>) {
+        let _ = self.protected.set(resources);
     }
 
     /// Re-reads the policy file and the keys directory (SIGHUP). Each is swapped in whole
@@ -314,6 +333,7 @@ impl Gateway {
         if let Answer::Response(r) = &mut answer {
             if r.status() == StatusCode::UNAUTHORIZED {
                 self.add_login_location(r, headers, peer);
+                self.add_resource_metadata(r, headers, peer);
             }
         }
         self.metrics.auth(outcome, method).inc();
@@ -349,6 +369,45 @@ impl Gateway {
         let location = crate::forward::login_location(login, original.as_deref(), need);
         if let Ok(v) = HeaderValue::try_from(location) {
             r.headers_mut().insert(X_GATEHOUSE_LOGIN, v);
+        }
+    }
+
+    /// On a 401 for a request to a protected resource (RFC 9728 §5.1), where its metadata is:
+    /// `resource_metadata` in the Bearer challenge, so that a client (an MCP client) finds
+    /// the authorization server from its first refused request.
+    #[cold]
+    fn add_resource_metadata(&self, r: &mut Response<Body>, headers: &HeaderMap, peer: IpAddr) {
+        let Some(resources) = self.protected.get().filter(|r| !r.is_empty()) else {
+            return;
+        };
+        if !self.trusted_proxies.iter().any(|c| c.contains(peer)) {
+            return;
+        }
+        let Some(original) = crate::forward::original_url(headers) else {
+            return;
+        };
+        let under = |base: &str| {
+            original.len() >= base.len()
+                && original[..base.len()].eq_ignore_ascii_case(base)
+                && matches!(
+                    original.as_bytes().get(base.len()),
+                    None | Some(b'/' | b'?')
+                )
+        };
+        let Some(resource) = resources.iter().find(|p| under(&p.base_url)) else {
+            return;
+        };
+        let challenge = r
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("Bearer realm=\"gatehouse\"");
+        let with = format!(
+            "{challenge}, resource_metadata=\"{}\"",
+            resource.metadata_url
+        );
+        if let Ok(v) = HeaderValue::try_from(with) {
+            r.headers_mut().insert(WWW_AUTHENTICATE, v);
         }
     }
 

@@ -117,3 +117,103 @@ pub async fn catalog(State(reg): State<Arc<Registry>>, ctx: Ctx, headers: Header
         .insert(header::VARY, HeaderValue::from_static("Accept"));
     r
 }
+
+/// A base URL's scheme, host and path (without a trailing slash).
+fn parts(base_url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = base_url.split_once("://")?;
+    Some(match rest.find('/') {
+        Some(i) => (scheme, &rest[..i], rest[i..].trim_end_matches('/')),
+        None => (scheme, rest, ""),
+    })
+}
+
+/// Where an API's Protected Resource Metadata is (RFC 9728 §3.1): the well-known name
+/// inserted between the host and the path of its base URL.
+pub fn metadata_url(base_url: &str) -> Option<String> {
+    let (scheme, host, path) = parts(base_url)?;
+    Some(format!(
+        "{scheme}://{host}/.well-known/oauth-protected-resource{path}"
+    ))
+}
+
+/// The APIs as the gateway's 401s name them.
+pub fn protected(apis: &[Api]) -> Vec<crate::auth::ProtectedResource> {
+    apis.iter()
+        .filter_map(|api| {
+            Some(crate::auth::ProtectedResource {
+                base_url: api.base_url.trim_end_matches('/').to_owned(),
+                metadata_url: metadata_url(&api.base_url)?,
+            })
+        })
+        .collect()
+}
+
+/// `GET /.well-known/oauth-protected-resource/<path>` (RFC 9728 §3): the metadata of the API
+/// whose base URL has that path (and this host, when several do): its resource identifier,
+/// this server as its authorization server, its scopes. 404 for anything else.
+pub async fn resource_metadata(
+    State(reg): State<Arc<Registry>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = uri
+        .path()
+        .trim_start_matches("/.well-known/oauth-protected-resource")
+        .trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let candidates: Vec<(&Api, &str)> = reg
+        .catalog
+        .iter()
+        .filter_map(|api| parts(&api.base_url).map(|(_, h, p)| (api, h, p)))
+        .filter(|(_, _, p)| *p == path)
+        .map(|(api, h, _)| (api, h))
+        .collect();
+    let api = candidates
+        .iter()
+        .find(|(_, h)| h.eq_ignore_ascii_case(host))
+        .or(candidates.first())
+        .map(|(api, _)| *api);
+    let Some(api) = api else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "not_found"})),
+        )
+            .into_response();
+    };
+    let mut body = serde_json::json!({
+        "resource": api.base_url,
+        "authorization_servers": [reg.issuer()],
+        "scopes_supported": api.scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": api.name,
+    });
+    if !api.docs.is_empty() {
+        body["resource_documentation"] = serde_json::json!(api.docs);
+    }
+    let mut r = axum::Json(body).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_sits_between_host_and_path() {
+        assert_eq!(
+            metadata_url("https://example.org/api/papers/").as_deref(),
+            Some("https://example.org/.well-known/oauth-protected-resource/api/papers")
+        );
+        assert_eq!(
+            metadata_url("https://api.example.org").as_deref(),
+            Some("https://api.example.org/.well-known/oauth-protected-resource")
+        );
+    }
+}

@@ -118,13 +118,17 @@ impl Registry {
             Duration::from_secs(60),
             accounts.counters.clone(),
         );
+        let catalog = catalog::load(args.api_catalog.as_deref())?;
+        accounts
+            .gateway
+            .set_protected_resources(catalog::protected(&catalog));
         let reg = Arc::new(Registry {
             device_tries,
             accounts,
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
             allow_non_expiring: args.allow_non_expiring_tokens,
-            catalog: catalog::load(args.api_catalog.as_deref())?,
+            catalog,
         });
         // This server delivers back-channel logouts, whoever wrote them (it, another
         // replica, the CLI).
@@ -155,6 +159,14 @@ impl Registry {
             .route(
                 "/oauth/authorize",
                 axum::routing::get(authorize::authorize_page).post(authorize::authorize),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource",
+                axum::routing::get(catalog::resource_metadata),
+            )
+            .route(
+                "/.well-known/oauth-protected-resource/{*path}",
+                axum::routing::get(catalog::resource_metadata),
             )
             .route(
                 "/device",

@@ -838,3 +838,107 @@ fn jwt_access_tokens_and_resource_indicators() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("omar@example.org"), "{}", r.body);
 }
+
+/// Through nginx with the shipped snippets: every new path reaches gatehouse, an API host's
+/// Protected Resource Metadata (RFC 9728) is served, and a refused bearer client is told
+/// where it is.
+#[test]
+fn the_snippets_route_every_oidc_path_and_protected_resource_metadata() {
+    const API: &str = "http://api.example.test/api/papers";
+    let site = Site::start_with("oidc-nginx", Backend::Sqlite, |dir| {
+        let catalog = dir.join("apis.toml");
+        std::fs::write(
+            &catalog,
+            format!(
+                "[[api]]\nname = \"Papers\"\nbase_url = \"{API}\"\nscopes = [\"papers:read\"]\ndocs = \"https://docs.example.test/papers\"\n"
+            ),
+        )
+        .unwrap();
+        vec!["--api-catalog".into(), catalog]
+    });
+    let app = EchoServer::start();
+    let nginx = signin_site(site.gh.addr().port(), app.port());
+    let on_api = [("Host", "api.example.test")];
+
+    let r = http_get(
+        nginx.addr(),
+        "/.well-known/oauth-protected-resource/api/papers",
+        &on_api,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(m["resource"], API);
+    assert_eq!(
+        m["authorization_servers"],
+        serde_json::json!([site.gh.url()])
+    );
+    assert_eq!(m["scopes_supported"], serde_json::json!(["papers:read"]));
+    assert_eq!(
+        m["resource_documentation"],
+        "https://docs.example.test/papers"
+    );
+    let r = http_get(
+        nginx.addr(),
+        "/.well-known/oauth-protected-resource/api/elsewhere",
+        &on_api,
+    );
+    assert_eq!(r.status, 404);
+
+    // A bearer client refused under the API hears where its metadata is; elsewhere not.
+    let r = http_get(
+        nginx.addr(),
+        "/api/papers/1",
+        &[
+            ("Host", "api.example.test"),
+            ("Authorization", "Bearer gtc_nope"),
+        ],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse\", error=\"invalid_token\", resource_metadata=\"http://api.example.test/.well-known/oauth-protected-resource/api/papers\""),
+    );
+    let r = http_get(
+        nginx.addr(),
+        "/api/papersmith",
+        &[
+            ("Host", "api.example.test"),
+            ("Authorization", "Bearer gtc_nope"),
+        ],
+    );
+    assert!(!r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("resource_metadata"));
+
+    // The OpenID Connect paths are gatehouse's, not the application's.
+    let d = http_get(nginx.addr(), "/.well-known/openid-configuration", &[]);
+    assert_eq!(d.status, 200);
+    assert!(d.body.contains("end_session_endpoint"), "{}", d.body);
+    assert!(http_get(nginx.addr(), "/.well-known/jwks.json", &[])
+        .body
+        .contains("\"keys\""));
+    let r = http_get(nginx.addr(), "/oauth/userinfo", &[]);
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("invalid_request"), "{}", r.body);
+    assert_eq!(http_get(nginx.addr(), "/oauth/logout", &[]).status, 200);
+    let r = http_get(nginx.addr(), "/device", &[]);
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/login?rd=%2Fdevice"))
+    );
+    let r = http_request(
+        "POST",
+        nginx.addr(),
+        "/oauth/device_authorization",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"client_id=nobody",
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("invalid_client"), "{}", r.body);
+    assert!(
+        app.requests().is_empty(),
+        "reached the application: {:?}",
+        app.requests()
+    );
+}
