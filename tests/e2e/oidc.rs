@@ -942,3 +942,60 @@ fn the_snippets_route_every_oidc_path_and_protected_resource_metadata() {
         app.requests()
     );
 }
+
+/// panva's openid-client (OpenID Certified), run by Node, is the relying party: discovery,
+/// the code flow with nonce and PKCE and its id_token checks, UserInfo, refresh,
+/// RP-initiated logout and the device grant, all over real HTTP; the browser's part is
+/// played here.
+#[test]
+fn a_certified_relying_party_runs_every_flow() {
+    let site = Site::start("oidc-node", Backend::Sqlite);
+    site.create_user("pia");
+    let (id, secret) = oidc_client(&site, "Node app", &["--grant", "device_code"]);
+    let script = node_tools("oidc_rp.mjs");
+    let issuer = site.gh.url();
+    let mut rp = NodeScript::start(&script, &[&issuer, &id, &secret, CALLBACK, AFTER_LOGOUT]);
+    let wait = Duration::from_secs(30);
+
+    let url = rp.expect("authorize", wait)["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut b = Browser::new(site.gh.addr());
+    let page = open_authorize(&mut b, &url, "pia");
+    let r = answer_consent(&mut b, &page, "allow");
+    rp.send(r.header("location").unwrap());
+
+    let t = rp.expect("tokens", wait);
+    let browser_jwt = claims(&b.get("/auth"));
+    assert_eq!(t["claims"]["sub"], browser_jwt["sub"]);
+    assert_eq!(t["claims"]["sid"], browser_jwt["sid"]);
+    assert_eq!(t["userinfo"]["email"], "pia@example.org");
+    assert_eq!(t["userinfo"]["preferred_username"], "pia");
+    assert!(t["refreshed"].get("nonce").is_none(), "{t}");
+
+    let logout = rp.expect("logout", wait)["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = logout.strip_prefix(&issuer).unwrap();
+    let r = b.get(path);
+    assert_eq!(r.status, 303, "{}", r.body);
+    rp.send(r.header("location").unwrap());
+    assert_eq!(b.get("/auth").status, 401, "still signed in after logout");
+
+    let device = rp.expect("device", wait);
+    assert_eq!(device["verification_uri"], site.url("/device"));
+    let mut b = signed_in(&site, "pia");
+    let code = device["user_code"].as_str().unwrap();
+    let confirm = b.submit("/device", "/device", &[("user_code", code)]);
+    b.post_with_csrf_of(
+        &confirm.body,
+        "/device",
+        &[("user_code", code), ("decision", "allow")],
+    );
+    let d = rp.expect("device_tokens", wait);
+    assert_eq!(d["claims"]["sub"], browser_jwt["sub"]);
+    rp.expect("done", wait);
+    assert!(rp.wait(wait).is_some_and(|s| s.success()));
+}

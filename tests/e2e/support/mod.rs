@@ -17,6 +17,8 @@ mod echo;
 mod gatehouse;
 mod http;
 mod nginx;
+#[cfg(feature = "accounts")]
+mod node;
 mod ports;
 #[cfg(feature = "accounts")]
 mod postgres;
@@ -34,6 +36,8 @@ pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;
 pub use nginx::*;
+#[cfg(feature = "accounts")]
+pub use node::*;
 pub use ports::*;
 #[cfg(feature = "accounts")]
 pub use postgres::*;
