@@ -217,6 +217,14 @@ where
     Ok(Answer { status, body })
 }
 
+/// Whether `url` may be supplied by a user or a client: https, with a host and no
+/// credentials (its addresses are checked when it is used, as they may change).
+pub fn check_supplied(url: &str) -> Result<(), String> {
+    Target::parse(url, Trust::Supplied)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// A URL taken apart.
 #[derive(Debug)]
 struct Target {

@@ -49,6 +49,11 @@ pub enum ClientCommand {
         #[command(flatten)]
         oidc: OidcFlags,
     },
+    /// Initial access tokens for /oauth/register (--client-registration token).
+    RegistrationToken {
+        #[command(subcommand)]
+        command: RegistrationTokenCommand,
+    },
     /// Change a client's OpenID Connect settings; flags not given keep their value.
     Update {
         #[command(flatten)]
@@ -98,8 +103,24 @@ impl ClientCommand {
             | ClientCommand::Enable { common, .. }
             | ClientCommand::RotateSecret { common, .. }
             | ClientCommand::Update { common, .. } => common,
+            ClientCommand::RegistrationToken {
+                command: RegistrationTokenCommand::Create { common, .. },
+            } => common,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistrationTokenCommand {
+    /// Make an initial access token; prints it once. Any number of clients may register
+    /// with it until it expires.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// How long it lasts.
+        #[arg(long, default_value = "1d", value_parser = crate::duration::parse_duration)]
+        expires: std::time::Duration,
+    },
 }
 
 /// A client's OpenID Connect settings on the command line.
@@ -188,13 +209,18 @@ impl OidcFlags {
 
 fn line(c: &Client) -> String {
     format!(
-        "{}  {}  {}{}  grants={}  scopes={}",
+        "{}  {}  {}{}{}  grants={}  scopes={}",
         c.client_id,
         c.name,
         if c.confidential {
             "confidential"
         } else {
             "public"
+        },
+        if c.self_registered {
+            " (self-registered)"
+        } else {
+            ""
         },
         if c.disabled { " (disabled)" } else { "" },
         c.grants.join(","),
@@ -302,6 +328,7 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
                     grants: &grants,
                     scopes: &scope,
                     oidc: &oidc,
+                    self_registered: false,
                 },
             )
             .await
@@ -345,6 +372,23 @@ pub async fn client(command: ClientCommand) -> Result<(), Failure> {
                 json_out,
                 &json!({"client_id": c.client_id, "disabled": true, "tokens_revoked": n}),
                 format!("{} disabled; {n} tokens revoked", c.client_id),
+            )
+        }
+        ClientCommand::RegistrationToken {
+            command: RegistrationTokenCommand::Create { expires, .. },
+        } => {
+            let until = crate::session::unix_now() + expires.as_secs();
+            let token = super::register::create_token(&db, until)
+                .await
+                .map_err(other)?;
+            tracing::info!(target: "gatehouse::audit", event = "registration_token_created", expires_at = until, "audit");
+            print(
+                json_out,
+                &json!({"registration_token": token.expose(), "expires_at": until}),
+                format!(
+                    "{}\n(an initial access token for /oauth/register, shown this once; it lasts until {until} Unix time)",
+                    token.expose()
+                ),
             )
         }
         ClientCommand::Update {

@@ -34,6 +34,8 @@ pub struct Client {
     pub scopes: Vec<String>,
     pub disabled: bool,
     pub created_at: u64,
+    /// It registered itself (RFC 7591): its URLs are held to the outbound policy.
+    pub self_registered: bool,
     #[serde(flatten)]
     pub oidc: OidcSettings,
     #[serde(skip)]
@@ -136,6 +138,16 @@ impl AccessTokenFormat {
 }
 
 impl Client {
+    /// Whose its URLs are: an administrator's (the CLI), or a user's or its own, which the
+    /// outbound policy holds to https and public addresses.
+    pub fn url_trust(&self) -> crate::accounts::outbound::Trust {
+        if self.owner.is_none() && !self.self_registered {
+            crate::accounts::outbound::Trust::Operator
+        } else {
+            crate::accounts::outbound::Trust::Supplied
+        }
+    }
+
     pub fn allows_grant(&self, grant: &str) -> bool {
         self.grants.iter().any(|g| g == grant)
     }
@@ -175,6 +187,7 @@ pub struct NewClient<'a> {
     pub grants: &'a [String],
     pub scopes: &'a [String],
     pub oidc: &'a OidcSettings,
+    pub self_registered: bool,
 }
 
 /// A client secret: 256 bits, base64url, with a prefix secret scanners can find.
@@ -199,6 +212,7 @@ fn client_of(row: &AnyRow) -> Result<Client, sqlx::Error> {
         scopes: list(&row.try_get::<String, _>("scopes")?),
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+        self_registered: row.try_get::<i64, _>("self_registered")? != 0,
         oidc: OidcSettings {
             post_logout_redirect_uris: list(
                 &row.try_get::<String, _>("post_logout_redirect_uris")?,
@@ -259,8 +273,9 @@ pub async fn create(
         "INSERT INTO oauth_clients (id, secret_hash, name, description, homepage, owner,
             confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at,
             post_logout_redirect_uris, backchannel_logout_uri, id_token_alg, access_token_format,
-            audience)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $12, $13, $14, $15, $16)",
+            audience, self_registered)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $12, $13, $14, $15, $16,
+            $17)",
     )
     .bind(&id)
     .bind(secret.as_ref().map(|s| token_hash(s.expose())))
@@ -278,6 +293,7 @@ pub async fn create(
     .bind(new.oidc.id_token_alg.name())
     .bind(new.oidc.access_token_format.name())
     .bind(new.oidc.audience.as_deref().unwrap_or(""))
+    .bind(i64::from(new.self_registered))
     .execute(db.pool())
     .await?;
     let client = find(db, &id).await?.ok_or(DbError::Taken("client_id"))?;
@@ -395,6 +411,7 @@ mod tests {
             scopes: vec![],
             disabled: false,
             created_at: 0,
+            self_registered: false,
             oidc: OidcSettings::default(),
             secret_hash: Some(token_hash("gcs_right")),
         };

@@ -28,7 +28,6 @@ use sqlx::Row;
 use super::clients::{self, Client};
 use super::Registry;
 use crate::accounts::db::{Db, DbError};
-use crate::accounts::outbound::Trust;
 use crate::accounts::outbox;
 use crate::accounts::pages::Page;
 use crate::accounts::web::{self, Ctx};
@@ -159,13 +158,7 @@ pub async fn deliver(reg: Arc<Registry>, item: outbox::Item) -> Result<(), Strin
             },
         )
         .map_err(|e| format!("cannot sign the logout_token: {e}"))?;
-    // A URI an administrator registered is theirs; one a user registered is held to the
-    // outbound policy.
-    let trust = if client.owner.is_none() {
-        Trust::Operator
-    } else {
-        Trust::Supplied
-    };
+    let trust = client.url_trust();
     let body = serde_urlencoded::to_string([("logout_token", token.as_str())])
         .map_err(|e| e.to_string())?;
     let answer = reg

@@ -23,6 +23,7 @@ mod oauth;
 mod oidc;
 mod pages;
 pub mod personal;
+pub mod register;
 mod schema;
 
 #[derive(Debug, Clone, Args)]
@@ -41,6 +42,20 @@ pub struct RegistryArgs {
     /// scopes, docs).
     #[arg(long, env = "GATEHOUSE_API_CATALOG")]
     pub api_catalog: Option<std::path::PathBuf>,
+    /// Who may register a client at /oauth/register (RFC 7591): nobody, the holder of an
+    /// initial access token (`gatehouse client registration-token create`), or anyone
+    /// (limited per address).
+    #[arg(
+        long,
+        env = "GATEHOUSE_CLIENT_REGISTRATION",
+        value_enum,
+        default_value = "closed"
+    )]
+    pub client_registration: register::ClientRegistration,
+    /// The scopes a client that registers itself may have (comma-separated); OpenID
+    /// Connect's (openid, profile, email, offline_access) need not be named.
+    #[arg(long, env = "GATEHOUSE_SELF_REGISTERED_SCOPES", value_delimiter = ',')]
+    pub self_registered_scopes: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -82,6 +97,10 @@ pub struct Registry {
     catalog: Vec<catalog::Api>,
     /// Codes typed at `/device` per address.
     device_tries: crate::accounts::guard::RateLimit,
+    registration: register::ClientRegistration,
+    /// Open registrations per address.
+    registrations: crate::accounts::guard::RateLimit,
+    self_registered_scopes: Vec<String>,
 }
 
 impl crate::accounts::web::WithAccounts for Arc<Registry> {
@@ -122,8 +141,22 @@ impl Registry {
         accounts
             .gateway
             .set_protected_resources(catalog::protected(&catalog));
+        let registrations = crate::accounts::guard::RateLimit::new(
+            "register",
+            register::OPEN_PER_HOUR,
+            Duration::from_secs(3600),
+            accounts.counters.clone(),
+        );
         let reg = Arc::new(Registry {
             device_tries,
+            registrations,
+            registration: args.client_registration,
+            self_registered_scopes: args
+                .self_registered_scopes
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             accounts,
             access_ttl: args.access_token_ttl,
             refresh_ttl: args.refresh_token_ttl,
@@ -167,6 +200,11 @@ impl Registry {
             .route(
                 "/.well-known/oauth-protected-resource/{*path}",
                 axum::routing::get(catalog::resource_metadata),
+            )
+            .route(
+                "/oauth/register",
+                axum::routing::post(register::register)
+                    .layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
             )
             .route(
                 "/device",

@@ -412,7 +412,7 @@ pub fn metadata(reg: &Registry) -> Value {
     scopes.extend(reg.accounts.roles.of(&roles).1);
     let mut claims: Vec<&str> = CLAIMS.to_vec();
     claims.extend(["email", "email_verified"]);
-    json!({
+    let mut doc = json!({
         "issuer": base,
         "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/oauth/token"),
@@ -441,7 +441,9 @@ pub fn metadata(reg: &Registry) -> Value {
         "claims_parameter_supported": false,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
-    })
+    });
+    super::register::metadata(reg, &mut doc);
+    doc
 }
 
 #[cfg(test)]

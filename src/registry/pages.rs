@@ -475,6 +475,7 @@ async fn clients_post(
             grants: &grants,
             scopes: &scopes,
             oidc: &clients::OidcSettings::default(),
+            self_registered: false,
         },
     )
     .await;

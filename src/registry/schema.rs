@@ -136,6 +136,15 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE oauth_clients ADD COLUMN audience TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE oauth_codes ADD COLUMN resource TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE oauth_grants ADD COLUMN resource TEXT NOT NULL DEFAULT ''",
+            // Dynamic client registration (RFC 7591): the initial access tokens of
+            // --client-registration token (as SHA-256), and which clients registered
+            // themselves.
+            "CREATE TABLE oauth_registration_tokens (
+                hash TEXT PRIMARY KEY,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL
+            )",
+            "ALTER TABLE oauth_clients ADD COLUMN self_registered BIGINT NOT NULL DEFAULT 0",
             // The device authorization grant (RFC 8628): a code pair per request, the device
             // code as SHA-256; status pending, approved, denied or used; the approving user's
             // sign-in as a code's.

@@ -999,3 +999,163 @@ fn a_certified_relying_party_runs_every_flow() {
     rp.expect("done", wait);
     assert!(rp.wait(wait).is_some_and(|s| s.success()));
 }
+
+/// Dynamic client registration (RFC 7591): closed by default; with initial access tokens; or
+/// open and limited per address. A registered client gets only the self-registered scopes
+/// and URLs the outbound policy accepts.
+#[test]
+fn clients_register_themselves_only_as_the_operator_allows() {
+    let register = |site: &Site, token: Option<&str>, body: serde_json::Value| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let r = http_request(
+            "POST",
+            site.gh.addr(),
+            "/oauth/register",
+            &headers,
+            body.to_string().as_bytes(),
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (r.status, v)
+    };
+    let app = serde_json::json!({
+        "client_name": "Claude Desktop",
+        "redirect_uris": ["http://127.0.0.1:9/cb"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_method": "none",
+        "scope": "openid papers:read admin",
+    });
+
+    // Closed by default: refused, and discovery names no endpoint.
+    let closed = Site::start("oidc-dcr-closed", Backend::Sqlite);
+    let (status, v) = register(&closed, None, app.clone());
+    assert_eq!((status, v["error"].as_str()), (403, Some("access_denied")));
+    assert!(get_json(&closed, "/.well-known/openid-configuration")
+        .get("registration_endpoint")
+        .is_none());
+    drop(closed);
+
+    let site = Site::start_with("oidc-dcr", Backend::Sqlite, |_| {
+        vec![
+            "--client-registration".into(),
+            "token".into(),
+            "--self-registered-scopes".into(),
+            "papers:read".into(),
+        ]
+    });
+    site.create_user("quinn");
+    assert_eq!(
+        get_json(&site, "/.well-known/openid-configuration")["registration_endpoint"],
+        site.url("/oauth/register")
+    );
+    let token = |expires: &str| {
+        let v: serde_json::Value = serde_json::from_str(&cli_stdout(&site.cli(&[
+            "client",
+            "registration-token",
+            "create",
+            "--json",
+            "--expires",
+            expires,
+        ])))
+        .unwrap();
+        v["registration_token"].as_str().unwrap().to_string()
+    };
+    let expired = token("1s");
+    let current = token("1h");
+    assert_eq!(register(&site, None, app.clone()).0, 401);
+    assert_eq!(register(&site, Some("gri_made-up"), app.clone()).0, 401);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, v) = register(&site, Some(&expired), app.clone());
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_token")));
+
+    // Registered: public, only the self-registered scope, listed as self-registered.
+    let (status, v) = register(&site, Some(&current), app.clone());
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["token_endpoint_auth_method"], "none");
+    assert!(v.get("client_secret").is_none());
+    assert_eq!(v["scope"], "papers:read");
+    let id = v["client_id"].as_str().unwrap().to_string();
+    let listed = cli_stdout(&site.cli(&["client", "list"]));
+    assert!(
+        listed.contains(&format!("{id}  Claude Desktop  public (self-registered)")),
+        "{listed}"
+    );
+    // Its users consent to it, and it signs them in.
+    let mut b = signed_in(&site, "quinn");
+    let (path, verifier) = crate::registry::authorize_path(&id, "openid papers:read");
+    let page = b.get(&path);
+    assert!(page.body.contains("Allow Claude Desktop"), "{}", page.body);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let (r, v) = site.token_raw(
+        &[],
+        &form_encode(&[
+            ("grant_type", "authorization_code"),
+            ("code", &back["code"]),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", &verifier),
+            ("client_id", &id),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(v["id_token"].is_string());
+
+    // A confidential one gets its secret once.
+    let mut confidential = app.clone();
+    confidential["token_endpoint_auth_method"] = "client_secret_basic".into();
+    let (status, v) = register(&site, Some(&current), confidential);
+    assert_eq!(status, 201, "{v}");
+    assert!(v["client_secret"].as_str().unwrap().starts_with("gcs_"));
+
+    // Bad metadata is refused with RFC 7591's errors.
+    for (field, value, error) in [
+        (
+            "redirect_uris",
+            serde_json::json!(["http://app.example.org/cb"]),
+            "invalid_redirect_uri",
+        ),
+        (
+            "backchannel_logout_uri",
+            serde_json::json!("http://app.example.org/bc"),
+            "invalid_client_metadata",
+        ),
+        (
+            "grant_types",
+            serde_json::json!(["client_credentials"]),
+            "invalid_client_metadata",
+        ),
+        (
+            "id_token_signed_response_alg",
+            serde_json::json!("HS256"),
+            "invalid_client_metadata",
+        ),
+        (
+            "token_endpoint_auth_method",
+            serde_json::json!("private_key_jwt"),
+            "invalid_client_metadata",
+        ),
+    ] {
+        let mut bad = app.clone();
+        bad[field] = value;
+        let (status, v) = register(&site, Some(&current), bad);
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some(error)),
+            "{field}: {v}"
+        );
+    }
+    drop(b);
+    drop(site);
+
+    // Open: anyone, 20 an hour per address.
+    let open = Site::start_with("oidc-dcr-open", Backend::Sqlite, |_| {
+        vec!["--client-registration".into(), "open".into()]
+    });
+    for _ in 0..20 {
+        assert_eq!(register(&open, None, app.clone()).0, 201);
+    }
+    let (status, v) = register(&open, None, app.clone());
+    assert_eq!((status, v["error"].as_str()), (429, Some("rate_limited")));
+}
