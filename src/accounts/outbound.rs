@@ -105,13 +105,20 @@ impl Outbound {
         content_type: &str,
         body: String,
     ) -> Result<Answer, OutboundError> {
-        self.send(Method::POST, url, trust, Some((content_type, body)))
-            .await
+        self.send(
+            Method::POST,
+            url,
+            trust,
+            Some((content_type, body)),
+            MAX_BODY,
+        )
+        .await
     }
 
-    /// GETs `url`.
-    pub async fn get(&self, url: &str, trust: Trust) -> Result<Answer, OutboundError> {
-        self.send(Method::GET, url, trust, None).await
+    /// GETs `url`, reading at most `cap` bytes of the answer (at most [`MAX_BODY`]).
+    pub async fn get(&self, url: &str, trust: Trust, cap: usize) -> Result<Answer, OutboundError> {
+        self.send(Method::GET, url, trust, None, cap.min(MAX_BODY))
+            .await
     }
 
     async fn send(
@@ -120,9 +127,10 @@ impl Outbound {
         url: &str,
         trust: Trust,
         body: Option<(&str, String)>,
+        cap: usize,
     ) -> Result<Answer, OutboundError> {
         let target = Target::parse(url, trust)?;
-        tokio::time::timeout(TIME_CAP, self.exchange(method, &target, trust, body))
+        tokio::time::timeout(TIME_CAP, self.exchange(method, &target, trust, body, cap))
             .await
             .map_err(|_| OutboundError::TimedOut)?
     }
@@ -133,6 +141,7 @@ impl Outbound {
         target: &Target,
         trust: Trust,
         body: Option<(&str, String)>,
+        cap: usize,
     ) -> Result<Answer, OutboundError> {
         let addr = self.resolve(target, trust).await?;
         let tcp = tokio::net::TcpStream::connect(addr)
@@ -162,9 +171,9 @@ impl Outbound {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| OutboundError::Failed(format!("TLS with {}: {e}", target.host)))?;
-            round_trip(TokioIo::new(tls), request).await
+            round_trip(TokioIo::new(tls), request, cap).await
         } else {
-            round_trip(TokioIo::new(tcp), request).await
+            round_trip(TokioIo::new(tcp), request, cap).await
         }
     }
 
@@ -194,6 +203,7 @@ impl Outbound {
 async fn round_trip<S>(
     io: TokioIo<S>,
     request: Request<Full<Bytes>>,
+    cap: usize,
 ) -> Result<Answer, OutboundError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -209,7 +219,7 @@ where
         .await
         .map_err(|e| OutboundError::Failed(e.to_string()))?;
     let status = answer.status();
-    let body = Limited::new(answer.into_body(), MAX_BODY)
+    let body = Limited::new(answer.into_body(), cap)
         .collect()
         .await
         .map_err(|e| OutboundError::Failed(format!("the answer: {e}")))?
@@ -344,7 +354,7 @@ mod tests {
     async fn a_supplied_url_to_loopback_is_never_sent() {
         let out = Outbound::new(None, false).unwrap();
         let e = out
-            .get("https://localhost:1/x", Trust::Supplied)
+            .get("https://localhost:1/x", Trust::Supplied, MAX_BODY)
             .await
             .unwrap_err();
         assert!(matches!(e, OutboundError::Refused(_)), "{e}");

@@ -18,7 +18,7 @@ use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 
-use super::clients::{self, Client};
+use super::clients::Client;
 use super::grants::{self, NewCode};
 use super::oidc;
 use super::Registry;
@@ -122,7 +122,7 @@ enum Refusal {
 /// The checks both GET and POST make, in RFC 6749 §4.1.2.1's order: first whether the
 /// client and redirect URI can be trusted with an answer at all.
 async fn check(reg: &Registry, p: &Params) -> Result<Valid, Refusal> {
-    let client = match clients::find(&reg.accounts.db, &p.client_id).await {
+    let client = match reg.find_client(&p.client_id).await {
         Ok(Some(c)) if !c.disabled => c,
         Ok(_) => {
             return Err(Refusal::Page(
@@ -295,6 +295,12 @@ fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
     }
 }
 
+/// The host (and port) of an absolute URL.
+fn host_of(url: &str) -> &str {
+    url.split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+}
+
 /// In words, what a scope lets a client do.
 pub(super) fn scope_words(scope: &str) -> String {
     if let Some(words) = oidc::scope_words(scope) {
@@ -406,13 +412,13 @@ async fn consent_page(
             Ok(None) => "a former user".into(),
             Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
         },
+        None if super::cimd::is_document_url(&c.client_id) => {
+            format!("its publisher at {} (not this site)", host_of(&c.client_id))
+        }
+        None if c.self_registered => "itself, automatically (not this site)".into(),
         None => "the administrators of this site".into(),
     };
-    let redirect_host = valid
-        .redirect_uri
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
-        .to_owned();
+    let redirect_host = host_of(&valid.redirect_uri).to_owned();
     web::html(
         &reg.accounts,
         ctx,

@@ -148,6 +148,37 @@ impl Client {
         }
     }
 
+    /// The client a metadata document describes (`cimd`): public, the code and refresh
+    /// grants, stored nowhere.
+    pub fn from_document(
+        url: &str,
+        name: String,
+        homepage: String,
+        redirect_uris: Vec<String>,
+        post_logout_redirect_uris: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Client {
+        Client {
+            client_id: url.to_owned(),
+            name,
+            description: String::new(),
+            homepage,
+            owner: None,
+            confidential: false,
+            redirect_uris,
+            grants: vec!["authorization_code".into(), "refresh_token".into()],
+            scopes,
+            disabled: false,
+            created_at: unix_now(),
+            self_registered: true,
+            oidc: OidcSettings {
+                post_logout_redirect_uris,
+                ..OidcSettings::default()
+            },
+            secret_hash: None,
+        }
+    }
+
     pub fn allows_grant(&self, grant: &str) -> bool {
         self.grants.iter().any(|g| g == grant)
     }

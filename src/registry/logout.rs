@@ -257,7 +257,7 @@ async fn check(reg: &Registry, ctx: &Ctx, p: &Params) -> Result<Checked, Respons
     let client = if client_id.is_empty() {
         None
     } else {
-        match clients::find(&reg.accounts.db, &client_id).await {
+        match reg.find_client(&client_id).await {
             Ok(Some(c)) => Some(c),
             Ok(None) => return Err(refuse("The application is not registered here.")),
             Err(e) => return Err(web::unavailable(&reg.accounts, ctx, &e)),

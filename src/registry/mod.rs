@@ -14,6 +14,7 @@ use crate::error::ConfigError;
 
 mod authorize;
 pub mod catalog;
+mod cimd;
 pub mod cli;
 pub mod clients;
 mod device;
@@ -101,6 +102,8 @@ pub struct Registry {
     /// Open registrations per address.
     registrations: crate::accounts::guard::RateLimit,
     self_registered_scopes: Vec<String>,
+    /// Client metadata documents fetched.
+    documents: cimd::Cache,
 }
 
 impl crate::accounts::web::WithAccounts for Arc<Registry> {
@@ -151,6 +154,7 @@ impl Registry {
             device_tries,
             registrations,
             registration: args.client_registration,
+            documents: cimd::Cache::default(),
             self_registered_scopes: args
                 .self_registered_scopes
                 .iter()

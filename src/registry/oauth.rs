@@ -217,7 +217,8 @@ pub(super) async fn authenticate(
         (None, Some(pair)) => pair,
         (None, None) => return Err(OAuthError::client()),
     };
-    let client = clients::find(&reg.accounts.db, &id)
+    let client = reg
+        .find_client(&id)
         .await
         .map_err(OAuthError::unavailable)?;
     let ok = match (&client, &secret) {

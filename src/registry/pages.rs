@@ -221,15 +221,20 @@ async fn render_apps(reg: &Registry, ctx: &Ctx, user: &User, notice: &str) -> Re
     };
     let mut apps = Vec::new();
     for (client_id, scopes, since) in consents {
-        let client = match clients::find(&reg.accounts.db, &client_id).await {
-            Ok(Some(c)) => c,
+        // A client of a metadata document is listed even when its document cannot be
+        // fetched now: its access must stay removable.
+        let (name, homepage) = match reg.find_client(&client_id).await {
+            Ok(Some(c)) => (c.name, c.homepage),
+            Ok(None) if super::cimd::is_document_url(&client_id) => {
+                (client_id.clone(), String::new())
+            }
             Ok(None) => continue,
             Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
         };
         apps.push(AppRow {
             client_id,
-            name: client.name,
-            homepage: client.homepage,
+            name,
+            homepage,
             scopes: scopes.join(" "),
             since: date(since),
         });

@@ -462,6 +462,21 @@ fn rp_initiated_logout_returns_only_to_registered_addresses() {
             ("client_id", id.as_str()),
             ("post_logout_redirect_uri", "https://evil.example/"),
         ],
+        // Exact: the registered one with another path or a query is another URI.
+        vec![
+            ("client_id", id.as_str()),
+            (
+                "post_logout_redirect_uri",
+                "http://127.0.0.1:9/signed-out/../elsewhere",
+            ),
+        ],
+        vec![
+            ("client_id", id.as_str()),
+            (
+                "post_logout_redirect_uri",
+                "http://127.0.0.1:9/signed-out?next=https://evil.example",
+            ),
+        ],
         vec![("post_logout_redirect_uri", AFTER_LOGOUT)],
         vec![
             ("id_token_hint", hint.as_str()),
@@ -1158,4 +1173,130 @@ fn clients_register_themselves_only_as_the_operator_allows() {
     }
     let (status, v) = register(&open, None, app.clone());
     assert_eq!((status, v["error"].as_str()), (429, Some("rate_limited")));
+}
+
+/// Client ID Metadata Documents: with open registration, an https `client_id` names its own
+/// metadata, fetched with the outbound client's caps; a document that redirects, is too
+/// large, lies about itself or sits on a private address is refused.
+#[test]
+fn client_metadata_documents_sign_in_without_registration() {
+    let docs = TlsServer::start();
+    let json = |v: serde_json::Value| {
+        (
+            200,
+            vec![("Content-Type".to_string(), "application/json".to_string())],
+            v.to_string().into_bytes(),
+        )
+    };
+    let good = docs.url("/client.json");
+    docs.serve(
+        "/client.json",
+        json(serde_json::json!({
+            "client_id": good,
+            "client_name": "Inspector",
+            "redirect_uris": [CALLBACK],
+            "scope": "openid papers:read admin",
+            "token_endpoint_auth_method": "none",
+        })),
+    );
+    let redirects = docs.url("/moved.json");
+    docs.serve(
+        "/moved.json",
+        (302, vec![("Location".into(), good.clone())], Vec::new()),
+    );
+    let big = docs.url("/big.json");
+    docs.serve(
+        "/big.json",
+        json(serde_json::json!({
+            "client_id": big, "redirect_uris": [CALLBACK], "client_name": "x".repeat(6000),
+        })),
+    );
+    let liar = docs.url("/liar.json");
+    docs.serve(
+        "/liar.json",
+        json(serde_json::json!({"client_id": good, "redirect_uris": [CALLBACK]})),
+    );
+    let secretive = docs.url("/secret.json");
+    docs.serve(
+        "/secret.json",
+        json(serde_json::json!({
+            "client_id": secretive, "redirect_uris": [CALLBACK], "client_secret": "s3cret",
+        })),
+    );
+    let ca = docs.ca_file();
+    let site = Site::start_with("oidc-cimd", Backend::Sqlite, |_| {
+        args(&[
+            "--client-registration",
+            "open",
+            "--self-registered-scopes",
+            "papers:read",
+            "--outbound-ca",
+            &ca,
+            "--outbound-allow-private",
+        ])
+    });
+    site.create_user("rui");
+    let mut b = signed_in(&site, "rui");
+
+    let (path, verifier) = crate::registry::authorize_path(&good, "openid papers:read");
+    let page = b.get(&path);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Allow Inspector"), "{}", page.body);
+    assert!(
+        page.body.contains("its publisher at localhost:"),
+        "{}",
+        page.body
+    );
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let (r, v) = site.token_raw(
+        &[],
+        &form_encode(&[
+            ("grant_type", "authorization_code"),
+            ("code", &back["code"]),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", &verifier),
+            ("client_id", &good),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        verified(&site, v["id_token"].as_str().unwrap()).0["aud"],
+        good.as_str()
+    );
+    assert_eq!(
+        v["scope"], "openid papers:read",
+        "admin is not a self-registered scope"
+    );
+    // The user sees it among their apps, and can remove it.
+    let apps = b.get("/account/apps");
+    assert!(apps.body.contains("Inspector"), "{}", apps.body);
+
+    let refused = |b: &mut Browser, client_id: &str| {
+        let (path, _) = crate::registry::authorize_path(client_id, "openid");
+        let r = b.get(&path);
+        assert_eq!(r.status, 400, "{client_id}: {}", r.body);
+        assert!(r.header("location").is_none());
+        assert!(r.body.contains("not registered here"), "{}", r.body);
+    };
+    for bad in [&redirects, &big, &liar, &secretive] {
+        refused(&mut b, bad);
+    }
+    assert!(site.gh.logs().contains("client metadata document refused"));
+    drop(b);
+    drop(site);
+
+    // Without --outbound-allow-private, a document on loopback or a private address is never
+    // fetched.
+    let strict = Site::start_with("oidc-cimd-strict", Backend::Sqlite, |_| {
+        args(&["--client-registration", "open", "--outbound-ca", &ca])
+    });
+    strict.create_user("rui");
+    let mut b = signed_in(&strict, "rui");
+    refused(&mut b, &good);
+    refused(&mut b, "https://10.1.2.3/client.json");
+    assert!(
+        strict.gh.logs().contains("not a public address"),
+        "{}",
+        strict.gh.logs()
+    );
 }

@@ -28,6 +28,8 @@ pub mod proxy;
 mod receiver;
 mod redis;
 #[cfg(feature = "accounts")]
+mod tls;
+#[cfg(feature = "accounts")]
 mod web;
 
 #[cfg(feature = "accounts")]
@@ -45,6 +47,8 @@ pub use process::*;
 #[cfg(feature = "accounts")]
 pub use receiver::*;
 pub use redis::*;
+#[cfg(feature = "accounts")]
+pub use tls::*;
 #[cfg(feature = "accounts")]
 pub use web::*;
 
