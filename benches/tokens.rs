@@ -279,7 +279,7 @@ fn id_token_cost(gh: &Gatehouse, data: &str) -> String {
     let mut grant = |scope: &str| -> String {
         // RFC 7636 appendix B's pair.
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeunhRU4tLz5ymv46PPc";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         let q = form_encode(&[
             ("response_type", "code"),
             ("client_id", &id),

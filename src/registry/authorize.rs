@@ -295,6 +295,14 @@ fn refused(reg: &Registry, ctx: &Ctx, r: Refusal) -> Response {
     }
 }
 
+/// Scopes as the consent pages list them: in words, in the order people read them.
+pub(super) fn for_people(scopes: &[String]) -> Vec<(String, String)> {
+    let mut listed: Vec<(String, String)> =
+        scopes.iter().map(|s| (s.clone(), scope_words(s))).collect();
+    oidc::sort_for_people(&mut listed);
+    listed
+}
+
 /// The host (and port) of an absolute URL.
 fn host_of(url: &str) -> &str {
     url.split_once("://")
@@ -302,7 +310,7 @@ fn host_of(url: &str) -> &str {
 }
 
 /// In words, what a scope lets a client do.
-pub(super) fn scope_words(scope: &str) -> String {
+fn scope_words(scope: &str) -> String {
     if let Some(words) = oidc::scope_words(scope) {
         return words.to_owned();
     }
@@ -429,10 +437,7 @@ async fn consent_page(
             homepage: c.homepage.clone(),
             owner,
             redirect_host,
-            scopes: granted
-                .iter()
-                .map(|s| (s.clone(), scope_words(s)))
-                .collect(),
+            scopes: for_people(granted),
             hidden: p.hidden(),
         },
     )

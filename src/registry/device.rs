@@ -396,10 +396,7 @@ pub async fn submit(
                 user_code: code,
                 client_name: client.name,
                 homepage: client.homepage,
-                scopes: granted
-                    .iter()
-                    .map(|s| (s.clone(), super::authorize::scope_words(s)))
-                    .collect(),
+                scopes: super::authorize::for_people(&granted),
             },
         ),
         decision => {

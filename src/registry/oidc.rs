@@ -40,10 +40,24 @@ pub fn ends_with_session(scopes: &[String]) -> bool {
     scopes.iter().any(|s| s == OPENID) && !scopes.iter().any(|s| s == OFFLINE_ACCESS)
 }
 
+/// The order scopes are listed in for people: OpenID Connect's first, as they read (who
+/// you are, your profile, your email, staying connected), then the rest by name.
+pub fn sort_for_people(scopes: &mut [(String, String)]) {
+    scopes.sort_by_key(|(s, _)| {
+        (
+            OIDC_SCOPES
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or(OIDC_SCOPES.len()),
+            s.clone(),
+        )
+    });
+}
+
 /// What an OpenID Connect scope lets a client do, for the consent page.
 pub fn scope_words(scope: &str) -> Option<&'static str> {
     Some(match scope {
-        OPENID => "Sign you in with your account here (it learns your account's identifier)",
+        OPENID => "Know who you are when you sign in with this account",
         "profile" => "See your name and username",
         "email" => "See your email address",
         OFFLINE_ACCESS => "Stay connected after you sign out here, until you remove its access",

@@ -687,3 +687,159 @@ async fn passkey_enrolment_and_sign_in_without_a_username_through_nginx() {
     assert!(page.contains("X-Auth-Request-Amr: pwd hwk mfa"), "{page}");
     c.close().await.unwrap();
 }
+
+/// OpenID Connect in a real browser through nginx: the consent page with OIDC scopes in
+/// words, sign-out asked by the client (its confirmation page) with the client's back-channel
+/// logout token arriving, and the device page where a command-line tool is allowed.
+#[cfg(feature = "registry")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_connect_consent_logout_and_device_pages() {
+    let dir = TempDir::new("browser-oidc");
+    let data = dir.join("data");
+    let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
+    create_user(&data, "bea", "bea@example.org", PW);
+    let app = EchoServer::start();
+    let nginx = signin_site(gh.addr().port(), app.port());
+    let site = format!("http://{}", nginx.addr());
+    let receiver = Receiver::start();
+    let callback = format!("{site}/cb");
+    let signed_out = format!("{site}/signed-out");
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&gatehouse_cli(&[
+        "client",
+        "create",
+        "--json",
+        "--data-dir",
+        &data,
+        "--name",
+        "Team Wiki",
+        "--homepage",
+        "https://wiki.example.org",
+        "--grant",
+        "authorization_code",
+        "--grant",
+        "refresh_token",
+        "--grant",
+        "device_code",
+        "--redirect-uri",
+        &callback,
+        "--post-logout-redirect-uri",
+        &signed_out,
+        "--backchannel-logout-uri",
+        &receiver.url("/backchannel"),
+    ])))
+    .unwrap();
+    let id = made["client_id"].as_str().unwrap().to_string();
+    let driver = ChromeDriver::start();
+    let c = browser(&driver).await;
+
+    // Sign in through the client: consent names the OpenID Connect scopes in words.
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let query = form_encode(&[
+        ("response_type", "code"),
+        ("client_id", &id),
+        ("redirect_uri", &callback),
+        ("scope", "openid profile email"),
+        ("state", "st"),
+        ("nonce", "n-1"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    c.goto(&format!("{site}/oauth/authorize?{query}"))
+        .await
+        .unwrap();
+    wait_path(&c, "/login").await;
+    sign_in(&c, "bea", PW).await;
+    wait_path(&c, "/oauth/authorize").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("See your email address"), "{page}");
+    shoot(&c, "oidc-consent").await;
+    click(&c, "button[value=allow]").await;
+    wait_path(&c, "/cb").await;
+    let back = c.current_url().await.unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{id}:{}", made["client_secret"].as_str().unwrap()),
+    );
+    let r = http_request(
+        "POST",
+        gh.addr(),
+        "/oauth/token",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &format!("Basic {basic}")),
+        ],
+        form_encode(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &callback),
+            (
+                "code_verifier",
+                "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+            ),
+        ])
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tokens: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id_token = jwt_claims(tokens["id_token"].as_str().unwrap());
+
+    // The client asks to sign out without a hint: a page asks; signing out there sends the
+    // browser back to the client, and the client's back channel hears of it.
+    c.goto(&format!(
+        "{site}/oauth/logout?{}",
+        form_encode(&[
+            ("client_id", &id),
+            ("post_logout_redirect_uri", &signed_out)
+        ])
+    ))
+    .await
+    .unwrap();
+    let page = c.source().await.unwrap();
+    assert!(page.contains("Team Wiki asks you to sign out"), "{page}");
+    shoot(&c, "oidc-logout-confirm").await;
+    click(&c, "button[value=logout]").await;
+    // /signed-out is the application's, behind auth: signed out, the browser lands on /login.
+    wait_path(&c, "/login").await;
+    let got = receiver.wait_bodies(1, std::time::Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "no logout_token arrived");
+    let token = got[0].strip_prefix("logout_token=").unwrap();
+    let logout = jwt_claims(token);
+    assert_eq!(logout["sub"], id_token["sub"]);
+    assert_eq!(logout["sid"], id_token["sid"]);
+    assert_eq!(logout["aud"], id.as_str());
+
+    // A command-line tool: the user types its code on /device and allows it.
+    let started = http_request(
+        "POST",
+        gh.addr(),
+        "/oauth/device_authorization",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &format!("Basic {basic}")),
+        ],
+        b"scope=openid+email",
+    );
+    let device: serde_json::Value = serde_json::from_str(&started.body).unwrap();
+    sign_in(&c, "bea", PW).await;
+    c.goto(&format!("{site}/device")).await.unwrap();
+    shoot(&c, "oidc-device").await;
+    fill(&c, "user_code", device["user_code"].as_str().unwrap()).await;
+    click(&c, "form button[type=submit]").await;
+    c.wait()
+        .for_element(Locator::Css("button[value=allow]"))
+        .await
+        .unwrap();
+    shoot(&c, "oidc-device-confirm").await;
+    click(&c, "button[value=allow]").await;
+    c.wait().for_element(Locator::Css("h1")).await.unwrap();
+    let page = c.source().await.unwrap();
+    assert!(page.contains("Device connected"), "{page}");
+    shoot(&c, "oidc-device-done").await;
+    c.close().await.unwrap();
+}

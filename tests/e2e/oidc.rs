@@ -180,7 +180,7 @@ fn an_independent_relying_party_signs_in_with_the_code_flow(backend: Backend) {
     let (url, state, nonce, verifier) = authorize();
     let page = open_authorize(&mut b, &url, "ines");
     for words in [
-        "Sign you in with your account here",
+        "Know who you are when you sign in",
         "See your name and username",
         "See your email address",
     ] {
