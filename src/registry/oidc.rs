@@ -300,7 +300,7 @@ impl Registry {
     }
 
     /// The algorithms id_tokens can be signed with here: those with a key.
-    fn id_token_algs(&self) -> Vec<&'static str> {
+    pub(super) fn id_token_algs(&self) -> Vec<&'static str> {
         let signer = self.accounts.gateway.signer.load();
         IdTokenAlg::ALL
             .into_iter()

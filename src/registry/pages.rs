@@ -294,6 +294,10 @@ struct ClientForm {
     name: String,
     homepage: String,
     redirect_uri: String,
+    post_logout_redirect_uri: String,
+    backchannel_logout_uri: String,
+    id_token_alg: String,
+    access_token_format: String,
 }
 
 #[derive(Template)]
@@ -307,6 +311,8 @@ struct ClientsPage {
     form: ClientForm,
     errors: Errors,
     scopes: Vec<String>,
+    /// The id_token algorithms with a key here.
+    algs: Vec<&'static str>,
 }
 
 /// What a clients page shows besides the list.
@@ -353,6 +359,7 @@ async fn render_clients(
             form: view.form,
             errors: view.errors,
             scopes: reg.accounts.roles.of(&user.roles).1,
+            algs: reg.id_token_algs(),
         },
     )
 }
@@ -430,6 +437,10 @@ async fn clients_post(
         name: field("name").to_owned(),
         homepage: field("homepage").to_owned(),
         redirect_uri: field("redirect_uri").to_owned(),
+        post_logout_redirect_uri: field("post_logout_redirect_uri").trim().to_owned(),
+        backchannel_logout_uri: field("backchannel_logout_uri").trim().to_owned(),
+        id_token_alg: field("id_token_alg").to_owned(),
+        access_token_format: field("access_token_format").to_owned(),
     };
     let mut errors = Errors::default();
     if form.name.is_empty() || form.name.chars().count() > 100 {
@@ -441,6 +452,41 @@ async fn clients_post(
             format!("{}{}", e[..1].to_uppercase(), &e[1..]) + ".",
         );
     }
+    if !form.post_logout_redirect_uri.is_empty() {
+        if let Err(e) = clients::check_redirect_uri(&form.post_logout_redirect_uri) {
+            errors.add(
+                "post_logout_redirect_uri",
+                format!("{}{}", e[..1].to_uppercase(), &e[1..]) + ".",
+            );
+        }
+    }
+    // A user's URL is held to the outbound policy: https, public addresses (checked when used).
+    if !form.backchannel_logout_uri.is_empty() {
+        if let Err(e) = crate::accounts::outbound::check_supplied(&form.backchannel_logout_uri) {
+            errors.add(
+                "backchannel_logout_uri",
+                format!("Use an https address on the internet ({e})."),
+            );
+        }
+    }
+    let id_token_alg = clients::IdTokenAlg::ALL
+        .into_iter()
+        .find(|a| a.name() == form.id_token_alg && reg.id_token_algs().contains(&a.name()))
+        .unwrap_or(clients::IdTokenAlg::Rs256);
+    let oidc = clients::OidcSettings {
+        post_logout_redirect_uris: Some(form.post_logout_redirect_uri.clone())
+            .filter(|u| !u.is_empty())
+            .into_iter()
+            .collect(),
+        backchannel_logout_uri: Some(form.backchannel_logout_uri.clone()).filter(|u| !u.is_empty()),
+        id_token_alg,
+        access_token_format: if form.access_token_format == "jwt" {
+            clients::AccessTokenFormat::Jwt
+        } else {
+            clients::AccessTokenFormat::Opaque
+        },
+        audience: None,
+    };
     let mine = reg.accounts.roles.of(&user.roles).1;
     let scopes: Vec<String> = posted
         .all("scope")
@@ -479,7 +525,7 @@ async fn clients_post(
             redirect_uris: std::slice::from_ref(&form.redirect_uri),
             grants: &grants,
             scopes: &scopes,
-            oidc: &clients::OidcSettings::default(),
+            oidc: &oidc,
             self_registered: false,
         },
     )

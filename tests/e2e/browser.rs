@@ -841,5 +841,13 @@ async fn openid_connect_consent_logout_and_device_pages() {
     let page = c.source().await.unwrap();
     assert!(page.contains("Device connected"), "{page}");
     shoot(&c, "oidc-device-done").await;
+    c.goto(&format!("{site}/account/clients")).await.unwrap();
+    c.execute(
+        "document.getElementById('backchannel_logout_uri').scrollIntoView({block: 'center'})",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shoot(&c, "oidc-clients").await;
     c.close().await.unwrap();
 }

@@ -1334,6 +1334,47 @@ fn users_register_and_manage_their_own_clients() {
         (400, Some("unauthorized_client"))
     );
 
+    // The OpenID Connect fields: a user's back-channel URI must be https; the rest is kept.
+    let csrf = hidden(&vera.get("/account/clients").body, "csrf").unwrap();
+    let oidc = |b: &mut Browser, backchannel: &str| {
+        b.post(
+            "/account/clients",
+            &[
+                ("csrf", &csrf),
+                ("action", "create"),
+                ("name", "Vera's Wiki"),
+                ("redirect_uri", CALLBACK),
+                ("post_logout_redirect_uri", "http://127.0.0.1:9/bye"),
+                ("backchannel_logout_uri", backchannel),
+                ("id_token_alg", "RS256"),
+                ("access_token_format", "jwt"),
+            ],
+        )
+    };
+    let r = oidc(&mut vera, "http://wiki.example.org/bc");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Use an https address"), "{}", r.body);
+    let r = oidc(&mut vera, "https://wiki.example.org/bc");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown: serde_json::Value = serde_json::from_str(&cli_stdout(&site.cli(&[
+        "client",
+        "show",
+        "--json",
+        &client_id_on(&r.body),
+    ])))
+    .unwrap();
+    assert_eq!(
+        shown["post_logout_redirect_uris"],
+        serde_json::json!(["http://127.0.0.1:9/bye"])
+    );
+    assert_eq!(
+        shown["backchannel_logout_uri"],
+        "https://wiki.example.org/bc"
+    );
+    assert_eq!(shown["id_token_alg"], "RS256");
+    assert_eq!(shown["access_token_format"], "jwt");
+    assert_eq!(shown["self_registered"], false);
+
     // Another user sees none of it and cannot touch it.
     let mut walt = signed_in(&site, "walt");
     let page = walt.get("/account/clients");
