@@ -46,7 +46,8 @@ pub fn add_schema(schema: &'static Schema) {
 
 /// What the modules do with each database opened (in the server and the CLI alike): the
 /// registry listens for ended sessions with it.
-static OPENED: std::sync::RwLock<Vec<(&'static str, fn(&Db))>> = std::sync::RwLock::new(Vec::new());
+type OnOpen = (&'static str, fn(&Db));
+static OPENED: std::sync::RwLock<Vec<OnOpen>> = std::sync::RwLock::new(Vec::new());
 
 /// Makes every `Db::open` from now on call `f` with the opened database (once per name).
 pub fn on_open(name: &'static str, f: fn(&Db)) {

@@ -70,12 +70,21 @@ fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Res
     r
 }
 
-fn bad(description: impl Into<String>) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_client_metadata",
-        description,
-    )
+/// Metadata refused (RFC 7591 §3.2.2): its error code and why.
+struct Refused(&'static str, String);
+
+impl Refused {
+    fn response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0, self.1)
+    }
+}
+
+fn bad(description: impl Into<String>) -> Refused {
+    Refused("invalid_client_metadata", description.into())
+}
+
+fn bad_uri(description: impl Into<String>) -> Refused {
+    Refused("invalid_redirect_uri", description.into())
 }
 
 /// `POST /oauth/register`.
@@ -140,15 +149,15 @@ pub async fn register(
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
     if !json_body {
-        return bad("send the metadata as application/json");
+        return bad("send the metadata as application/json").response();
     }
     let meta: Metadata = match serde_json::from_slice(&body) {
         Ok(m) => m,
-        Err(e) => return bad(format!("the metadata is not valid: {e}")),
+        Err(e) => return bad(format!("the metadata is not valid: {e}")).response(),
     };
     let checked = match check(&reg, meta) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.response(),
     };
     let made = clients::create(
         &reg.accounts.db,
@@ -221,7 +230,7 @@ struct Checked {
     oidc: OidcSettings,
 }
 
-fn check(reg: &Registry, m: Metadata) -> Result<Checked, Response> {
+fn check(reg: &Registry, m: Metadata) -> Result<Checked, Refused> {
     let (confidential, auth_method) = match m.token_endpoint_auth_method.as_deref() {
         None | Some("client_secret_basic") => (true, "client_secret_basic"),
         Some("client_secret_post") => (true, "client_secret_post"),
@@ -258,17 +267,11 @@ fn check(reg: &Registry, m: Metadata) -> Result<Checked, Response> {
     }
     for uri in m.redirect_uris.iter().chain(&m.post_logout_redirect_uris) {
         if let Err(why) = check_redirect_uri(uri) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_redirect_uri",
-                format!("{uri:?}: {why}"),
-            ));
+            return Err(bad_uri(format!("{uri:?}: {why}")));
         }
     }
     if grants.iter().any(|g| g == "authorization_code") && m.redirect_uris.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_uri",
+        return Err(bad_uri(
             "authorization_code needs at least one redirect URI",
         ));
     }

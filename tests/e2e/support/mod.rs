@@ -10,24 +10,25 @@
 //! Ports stay below 55535 because a Redis Cluster node also listens on port + 10000.
 //! Helpers never touch the process environment: tests run in parallel threads.
 
-// The companion modules' tests alone drive a browser, PostgreSQL and pages.
+// The companion modules' tests alone drive a browser, PostgreSQL and pages; the registry's
+// alone Node, a TLS document host and a back-channel receiver.
 #[cfg(feature = "accounts")]
 mod chrome;
 mod echo;
 mod gatehouse;
 mod http;
 mod nginx;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 mod node;
 mod ports;
 #[cfg(feature = "accounts")]
 mod postgres;
 mod process;
 pub mod proxy;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 mod receiver;
 mod redis;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 mod tls;
 #[cfg(feature = "accounts")]
 mod web;
@@ -38,16 +39,16 @@ pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;
 pub use nginx::*;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 pub use node::*;
 pub use ports::*;
 #[cfg(feature = "accounts")]
 pub use postgres::*;
 pub use process::*;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 pub use receiver::*;
 pub use redis::*;
-#[cfg(feature = "accounts")]
+#[cfg(feature = "registry")]
 pub use tls::*;
 #[cfg(feature = "accounts")]
 pub use web::*;
