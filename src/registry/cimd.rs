@@ -136,13 +136,6 @@ impl Registry {
                 .collect(),
             None => self.self_registered_scopes.clone(),
         };
-        let name: String = doc
-            .client_name
-            .trim()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect();
         let host = url
             .trim_start_matches("https://")
             .split('/')
@@ -151,7 +144,7 @@ impl Registry {
             .to_owned();
         Ok(Client::from_document(
             url,
-            if name.is_empty() { host } else { name },
+            super::clients::display_name(&doc.client_name, host),
             if doc.client_uri.starts_with("https://") {
                 doc.client_uri
             } else {

@@ -262,6 +262,22 @@ fn client_of(row: &AnyRow) -> Result<Client, sqlx::Error> {
     })
 }
 
+/// A name a client gave itself (a registration, a metadata document), as the consent page
+/// shows it: trimmed, no control characters, at most 100 characters; `fallback` when empty.
+pub fn display_name(given: &str, fallback: impl Into<String>) -> String {
+    let name: String = given
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    if name.is_empty() {
+        fallback.into()
+    } else {
+        name
+    }
+}
+
 /// Whether `uri` may be registered as a redirect URI, and why not.
 pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
     if uri.contains('#') {

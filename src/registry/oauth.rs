@@ -375,15 +375,7 @@ async fn authorization_code(
             "the code does not match this client, redirect_uri or code_verifier",
         ));
     }
-    if let Some(r) = resource(reg, params.get("resource"))? {
-        if r != found.signed_in.resource {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                "resource differs from the authorization request's",
-            ));
-        }
-    }
+    same_resource(reg, params, &found.signed_in.resource)?;
     let user = grant_user(reg, &found.user_id).await?;
     let grant = grants::create_grant(
         db,
@@ -432,15 +424,7 @@ async fn refresh(reg: &Registry, client: &Client, params: &Params) -> Result<Res
         return Err(invalid_grant("this refresh token is no longer valid"));
     }
     let scopes = granted_scopes(params.get("scope"), &found.scopes)?;
-    if let Some(r) = resource(reg, params.get("resource"))? {
-        if r != found.signed_in.resource {
-            return Err(OAuthError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                "resource differs from the grant's",
-            ));
-        }
-    }
+    same_resource(reg, params, &found.signed_in.resource)?;
     let user = grant_user(reg, &found.user_id).await?;
     // An OpenID Connect grant without offline_access ends with the browser session it was
     // made in (expired or signed out): its refresh token works only while that session
@@ -642,6 +626,18 @@ async fn issue_access(
         ttl: reg.access_ttl.as_secs(),
         sid: issued.sid,
     })
+}
+
+/// A token request's `resource`, if any, must be the one its code or grant was asked for.
+fn same_resource(reg: &Registry, params: &Params, granted: &str) -> Result<(), OAuthError> {
+    match resource(reg, params.get("resource"))? {
+        Some(r) if r != granted => Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource differs from the authorization request's",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A `resource` parameter (RFC 8707): one of the APIs of `--api-catalog`, by its base URL;

@@ -308,20 +308,8 @@ fn check(reg: &Registry, m: Metadata) -> Result<Checked, Refused> {
             .collect(),
         None => reg.self_registered_scopes.clone(),
     };
-    let name: String = m
-        .client_name
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect();
     Ok(Checked {
-        name: if name.is_empty() {
-            "An application".into()
-        } else {
-            name
-        },
+        name: clients::display_name(&m.client_name.unwrap_or_default(), "An application"),
         homepage,
         confidential,
         auth_method,

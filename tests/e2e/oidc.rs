@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use crate::registry::{
-    answer_consent, bearer, callback, claims, http, open_authorize, signed_in, Backend, Site,
-    CALLBACK,
+    answer_consent, bearer, callback, claims, http, on_both_backends, open_authorize, signed_in,
+    Backend, Site, CALLBACK,
 };
 use crate::support::*;
 use openidconnect::core::{
@@ -23,23 +23,6 @@ use openidconnect::{
 
 /// Where clients may be sent after signing out: nothing listens, the test reads `Location`.
 const AFTER_LOGOUT: &str = "http://127.0.0.1:9/signed-out";
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Sqlite)
-            })*
-        }
-        mod postgres_redis {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::PostgresRedis)
-            })*
-        }
-    };
-}
 
 on_both_backends!(
     an_independent_relying_party_signs_in_with_the_code_flow,
@@ -743,22 +726,25 @@ fn device_grant_polls_until_the_user_allows_and_works_once() {
     );
 }
 
+/// `--api-catalog` with one API, Papers at `base_url` (scope papers:read), in `dir`.
+fn papers_api(dir: &TempDir, base_url: &str) -> Vec<String> {
+    let catalog = dir.join("apis.toml");
+    std::fs::write(
+        &catalog,
+        format!(
+            "[[api]]\nname = \"Papers\"\nbase_url = \"{base_url}\"\nscopes = [\"papers:read\"]\ndocs = \"https://docs.example.test/papers\"\n"
+        ),
+    )
+    .unwrap();
+    vec!["--api-catalog".into(), catalog]
+}
+
 /// RFC 9068 access tokens for clients that ask for them, and RFC 8707 resources: a token is
 /// for one API of the catalog, whatever its format.
 #[test]
 fn jwt_access_tokens_and_resource_indicators() {
     const API: &str = "https://papers.example.org/api";
-    let site = Site::start_with("oidc-at-jwt", Backend::Sqlite, |dir| {
-        let catalog = dir.join("apis.toml");
-        std::fs::write(
-            &catalog,
-            format!(
-                "[[api]]\nname = \"Papers\"\nbase_url = \"{API}\"\nscopes = [\"papers:read\"]\n"
-            ),
-        )
-        .unwrap();
-        vec!["--api-catalog".into(), catalog]
-    });
+    let site = Site::start_with("oidc-at-jwt", Backend::Sqlite, |dir| papers_api(dir, API));
     site.create_user("omar");
     let basic = |id: &str, secret: &str| {
         format!(
@@ -860,17 +846,7 @@ fn jwt_access_tokens_and_resource_indicators() {
 #[test]
 fn the_snippets_route_every_oidc_path_and_protected_resource_metadata() {
     const API: &str = "http://api.example.test/api/papers";
-    let site = Site::start_with("oidc-nginx", Backend::Sqlite, |dir| {
-        let catalog = dir.join("apis.toml");
-        std::fs::write(
-            &catalog,
-            format!(
-                "[[api]]\nname = \"Papers\"\nbase_url = \"{API}\"\nscopes = [\"papers:read\"]\ndocs = \"https://docs.example.test/papers\"\n"
-            ),
-        )
-        .unwrap();
-        vec!["--api-catalog".into(), catalog]
-    });
+    let site = Site::start_with("oidc-nginx", Backend::Sqlite, |dir| papers_api(dir, API));
     let app = EchoServer::start();
     let nginx = signin_site(site.gh.addr().port(), app.port());
     let on_api = [("Host", "api.example.test")];

@@ -278,6 +278,8 @@ macro_rules! on_both_backends {
     };
 }
 
+pub(crate) use on_both_backends;
+
 on_both_backends!(
     client_credentials_reach_auth_with_exactly_the_granted_scopes,
     disabling_or_rotating_a_client_ends_its_tokens,
@@ -588,7 +590,12 @@ fn token_endpoint_refusals_follow_rfc_6749() {
     );
     assert_eq!(
         m["grant_types_supported"],
-        serde_json::json!(["authorization_code", "client_credentials", "refresh_token"])
+        serde_json::json!([
+            "authorization_code",
+            "client_credentials",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
+        ])
     );
     assert_eq!(
         m["code_challenge_methods_supported"],
