@@ -1276,3 +1276,77 @@ fn client_metadata_documents_sign_in_without_registration() {
         strict.gh.logs()
     );
 }
+
+/// A client chooses its id_token algorithm among those with a key: one without a key exits
+/// 64 naming the flag; HS256 and `none` are not choices at all.
+#[test]
+fn each_client_signs_its_id_tokens_with_its_own_algorithm() {
+    let site = Site::start("oidc-alg", Backend::Sqlite);
+    site.create_user("sol");
+    let create = |alg: &str| {
+        site.cli(&[
+            "client",
+            "create",
+            "--json",
+            "--name",
+            "Alg",
+            "--grant",
+            "authorization_code",
+            "--redirect-uri",
+            CALLBACK,
+            "--id-token-alg",
+            alg,
+        ])
+    };
+    let out = create("ES256");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--id-token-alg") && stderr.contains("keys generate"),
+        "{stderr}"
+    );
+    for never in ["HS256", "none"] {
+        let out = create(never);
+        assert_eq!(out.status.code(), Some(64), "{never} was taken: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--id-token-alg"));
+    }
+    let data = site.dir.join("data");
+    let out = gatehouse_cli(&[
+        "keys",
+        "generate",
+        "--data-dir",
+        &data,
+        "--alg",
+        "ES256",
+        "--activate-in",
+        "0s",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let made: serde_json::Value = serde_json::from_str(&cli_stdout(&create("ES256"))).unwrap();
+    let (id, secret) = (
+        made["client_id"].as_str().unwrap(),
+        made["client_secret"].as_str().unwrap(),
+    );
+    // The server reads the new key on SIGHUP, as after any `keys generate`.
+    assert!(send_signal(site.gh.pid(), libc::SIGHUP));
+    assert!(site
+        .gh
+        .wait_for_log("keys reloaded", Duration::from_secs(5)));
+    let mut b = signed_in(&site, "sol");
+    let (path, verifier) = crate::registry::authorize_path(id, "openid");
+    let page = b.get(&path);
+    let back = callback(&answer_consent(&mut b, &page, "allow"));
+    let v = crate::registry::redeem(&site, id, secret, &back["code"], &verifier);
+    let (_, header) = verified(&site, v["id_token"].as_str().unwrap());
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    // The CLI changes it back, and the next id_token follows.
+    let out = site.cli(&["client", "update", id, "--id-token-alg", "RS256"]);
+    assert!(out.status.success(), "{out:?}");
+    let (path, verifier) = crate::registry::authorize_path(id, "openid");
+    let back = callback(&b.get(&path));
+    let v = crate::registry::redeem(&site, id, secret, &back["code"], &verifier);
+    assert_eq!(
+        verified(&site, v["id_token"].as_str().unwrap()).1.alg,
+        jsonwebtoken::Algorithm::RS256
+    );
+}
