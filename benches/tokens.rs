@@ -308,7 +308,12 @@ fn id_token_cost(gh: &Gatehouse, data: &str) -> String {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let back = b.post("/oauth/authorize", &f);
+        // Consent recorded before (a grant of no scope is covered by any): straight back.
+        let back = if page.status == 303 {
+            page
+        } else {
+            b.post("/oauth/authorize", &f)
+        };
         let location = back.header("location").unwrap().to_string();
         let code = location
             .split("code=")
