@@ -193,7 +193,8 @@ async fn settle(
 }
 
 /// One round: claims what is due and delivers it, the items of one claim side by side. How
-/// many were claimed.
+/// many were claimed (items of a kind nothing here delivers are claimed and left alone, to
+/// be taken by another replica once the claim lapses).
 pub async fn run_once(db: &Db, retention: Duration) -> Result<usize, DbError> {
     let claimed = claim(db, unix_now()).await?;
     let n = claimed.len();
@@ -201,11 +202,16 @@ pub async fn run_once(db: &Db, retention: Duration) -> Result<usize, DbError> {
     for (item, created_at) in claimed {
         let db = db.clone();
         rounds.spawn(async move {
-            let outcome = match deliverer(&item.kind) {
-                Some(deliver) => deliver(item.clone()).await,
-                None => Err(format!("nothing here delivers {:?} items", item.kind)),
-            };
-            settle(&db, &item, created_at, outcome, retention).await
+            match deliverer(&item.kind) {
+                Some(deliver) => {
+                    let outcome = deliver(item.clone()).await;
+                    settle(&db, &item, created_at, outcome, retention).await
+                }
+                // A kind another replica delivers (one that runs the module this one does
+                // not): left to it, the claim held so this worker does not take it again at
+                // once, and no attempt counted.
+                None => Ok(()),
+            }
         });
     }
     while let Some(r) = rounds.join_next().await {
@@ -252,6 +258,25 @@ mod tests {
         assert_eq!(&waits[..5], &[1, 2, 4, 8, 16]);
         assert_eq!(waits[12], 3600);
         assert_eq!(backoff(200), 3600);
+    }
+
+    #[tokio::test]
+    async fn an_item_nothing_here_delivers_is_left_for_another_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let id = enqueue(&db, "test-elsewhere", "http://x", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 1);
+        let (status, attempts): (String, i64) =
+            sqlx::query_as("SELECT status, attempts FROM outbox WHERE id = $1")
+                .bind(&id)
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!((status.as_str(), attempts), ("pending", 0));
+        // Held by the claim meanwhile: not taken again at once.
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -308,12 +308,23 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), &'static str> {
     }
 }
 
+/// A new client id: 128 random bits, base64url, never starting with `-` (the CLI takes client
+/// ids as arguments, and `client show -x…` would read as a flag).
+fn client_id() -> String {
+    loop {
+        let id = random_token(16);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
 /// Creates a client; its secret (confidential clients only) is returned this once.
 pub async fn create(
     db: &Db,
     new: &NewClient<'_>,
 ) -> Result<(Client, Option<Secret<String>>), DbError> {
-    let id = random_token(16);
+    let id = client_id();
     let secret = new.confidential.then(new_secret);
     let now = unix_now() as i64;
     sqlx::query(
@@ -442,6 +453,11 @@ mod tests {
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn client_ids_never_read_as_flags() {
+        assert!((0..2000).all(|_| !client_id().starts_with('-')));
     }
 
     #[test]
