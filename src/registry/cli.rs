@@ -58,6 +58,8 @@ pub enum ClientCommand {
     Update {
         #[command(flatten)]
         common: Common,
+        /// The client's id (one made before ids avoided a leading `-` is taken as it is).
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
         #[command(flatten)]
         oidc: OidcFlags,
@@ -71,24 +73,32 @@ pub enum ClientCommand {
     Show {
         #[command(flatten)]
         common: Common,
+        /// The client's id (one made before ids avoided a leading `-` is taken as it is).
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
     /// Refuse the client from now on and end every token it holds.
     Disable {
         #[command(flatten)]
         common: Common,
+        /// The client's id (one made before ids avoided a leading `-` is taken as it is).
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
     /// Let a disabled client get tokens again.
     Enable {
         #[command(flatten)]
         common: Common,
+        /// The client's id (one made before ids avoided a leading `-` is taken as it is).
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
     /// A new secret, printed once; the old one is refused and the client's tokens end.
     RotateSecret {
         #[command(flatten)]
         common: Common,
+        /// The client's id (one made before ids avoided a leading `-` is taken as it is).
+        #[arg(allow_hyphen_values = true)]
         client_id: String,
     },
 }
