@@ -27,6 +27,10 @@ const AFTER_LOGOUT: &str = "http://127.0.0.1:9/signed-out";
 on_both_backends!(
     an_independent_relying_party_signs_in_with_the_code_flow,
     backchannel_logout_reaches_every_client_and_survives_a_restart,
+    rp_initiated_logout_returns_only_to_registered_addresses,
+    device_grant_polls_until_the_user_allows_and_works_once,
+    jwt_access_tokens_and_resource_indicators,
+    clients_register_themselves_only_as_the_operator_allows,
 );
 
 /// A confidential OpenID Connect client with refresh, returning to CALLBACK, allowed to send
@@ -365,9 +369,8 @@ fn prompt_max_age_and_login_hint_are_honoured() {
 
 /// RP-initiated logout: a valid hint signs out at once and returns to a registered URI;
 /// without one a page asks; nothing unregistered or foreign is followed.
-#[test]
-fn rp_initiated_logout_returns_only_to_registered_addresses() {
-    let site = Site::start("oidc-logout", Backend::Sqlite);
+fn rp_initiated_logout_returns_only_to_registered_addresses(backend: Backend) {
+    let site = Site::start("oidc-logout", backend);
     site.create_user("kai");
     let (id, secret) = oidc_client(&site, "Notes", &[]);
     let (other, _) = oidc_client(&site, "Other", &[]);
@@ -604,9 +607,8 @@ fn backchannel_logout_reaches_every_client_and_survives_a_restart(backend: Backe
 
 /// The device authorization grant (RFC 8628): a command-line tool polls while the user
 /// allows it in a browser; the code works once; guessing codes at `/device` is limited.
-#[test]
-fn device_grant_polls_until_the_user_allows_and_works_once() {
-    let site = Site::start("oidc-device", Backend::Sqlite);
+fn device_grant_polls_until_the_user_allows_and_works_once(backend: Backend) {
+    let site = Site::start("oidc-device", backend);
     site.create_user("noor");
     let (id, _) = site.client(&[
         "--name",
@@ -741,10 +743,9 @@ fn papers_api(dir: &TempDir, base_url: &str) -> Vec<String> {
 
 /// RFC 9068 access tokens for clients that ask for them, and RFC 8707 resources: a token is
 /// for one API of the catalog, whatever its format.
-#[test]
-fn jwt_access_tokens_and_resource_indicators() {
+fn jwt_access_tokens_and_resource_indicators(backend: Backend) {
     const API: &str = "https://papers.example.org/api";
-    let site = Site::start_with("oidc-at-jwt", Backend::Sqlite, |dir| papers_api(dir, API));
+    let site = Site::start_with("oidc-at-jwt", backend, |dir| papers_api(dir, API));
     site.create_user("omar");
     let basic = |id: &str, secret: &str| {
         format!(
@@ -994,8 +995,7 @@ fn a_certified_relying_party_runs_every_flow() {
 /// Dynamic client registration (RFC 7591): closed by default; with initial access tokens; or
 /// open and limited per address. A registered client gets only the self-registered scopes
 /// and URLs the outbound policy accepts.
-#[test]
-fn clients_register_themselves_only_as_the_operator_allows() {
+fn clients_register_themselves_only_as_the_operator_allows(backend: Backend) {
     let register = |site: &Site, token: Option<&str>, body: serde_json::Value| {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("Content-Type", "application/json")];
@@ -1029,7 +1029,7 @@ fn clients_register_themselves_only_as_the_operator_allows() {
         .is_none());
     drop(closed);
 
-    let site = Site::start_with("oidc-dcr", Backend::Sqlite, |_| {
+    let site = Site::start_with("oidc-dcr", backend, |_| {
         vec![
             "--client-registration".into(),
             "token".into(),
