@@ -14,7 +14,7 @@ pub use crate::duration::parse_duration;
 pub use crate::net::{parse_cidr, Cidr};
 use crate::policy::OriginalRequest;
 use crate::secret::Secret;
-pub use crate::signer::JwtAlg;
+pub use crate::signer::{JwtAlg, KeyArgs};
 pub use crate::store::StoreArgs;
 
 #[derive(Debug, Parser)]
@@ -94,13 +94,6 @@ pub const DEFAULT_COOKIE: &str = "gatehouse_session";
 pub enum Compat {
     /// arXiv's authenticator: `ARXIVNG_SESSION_ID` cookie, HS256 session records.
     Arxiv,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct KeyArgs {
-    /// Directory of PEM signing keys [default: <data-dir>/keys].
-    #[arg(long, env = "GATEHOUSE_KEYS_DIR")]
-    pub keys_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -302,14 +295,6 @@ pub struct KeysGenerateArgs {
     /// Default: 6m, or at once for the first key of its algorithm; `0s` signs at once.
     #[arg(long, env = "GATEHOUSE_ACTIVATE_IN", value_parser = parse_duration)]
     pub activate_in: Option<std::time::Duration>,
-}
-
-impl KeyArgs {
-    pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
-        self.keys_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("keys"))
-    }
 }
 
 pub use crate::error::ConfigError;

@@ -50,6 +50,23 @@ impl JwtAlg {
     }
 }
 
+/// Where the signing keys are (`--keys-dir`): for `serve`, `keys generate`, and the client
+/// commands that check a client's id_token algorithm has a key.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// Directory of PEM signing keys [default: <data-dir>/keys].
+    #[arg(long, env = "GATEHOUSE_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        self.keys_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("keys"))
+    }
+}
+
 /// The algorithm minted JWTs are signed with (`--jwt-alg`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum JwtAlg {

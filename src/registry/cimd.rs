@@ -59,7 +59,7 @@ impl Registry {
     /// The client of `url`'s metadata document: cached, or fetched and checked now. `Err`
     /// says why it cannot be used (for the log; the caller answers as for an unknown client).
     pub(super) async fn document_client(&self, url: &str) -> Result<Client, String> {
-        if self.registration != super::register::ClientRegistration::Open {
+        if self.registration != super::clients::ClientRegistration::Open {
             return Err("client metadata documents need --client-registration open".into());
         }
         if let Some((at, c)) = self

@@ -157,7 +157,7 @@ pub struct OidcFlags {
     #[arg(long)]
     audience: Option<String>,
     #[command(flatten)]
-    keys: crate::config::KeyArgs,
+    keys: crate::signer::KeyArgs,
 }
 
 impl OidcFlags {

@@ -12,6 +12,19 @@ use crate::accounts::db::{random_token, token_hash, Db, DbError};
 use crate::secret::Secret;
 use crate::session::unix_now;
 
+/// The device grant's name at the token endpoint (RFC 8628 §3.4); `device_code` in a client's
+/// list of grants.
+pub const DEVICE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Who may register a client at `/oauth/register` (and, when open, use a client metadata
+/// document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientRegistration {
+    Closed,
+    Token,
+    Open,
+}
+
 /// The grants a client may be allowed.
 pub const GRANTS: &[&str] = &[
     "client_credentials",

@@ -30,8 +30,6 @@ use crate::accounts::pages::Page;
 use crate::accounts::web::{self, Ctx};
 use crate::session::unix_now;
 
-/// The grant type at the token endpoint.
-pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// How long a code pair lives.
 const TTL_SECS: u64 = 600;
 /// The first polling interval, and what `slow_down` adds to it.

@@ -52,7 +52,7 @@ pub struct RegistryArgs {
         value_enum,
         default_value = "closed"
     )]
-    pub client_registration: register::ClientRegistration,
+    pub client_registration: clients::ClientRegistration,
     /// The scopes a client that registers itself may have (comma-separated); OpenID
     /// Connect's (openid, profile, email, offline_access) need not be named.
     #[arg(long, env = "GATEHOUSE_SELF_REGISTERED_SCOPES", value_delimiter = ',')]
@@ -98,7 +98,7 @@ pub struct Registry {
     catalog: Vec<catalog::Api>,
     /// Codes typed at `/device` per address.
     device_tries: crate::accounts::guard::RateLimit,
-    registration: register::ClientRegistration,
+    registration: clients::ClientRegistration,
     /// Open registrations per address.
     registrations: crate::accounts::guard::RateLimit,
     self_registered_scopes: Vec<String>,
@@ -209,6 +209,10 @@ impl Registry {
                 "/oauth/register",
                 axum::routing::post(register::register)
                     .layer(axum::extract::DefaultBodyLimit::max(64 * 1024)),
+            )
+            .route(
+                "/oauth/device_authorization",
+                axum::routing::post(device::authorization).layer(oauth::body_limit()),
             )
             .route(
                 "/device",

@@ -30,10 +30,6 @@ pub fn routes() -> Router<Arc<Registry>> {
         .route("/oauth/token", post(token).layer(body_limit()))
         .route("/oauth/revoke", post(revoke).layer(body_limit()))
         .route("/oauth/introspect", post(introspect).layer(body_limit()))
-        .route(
-            "/oauth/device_authorization",
-            post(super::device::authorization).layer(body_limit()),
-        )
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/openid-configuration", get(metadata))
         .route(
@@ -48,7 +44,7 @@ pub fn routes() -> Router<Arc<Registry>> {
 const MAX_BODY: usize = 64 * 1024;
 const MAX_PARAMS: usize = 100;
 
-fn body_limit() -> axum::extract::DefaultBodyLimit {
+pub(super) fn body_limit() -> axum::extract::DefaultBodyLimit {
     axum::extract::DefaultBodyLimit::max(MAX_BODY)
 }
 
@@ -258,7 +254,9 @@ async fn token_inner(
         Some("client_credentials") => client_credentials(reg, &client, &params).await,
         Some("authorization_code") => authorization_code(reg, &client, &params).await,
         Some("refresh_token") => refresh(reg, &client, &params).await,
-        Some(super::device::GRANT_TYPE) => super::device::redeem(reg, &client, &params).await,
+        Some(super::clients::DEVICE_GRANT_TYPE) => {
+            super::device::redeem(reg, &client, &params).await
+        }
         Some(other) => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",

@@ -438,7 +438,7 @@ pub fn metadata(reg: &Registry) -> Value {
         "introspection_endpoint": format!("{base}/oauth/introspect"),
         "scopes_supported": scopes,
         "claims_supported": claims,
-        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token", super::device::GRANT_TYPE],
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token", super::clients::DEVICE_GRANT_TYPE],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "subject_types_supported": ["public"],

@@ -18,20 +18,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::clients::{self, check_redirect_uri, AccessTokenFormat, IdTokenAlg, OidcSettings};
+use super::clients::{
+    self, check_redirect_uri, AccessTokenFormat, ClientRegistration, IdTokenAlg, OidcSettings,
+    DEVICE_GRANT_TYPE,
+};
 use super::Registry;
 use crate::accounts::db::{random_token, token_hash, Db, DbError};
 use crate::accounts::web::Ctx;
 use crate::secret::Secret;
 use crate::session::unix_now;
-
-/// Who may register a client at `/oauth/register`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClientRegistration {
-    Closed,
-    Token,
-    Open,
-}
 
 /// Open registrations per address per hour.
 pub const OPEN_PER_HOUR: u32 = 20;
@@ -185,7 +180,7 @@ pub async fn register(
         "client_id_issued_at": client.created_at,
         "client_name": client.name,
         "redirect_uris": client.redirect_uris,
-        "grant_types": client.grants.iter().map(|g| if g == "device_code" { super::device::GRANT_TYPE } else { g.as_str() }).collect::<Vec<_>>(),
+        "grant_types": client.grants.iter().map(|g| if g == "device_code" { DEVICE_GRANT_TYPE } else { g.as_str() }).collect::<Vec<_>>(),
         "response_types": ["code"],
         "token_endpoint_auth_method": if client.confidential { checked.auth_method } else { "none" },
         "scope": client.scopes.join(" "),
@@ -248,7 +243,7 @@ fn check(reg: &Registry, m: Metadata) -> Result<Checked, Refused> {
     {
         let g = match g.as_str() {
             "authorization_code" | "refresh_token" => g,
-            super::device::GRANT_TYPE | "device_code" => "device_code".into(),
+            DEVICE_GRANT_TYPE | "device_code" => "device_code".into(),
             "client_credentials" if confidential => g,
             other => {
                 return Err(bad(format!(
