@@ -18,11 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::clients::Client;
 use super::grants::{self, SignedIn};
-use super::oauth::{invalid_grant, no_store, OAuthError, Params};
+use super::oauth::{no_store, OAuthError, Params};
 use super::oidc;
 use super::Registry;
 use crate::accounts::db::{random_token, token_hash, Db, DbError};
@@ -32,8 +31,6 @@ use crate::session::unix_now;
 
 /// How long a code pair lives.
 const TTL_SECS: u64 = 600;
-/// The first polling interval, and what `slow_down` adds to it.
-const INTERVAL_SECS: u64 = 5;
 /// Letters of user codes: no vowels (no words), none that look alike.
 const ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
 /// Codes typed at `/device` per address per minute.
@@ -91,7 +88,7 @@ pub async fn authorization(
         .bind(&client.client_id)
         .bind(scopes.join(" "))
         .bind((unix_now() + TTL_SECS) as i64)
-        .bind(INTERVAL_SECS as i64)
+        .bind(super::oauth::DEVICE_INTERVAL_SECS as i64)
         .execute(reg.accounts.db.pool())
         .await
         .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
@@ -104,7 +101,7 @@ pub async fn authorization(
                 "verification_uri": uri,
                 "verification_uri_complete": format!("{uri}?user_code={code}"),
                 "expires_in": TTL_SECS,
-                "interval": INTERVAL_SECS,
+                "interval": super::oauth::DEVICE_INTERVAL_SECS,
             }),
         ))
     };
@@ -131,142 +128,12 @@ fn asked_scopes(client: &Client, asked: Option<&str>) -> Result<Vec<String>, OAu
     Ok(scopes)
 }
 
-/// A device code's record.
-struct DeviceCode {
-    user_code: String,
-    client_id: String,
-    scopes: Vec<String>,
-    expired: bool,
-    interval: u64,
-    last_poll: u64,
-    status: String,
-    user_id: String,
-    signed_in: SignedIn,
-}
-
-fn record(r: &sqlx::any::AnyRow) -> Result<DeviceCode, sqlx::Error> {
-    Ok(DeviceCode {
-        user_code: r.try_get("user_code")?,
-        client_id: r.try_get("client_id")?,
-        scopes: grants::scope_list(&r.try_get::<String, _>("scopes")?),
-        expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
-        interval: r.try_get::<i64, _>("interval_secs")?.max(0) as u64,
-        last_poll: r.try_get::<i64, _>("last_poll")?.max(0) as u64,
-        status: r.try_get("status")?,
-        user_id: r.try_get("user_id")?,
-        signed_in: SignedIn {
-            amr: r
-                .try_get::<String, _>("amr")?
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
-            auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
-            sid: r.try_get("sid")?,
-            resource: String::new(),
-        },
-    })
-}
-
-async fn by_user_code(db: &Db, code: &str) -> Result<Option<DeviceCode>, DbError> {
+async fn by_user_code(db: &Db, code: &str) -> Result<Option<super::oauth::DeviceCode>, DbError> {
     let row = sqlx::query("SELECT * FROM oauth_device_codes WHERE user_code = $1")
         .bind(code)
         .fetch_optional(db.pool())
         .await?;
-    Ok(row.as_ref().map(record).transpose()?)
-}
-
-/// The token endpoint's device grant (§3.4–3.5): pending, slow down, denied, expired, or the
-/// tokens, once.
-pub async fn redeem(
-    reg: &Registry,
-    client: &Client,
-    params: &Params,
-) -> Result<Response, OAuthError> {
-    if !client.allows_grant("device_code") {
-        return Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            "this client may not use the device authorization grant",
-        ));
-    }
-    let code = params
-        .get("device_code")
-        .ok_or_else(|| OAuthError::request("device_code is missing"))?;
-    let db = &reg.accounts.db;
-    let hash = token_hash(code);
-    let row = sqlx::query("SELECT * FROM oauth_device_codes WHERE hash = $1")
-        .bind(&hash)
-        .fetch_optional(db.pool())
-        .await
-        .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
-    let found = row
-        .as_ref()
-        .map(record)
-        .transpose()
-        .map_err(|e| OAuthError::unavailable(DbError::from(e)))?
-        .filter(|d| d.client_id == client.client_id)
-        .ok_or_else(|| invalid_grant("unknown device_code"))?;
-    let error = |e: &'static str, d: &str| OAuthError::new(StatusCode::BAD_REQUEST, e, d);
-    let now = unix_now();
-    match found.status.as_str() {
-        "used" => return Err(invalid_grant("this device_code was used before")),
-        _ if found.expired => return Err(error("expired_token", "the device_code has expired")),
-        "denied" => return Err(error("access_denied", "the user denied access")),
-        "pending" => {
-            let too_soon = now < found.last_poll + found.interval;
-            let interval = if too_soon {
-                found.interval + INTERVAL_SECS
-            } else {
-                found.interval
-            };
-            sqlx::query(
-                "UPDATE oauth_device_codes SET last_poll = $1, interval_secs = $2 WHERE hash = $3",
-            )
-            .bind(now as i64)
-            .bind(interval as i64)
-            .bind(&hash)
-            .execute(db.pool())
-            .await
-            .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
-            return Err(if too_soon {
-                error("slow_down", "poll less often")
-            } else {
-                error("authorization_pending", "the user has not answered yet")
-            });
-        }
-        _ => {}
-    }
-    // Approved: used once, by whichever request marks it first.
-    let taken = sqlx::query(
-        "UPDATE oauth_device_codes SET status = 'used' WHERE hash = $1 AND status = 'approved'",
-    )
-    .bind(&hash)
-    .execute(db.pool())
-    .await
-    .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
-    if taken.rows_affected() != 1 {
-        return Err(invalid_grant("this device_code was used before"));
-    }
-    let user = super::oauth::grant_user(reg, &found.user_id).await?;
-    let grant = grants::create_grant(
-        db,
-        &client.client_id,
-        &user.id,
-        &found.scopes,
-        &found.signed_in,
-    )
-    .await
-    .map_err(OAuthError::unavailable)?;
-    tracing::info!(target: "gatehouse::audit", event = "device_code_redeemed", client_id = %client.client_id, user = %user.id, user_code = %found.user_code, "audit");
-    super::oauth::user_tokens(
-        reg,
-        client,
-        &user,
-        (&grant, &found.signed_in),
-        (&found.scopes, &found.scopes),
-        "",
-    )
-    .await
+    Ok(row.as_ref().map(super::oauth::device_record).transpose()?)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::clients::{self, Client};
-use super::grants;
+use super::grants::{self, SignedIn};
 use super::Registry;
 use crate::accounts::db::User;
+use crate::accounts::db::{token_hash, DbError};
 use crate::session::{unix_now, SessionKind};
 use crate::sessions::Sessions;
+use sqlx::Row;
 
 /// The OAuth endpoints for programs (the browser's `/oauth/authorize` is `authorize.rs`'s;
 /// `Registry::router` joins them).
@@ -254,9 +256,7 @@ async fn token_inner(
         Some("client_credentials") => client_credentials(reg, &client, &params).await,
         Some("authorization_code") => authorization_code(reg, &client, &params).await,
         Some("refresh_token") => refresh(reg, &client, &params).await,
-        Some(super::clients::DEVICE_GRANT_TYPE) => {
-            super::device::redeem(reg, &client, &params).await
-        }
+        Some(super::clients::DEVICE_GRANT_TYPE) => device_code(reg, &client, &params).await,
         Some(other) => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -751,4 +751,140 @@ async fn metadata(State(reg): State<Arc<Registry>>) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     r
+}
+
+// ---------------------------------------------------------------------------------------
+// The device grant's token half (RFC 8628 §3.4–3.5); `device.rs` holds its endpoint and page.
+
+/// The first polling interval, and what `slow_down` adds to it.
+pub(super) const DEVICE_INTERVAL_SECS: u64 = 5;
+
+/// A device code's record.
+pub(super) struct DeviceCode {
+    pub(super) user_code: String,
+    pub(super) client_id: String,
+    pub(super) scopes: Vec<String>,
+    pub(super) expired: bool,
+    pub(super) interval: u64,
+    pub(super) last_poll: u64,
+    pub(super) status: String,
+    pub(super) user_id: String,
+    pub(super) signed_in: SignedIn,
+}
+
+pub(super) fn device_record(r: &sqlx::any::AnyRow) -> Result<DeviceCode, sqlx::Error> {
+    Ok(DeviceCode {
+        user_code: r.try_get("user_code")?,
+        client_id: r.try_get("client_id")?,
+        scopes: grants::scope_list(&r.try_get::<String, _>("scopes")?),
+        expired: r.try_get::<i64, _>("expires_at")? <= unix_now() as i64,
+        interval: r.try_get::<i64, _>("interval_secs")?.max(0) as u64,
+        last_poll: r.try_get::<i64, _>("last_poll")?.max(0) as u64,
+        status: r.try_get("status")?,
+        user_id: r.try_get("user_id")?,
+        signed_in: SignedIn {
+            amr: r
+                .try_get::<String, _>("amr")?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            auth_time: r.try_get::<i64, _>("auth_time")?.max(0) as u64,
+            sid: r.try_get("sid")?,
+            resource: String::new(),
+        },
+    })
+}
+
+/// The token endpoint's device grant (§3.4–3.5): pending, slow down, denied, expired, or the
+/// tokens, once.
+async fn device_code(
+    reg: &Registry,
+    client: &Client,
+    params: &Params,
+) -> Result<Response, OAuthError> {
+    if !client.allows_grant("device_code") {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "this client may not use the device authorization grant",
+        ));
+    }
+    let code = params
+        .get("device_code")
+        .ok_or_else(|| OAuthError::request("device_code is missing"))?;
+    let db = &reg.accounts.db;
+    let hash = token_hash(code);
+    let row = sqlx::query("SELECT * FROM oauth_device_codes WHERE hash = $1")
+        .bind(&hash)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
+    let found = row
+        .as_ref()
+        .map(device_record)
+        .transpose()
+        .map_err(|e| OAuthError::unavailable(DbError::from(e)))?
+        .filter(|d| d.client_id == client.client_id)
+        .ok_or_else(|| invalid_grant("unknown device_code"))?;
+    let error = |e: &'static str, d: &str| OAuthError::new(StatusCode::BAD_REQUEST, e, d);
+    let now = unix_now();
+    match found.status.as_str() {
+        "used" => return Err(invalid_grant("this device_code was used before")),
+        _ if found.expired => return Err(error("expired_token", "the device_code has expired")),
+        "denied" => return Err(error("access_denied", "the user denied access")),
+        "pending" => {
+            let too_soon = now < found.last_poll + found.interval;
+            let interval = if too_soon {
+                found.interval + DEVICE_INTERVAL_SECS
+            } else {
+                found.interval
+            };
+            sqlx::query(
+                "UPDATE oauth_device_codes SET last_poll = $1, interval_secs = $2 WHERE hash = $3",
+            )
+            .bind(now as i64)
+            .bind(interval as i64)
+            .bind(&hash)
+            .execute(db.pool())
+            .await
+            .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
+            return Err(if too_soon {
+                error("slow_down", "poll less often")
+            } else {
+                error("authorization_pending", "the user has not answered yet")
+            });
+        }
+        _ => {}
+    }
+    // Approved: used once, by whichever request marks it first.
+    let taken = sqlx::query(
+        "UPDATE oauth_device_codes SET status = 'used' WHERE hash = $1 AND status = 'approved'",
+    )
+    .bind(&hash)
+    .execute(db.pool())
+    .await
+    .map_err(|e| OAuthError::unavailable(DbError::from(e)))?;
+    if taken.rows_affected() != 1 {
+        return Err(invalid_grant("this device_code was used before"));
+    }
+    let user = grant_user(reg, &found.user_id).await?;
+    let grant = grants::create_grant(
+        db,
+        &client.client_id,
+        &user.id,
+        &found.scopes,
+        &found.signed_in,
+    )
+    .await
+    .map_err(OAuthError::unavailable)?;
+    tracing::info!(target: "gatehouse::audit", event = "device_code_redeemed", client_id = %client.client_id, user = %user.id, user_code = %found.user_code, "audit");
+    user_tokens(
+        reg,
+        client,
+        &user,
+        (&grant, &found.signed_in),
+        (&found.scopes, &found.scopes),
+        "",
+    )
+    .await
 }

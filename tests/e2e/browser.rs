@@ -827,6 +827,8 @@ async fn openid_connect_consent_logout_and_device_pages() {
     );
     let device: serde_json::Value = serde_json::from_str(&started.body).unwrap();
     sign_in(&c, "bea", PW).await;
+    // Signed in (back on the page the login came from) before the next page is asked for.
+    wait_path(&c, "/signed-out").await;
     c.goto(&format!("{site}/device")).await.unwrap();
     shoot(&c, "oidc-device").await;
     fill(&c, "user_code", device["user_code"].as_str().unwrap()).await;
