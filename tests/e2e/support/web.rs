@@ -291,6 +291,18 @@ pub fn wait_mail(data_dir: &Path, n: usize) -> String {
     }
 }
 
+/// Waits for a mail containing `needle` (mail is written off the request) and returns it.
+pub fn wait_mail_with(data_dir: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(m) = mails(data_dir).into_iter().find(|m| m.contains(needle)) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no mail with {needle:?} came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The path and query of the first link in `mail` containing `needle` (e.g.
 /// `/password/reset?token=`).
 pub fn link_in(mail: &str, needle: &str) -> String {
