@@ -197,6 +197,22 @@ impl ServerSecret {
     }
 }
 
+/// A secret kept in a file (a client secret, a bearer token): its content without the
+/// trailing newline; an unreadable or empty file is a configuration error naming `flag`.
+pub fn read_secret_file(
+    path: &std::path::Path,
+    flag: &'static str,
+) -> Result<Secret<String>, crate::error::ConfigError> {
+    let bad =
+        |why: String| crate::error::ConfigError::new(flag, format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let value = text.trim_end_matches(['\r', '\n']);
+    if value.trim().is_empty() {
+        return Err(bad("is empty".into()));
+    }
+    Ok(Secret::new(value.to_owned()))
+}
+
 /// One line from stdin, never from argv: a prompt (input hidden) when stdin is a terminal.
 /// `name` and `missing` make the error when the line is empty.
 pub fn read_secret(

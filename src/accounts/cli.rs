@@ -3,6 +3,7 @@
 //! from argv.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -101,6 +102,62 @@ pub enum UserCommand {
     /// Add or remove a role; the user's sessions end, so the next login carries the change.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Take in users from another system: JSON Lines (`-` for stdin), one user per line,
+    /// with their password hashes as that system made them. All or nothing: every bad line
+    /// is reported with its number, and nothing is written while one is bad.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+        /// Check every line and say what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Change users whose username exists (their sessions end); otherwise they are
+        /// reported and skipped.
+        #[arg(long)]
+        update: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Every user as JSON Lines on stdout, password hashes included, in the form `import`
+    /// takes: for backups, and for leaving.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Authenticator-app (TOTP) secrets too, in clear.
+        #[arg(long)]
+        include_secrets: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// A user's identities at other providers (--identity-providers).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+/// The server secret (TOTP secrets are sealed with it): the same file as `serve`'s.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Default `<data-dir>/server.secret`.
+    #[arg(long, env = "GATEHOUSE_SERVER_SECRET_FILE")]
+    pub server_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IdentityCommand {
+    /// The user's linked providers.
+    List {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
+    /// Unlink the user's identity at PROVIDER (refused when it is their last way to sign in).
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+        provider: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -130,6 +187,11 @@ impl UserCommand {
             | UserCommand::ResetSecondFactors { common, .. }
             | UserCommand::SetPassword { common, .. }
             | UserCommand::Invite { common, .. }
+            | UserCommand::Import { common, .. }
+            | UserCommand::Export { common, .. }
+            | UserCommand::Identity(
+                IdentityCommand::List { common, .. } | IdentityCommand::Remove { common, .. },
+            )
             | UserCommand::Role(
                 RoleCommand::Add { common, .. } | RoleCommand::Remove { common, .. },
             ) => common,
@@ -151,6 +213,7 @@ pub(crate) async fn find(db: &Db, login: &str) -> Result<User, Failure> {
 fn record(u: &User, roles: &Roles) -> serde_json::Value {
     let (roles, scopes) = roles.of(&u.roles);
     json!({
+        "password_scheme": super::import::password_scheme(u),
         "id": u.id, "username": u.username, "email": u.email, "name": u.name,
         "affiliation": u.affiliation, "country": u.country, "active": u.active,
         "email_confirmed_at": u.email_confirmed_at, "roles": roles, "scopes": scopes,
@@ -382,6 +445,74 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
                 link.clone(),
             )
         }
+        UserCommand::Import {
+            file,
+            dry_run,
+            update,
+            secret,
+            ..
+        } => import(&db, &roles, &store, &file, dry_run, update, &secret).await,
+        UserCommand::Export {
+            include_secrets,
+            secret,
+            ..
+        } => {
+            let secret = match include_secrets {
+                true => Some(server_secret(&store, &secret, false)?),
+                false => None,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = super::import::export(&db, &mut out, secret.as_ref())
+                .await
+                .map_err(other)?;
+            out.flush().map_err(other)?;
+            tracing::info!(target: "gatehouse::audit", event = "users_exported", users = n, totp_secrets = include_secrets, "audit");
+            eprintln!("{n} user(s) exported");
+            Ok(())
+        }
+        UserCommand::Identity(IdentityCommand::List { user, .. }) => {
+            let u = find(&db, &user).await?;
+            let mut out = std::io::stdout().lock();
+            for i in db.identities(&u.id).await.map_err(other)? {
+                let r = json!({
+                    "provider": i.provider, "subject": i.subject,
+                    "created_at": i.created_at, "last_used_at": i.last_used_at,
+                });
+                if json_out {
+                    writeln!(out, "{r}")
+                } else {
+                    writeln!(out, "{}\t{}", i.provider, i.subject)
+                }
+                .map_err(other)?;
+            }
+            Ok(())
+        }
+        UserCommand::Identity(IdentityCommand::Remove { user, provider, .. }) => {
+            let u = find(&db, &user).await?;
+            match super::identities::unlink(&db, &u, &provider)
+                .await
+                .map_err(other)?
+            {
+                super::identities::Unlinked::Done => {
+                    tracing::info!(target: "gatehouse::audit", event = "identity_unlinked", user = %u.id, provider = provider.as_str(), by = "cli", "audit");
+                    eprintln!("{}: {provider} unlinked", u.username);
+                    Ok(())
+                }
+                super::identities::Unlinked::NotLinked => Err(ConfigError::new(
+                    "PROVIDER",
+                    format!("{} has no identity at {provider:?}", u.username),
+                )
+                .into()),
+                super::identities::Unlinked::LastWay => Err(ConfigError::new(
+                    "PROVIDER",
+                    format!(
+                        "{provider} is {}'s last way to sign in: set a password first",
+                        u.username
+                    ),
+                )
+                .into()),
+            }
+        }
         UserCommand::Role(cmd) => {
             let (login, role, add) = match cmd {
                 RoleCommand::Add { user, role, .. } => (user, role, true),
@@ -411,4 +542,83 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The server secret for TOTP secrets: `serve`'s file, made if `create` and absent.
+fn server_secret(
+    store: &StoreArgs,
+    args: &SecretArgs,
+    create: bool,
+) -> Result<crate::secret::ServerSecret, Failure> {
+    let path = args
+        .server_secret_file
+        .clone()
+        .unwrap_or_else(|| store.data_dir.join("server.secret"));
+    if !create && !path.exists() {
+        return Err(ConfigError::new(
+            "--server-secret-file",
+            format!("{} does not exist", path.display()),
+        )
+        .into());
+    }
+    Ok(crate::secret::ServerSecret::load_or_create(&path)?)
+}
+
+async fn import(
+    db: &Db,
+    roles: &Roles,
+    store: &StoreArgs,
+    file: &std::path::Path,
+    dry_run: bool,
+    update: bool,
+    secret: &SecretArgs,
+) -> Result<(), Failure> {
+    let input: Box<dyn std::io::BufRead> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| ConfigError::new("FILE", format!("{}: {e}", file.display())))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let started = std::time::Instant::now();
+    let sealer = || server_secret(store, secret, true).map_err(|e| e.to_string());
+    let report = super::import::import(db, roles, input, update, dry_run, &sealer)
+        .await
+        .map_err(other)?;
+    let report = match report {
+        Ok(r) => r,
+        Err(problems) => {
+            let mut err = std::io::stderr().lock();
+            for (line, why) in &problems {
+                let _ = writeln!(err, "line {line}: {why}");
+            }
+            return Err(ConfigError::new(
+                "FILE",
+                format!("{} bad line(s); nothing was imported", problems.len()),
+            )
+            .into());
+        }
+    };
+    for name in &report.skipped {
+        eprintln!("skipped {name}: the username exists (--update changes it)");
+    }
+    if !dry_run {
+        for id in &report.updated_ids {
+            end_sessions(store, id).await?;
+        }
+        tracing::info!(target: "gatehouse::audit", event = "users_imported", created = report.created, updated = report.updated, skipped = report.skipped.len(), "audit");
+    }
+    eprintln!(
+        "{}{} created, {} updated, {} skipped in {:.1}s",
+        if dry_run {
+            "dry run, nothing written: "
+        } else {
+            ""
+        },
+        report.created,
+        report.updated,
+        report.skipped.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -131,6 +131,15 @@ pub struct AccountsArgs {
     /// link-local addresses (a test bed or a closed network; never on the internet).
     #[arg(long, env = "GATEHOUSE_OUTBOUND_ALLOW_PRIVATE")]
     pub outbound_allow_private: bool,
+    /// For users imported with `{"scheme": "legacy-hook"}`: the old system's endpoint that
+    /// says whether a password is right (POST `{"username", "password"}`, answer
+    /// `{"valid": bool}`), asked at their first sign-in; the password is then stored as
+    /// Argon2id. https, or http on loopback.
+    #[arg(long, env = "GATEHOUSE_LEGACY_PASSWORD_HOOK")]
+    pub legacy_password_hook: Option<String>,
+    /// The bearer secret sent to --legacy-password-hook: a file.
+    #[arg(long, env = "GATEHOUSE_LEGACY_PASSWORD_HOOK_SECRET_FILE")]
+    pub legacy_password_hook_secret_file: Option<PathBuf>,
     /// The From of every mail.
     #[arg(
         long,

@@ -190,6 +190,22 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX outbox_due ON outbox (status, next_at)",
         ],
     ),
+    (
+        6,
+        // Identities at other providers (--identity-providers, user import): the provider's
+        // `id` and its subject, one user each.
+        &[
+            "CREATE TABLE user_identities (
+                provider TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                last_used_at BIGINT,
+                PRIMARY KEY (provider, subject)
+            )",
+            "CREATE INDEX user_identities_user ON user_identities (user_id)",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +347,45 @@ fn user_of(row: &AnyRow) -> Result<User, sqlx::Error> {
         previous_login_ip: row.try_get("previous_login_ip")?,
         login_count: ts(Some(row.try_get("login_count")?)).unwrap_or(0),
     })
+}
+
+/// A user's identity at another provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub provider: String,
+    pub subject: String,
+    pub user_id: String,
+    pub created_at: u64,
+    pub last_used_at: Option<u64>,
+}
+
+fn identity_of(row: &AnyRow) -> Result<Identity, sqlx::Error> {
+    Ok(Identity {
+        provider: row.try_get("provider")?,
+        subject: row.try_get("subject")?,
+        user_id: row.try_get("user_id")?,
+        created_at: ts(Some(row.try_get("created_at")?)).unwrap_or(0),
+        last_used_at: ts(row.try_get("last_used_at")?),
+    })
+}
+
+/// One user of `gatehouse user import`, checked: `existing` is the id of the user with
+/// this username, updated in place (`--update`).
+pub struct ImportedUser {
+    pub existing: Option<String>,
+    pub username: String,
+    pub email: String,
+    pub email_confirmed: bool,
+    pub name: String,
+    pub affiliation: String,
+    pub country: String,
+    pub active: bool,
+    pub roles: Vec<String>,
+    pub created_at: Option<u64>,
+    pub password_hash: Option<String>,
+    pub identities: Vec<(String, String)>,
+    /// The TOTP secret sealed with the server secret, confirmed.
+    pub sealed_totp: Option<String>,
 }
 
 /// A random identifier or token: `bytes` random bytes, base64url.
@@ -1119,6 +1174,198 @@ impl Db {
         Ok(())
     }
 
+    /// The identities of `user_id`, oldest first.
+    pub async fn identities(&self, user_id: &str) -> Result<Vec<Identity>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM user_identities WHERE user_id = $1 ORDER BY created_at, provider",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(identity_of).collect::<Result<_, _>>()?)
+    }
+
+    /// Every identity, for import's checks and export.
+    pub async fn all_identities(&self) -> Result<Vec<Identity>, DbError> {
+        let rows = sqlx::query("SELECT * FROM user_identities ORDER BY user_id, created_at")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(identity_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The identity `subject` at `provider`, whoever holds it.
+    pub async fn identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<Identity>, DbError> {
+        let row = sqlx::query("SELECT * FROM user_identities WHERE provider = $1 AND subject = $2")
+            .bind(provider)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(identity_of).transpose()?)
+    }
+
+    /// Links `subject` at `provider` to `user_id`: `false` when the identity is already
+    /// linked (to anyone: the caller tells who).
+    pub async fn link_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+        user_id: &str,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO user_identities (provider, subject, user_id, created_at, last_used_at)
+             VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (provider, subject) DO NOTHING",
+        )
+        .bind(provider)
+        .bind(subject)
+        .bind(user_id)
+        .bind(unix_now() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Removes `user_id`'s identity at `provider`: whether there was one.
+    pub async fn unlink_identity(&self, user_id: &str, provider: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM user_identities WHERE user_id = $1 AND provider = $2")
+            .bind(user_id)
+            .bind(provider)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    /// Records a sign-in with the identity.
+    pub async fn used_identity(&self, provider: &str, subject: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE user_identities SET last_used_at = $1 WHERE provider = $2 AND subject = $3",
+        )
+        .bind(unix_now() as i64)
+        .bind(provider)
+        .bind(subject)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every user's sealed, confirmed TOTP secret (`user export --include-secrets`).
+    pub async fn all_totp(&self) -> Result<BTreeMap<String, String>, DbError> {
+        let rows =
+            sqlx::query("SELECT user_id, secret FROM user_totp WHERE confirmed_at IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get("secret")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Writes checked imported users in one transaction: all or nothing. (created, updated)
+    pub async fn import_users(&self, users: &[ImportedUser]) -> Result<(u64, u64), DbError> {
+        let now = unix_now() as i64;
+        let (mut created, mut updated) = (0, 0);
+        let mut tx = self.pool.begin().await?;
+        for u in users {
+            let confirmed_at = u.email_confirmed.then_some(now);
+            let id = match &u.existing {
+                None => {
+                    let id = random_token(12);
+                    sqlx::query(
+                        "INSERT INTO users (id, username, username_key, email, email_key, name,
+                            affiliation, country, password_hash, active, email_confirmed_at,
+                            roles, created_at, updated_at, login_count)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0)",
+                    )
+                    .bind(&id)
+                    .bind(u.username.trim())
+                    .bind(key(&u.username))
+                    .bind(u.email.trim())
+                    .bind(key(&u.email))
+                    .bind(u.name.trim())
+                    .bind(u.affiliation.trim())
+                    .bind(u.country.trim())
+                    .bind(u.password_hash.as_deref())
+                    .bind(i64::from(u.active))
+                    .bind(confirmed_at)
+                    .bind(u.roles.join(" "))
+                    .bind(u.created_at.map_or(now, |t| t as i64))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    created += 1;
+                    id
+                }
+                Some(id) => {
+                    // What the line leaves out stays as it is: the hash, the creation time,
+                    // and a confirmation already made.
+                    sqlx::query(
+                        "UPDATE users SET email = $1, email_key = $2, name = $3, affiliation = $4,
+                            country = $5, password_hash = COALESCE($6, password_hash),
+                            active = $7,
+                            email_confirmed_at = CASE WHEN email_key = $8
+                                THEN COALESCE(email_confirmed_at, $9) ELSE $10 END,
+                            roles = $11, created_at = COALESCE($12, created_at), updated_at = $13
+                         WHERE id = $14",
+                    )
+                    .bind(u.email.trim())
+                    .bind(key(&u.email))
+                    .bind(u.name.trim())
+                    .bind(u.affiliation.trim())
+                    .bind(u.country.trim())
+                    .bind(u.password_hash.as_deref())
+                    .bind(i64::from(u.active))
+                    .bind(key(&u.email))
+                    .bind(confirmed_at)
+                    .bind(confirmed_at)
+                    .bind(u.roles.join(" "))
+                    .bind(u.created_at.map(|t| t as i64))
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    updated += 1;
+                    id.clone()
+                }
+            };
+            for (provider, subject) in &u.identities {
+                sqlx::query(
+                    "INSERT INTO user_identities (provider, subject, user_id, created_at,
+                        last_used_at)
+                     VALUES ($1, $2, $3, $4, NULL) ON CONFLICT (provider, subject) DO NOTHING",
+                )
+                .bind(provider)
+                .bind(subject)
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(sealed) = &u.sealed_totp {
+                sqlx::query("DELETE FROM user_totp WHERE user_id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO user_totp (user_id, secret, confirmed_at, last_step, created_at)
+                     VALUES ($1, $2, $3, 0, $4)",
+                )
+                .bind(&id)
+                .bind(sealed)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok((created, updated))
+    }
+
     /// The user's authenticator app, confirmed or not.
     pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, DbError> {
         let row = sqlx::query("SELECT secret, confirmed_at FROM user_totp WHERE user_id = $1")
@@ -1289,6 +1536,7 @@ mod tests {
                 "outbox",
                 "passkey_offers_declined",
                 "role_scopes",
+                "user_identities",
                 "user_passkeys",
                 "user_recovery_codes",
                 "user_tokens",
@@ -1316,6 +1564,7 @@ mod tests {
                 ("accounts".to_owned(), 3),
                 ("accounts".to_owned(), 4),
                 ("accounts".to_owned(), 5),
+                ("accounts".to_owned(), 6),
                 ("extra".to_owned(), 1)
             ]
         );

@@ -42,6 +42,26 @@ pub fn base32(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of a base32 secret as authenticator apps take it (case, spaces and padding
+/// ignored); `None` when it is not base32.
+pub fn from_base32(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.chars().filter(|c| !c.is_whitespace() && *c != '=') {
+        let v = BASE32
+            .iter()
+            .position(|b| *b as char == c.to_ascii_uppercase())? as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// The code of `secret` at `step` (RFC 4226's HOTP with the step as counter).
 pub fn code_at(secret: &[u8], step: u64) -> u32 {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);

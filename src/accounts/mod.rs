@@ -14,6 +14,10 @@ pub mod db;
 pub mod factors;
 pub mod followers;
 pub mod guard;
+pub mod hashes;
+pub mod identities;
+pub mod import;
+pub mod legacy;
 pub mod mail;
 mod ops;
 pub mod outbound;
@@ -186,6 +190,8 @@ pub struct Accounts {
     pub passkeys: Option<passkeys::RelyingParty>,
     /// The outbound HTTP client, for what the modules send out.
     pub outbound: Arc<outbound::Outbound>,
+    /// `--legacy-password-hook`: the old system checks imported users' first passwords.
+    pub legacy_hook: Option<legacy::LegacyHook>,
 }
 
 /// Writes an audit line: who did what from where. Never a password, token or hash; the user
@@ -214,6 +220,10 @@ impl Accounts {
             a.outbound_ca.as_deref(),
             a.outbound_allow_private,
         )?);
+        let legacy_hook = legacy::LegacyHook::from_flags(
+            a.legacy_password_hook.as_deref(),
+            a.legacy_password_hook_secret_file.as_deref(),
+        )?;
         let mut allowed: Vec<String> = a
             .allowed_redirect_hosts
             .iter()
@@ -297,6 +307,7 @@ impl Accounts {
             metrics,
             passkeys,
             outbound,
+            legacy_hook,
         });
         outbox::start(&app.db, a.outbox_retention);
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));

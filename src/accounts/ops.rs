@@ -236,18 +236,11 @@ pub async fn login(
         return Err(Problem::wait(app, "throttled", wait));
     }
     // Unknown users verify a dummy hash: the same work, the same time, the same answer.
-    let verified = match app
-        .passwords
-        .verify(
-            &password,
-            user.as_ref().and_then(|u| u.password_hash.as_ref()),
-        )
-        .await
-    {
+    let verified = match verify_password(app, user.as_ref(), &password).await {
         Ok(v) => v,
         Err(busy) => {
             app.metrics.login("busy");
-            return Err(busy.into());
+            return Err(busy);
         }
     };
     let user = match user {
@@ -305,6 +298,44 @@ pub async fn login(
             Ok(LoginOutcome::SecondStep { pending, methods })
         }
     }
+}
+
+/// Whether `password` is `user`'s (a dummy hash is verified for no user): their stored hash,
+/// or for a user imported with `legacy-hook`, the old system's answer. Err: busy, or the
+/// hook down (503, "try again later": never an accept, and no failure to count).
+async fn verify_password(
+    app: &Accounts,
+    user: Option<&User>,
+    password: &Secret<String>,
+) -> Result<super::password::Verified, Problem> {
+    let stored = user.and_then(|u| u.password_hash.as_ref());
+    let hooked = stored.and_then(|h| super::hashes::scheme(h.expose()))
+        == Some(super::hashes::Scheme::LegacyHook);
+    if let (true, Some(user)) = (hooked, user) {
+        let Some(hook) = &app.legacy_hook else {
+            tracing::error!(
+                user = user.id,
+                "an imported user's password needs --legacy-password-hook"
+            );
+            return Err(legacy_hook_down());
+        };
+        return match hook.check(&app.outbound, &user.username, password).await {
+            Ok(ok) => Ok(super::password::Verified { ok, rehash: ok }),
+            Err(e) => {
+                tracing::warn!(user = user.id, error = %e, "legacy password hook");
+                Err(legacy_hook_down())
+            }
+        };
+    }
+    Ok(app.passwords.verify(password, stored).await?)
+}
+
+fn legacy_hook_down() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Your password cannot be checked right now. Please try again in a few minutes.",
+    )
 }
 
 /// A deactivated user's right password or passkey: counted, audited, refused.
@@ -767,12 +798,7 @@ pub async fn current_password_ok(
     if !wait.is_zero() {
         return Err(Problem::wait(app, "throttled", wait));
     }
-    let ok = app
-        .passwords
-        .verify(
-            &Secret::new(current.to_owned()),
-            user.password_hash.as_ref(),
-        )
+    let ok = verify_password(app, Some(user), &Secret::new(current.to_owned()))
         .await?
         .ok;
     if ok {

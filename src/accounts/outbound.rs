@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio_rustls::rustls;
 
 use crate::error::ConfigError;
+use crate::secret::Secret;
 
 /// The largest answer body read.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -121,6 +122,30 @@ impl Outbound {
             .await
     }
 
+    /// The same as [`Outbound::post`] and [`Outbound::get`], with an `Authorization` header
+    /// (`Bearer …`, `Basic …`): `body` `None` is a GET.
+    pub async fn authorized(
+        &self,
+        url: &str,
+        trust: Trust,
+        authorization: &Secret<String>,
+        body: Option<(&str, String)>,
+    ) -> Result<Answer, OutboundError> {
+        let target = Target::parse(url, trust)?;
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let auth = Some(authorization.expose().as_str());
+        tokio::time::timeout(
+            TIME_CAP,
+            self.exchange(method, &target, trust, auth, body, MAX_BODY),
+        )
+        .await
+        .map_err(|_| OutboundError::TimedOut)?
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -130,9 +155,12 @@ impl Outbound {
         cap: usize,
     ) -> Result<Answer, OutboundError> {
         let target = Target::parse(url, trust)?;
-        tokio::time::timeout(TIME_CAP, self.exchange(method, &target, trust, body, cap))
-            .await
-            .map_err(|_| OutboundError::TimedOut)?
+        tokio::time::timeout(
+            TIME_CAP,
+            self.exchange(method, &target, trust, None, body, cap),
+        )
+        .await
+        .map_err(|_| OutboundError::TimedOut)?
     }
 
     async fn exchange(
@@ -140,6 +168,7 @@ impl Outbound {
         method: Method,
         target: &Target,
         trust: Trust,
+        authorization: Option<&str>,
         body: Option<(&str, String)>,
         cap: usize,
     ) -> Result<Answer, OutboundError> {
@@ -154,6 +183,9 @@ impl Outbound {
             .header(hyper::header::HOST, target.authority.as_str())
             .header(hyper::header::USER_AGENT, "gatehouse")
             .header(hyper::header::ACCEPT, "application/json");
+        if let Some(value) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
         let body = match body {
             Some((content_type, body)) => {
                 request = request.header(hyper::header::CONTENT_TYPE, content_type);

@@ -1,5 +1,6 @@
 //! Passwords: Argon2id hashing off the async threads with bounded concurrency, verification
-//! that costs the same for unknown users, and the rules a new password must meet.
+//! that costs the same for unknown users (imported hashes of other schemes verify too, and
+//! ask for a rehash: accounts::hashes), and the rules a new password must meet.
 //!
 //! Each hash works in `m_cost` KiB of memory (19 MiB at OWASP's parameters), so hashing runs
 //! on the blocking pool behind a semaphore of one permit per CPU: a burst of logins queues
@@ -142,7 +143,10 @@ impl Passwords {
         let password = password.clone();
         let params = self.params.clone();
         self.run(move |memory| {
-            let Some((ok, weaker)) = check(&stored, password.expose(), &params, memory) else {
+            // Argon2 as ours, else an imported scheme (always weaker than ours).
+            let Some((ok, weaker)) = check(&stored, password.expose(), &params, memory)
+                .or_else(|| super::hashes::verify(&stored, password.expose()).map(|ok| (ok, true)))
+            else {
                 return Verified {
                     ok: false,
                     rehash: false,

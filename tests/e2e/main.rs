@@ -26,6 +26,8 @@ mod shutdown;
 mod accounts;
 #[cfg(feature = "accounts")]
 mod browser;
+#[cfg(feature = "accounts")]
+mod import;
 #[cfg(feature = "registry")]
 mod oidc;
 #[cfg(feature = "accounts")]

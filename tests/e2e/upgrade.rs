@@ -62,6 +62,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=3",
         "module=\"accounts\" version=4",
         "module=\"accounts\" version=5",
+        "module=\"accounts\" version=6",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -81,6 +82,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 3",
         "accounts 4",
         "accounts 5",
+        "accounts 6",
         "registry 1",
         "registry 2",
         "registry 3",
