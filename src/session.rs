@@ -81,6 +81,10 @@ pub struct Session {
     /// `--audience`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// The identity provider it was signed in with (`--identity-providers` id): its JWT's
+    /// `idp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
 }
 
 /// The `acr` of a session signed in with one factor.
@@ -110,6 +114,7 @@ impl Session {
             amr: Vec::new(),
             auth_time: None,
             audience: None,
+            idp: None,
         }
     }
 

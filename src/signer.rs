@@ -144,6 +144,8 @@ struct Claims<'a> {
     auth_time: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     acr: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
 }
 
 /// A key file found in the keys directory.
@@ -316,6 +318,7 @@ impl Signer {
             amr: &session.amr,
             auth_time: (!session.amr.is_empty()).then(|| session.auth_time()),
             acr: session.acr(),
+            idp: session.idp.as_deref(),
         };
         let signing = self.current(now);
         let jwt = jsonwebtoken::encode(&signing.header, &claims, &signing.key)?;

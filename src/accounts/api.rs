@@ -132,6 +132,11 @@ async fn user(app: &Accounts, ctx: &Ctx) -> Result<User, Response> {
     }
 }
 
+/// A problem as the JSON API answers it.
+pub(super) fn problem(p: Problem) -> Response {
+    error(p)
+}
+
 fn user_json(app: &Accounts, u: &User) -> Value {
     let (roles, scopes) = app.roles.of(&u.roles);
     json!({
@@ -246,16 +251,27 @@ async fn security(State(app): App, ctx: Ctx) -> Response {
         Ok(l) => l,
         Err(p) => return error(p),
     };
+    let identities = match super::federation::rows(&app, &user).await {
+        Ok(rows) => rows,
+        Err(p) => return error(p),
+    };
     match second::factors_of(&app, &user.id).await {
-        Ok(f) => answer(
-            StatusCode::OK,
-            json!({
+        Ok(f) => {
+            let mut v = json!({
                 "passkeys_available": app.passkeys.is_some(),
                 "passkeys": listed,
                 "totp": f.totp,
                 "recovery_codes_left": f.recovery_left,
-            }),
-        ),
+            });
+            // With --identity-providers: each provider, and whether it signs this user in.
+            if !app.providers.is_empty() {
+                v["identities"] = identities
+                    .iter()
+                    .map(|r| json!({"provider": r.id, "name": r.name, "linked": r.linked, "linked_at": (r.linked).then_some(r.linked_at)}))
+                    .collect();
+            }
+            answer(StatusCode::OK, v)
+        }
         Err(p) => error(p),
     }
 }
@@ -528,7 +544,7 @@ async fn recovery_codes(
 }
 
 /// A signed-in user's write: the body (after the cross-site check), then the user.
-async fn writer<T>(
+pub(super) async fn writer<T>(
     app: &Accounts,
     ctx: &Ctx,
     b: Result<Json<T>, JsonRejection>,

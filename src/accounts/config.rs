@@ -140,6 +140,11 @@ pub struct AccountsArgs {
     /// The bearer secret sent to --legacy-password-hook: a file.
     #[arg(long, env = "GATEHOUSE_LEGACY_PASSWORD_HOOK_SECRET_FILE")]
     pub legacy_password_hook_secret_file: Option<PathBuf>,
+    /// Other providers people may sign in with (TOML, `[[provider]]` with id, name, kind =
+    /// "oidc" | "orcid" | "github", issuer, client_id, client_secret_file, scopes, trust_mfa,
+    /// link_by_verified_email; README, "Sign in with other providers").
+    #[arg(long, env = "GATEHOUSE_IDENTITY_PROVIDERS")]
+    pub identity_providers: Option<PathBuf>,
     /// The From of every mail.
     #[arg(
         long,

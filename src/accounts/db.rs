@@ -204,6 +204,17 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
                 PRIMARY KEY (provider, subject)
             )",
             "CREATE INDEX user_identities_user ON user_identities (user_id)",
+            // The sessions signed in through a provider, with the provider's own session
+            // (`upstream_sid`, empty when it named none): its back-channel logout ends them.
+            "CREATE TABLE federated_sessions (
+                provider TEXT NOT NULL,
+                upstream_sid TEXT NOT NULL,
+                sid TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (provider, upstream_sid, sid)
+            )",
+            "CREATE INDEX federated_sessions_user ON federated_sessions (user_id)",
         ],
     ),
 ];
@@ -1253,6 +1264,75 @@ impl Db {
         Ok(())
     }
 
+    /// Records that session `sid` of `user_id` began with `upstream_sid` at `provider`.
+    pub async fn record_federated_session(
+        &self,
+        provider: &str,
+        upstream_sid: Option<&str>,
+        sid: &str,
+        user_id: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO federated_sessions (provider, upstream_sid, sid, user_id, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(provider)
+        .bind(upstream_sid.unwrap_or(""))
+        .bind(sid)
+        .bind(user_id)
+        .bind(unix_now() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The (user, sid) of the sessions begun at `provider`: those of its session
+    /// `upstream_sid`, or with none, every one of `user_id`'s.
+    pub async fn federated_sessions(
+        &self,
+        provider: &str,
+        upstream_sid: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let rows = match (upstream_sid, user_id) {
+            (Some(up), Some(user)) => sqlx::query(
+                "SELECT user_id, sid FROM federated_sessions
+                 WHERE provider = $1 AND upstream_sid = $2 AND user_id = $3",
+            )
+            .bind(provider)
+            .bind(up)
+            .bind(user),
+            (Some(up), None) => sqlx::query(
+                "SELECT user_id, sid FROM federated_sessions WHERE provider = $1 AND upstream_sid = $2",
+            )
+            .bind(provider)
+            .bind(up),
+            (None, Some(user)) => sqlx::query(
+                "SELECT user_id, sid FROM federated_sessions WHERE provider = $1 AND user_id = $2",
+            )
+            .bind(provider)
+            .bind(user),
+            (None, None) => return Ok(Vec::new()),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("user_id")?, r.try_get("sid")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Forgets the records of sessions begun before `before` (they have ended).
+    pub async fn purge_federated_sessions(&self, before: u64) -> Result<u64, DbError> {
+        Ok(
+            sqlx::query("DELETE FROM federated_sessions WHERE created_at < $1")
+                .bind(before as i64)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Every user's sealed, confirmed TOTP secret (`user export --include-secrets`).
     pub async fn all_totp(&self) -> Result<BTreeMap<String, String>, DbError> {
         let rows =
@@ -1532,6 +1612,7 @@ mod tests {
         assert_eq!(
             only_accounts,
             [
+                "federated_sessions",
                 "gatehouse_schema",
                 "outbox",
                 "passkey_offers_declined",

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod factors;
+pub mod federation;
 pub mod followers;
 pub mod guard;
 pub mod hashes;
@@ -25,6 +26,7 @@ pub mod outbox;
 pub mod pages;
 pub mod passkeys;
 pub mod password;
+pub mod providers;
 mod second;
 mod security;
 pub(crate) mod web;
@@ -192,6 +194,8 @@ pub struct Accounts {
     pub outbound: Arc<outbound::Outbound>,
     /// `--legacy-password-hook`: the old system checks imported users' first passwords.
     pub legacy_hook: Option<legacy::LegacyHook>,
+    /// `--identity-providers`: the other providers people may sign in with.
+    pub providers: Vec<Arc<providers::Provider>>,
 }
 
 /// Writes an audit line: who did what from where. Never a password, token or hash; the user
@@ -220,6 +224,7 @@ impl Accounts {
             a.outbound_ca.as_deref(),
             a.outbound_allow_private,
         )?);
+        let providers = providers::load(a.identity_providers.as_deref())?;
         let legacy_hook = legacy::LegacyHook::from_flags(
             a.legacy_password_hook.as_deref(),
             a.legacy_password_hook_secret_file.as_deref(),
@@ -308,12 +313,19 @@ impl Accounts {
             passkeys,
             outbound,
             legacy_hook,
+            providers,
         });
         outbox::start(&app.db, a.outbox_retention);
         tokio::spawn(end_sessions_of_changed_roles(app.clone()));
         hourly("expired one-time tokens", &app.db, |db, now| async move {
             db.purge_expired_tokens(now).await
         });
+        let ttl = app.settings.session_ttl.as_secs();
+        hourly(
+            "ended federated sessions",
+            &app.db,
+            move |db, now| async move { db.purge_federated_sessions(now.saturating_sub(ttl)).await },
+        );
         Ok(app)
     }
 
@@ -323,6 +335,7 @@ impl Accounts {
         let own = web::routes()
             .merge(security::routes())
             .merge(api::routes())
+            .merge(federation::routes())
             .fallback(web::not_found)
             .with_state(self.clone());
         Arc::new(Routes(own.merge(extra)))

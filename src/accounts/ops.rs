@@ -349,6 +349,75 @@ pub(super) fn inactive(app: &Accounts, caller: &Caller<'_>, user: &User) -> Prob
     )
 }
 
+/// A sign-in through another provider (accounts::federation): which, and the provider's own
+/// session, whose back-channel logout ends this one. It rides in a pending second step.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Via {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_sid: Option<String>,
+}
+
+/// The pending token's `email` field for a sign-in through a provider: `fed:` and the JSON
+/// of its [`Via`] (a password sign-in leaves it empty).
+const VIA_PREFIX: &str = "fed:";
+
+impl Via {
+    pub(super) fn from_pending(field: &str) -> Option<Via> {
+        serde_json::from_str(field.strip_prefix(VIA_PREFIX)?).ok()
+    }
+}
+
+/// Signs `user` in through a provider that vouched for them: `amr` `fed` (and `mfa` when
+/// the provider reported one and is trusted to), then the user's own second factor unless
+/// the provider's counted.
+pub async fn federated_login(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: User,
+    via: Via,
+    upstream_mfa: bool,
+) -> Result<LoginOutcome, Problem> {
+    if !user.active {
+        return Err(inactive(app, caller, &user));
+    }
+    if user.email_confirmed_at.is_none() {
+        app.metrics.login("unconfirmed");
+        send_confirmation(app, &user, &user.email).await;
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "unconfirmed",
+            "Confirm your email address first: we have sent you a new link.",
+        ));
+    }
+    if upstream_mfa {
+        let done = finish_login_via(app, caller, user, &["fed", "mfa"], Some(&via)).await?;
+        return Ok(LoginOutcome::Done(Box::new(done)));
+    }
+    match next_step(app, &user).await? {
+        Step::IssueSession => Ok(LoginOutcome::Done(Box::new(
+            finish_login_via(app, caller, user, &["fed"], Some(&via)).await?,
+        ))),
+        Step::SecondFactor { methods } => {
+            let field = format!(
+                "{VIA_PREFIX}{}",
+                serde_json::to_string(&via).unwrap_or_default()
+            );
+            let pending = app
+                .db
+                .issue_token(&user.id, Purpose::SecondStep, &field, PENDING_TTL)
+                .await?;
+            audit!(
+                "login_second_step",
+                user.id,
+                caller.ip,
+                idp = via.provider.as_str()
+            );
+            Ok(LoginOutcome::SecondStep { pending, methods })
+        }
+    }
+}
+
 /// The session of a completed sign-in, signed in with `amr`, and the device cookie.
 pub(super) async fn finish_login(
     app: &Accounts,
@@ -356,7 +425,18 @@ pub(super) async fn finish_login(
     user: User,
     amr: &[&str],
 ) -> Result<LoggedIn, Problem> {
-    let issued = issue_session(app, caller, &user, amr).await?;
+    finish_login_via(app, caller, user, amr, None).await
+}
+
+/// [`finish_login`], through a provider.
+pub(super) async fn finish_login_via(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: User,
+    amr: &[&str],
+    via: Option<&Via>,
+) -> Result<LoggedIn, Problem> {
+    let issued = issue_session_via(app, caller, &user, amr, via).await?;
     // A device that signed in is known from now on (a new nonce each time).
     let device = guard::Device::issue(&app.secret, &user.id);
     let must_enrol =
@@ -377,6 +457,18 @@ pub(super) async fn issue_session(
     user: &User,
     amr: &[&str],
 ) -> Result<Issued, Problem> {
+    issue_session_via(app, caller, user, amr, None).await
+}
+
+/// [`issue_session`], through a provider: the JWT says which (`idp`), and the provider's
+/// session is recorded beside it for its back-channel logout.
+async fn issue_session_via(
+    app: &Accounts,
+    caller: &Caller<'_>,
+    user: &User,
+    amr: &[&str],
+    via: Option<&Via>,
+) -> Result<Issued, Problem> {
     let sessions = app.gateway.sessions();
     // Never reuse what the caller had: a session it carried before is ended, and the new one
     // has a new token (no fixation).
@@ -394,9 +486,20 @@ pub(super) async fn issue_session(
         user_agent: caller.user_agent.clone(),
         amr: amr.iter().map(|m| m.to_string()).collect(),
         auth_time: Some(crate::session::unix_now()),
+        idp: via.map(|v| v.provider.clone()),
         ..crate::sessions::Sessions::draft(user.id.clone(), app.settings.session_ttl)
     };
     let issued = sessions.issue(&session).await?;
+    if let Some(v) = via {
+        app.db
+            .record_federated_session(
+                &v.provider,
+                v.upstream_sid.as_deref(),
+                &issued.sid,
+                &user.id,
+            )
+            .await?;
+    }
     if let Err(e) = app.db.record_login(&user.id, &caller.ip.to_string()).await {
         tracing::warn!(user = user.id, error = %e, "login not recorded");
     }

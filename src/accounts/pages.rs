@@ -46,6 +46,45 @@ pub struct Login {
     pub error: String,
     pub notice: String,
     pub registration_open: bool,
+    /// A button per `--identity-providers` provider.
+    pub providers: Vec<ProviderButton>,
+}
+
+/// A provider to sign in with: `/login/with/{id}`.
+pub struct ProviderButton {
+    pub id: String,
+    pub name: String,
+}
+
+/// A provider on `/account/security`, and the user's identity at it.
+pub struct IdentityRow {
+    pub id: String,
+    pub name: String,
+    pub linked: bool,
+    pub linked_at: u64,
+    pub since: String,
+    pub last_used: String,
+}
+
+/// `/login/with/{id}/register`: a new account from another provider needs a username (or
+/// an email address the provider did not give).
+#[derive(Template)]
+#[template(path = "federated_register.html")]
+pub struct FederatedRegister {
+    pub page: Page,
+    pub provider_id: String,
+    pub provider_name: String,
+    pub username: String,
+    pub email: String,
+    pub ask_email: bool,
+    pub error: String,
+    pub errors: Errors,
+}
+
+impl FederatedRegister {
+    fn err(&self, field: &str) -> &str {
+        self.errors.get(field)
+    }
 }
 
 #[derive(Template)]
@@ -220,6 +259,8 @@ pub struct Security {
     pub password_error: String,
     /// Where a step-up that sent the user here goes once a factor is set up.
     pub rd: String,
+    /// With --identity-providers: each provider, linked or not.
+    pub identities: Vec<IdentityRow>,
 }
 
 /// A passkey as the security page lists it.

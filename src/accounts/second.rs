@@ -67,15 +67,22 @@ pub async fn second_step(
     let user = pending_user(app, pending).await?;
     let amr = verify(app, caller, &user, proof).await?;
     // Used once: of two browsers racing with one pending token, one signs in.
-    if app
-        .db
-        .take_token(pending, Purpose::SecondStep)
-        .await?
-        .is_none()
-    {
+    let Some((_, field)) = app.db.take_token(pending, Purpose::SecondStep).await? else {
         return Err(expired());
-    }
-    ops::finish_login(app, caller, user, amr).await
+    };
+    // Begun at another provider: `fed` in place of the password.
+    let via = ops::Via::from_pending(&field);
+    let amr: Vec<&str> = amr
+        .iter()
+        .map(|m| {
+            if *m == "pwd" && via.is_some() {
+                "fed"
+            } else {
+                *m
+            }
+        })
+        .collect();
+    ops::finish_login_via(app, caller, user, &amr, via.as_ref()).await
 }
 
 /// A signed-in user proves a second factor: their session is replaced by one that says so

@@ -330,6 +330,10 @@ async fn security(
         Ok(list) => list,
         Err(p) => return web::problem_page(app, ctx, p),
     };
+    let identities = match super::federation::rows(app, user).await {
+        Ok(rows) => rows,
+        Err(p) => return web::problem_page(app, ctx, p),
+    };
     // Why a user without a factor is here, when something sent them (shown as an error,
     // answered 200: it is guidance, not a refused form).
     let way = if app.passkeys.is_some() {
@@ -369,15 +373,51 @@ async fn security(
             error,
             password_error: password_error.into(),
             rd: rd.into(),
+            identities,
         },
     )
 }
 
-async fn security_page(State(app): App, ctx: Ctx) -> Response {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SecurityQuery {
+    /// A provider just linked or unlinked (accounts::federation), for the notice.
+    linked: String,
+    unlinked: String,
+}
+
+async fn security_page(
+    State(app): App,
+    ctx: Ctx,
+    q: Result<Query<SecurityQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let name = |id: &str| {
+        app.providers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.clone())
+    };
+    let notice = match (name(&q.linked), name(&q.unlinked)) {
+        (Some(n), _) => format!("{n} is linked: it signs you in from now on."),
+        (None, Some(n)) => format!("{n} is unlinked: it no longer signs you in."),
+        (None, None) => String::new(),
+    };
     match web::signed_in(&app, &ctx, "/account/security").await {
-        Ok(user) => security(&app, &ctx, &user, "", "", "", "").await,
+        Ok(user) => security(&app, &ctx, &user, "", &notice, "", "").await,
         Err(r) => r,
     }
+}
+
+/// The security page with a notice or an error, for other modules' forms.
+pub(super) async fn security_with(
+    app: &Accounts,
+    ctx: &Ctx,
+    user: &User,
+    notice: &str,
+    error: &str,
+) -> Response {
+    security(app, ctx, user, "", notice, error, "").await
 }
 
 #[derive(Deserialize, Default)]

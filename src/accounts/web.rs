@@ -459,6 +459,14 @@ pub(super) fn login_form(
             error: error.into(),
             notice: notice.into(),
             registration_open: app.settings.registration == Registration::Open,
+            providers: app
+                .providers
+                .iter()
+                .map(|p| pages::ProviderButton {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                })
+                .collect(),
         },
     )
 }
@@ -499,11 +507,31 @@ pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -
         return forbidden(&app, &ctx);
     }
     let rd = redirect_target(&app, &ctx, &f.rd).unwrap_or_default();
-    match ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await {
+    let outcome = ops::login(&app, &ctx.caller(), &f.username, Secret::new(f.password)).await;
+    let typed = if f.username.len() > ops::MAX_LOGIN {
+        ""
+    } else {
+        &f.username
+    };
+    login_answer(&app, &ctx, &rd, outcome, typed).await
+}
+
+/// The answer to a sign-in (a password's, or another provider's): on to `rd` (or the
+/// passkey offer, or setting up a second factor), the second step, or the form again with
+/// why, `typed` in it.
+pub(super) async fn login_answer(
+    app: &Accounts,
+    ctx: &Ctx,
+    rd: &str,
+    outcome: Result<ops::LoginOutcome, Problem>,
+    typed: &str,
+) -> Response {
+    let rd = rd.to_owned();
+    match outcome {
         Ok(ops::LoginOutcome::Done(done)) => {
             let to = if done.must_enrol {
                 "/account/security".to_owned() // no second factor yet: set one up first
-            } else if super::second::offer_passkey(&app, &done.user).await {
+            } else if super::second::offer_passkey(app, &done.user).await {
                 let mut to = "/login/passkey-offer".to_owned();
                 if !rd.is_empty() {
                     to += &format!("?rd={}", crate::forward::percent_encode(&rd));
@@ -515,7 +543,7 @@ pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -
                 rd
             };
             let mut r = see_other(&to);
-            completed_login_cookies(&app, r.headers_mut(), &done);
+            completed_login_cookies(app, r.headers_mut(), &done);
             r
         }
         Ok(ops::LoginOutcome::SecondStep { pending, .. }) => {
@@ -524,7 +552,7 @@ pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -
                 to += &format!("?rd={}", crate::forward::percent_encode(&rd));
             }
             let mut r = see_other(&to);
-            set_pending_cookie(&app, r.headers_mut(), pending.expose(), ops::PENDING_TTL);
+            set_pending_cookie(app, r.headers_mut(), pending.expose(), ops::PENDING_TTL);
             r
         }
         Err(p)
@@ -533,14 +561,9 @@ pub(super) async fn login(State(app): App, ctx: Ctx, Form(f): Form<LoginForm>) -
                 "invalid_credentials" | "inactive" | "unconfirmed" | "invalid_fields"
             ) =>
         {
-            let typed = if f.username.len() > ops::MAX_LOGIN {
-                ""
-            } else {
-                &f.username
-            };
-            login_form(&app, &ctx, p.status, typed, &rd, &p.message, "")
+            login_form(app, ctx, p.status, typed, &rd, &p.message, "")
         }
-        Err(p) => problem_page(&app, &ctx, p),
+        Err(p) => problem_page(app, ctx, p),
     }
 }
 
