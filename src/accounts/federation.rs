@@ -713,6 +713,7 @@ struct RegisterForm {
     email: String,
 }
 
+/// The form; `error` is guidance (the suggested username is taken), not a refused form.
 fn register_form(
     app: &Accounts,
     ctx: &Ctx,
@@ -720,15 +721,10 @@ fn register_form(
     new: &NewAccount,
     error: &str,
 ) -> Response {
-    let status = if error.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
     web::html(
         app,
         ctx,
-        status,
+        StatusCode::OK,
         pages::FederatedRegister {
             page: ctx.page("register"),
             provider_id: p.id.clone(),

@@ -159,7 +159,7 @@ pub fn load(path: Option<&Path>) -> Result<Vec<Arc<Provider>>, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(FLAG, format!("{}: {e}", path.display())))?;
-    let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let file: File = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(s.start));
         ConfigError::new(
@@ -449,10 +449,12 @@ impl Provider {
         }
         let meta = self.metadata(outbound).await?;
         match iss {
-            Some(i) if i != meta.issuer => return Err(refused(format!(
+            Some(i) if i != meta.issuer => {
+                return Err(refused(format!(
                 "the response names issuer {i:?}, not {:?} (a response meant for another provider)",
                 meta.issuer
-            ))),
+            )))
+            }
             None if meta.authorization_response_iss_parameter_supported => {
                 return Err(refused(
                     "the response has no `iss`, which this provider always sends",
@@ -604,6 +606,9 @@ impl Provider {
         verifier: &str,
     ) -> Result<Upstream, UpstreamError> {
         let body = form(&[
+            // GitHub needs no grant_type; RFC 6749's servers (GitHub Enterprise's proxies, the
+            // tests' stand-in) do.
+            ("grant_type", "authorization_code"),
             ("client_id", &self.client_id),
             ("client_secret", self.client_secret.expose()),
             ("code", code),

@@ -27,6 +27,8 @@ mod accounts;
 #[cfg(feature = "accounts")]
 mod browser;
 #[cfg(feature = "accounts")]
+mod federation;
+#[cfg(feature = "accounts")]
 mod import;
 #[cfg(feature = "registry")]
 mod oidc;

@@ -10,15 +10,15 @@
 //! Ports stay below 55535 because a Redis Cluster node also listens on port + 10000.
 //! Helpers never touch the process environment: tests run in parallel threads.
 
-// The companion modules' tests alone drive a browser, PostgreSQL and pages; the registry's
-// alone Node, a TLS document host and a back-channel receiver.
+// The companion modules' tests alone drive a browser, PostgreSQL, pages and Node; the
+// registry's alone a TLS document host and a back-channel receiver.
 #[cfg(feature = "accounts")]
 mod chrome;
 mod echo;
 mod gatehouse;
 mod http;
 mod nginx;
-#[cfg(feature = "registry")]
+#[cfg(feature = "accounts")]
 mod node;
 mod ports;
 #[cfg(feature = "accounts")]
@@ -39,7 +39,7 @@ pub use echo::*;
 pub use gatehouse::*;
 pub use http::*;
 pub use nginx::*;
-#[cfg(feature = "registry")]
+#[cfg(feature = "accounts")]
 pub use node::*;
 pub use ports::*;
 #[cfg(feature = "accounts")]
