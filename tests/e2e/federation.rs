@@ -491,7 +491,7 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
 }
 
 #[test]
-fn registration_closed_gives_a_clear_page() {
+fn registration_closed_gives_a_clear_page_and_second_factors_still_apply() {
     let dir = TempDir::new("federation-closed");
     let port = free_port();
     let file = providers_file(&dir, port, free_port(), free_port());
@@ -505,6 +505,27 @@ fn registration_closed_gives_a_clear_page() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("Registration is closed"), "{}", r.body);
     assert_eq!(cli_stdout(&site.cli(&["user", "list"], None)), "");
+
+    // A known identity still signs in, and the user's own second factor still applies (the
+    // provider reported none): an imported user with an authenticator app and an identity.
+    let key = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let line = json!({"username": "ivy", "email": "ivy@example.org", "email_confirmed": true,
+        "totp_secret": key, "identities": [{"provider": "up", "subject": "ivy"}]});
+    let file = format!("{}/ivy.jsonl", site.data());
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    assert!(site.cli(&["user", "import", &file], None).status.success());
+    let (mut j, r) = sign_in_upstream(&site.gh, "ivy");
+    assert_eq!(j.at, "/login/second-factor", "{}", r.body);
+    assert!(j.gh().cookie(COOKIE).is_none());
+    let step = settled_totp_step();
+    let r = j.gh().post_with_csrf_of(
+        &r.body,
+        "/login/second-factor",
+        &[("method", "totp"), ("code", &totp_code(key, step))],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let c = claims(&auth(&site.gh, j.gh().cookie(COOKIE).unwrap()));
+    assert_eq!((c["amr"].clone(), c["idp"].clone()), (json!(["fed", "otp", "mfa"]), json!("up")), "{c}");
 }
 
 /// GitHub's user API as the test answers it: `/user` and `/user/emails`, for the bearer
