@@ -251,9 +251,9 @@ async fn security(State(app): App, ctx: Ctx) -> Response {
         Ok(l) => l,
         Err(p) => return error(p),
     };
-    let identities = match super::federation::rows(&app, &user).await {
+    let identities = match super::identities::rows(&app, &user).await {
         Ok(rows) => rows,
-        Err(p) => return error(p),
+        Err(e) => return error(e.into()),
     };
     match second::factors_of(&app, &user.id).await {
         Ok(f) => {

@@ -958,32 +958,6 @@ async fn api_unlink(
     }
 }
 
-/// The identities section of `/account/security` and `/api/security`: every provider, and
-/// the user's identity at it.
-pub async fn rows(app: &Accounts, user: &User) -> Result<Vec<pages::IdentityRow>, Problem> {
-    if app.providers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mine = app.db.identities(&user.id).await?;
-    Ok(app
-        .providers
-        .iter()
-        .map(|p| {
-            let i = mine.iter().find(|i| i.provider == p.id);
-            pages::IdentityRow {
-                id: p.id.clone(),
-                name: p.name.clone(),
-                linked: i.is_some(),
-                linked_at: i.map_or(0, |i| i.created_at),
-                since: i.map(|i| pages::date(i.created_at)).unwrap_or_default(),
-                last_used: i
-                    .and_then(|i| i.last_used_at)
-                    .map_or("never".into(), pages::date),
-            }
-        })
-        .collect())
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct LogoutForm {

@@ -3,6 +3,8 @@
 //! `AlreadyLinkedError`); the last way a user has to sign in cannot be removed.
 
 use super::db::{Db, DbError, User};
+use super::pages::IdentityRow;
+use super::Accounts;
 
 /// What a link came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,4 +47,32 @@ pub async fn unlink(db: &Db, user: &User, provider: &str) -> Result<Unlinked, Db
     }
     db.unlink_identity(&user.id, provider).await?;
     Ok(Unlinked::Done)
+}
+
+/// The identities section of `/account/security` and `/api/security`: every provider, and
+/// the user's identity at it.
+pub async fn rows(app: &Accounts, user: &User) -> Result<Vec<IdentityRow>, DbError> {
+    if app.providers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mine = app.db.identities(&user.id).await?;
+    Ok(app
+        .providers
+        .iter()
+        .map(|p| {
+            let i = mine.iter().find(|i| i.provider == p.id);
+            IdentityRow {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                linked: i.is_some(),
+                linked_at: i.map_or(0, |i| i.created_at),
+                since: i
+                    .map(|i| super::pages::date(i.created_at))
+                    .unwrap_or_default(),
+                last_used: i
+                    .and_then(|i| i.last_used_at)
+                    .map_or("never".into(), super::pages::date),
+            }
+        })
+        .collect())
 }

@@ -330,9 +330,9 @@ async fn security(
         Ok(list) => list,
         Err(p) => return web::problem_page(app, ctx, p),
     };
-    let identities = match super::federation::rows(app, user).await {
+    let identities = match super::identities::rows(app, user).await {
         Ok(rows) => rows,
-        Err(p) => return web::problem_page(app, ctx, p),
+        Err(e) => return web::problem_page(app, ctx, e.into()),
     };
     // Why a user without a factor is here, when something sent them (shown as an error,
     // answered 200: it is guidance, not a refused form).

@@ -853,3 +853,152 @@ async fn openid_connect_consent_logout_and_device_pages() {
     shoot(&c, "oidc-clients").await;
     c.close().await.unwrap();
 }
+
+/// Signing in with another provider through nginx: panva's oidc-provider upstream, its own
+/// sign-in and consent pages, a new account, a username to choose, and an identity linked on
+/// `/account/security`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
+    let dir = TempDir::new("browser-federation");
+    let data = dir.join("data");
+    let (port, upstream_port) = (free_port(), free_port());
+    let site = format!("http://127.0.0.1:{port}");
+    let secret = dir.join("client.secret");
+    std::fs::write(&secret, "browser-upstream-secret\n").unwrap();
+    let providers = dir.join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            "[[provider]]\nid = \"up\"\nname = \"Institution\"\nkind = \"oidc\"\nissuer = \"http://127.0.0.1:{upstream_port}\"\nclient_id = \"gatehouse\"\nclient_secret_file = \"{secret}\"\n\n[[provider]]\nid = \"orcid\"\nname = \"ORCID\"\nkind = \"orcid\"\nissuer = \"http://127.0.0.1:{}\"\nclient_id = \"APP-TEST\"\nclient_secret_file = \"{secret}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let gh = Gatehouse::spawn(&args(&[
+        "--insecure-cookies",
+        "--data-dir",
+        &data,
+        "--public-url",
+        &site,
+        "--identity-providers",
+        &providers,
+    ]));
+    create_user(&data, "lia", "lia@example.org", PW);
+    create_user(&data, "nico", "nico@elsewhere.org", PW);
+    let app = EchoServer::start();
+    let _nginx = signin_site_on(port, gh.addr().port(), app.port());
+    let mut upstream = NodeScript::start(
+        &node_tools("upstream_op.mjs"),
+        &[
+            &upstream_port.to_string(),
+            "gatehouse",
+            "browser-upstream-secret",
+            &format!("{site}/login/with/up/callback"),
+            &format!("{site}/login/with/up/backchannel-logout"),
+        ],
+    );
+    upstream.expect("ready", std::time::Duration::from_secs(30));
+    let driver = ChromeDriver::start();
+
+    // The login page offers the providers; the upstream's own pages sign in and consent.
+    let c = browser(&driver).await;
+    c.goto(&format!("{site}/papers/7")).await.unwrap();
+    wait_path(&c, "/login").await;
+    shoot(&c, "federation-login").await;
+    click(&c, "#with-up").await;
+    let at_upstream = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while c.find(Locator::Css("input[name=login]")).await.is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no upstream sign-in page"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    at_upstream(&c).await;
+    let upstream_sign_in = |c: &Client, login: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Css("input[name=login]"))
+                .await
+                .unwrap()
+                .send_keys(login)
+                .await
+                .unwrap();
+            c.find(Locator::Css("input[name=password]"))
+                .await
+                .unwrap()
+                .send_keys("anything")
+                .await
+                .unwrap();
+            click(&c, "button[type=submit]").await;
+            // Consent, once per browser.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let url = c.current_url().await.unwrap();
+                if url.port() != Some(upstream_port) {
+                    break;
+                }
+                if c.source()
+                    .await
+                    .unwrap_or_default()
+                    .contains("value=\"consent\"")
+                {
+                    click(&c, "button[type=submit]").await;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "stuck at the upstream: {url}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    upstream_sign_in(&c, "mara").await;
+    // Back through nginx, signed in, on the page first asked for.
+    wait_path(&c, "/papers/7").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("X-Auth-Request-User: mara"), "{page}");
+
+    // A suggested username that is taken: the user chooses one.
+    let c3 = browser(&driver).await;
+    c3.goto(&format!("{site}/login/with/up")).await.unwrap();
+    at_upstream(&c3).await;
+    upstream_sign_in(&c3, "nico").await;
+    wait_path(&c3, "/login/with/up/register").await;
+    shoot(&c3, "federation-choose-username").await;
+    let field = c3.find(Locator::Id("username")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys("nico-inst").await.unwrap();
+    click(&c3, "form button[type=submit]").await;
+    wait_path(&c3, "/account").await;
+
+    // Linking while signed in with a password, on the security page.
+    let c2 = browser(&driver).await;
+    c2.goto(&format!("{site}/login")).await.unwrap();
+    sign_in(&c2, "lia", PW).await;
+    wait_path(&c2, "/account").await;
+    c2.goto(&format!("{site}/account/security")).await.unwrap();
+    shoot(&c2, "federation-security").await;
+    click(&c2, "#link-up").await;
+    at_upstream(&c2).await;
+    upstream_sign_in(&c2, "lia-at-inst").await;
+    wait_path(&c2, "/account/security").await;
+    let page = c2.source().await.unwrap();
+    assert!(page.contains("Institution is linked"), "{page}");
+    assert!(page.contains("id=\"unlink-up\""), "{page}");
+    shoot(&c2, "federation-linked").await;
+
+    // A provider that does not answer: a clear page.
+    c3.goto(&format!("{site}/login/with/orcid")).await.unwrap();
+    let page = c3.source().await.unwrap();
+    assert!(page.contains("ORCID is not answering"), "{page}");
+    shoot(&c3, "federation-provider-down").await;
+    for c in [c, c2, c3] {
+        c.close().await.unwrap();
+    }
+}

@@ -176,7 +176,7 @@ impl Journey {
 
     /// At the upstream provider's sign-in page: signs in as `login`, consents when asked, and
     /// stops at the redirect back to gatehouse: that URL.
-    fn to_callback(&mut self, page: Response, login: &str) -> String {
+    fn until_callback(&mut self, page: Response, login: &str) -> String {
         assert!(
             page.body.contains("name=\"login\""),
             "not the provider's sign-in: {}",
@@ -214,9 +214,9 @@ impl Journey {
         }
     }
 
-    /// [`Journey::to_callback`], then on at gatehouse: the answer there.
+    /// [`Journey::until_callback`], then on at gatehouse: the answer there.
     fn upstream_sign_in(&mut self, page: Response, login: &str) -> Response {
-        let back = self.to_callback(page, login);
+        let back = self.until_callback(page, login);
         self.go(&back)
     }
 }
@@ -311,7 +311,7 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
     // answer for one provider at another's callback.
     let mut t = Journey::new(gh);
     let page = t.go("/login/with/up");
-    let back = t.to_callback(page, "carol");
+    let back = t.until_callback(page, "carol");
     let path = back
         .trim_start_matches(&format!("http://{}", gh.addr()))
         .to_owned();
@@ -525,7 +525,11 @@ fn registration_closed_gives_a_clear_page_and_second_factors_still_apply() {
     );
     assert_eq!(r.status, 303, "{}", r.body);
     let c = claims(&auth(&site.gh, j.gh().cookie(COOKIE).unwrap()));
-    assert_eq!((c["amr"].clone(), c["idp"].clone()), (json!(["fed", "otp", "mfa"]), json!("up")), "{c}");
+    assert_eq!(
+        (c["amr"].clone(), c["idp"].clone()),
+        (json!(["fed", "otp", "mfa"]), json!("up")),
+        "{c}"
+    );
 }
 
 /// GitHub's user API as the test answers it: `/user` and `/user/emails`, for the bearer

@@ -49,24 +49,34 @@ server {
 /// `PROTECTED_SITE` with gatehouse's own pages on the same server (`gatehouse-pages.conf`)
 /// and the login page there: what a single-host deployment with accounts looks like.
 pub fn signin_site(gatehouse_port: u16, app_port: u16) -> Nginx {
+    signin_site_on(free_port(), gatehouse_port, app_port)
+}
+
+#[cfg(feature = "accounts")]
+/// [`signin_site`] on `port`: for a gatehouse started first with `--public-url` naming it.
+pub fn signin_site_on(port: u16, gatehouse_port: u16, app_port: u16) -> Nginx {
     let remote_login = "set $gatehouse_login_url https://login.example.test/login;\n    include {{NGINX}}/gatehouse-auth.conf;\n";
     assert!(PROTECTED_SITE.contains(remote_login));
     let template = PROTECTED_SITE.replace(
         remote_login,
         "set $gatehouse_login_url /login;\n    include {{NGINX}}/gatehouse-auth.conf;\n    include {{NGINX}}/gatehouse-pages.conf;\n",
     );
-    site(&template, gatehouse_port, app_port)
+    site_on(&template, port, gatehouse_port, app_port)
 }
 
 /// Real nginx serving `template` with the shipped snippets, gatehouse and the application
 /// filled in, on a free port.
 fn site(template: &str, gatehouse_port: u16, app_port: u16) -> Nginx {
+    site_on(template, free_port(), gatehouse_port, app_port)
+}
+
+fn site_on(template: &str, port: u16, gatehouse_port: u16, app_port: u16) -> Nginx {
     Nginx::start(&render(
         template,
         &[
             ("GATEHOUSE", gatehouse_port.to_string()),
             ("APP", app_port.to_string()),
-            ("PORT", free_port().to_string()),
+            ("PORT", port.to_string()),
             ("NGINX", format!("{}/nginx", env!("CARGO_MANIFEST_DIR"))),
         ],
     ))
