@@ -37,6 +37,8 @@ pub fn node_tools(script: &str) -> PathBuf {
 /// A running `node SCRIPT ARGS…`: JSON lines out, lines in; killed on drop.
 pub struct NodeScript {
     child: Child,
+    // Talked to by the registry's relying party alone (tests/e2e/oidc.rs).
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     stdin: std::process::ChildStdin,
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -82,11 +84,13 @@ impl NodeScript {
         v
     }
 
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     pub fn send(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").unwrap();
     }
 
     /// Waits for the exit; its status.
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
