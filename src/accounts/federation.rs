@@ -442,23 +442,11 @@ fn linked_notice(app: &Accounts, ctx: &Ctx, user: &User, p: &Provider, by: &str)
         idp = p.id.as_str(),
         by = by
     );
-    notify(
+    ops::notify(
         app,
         user,
         &format!("{} was linked to your account", p.name),
         &format!("Your {} account can now sign you in", p.name),
-    );
-}
-
-fn notify(app: &Accounts, user: &User, subject: &str, what: &str) {
-    app.mailer.send(
-        &user.id,
-        &user.email,
-        subject,
-        format!(
-            "Hello {},\n\n{what}.\n\nIf this wasn't you, review the ways you sign in at {}/account/security and tell the administrators.\n",
-            user.username, app.settings.public_url
-        ),
     );
 }
 
@@ -867,7 +855,7 @@ async fn unlink_for(app: &Accounts, ctx: &Ctx, user: &User, id: &str) -> Result<
         Unlinked::Done => {
             let name = provider(app, id).map_or(id.to_owned(), |p| p.name.clone());
             audit!("identity_unlinked", user.id, ctx.ip(), idp = id, by = "web");
-            notify(
+            ops::notify(
                 app,
                 user,
                 &format!("{name} was unlinked from your account"),

@@ -266,18 +266,7 @@ pub async fn login(
     for key in &keys {
         app.throttle.succeed(key).await?;
     }
-    if !user.active {
-        return Err(inactive(app, caller, &user));
-    }
-    if user.email_confirmed_at.is_none() {
-        app.metrics.login("unconfirmed");
-        send_confirmation(app, &user, &user.email).await;
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "unconfirmed",
-            "Confirm your email address first: we have sent you a new link.",
-        ));
-    }
+    may_sign_in(app, caller, &user).await?;
     if verified.rehash {
         if let Ok(h) = app.passwords.hash(&password).await {
             if let Err(e) = app.db.set_password(&user.id, &h).await {
@@ -338,6 +327,43 @@ fn legacy_hook_down() -> Problem {
     )
 }
 
+/// An "if this wasn't you" mail to the user's address, about `what` (a sentence).
+pub(super) fn notify(app: &Accounts, user: &User, subject: &str, what: &str) {
+    let url = &app.settings.public_url;
+    let advice = if user.password_hash.is_some() {
+        format!("reset your password now at {url}/password/forgot")
+    } else {
+        format!("review the ways you sign in at {url}/account/security")
+    };
+    app.mailer.send(
+        &user.id,
+        &user.email,
+        subject,
+        format!(
+            "Hello {},\n\n{what}.\n\nIf this wasn't you, {advice} and tell the administrators.\n",
+            user.username
+        ),
+    );
+}
+
+/// Whether a user whose credential was right may have a session: active, and with a
+/// confirmed address (a new link is sent otherwise).
+async fn may_sign_in(app: &Accounts, caller: &Caller<'_>, user: &User) -> Result<(), Problem> {
+    if !user.active {
+        return Err(inactive(app, caller, user));
+    }
+    if user.email_confirmed_at.is_none() {
+        app.metrics.login("unconfirmed");
+        send_confirmation(app, user, &user.email).await;
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "unconfirmed",
+            "Confirm your email address first: we have sent you a new link.",
+        ));
+    }
+    Ok(())
+}
+
 /// A deactivated user's right password or passkey: counted, audited, refused.
 pub(super) fn inactive(app: &Accounts, caller: &Caller<'_>, user: &User) -> Problem {
     app.metrics.login("inactive");
@@ -378,18 +404,7 @@ pub async fn federated_login(
     via: Via,
     upstream_mfa: bool,
 ) -> Result<LoginOutcome, Problem> {
-    if !user.active {
-        return Err(inactive(app, caller, &user));
-    }
-    if user.email_confirmed_at.is_none() {
-        app.metrics.login("unconfirmed");
-        send_confirmation(app, &user, &user.email).await;
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "unconfirmed",
-            "Confirm your email address first: we have sent you a new link.",
-        ));
-    }
+    may_sign_in(app, caller, &user).await?;
     if upstream_mfa {
         let done = finish_login_via(app, caller, user, &["fed", "mfa"], Some(&via)).await?;
         return Ok(LoginOutcome::Done(Box::new(done)));

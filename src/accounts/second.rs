@@ -165,7 +165,7 @@ async fn verify(
     audit!("second_factor", user.id, caller.ip, method = method);
     if method == "recovery" {
         let left = app.db.recovery_codes_left(&user.id).await.unwrap_or(0);
-        notify(
+        ops::notify(
             app,
             user,
             "A recovery code was used",
@@ -270,7 +270,7 @@ pub async fn confirm_totp(
     }
     app.throttle.succeed(&key).await?;
     audit!("second_factor_added", user.id, caller.ip, method = "totp");
-    notify(
+    ops::notify(
         app,
         user,
         "An authenticator app was added",
@@ -295,7 +295,7 @@ pub async fn new_recovery_codes(
     }
     let codes = store_recovery_codes(app, user).await?;
     audit!("recovery_codes_renewed", user.id, caller.ip);
-    notify(
+    ops::notify(
         app,
         user,
         "New recovery codes",
@@ -337,7 +337,7 @@ pub async fn remove_totp(
             app.db.replace_recovery_codes(&user.id, &[]).await?;
         }
         audit!("second_factor_removed", user.id, caller.ip, method = "totp");
-        notify(
+        ops::notify(
             app,
             user,
             "An authenticator app was removed",
@@ -430,7 +430,7 @@ pub async fn add_passkey(
         method = "passkey",
         passkey = id.as_str()
     );
-    notify(
+    ops::notify(
         app,
         user,
         "A passkey was added",
@@ -497,24 +497,11 @@ pub async fn remove_passkey(
         method = "passkey",
         passkey = id
     );
-    notify(
+    ops::notify(
         app,
         user,
         "A passkey was removed",
         &format!("the passkey named \"{name}\" was removed from your account"),
     );
     Ok(())
-}
-
-/// "If this wasn't you" mail to the user's address.
-fn notify(app: &Accounts, user: &User, subject: &str, what: &str) {
-    app.mailer.send(
-        &user.id,
-        &user.email,
-        subject,
-        format!(
-            "Hello {},\n\n{what}.\n\nIf this wasn't you, reset your password now at {}/password/forgot and tell the administrators.\n",
-            user.username, app.settings.public_url
-        ),
-    );
 }

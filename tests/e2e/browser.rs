@@ -963,6 +963,24 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
     wait_path(&c, "/papers/7").await;
     let page = c.source().await.unwrap();
     assert!(page.contains("X-Auth-Request-User: mara"), "{page}");
+    // Signing out at the provider ends the session here: its back-channel logout comes in
+    // through nginx.
+    c.goto(&format!("http://127.0.0.1:{upstream_port}/session/end"))
+        .await
+        .unwrap();
+    click(&c, "button[name=logout]").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        c.goto(&format!("{site}/papers/7")).await.unwrap();
+        if c.current_url().await.unwrap().path() == "/login" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still signed in after the provider's logout"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // A suggested username that is taken: the user chooses one.
     let c3 = browser(&driver).await;
