@@ -28,7 +28,7 @@ use super::ops::{self, Problem, Via};
 use super::pages;
 use super::providers::{Provider, Upstream, UpstreamError};
 use super::web::{self, Ctx};
-use super::{Accounts, Registration};
+use super::Accounts;
 use crate::audit;
 
 type App = State<Arc<Accounts>>;
@@ -536,7 +536,7 @@ async fn arrive(app: &Accounts, ctx: &Ctx, p: &Provider, flow: Flow, up: Upstrea
         }
     }
     // A new account, as registration allows.
-    let invited = match allowed_to_register(app, &flow.invite).await {
+    let invited = match ops::registration_open(app, &flow.invite).await {
         Ok(i) => i,
         Err(p) => return ending(app, web::problem_page(app, ctx, p)),
     };
@@ -577,27 +577,6 @@ async fn arrive(app: &Accounts, ctx: &Ctx, p: &Provider, flow: Flow, up: Upstrea
         return r;
     }
     create(app, ctx, p, flow, new).await
-}
-
-/// Whether an unknown identity may become an account: `Ok(Some(address))` for an
-/// invitation to that address, `Ok(None)` for open registration.
-async fn allowed_to_register(app: &Accounts, invite: &str) -> Result<Option<String>, Problem> {
-    match app.settings.registration {
-        Registration::Open => Ok(None),
-        Registration::Closed => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "registration_closed",
-            "New accounts are made by the administrators here. If you have an account, sign in with your password and link this provider on the Security page.",
-        )),
-        Registration::Invite => match app.db.peek_token(invite, Purpose::Invite).await? {
-            Some((_, email)) if !invite.is_empty() => Ok(Some(email)),
-            _ => Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "registration_closed",
-                "New accounts need an invitation here. Open the link in your invitation, then choose this provider.",
-            )),
-        },
-    }
 }
 
 /// A username from what the provider said: its username, else the email's local part, made

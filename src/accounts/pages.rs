@@ -106,6 +106,8 @@ pub struct Register {
     pub min_hint: String,
     pub error: String,
     pub errors: Errors,
+    /// Another provider instead of a password (`--identity-providers`).
+    pub providers: Vec<ProviderButton>,
 }
 
 impl Register {

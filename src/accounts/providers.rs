@@ -714,3 +714,47 @@ impl Provider {
         Ok((sub, sid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mfa_is_reported_by_mfa_or_a_second_method_beside_another() {
+        let up = |amr: &[&str]| Upstream {
+            amr: amr.iter().map(|m| m.to_string()).collect(),
+            ..Upstream::default()
+        };
+        assert!(up(&["pwd", "mfa"]).reports_mfa());
+        assert!(up(&["pwd", "otp"]).reports_mfa());
+        assert!(up(&["hwk", "pin"]).reports_mfa());
+        assert!(!up(&["pwd"]).reports_mfa());
+        assert!(!up(&["otp"]).reports_mfa());
+        assert!(!up(&[]).reports_mfa());
+    }
+
+    #[test]
+    fn bad_files_name_the_flag_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "x").unwrap();
+        let file = dir.path().join("p.toml");
+        let check = |text: &str, want: &str| {
+            std::fs::write(&file, text).unwrap();
+            let e = load(Some(&file)).err().expect("refused").to_string();
+            assert!(
+                e.contains("--identity-providers") && e.contains(want),
+                "{want}: {e}"
+            );
+        };
+        let s = secret.display();
+        check("[[provider]]\nid = \"a\"\nname = \"A\"\nkind = \"github\"\nissuer = \"https://x\"\nclient_id = \"c\"\nclient_secret_file = \"{s}\"\n".replace("{s}", &s.to_string()).as_str(), "line 1");
+        check(&format!("[[provider]]\nid = \"a\"\nname = \"A\"\nkind = \"orcid\"\nclient_id = \"c\"\nclient_secret_file = \"{s}\"\n\n[[provider]]\nid = \"a\"\nname = \"B\"\nkind = \"orcid\"\nclient_id = \"c\"\nclient_secret_file = \"{s}\"\n"), "line 8");
+        check(&format!("[[provider]]\nid = \"a\"\nname = \"A\"\nkind = \"oidc\"\nissuer = \"https://x\"\nscopes = [\"email\"]\nclient_id = \"c\"\nclient_secret_file = \"{s}\"\n"), "openid");
+        check("[[provider]]\nid = \"a\"\nname = \"A\"\nkind = \"orcid\"\nclient_id = \"c\"\nclient_secret_file = \"/nonexistent\"\n", "client_secret_file");
+        std::fs::write(&file, format!("[[provider]]\nid = \"orcid\"\nname = \"ORCID\"\nkind = \"orcid\"\nclient_id = \"c\"\nclient_secret_file = \"{s}\"\n")).unwrap();
+        let loaded = load(Some(&file)).unwrap();
+        assert_eq!(loaded[0].issuer.as_deref(), Some(ORCID_ISSUER));
+        assert_eq!(loaded[0].scopes, ["openid"]);
+    }
+}

@@ -459,16 +459,20 @@ pub(super) fn login_form(
             error: error.into(),
             notice: notice.into(),
             registration_open: app.settings.registration == Registration::Open,
-            providers: app
-                .providers
-                .iter()
-                .map(|p| pages::ProviderButton {
-                    id: p.id.clone(),
-                    name: p.name.clone(),
-                })
-                .collect(),
+            providers: provider_buttons(app),
         },
     )
+}
+
+/// A button per `--identity-providers` provider, for the login and registration pages.
+fn provider_buttons(app: &Accounts) -> Vec<pages::ProviderButton> {
+    app.providers
+        .iter()
+        .map(|p| pages::ProviderButton {
+            id: p.id.clone(),
+            name: p.name.clone(),
+        })
+        .collect()
 }
 
 impl Ctx {
@@ -709,6 +713,7 @@ fn register_form(
             min_hint: min_hint(app),
             error: String::new(),
             errors,
+            providers: provider_buttons(app),
         },
     )
 }

@@ -532,6 +532,43 @@ fn registration_closed_gives_a_clear_page_and_second_factors_still_apply() {
     );
 }
 
+#[test]
+fn an_invitation_lets_a_provider_make_the_account() {
+    let dir = TempDir::new("federation-invite");
+    let port = free_port();
+    let file = providers_file(&dir, port, free_port(), free_port());
+    let site = Site::start(
+        "federation-invite",
+        Backend::Sqlite,
+        &["--identity-providers", &file, "--registration", "invite"],
+    );
+    let _op = upstream(port, &site.gh);
+    // Without an invitation: refused.
+    let (_, r) = sign_in_upstream(&site.gh, "newbie");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let out = site.cli(&["user", "invite", "--email", "newbie@uni.example"], None);
+    let link = cli_stdout(&out);
+    let path = &link[link.find("/register").unwrap()..];
+    // The invitation's page offers the provider, and the account gets the invited address.
+    let mut j = Journey::new(&site.gh);
+    let page = j.go(path);
+    let invite = param(path, "invite");
+    assert!(
+        page.body
+            .contains(&format!("href=\"/login/with/up?invite={invite}\"")),
+        "{}",
+        page.body
+    );
+    let at_provider = j.go(&format!("/login/with/up?invite={invite}"));
+    let r = j.upstream_sign_in(at_provider, "newbie");
+    assert_eq!((r.status, j.at.as_str()), (200, "/account"), "{}", r.body);
+    let made = user_json(&site, "newbie");
+    assert_eq!(made["email"], "newbie@uni.example");
+    assert!(made["email_confirmed_at"].is_u64());
+    // Used once.
+    assert_eq!(Browser::new(site.gh.addr()).get(path).status, 403);
+}
+
 /// GitHub's user API as the test answers it: `/user` and `/user/emails`, for the bearer
 /// token the mock issued (any); it counts the calls.
 fn github_api() -> (u16, Arc<AtomicUsize>) {
