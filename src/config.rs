@@ -44,6 +44,10 @@ pub enum Command {
     #[cfg(feature = "accounts")]
     #[command(subcommand)]
     User(crate::accounts::cli::UserCommand),
+    /// The audit trail (accounts).
+    #[cfg(feature = "accounts")]
+    #[command(subcommand)]
+    Audit(crate::accounts::cli::AuditCommand),
     /// Manage OAuth2 clients (registry).
     #[cfg(feature = "registry")]
     #[command(subcommand)]

@@ -95,17 +95,34 @@ impl From<OpenError> for Failure {
 pub async fn run(command: Command) -> Result<(), Failure> {
     #[cfg(feature = "registry")]
     registry::install();
-    match command {
+    let done = match command {
         Command::Serve(args) => serve_until_signal(*args).await,
         Command::Session(cmd) => cli::session(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd),
         #[cfg(feature = "accounts")]
         Command::User(args) => accounts::cli::user(args).await,
+        #[cfg(feature = "accounts")]
+        Command::Audit(args) => accounts::cli::audit(args).await,
         #[cfg(feature = "registry")]
         Command::Client(args) => registry::cli::client(args).await,
         #[cfg(feature = "registry")]
         Command::Token(args) => registry::cli::token(args).await,
-    }
+    };
+    // What a command audited is written before it exits.
+    #[cfg(feature = "accounts")]
+    accounts::audit::settle().await;
+    done
+}
+
+/// The modules' part of logging: accounts' audit rows (`main` installs it with the log).
+pub fn log_layer<S>() -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    #[cfg(feature = "accounts")]
+    return Some(accounts::audit::layer());
+    #[cfg(not(feature = "accounts"))]
+    None
 }
 
 /// Builds everything `/auth` needs from the flags: store, keys, cache, metrics.

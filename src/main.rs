@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    if let Err(e) = gatehouse::telemetry::init(&cli.log) {
+    if let Err(e) = gatehouse::telemetry::init(&cli.log, gatehouse::log_layer()) {
         eprintln!("gatehouse: {e}");
         return ExitCode::from(64);
     }

@@ -622,3 +622,94 @@ async fn import(
     );
     Ok(())
 }
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Audit events, newest first: who did what, from where, and how it ended.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// From this time on: RFC 3339, or a duration back from now (`24h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Events by or about this user (username, email or id; `cli` for the command line).
+        #[arg(long)]
+        actor: Option<String>,
+        /// One action, e.g. `user.login_failed`.
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// `--since`: RFC 3339, or a duration before now; Unix milliseconds.
+fn since_ms(text: &str) -> Result<u64, Failure> {
+    let now = crate::session::unix_now();
+    if let Ok(d) = crate::duration::parse_duration(text) {
+        return Ok(now.saturating_sub(d.as_secs()) * 1000);
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .map_err(|_| {
+            ConfigError::new(
+                "--since",
+                "an RFC 3339 time (2026-12-01T00:00:00Z) or a duration (24h, 7d)",
+            )
+            .into()
+        })
+}
+
+pub async fn audit(command: AuditCommand) -> Result<(), Failure> {
+    let AuditCommand::List {
+        common,
+        since,
+        actor,
+        action,
+        limit,
+    } = command;
+    let db = Db::open(
+        common.database.database_url.as_ref(),
+        &common.store.data_dir,
+    )
+    .await?;
+    let since_ms = since.as_deref().map(since_ms).transpose()?;
+    // A user named by username or email is their id; anything else is taken as it is.
+    let actor = match actor {
+        Some(a) => Some(match db.find(&a).await.map_err(other)? {
+            Some(u) => u.id,
+            None => a,
+        }),
+        None => None,
+    };
+    let events = db
+        .audit(&super::audit::Filter {
+            since_ms,
+            actor,
+            action,
+            limit,
+        })
+        .await
+        .map_err(other)?;
+    let mut out = std::io::stdout().lock();
+    for e in &events {
+        if common.json {
+            writeln!(out, "{}", super::audit::json(e))
+        } else {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                super::audit::rfc3339_ms(e.at_ms),
+                e.action,
+                e.outcome,
+                e.actor,
+                if e.target.is_empty() { "-" } else { &e.target },
+                e.ip,
+                serde_json::Value::Object(e.details.clone())
+            )
+        }
+        .map_err(other)?;
+    }
+    Ok(())
+}

@@ -145,6 +145,9 @@ pub struct AccountsArgs {
     /// link_by_verified_email; README, "Sign in with other providers").
     #[arg(long, env = "GATEHOUSE_IDENTITY_PROVIDERS")]
     pub identity_providers: Option<PathBuf>,
+    /// How long audit events are kept in the database (the log keeps its own).
+    #[arg(long, env = "GATEHOUSE_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
     /// The From of every mail.
     #[arg(
         long,

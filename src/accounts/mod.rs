@@ -8,6 +8,7 @@
 //! factor will sit.
 
 mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -320,6 +321,7 @@ impl Accounts {
         hourly("expired one-time tokens", &app.db, |db, now| async move {
             db.purge_expired_tokens(now).await
         });
+        audit::keep(&app.db, a.audit_retention);
         let ttl = app.settings.session_ttl.as_secs();
         hourly(
             "ended federated sessions",

@@ -63,6 +63,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=4",
         "module=\"accounts\" version=5",
         "module=\"accounts\" version=6",
+        "module=\"accounts\" version=7",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -83,6 +84,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 4",
         "accounts 5",
         "accounts 6",
+        "accounts 7",
         "registry 1",
         "registry 2",
         "registry 3",
