@@ -221,6 +221,7 @@ impl Accounts {
         let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
         let roles = Roles::load(a.database.roles.as_deref())?;
         let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
+        mailer.use_outbox(&db, secret.clone());
         let outbound = Arc::new(outbound::Outbound::new(
             a.outbound_ca.as_deref(),
             a.outbound_allow_private,

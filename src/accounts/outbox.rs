@@ -69,6 +69,26 @@ fn deliverer(kind: &str) -> Option<Deliver> {
         .map(|(_, d)| d.clone())
 }
 
+/// Kinds whose items are deleted once delivered (a message that held a live link), not kept
+/// for `--outbox-retention`.
+static FORGET: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+
+/// Makes delivered items of `kind` go at once.
+pub fn forget_when_delivered(kind: &'static str) {
+    let mut all = FORGET.write().unwrap_or_else(|e| e.into_inner());
+    if !all.contains(&kind) {
+        all.push(kind);
+    }
+}
+
+fn forgotten(kind: &str) -> bool {
+    FORGET
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|k| *k == kind)
+}
+
 /// Wakes this process's worker when an item is written, so delivery starts at once.
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
@@ -177,6 +197,13 @@ async fn settle(
         _ => {
             tracing::warn!(id = %item.id, kind = %item.kind, attempts, retry_in_secs = next_at - now, error = %error, "outbox item not delivered; it will be tried again")
         }
+    }
+    if status == "delivered" && forgotten(&item.kind) {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(&item.id)
+            .execute(db.pool())
+            .await?;
+        return Ok(());
     }
     sqlx::query(
         "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, locked_until = 0,

@@ -32,6 +32,8 @@ mod browser;
 mod federation;
 #[cfg(feature = "accounts")]
 mod import;
+#[cfg(feature = "accounts")]
+mod mail;
 #[cfg(feature = "registry")]
 mod oidc;
 #[cfg(feature = "accounts")]

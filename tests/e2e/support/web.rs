@@ -255,7 +255,7 @@ pub fn mails(data_dir: &Path) -> Vec<String> {
 }
 
 /// RFC 2045 quoted-printable: soft line breaks go, `=XX` becomes its byte.
-fn decode_quoted_printable(s: &str) -> String {
+pub fn decode_quoted_printable(s: &str) -> String {
     let s = s.replace("=\r\n", "").replace("=\n", "");
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -1,0 +1,137 @@
+//! Mail through the outbox to a real SMTP server (Python's aiosmtpd, in the tests' virtual
+//! environment), started only after the message was written: it waits in the outbox, sealed,
+//! and goes out once the server is up; then it is gone from the outbox.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::accounts::{Backend, Site, PW};
+use crate::support::*;
+
+fn venv(program: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/ci-venv/bin")
+        .join(program);
+    assert!(
+        path.exists(),
+        "no {}: python3 -m venv target/ci-venv && target/ci-venv/bin/pip install aiosmtpd==1.4.6",
+        path.display()
+    );
+    path
+}
+
+/// aiosmtpd on `port`, keeping each message as a file in the maildir `dir`; killed on drop.
+struct Smtp(Child);
+
+impl Smtp {
+    fn start(port: u16, dir: &str) -> Smtp {
+        let child = Command::new(venv("python3"))
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                dir,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Smtp(child)
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The messages in maildir `dir`, waiting (at most `timeout`) for at least one.
+fn delivered(dir: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got: Vec<String> = std::fs::read_dir(format!("{dir}/new"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !got.is_empty() || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rows in the SQLite outbox of `data`.
+fn outbox_rows(data: &str) -> i64 {
+    let out = Command::new(venv("python3"))
+        .args([
+            "-c",
+            "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from outbox').fetchone()[0])",
+            &format!("{data}/accounts.db"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
+    let port = free_port();
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let site = Site::start("mail-outbox", Backend::Sqlite, &["--smtp-url", &smtp_url]);
+    let maildir = TempDir::new("maildir");
+    let dir = maildir.join("box");
+    let mut b = Browser::new(site.gh.addr());
+    let (r, _) = b.json(
+        "POST",
+        "/api/register",
+        &json!({"username": "uma", "email": "uma@example.org", "name": "Uma", "password": PW}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    // SMTP is down: the message waits in the outbox, and the attempt is logged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !site.gh.logs().contains("outbox item not delivered") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt:\n{}",
+            site.gh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(outbox_rows(&site.data()), 1);
+    // Up: it goes out on a later attempt, and leaves the outbox.
+    let _smtp = Smtp::start(port, &dir);
+    let got = delivered(&dir, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "{}", site.gh.logs());
+    assert!(got[0].contains("To: uma@example.org"), "{}", got[0]);
+    let link = link_in(&decode_quoted_printable(&got[0]), "/email/confirm?token=");
+    let r = b.get(&link);
+    assert_eq!(r.status, 200, "{link}\n{}\n{}", got[0], r.body);
+    let (r, _) = b.json(
+        "POST",
+        "/api/login",
+        &json!({"username": "uma", "password": PW}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outbox_rows(&site.data()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered message stayed in the outbox"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Neither the link nor the message is in the log.
+    let token = link.split("token=").nth(1).unwrap();
+    assert!(!site.gh.logs().contains(token));
+}
