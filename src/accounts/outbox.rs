@@ -85,8 +85,7 @@ fn forgotten(kind: &str) -> bool {
     FORGET
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|k| *k == kind)
+        .contains(&kind)
 }
 
 /// Wakes this process's worker when an item is written, so delivery starts at once.
