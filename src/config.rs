@@ -48,6 +48,10 @@ pub enum Command {
     #[cfg(feature = "accounts")]
     #[command(subcommand)]
     Audit(crate::accounts::cli::AuditCommand),
+    /// What waits to reach other systems (accounts).
+    #[cfg(feature = "accounts")]
+    #[command(subcommand)]
+    Outbox(crate::accounts::cli::OutboxCommand),
     /// Manage OAuth2 clients (registry).
     #[cfg(feature = "registry")]
     #[command(subcommand)]

@@ -713,3 +713,69 @@ pub async fn audit(command: AuditCommand) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum OutboxCommand {
+    /// What waits to reach other systems (mail, back-channel logouts), oldest first: kind,
+    /// target, status, attempts, last error. Never a message or a token.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Only `pending`, `failed` (given up) or `delivered` items.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Try an item again now, with a new --outbox-retention (a given-up one too).
+    Retry {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+}
+
+pub async fn outbox(command: OutboxCommand) -> Result<(), Failure> {
+    let common = match &command {
+        OutboxCommand::List { common, .. } | OutboxCommand::Retry { common, .. } => common,
+    };
+    let db = Db::open(
+        common.database.database_url.as_ref(),
+        &common.store.data_dir,
+    )
+    .await?;
+    match &command {
+        OutboxCommand::List { status, .. } => {
+            if let Some(s) = status.as_deref() {
+                if !["pending", "failed", "delivered"].contains(&s) {
+                    return Err(ConfigError::new("--status", "pending, failed or delivered").into());
+                }
+            }
+            let items = super::outbox::list(&db, status.as_deref())
+                .await
+                .map_err(other)?;
+            let mut out = std::io::stdout().lock();
+            for i in &items {
+                if common.json {
+                    writeln!(out, "{}", serde_json::to_string(i).map_err(other)?)
+                } else {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        i.id, i.kind, i.target, i.status, i.attempts, i.last_error
+                    )
+                }
+                .map_err(other)?;
+            }
+            Ok(())
+        }
+        OutboxCommand::Retry { id, .. } => {
+            if !super::outbox::retry(&db, id).await.map_err(other)? {
+                return Err(
+                    ConfigError::new("ID", format!("no pending or failed item {id:?}")).into(),
+                );
+            }
+            tracing::info!(target: "gatehouse::audit", event = "outbox_retried", user = "-", item = id.as_str(), "audit");
+            eprintln!("{id} is due now");
+            Ok(())
+        }
+    }
+}

@@ -127,6 +127,7 @@ impl AccountMetrics {
             "Requests refused by a login delay or a per-IP rate limit",
             m.throttled.clone(),
         );
+        outbox::register_metrics(&mut registry);
         (m, registry)
     }
 

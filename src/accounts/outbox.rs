@@ -17,9 +17,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use sqlx::Row;
 
 use super::db::{random_token, Db, DbError};
@@ -86,6 +89,51 @@ fn forgotten(kind: &str) -> bool {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .contains(&kind)
+}
+
+/// The outbox's metrics: items waiting (as the last round of this process's worker counted
+/// them), and attempts by kind and result (`delivered`, `retry`, `failed`: given up).
+struct Metrics {
+    pending: Gauge,
+    attempts: Family<[(&'static str, String); 2], Counter>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+const KINDS: [&str; 2] = ["backchannel_logout", "mail"];
+const RESULTS: [&str; 3] = ["delivered", "retry", "failed"];
+
+/// Registers `gatehouse_outbox_pending` and `gatehouse_outbox_delivered_total{kind,result}`.
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    let m = METRICS.get_or_init(|| Metrics {
+        pending: Gauge::default(),
+        attempts: Family::default(),
+    });
+    // Every series from the start, at 0.
+    for kind in KINDS {
+        for result in RESULTS {
+            let _ = m
+                .attempts
+                .get_or_create(&[("kind", kind.to_owned()), ("result", result.to_owned())]);
+        }
+    }
+    registry.register(
+        "outbox_pending",
+        "Outbox items waiting for delivery (mail, back-channel logouts), counted every round",
+        m.pending.clone(),
+    );
+    registry.register(
+        "outbox_delivered",
+        "Outbox delivery attempts by kind and result (delivered, retry, failed: given up after --outbox-retention)",
+        m.attempts.clone(),
+    );
+}
+
+fn count_attempt(kind: &str, result: &'static str) {
+    if let Some(m) = METRICS.get() {
+        m.attempts
+            .get_or_create(&[("kind", kind.to_owned()), ("result", result.to_owned())])
+            .inc();
+    }
 }
 
 /// Wakes this process's worker when an item is written, so delivery starts at once.
@@ -186,6 +234,14 @@ async fn settle(
             (status, next, why)
         }
     };
+    count_attempt(
+        &item.kind,
+        match status {
+            "delivered" => "delivered",
+            "failed" => "failed",
+            _ => "retry",
+        },
+    );
     match status {
         "delivered" => {
             tracing::info!(id = %item.id, kind = %item.kind, attempts, "outbox item delivered")
@@ -248,6 +304,73 @@ pub async fn run_once(db: &Db, retention: Duration) -> Result<usize, DbError> {
     Ok(n)
 }
 
+/// Items waiting for delivery.
+async fn pending(db: &Db) -> Result<i64, DbError> {
+    Ok(
+        sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'")
+            .fetch_one(db.pool())
+            .await?
+            .try_get("n")?,
+    )
+}
+
+/// An item as `gatehouse outbox list` shows it: never its payload (a sealed message, a token).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub next_at: i64,
+    pub last_error: String,
+}
+
+/// The items of `status` (every one with `None`), oldest first.
+pub async fn list(db: &Db, status: Option<&str>) -> Result<Vec<Listed>, DbError> {
+    let rows = sqlx::query(
+        "SELECT id, kind, target, status, attempts, created_at, next_at, last_error FROM outbox
+         WHERE ($1 = '' OR status = $2) ORDER BY created_at, id",
+    )
+    .bind(status.unwrap_or(""))
+    .bind(status.unwrap_or(""))
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Listed {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                target: r.try_get("target")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                created_at: r.try_get("created_at")?,
+                next_at: r.try_get("next_at")?,
+                last_error: r.try_get("last_error")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::from)
+}
+
+/// Makes a pending or given-up item due now, with a new `--outbox-retention` from now: whether
+/// there was such an item. A delivered one stays delivered.
+pub async fn retry(db: &Db, id: &str) -> Result<bool, DbError> {
+    let now = unix_now() as i64;
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'pending', next_at = $1, created_at = $2, locked_until = 0
+         WHERE id = $3 AND status <> 'delivered'",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    WAKE.notify_one();
+    Ok(done.rows_affected() == 1)
+}
+
 /// Starts this process's worker: a round whenever an item is written here, and every few
 /// seconds for items written elsewhere or due again. Finished items are purged
 /// `retention` after they were written.
@@ -260,6 +383,9 @@ pub fn start(db: &Db, retention: Duration) {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox: cannot read the database"),
+            }
+            if let (Some(m), Ok(n)) = (METRICS.get(), pending(&worker).await) {
+                m.pending.set(n);
             }
             let _ = tokio::time::timeout(POLL, WAKE.notified()).await;
         }

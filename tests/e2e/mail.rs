@@ -109,8 +109,30 @@ fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(outbox_rows(&site.data()), 1);
-    // Up: it goes out on a later attempt, and leaves the outbox.
+    // The operator sees it waiting, never its message; the metrics count the retries.
+    let listed = cli_stdout(&site.cli(&["outbox", "list", "--json", "--status", "pending"], None));
+    let item: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (item["kind"].as_str(), item["status"].as_str()),
+        (Some("mail"), Some("pending"))
+    );
+    assert!(
+        item.get("payload").is_none() && !listed.contains("confirm"),
+        "{listed}"
+    );
+    let metric = |name: &str| {
+        let text = http_get(site.gh.admin_addr(), "/metrics", &[]).body;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(metric("gatehouse_outbox_delivered_total{kind=\"mail\",result=\"retry\"}") >= 1.0);
+    // Up: asked to try again now, it goes out, and leaves the outbox.
     let _smtp = Smtp::start(port, &dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let id = item["id"].as_str().unwrap();
+    assert!(site.cli(&["outbox", "retry", id], None).status.success());
     let got = delivered(&dir, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "{}", site.gh.logs());
     assert!(got[0].contains("To: uma@example.org"), "{}", got[0]);
@@ -131,6 +153,14 @@ fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        metric("gatehouse_outbox_delivered_total{kind=\"mail\",result=\"delivered\"}"),
+        1.0
+    );
+    assert_eq!(
+        site.cli(&["outbox", "retry", id], None).status.code(),
+        Some(64)
+    );
     // Neither the link nor the message is in the log.
     let token = link.split("token=").nth(1).unwrap();
     assert!(!site.gh.logs().contains(token));
