@@ -95,6 +95,8 @@ impl From<OpenError> for Failure {
 pub async fn run(command: Command) -> Result<(), Failure> {
     #[cfg(feature = "registry")]
     registry::install();
+    #[cfg(feature = "accounts")]
+    accounts::audit::install();
     let done = match command {
         Command::Serve(args) => serve_until_signal(*args).await,
         Command::Session(cmd) => cli::session(cmd).await,

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 
-use super::db::Db;
+use sqlx::Row;
+
+use super::db::{random_token, Db, DbError};
 
 /// The tracing target of audit lines.
 pub const TARGET: &str = "gatehouse::audit";
@@ -173,9 +175,14 @@ fn outcome(event: &str) -> &'static str {
     }
 }
 
-/// Starts the writer for `db` (every `Db::open`, the server's and the command line's: the
-/// latest wins) and, with `retention`, the hourly purge.
-pub fn attach(db: &Db) {
+/// Makes every database opened from now on (the server's and the command line's) take this
+/// process's rows.
+pub fn install() {
+    super::db::on_open("audit", attach);
+}
+
+/// Starts the writer for `db` (the latest database opened wins).
+fn attach(db: &Db) {
     let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
     *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let db = db.clone();
@@ -185,7 +192,7 @@ pub fn attach(db: &Db) {
             let n = batch.len();
             let mut tries = 0;
             loop {
-                match db.insert_audit(&batch).await {
+                match insert(&db, &batch).await {
                     Ok(()) => break,
                     Err(e) if tries < 5 => {
                         tries += 1;
@@ -256,9 +263,78 @@ pub fn keep(db: &Db, retention: Duration) {
         db,
         move |db, now| async move {
             let cutoff = now.saturating_sub(retention.as_secs()).saturating_mul(1000);
-            db.purge_audit(cutoff).await
+            purge(&db, cutoff).await
         },
     );
+}
+
+/// Writes rows, all or none.
+async fn insert(db: &Db, rows: &[Event]) -> Result<(), DbError> {
+    let mut tx = db.pool().begin().await?;
+    for e in rows {
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, actor, action, target, ip, outcome, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(random_token(12))
+        .bind(e.at_ms as i64)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.ip)
+        .bind(&e.outcome)
+        .bind(serde_json::Value::Object(e.details.clone()).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Rows, newest first.
+pub async fn list(db: &Db, f: &Filter) -> Result<Vec<Event>, DbError> {
+    // One statement: an empty filter matches everything (each placeholder once, in
+    // order, as both backends read them through Any).
+    let actor = f.actor.clone().unwrap_or_default();
+    let action = f.action.clone().unwrap_or_default();
+    let q = sqlx::query(
+        "SELECT * FROM audit_events WHERE at >= $1
+           AND ($2 = '' OR actor = $3 OR target = $4)
+           AND ($5 = '' OR action = $6)
+         ORDER BY at DESC, id LIMIT $7",
+    )
+    .bind(f.since_ms.unwrap_or(0) as i64)
+    .bind(&actor)
+    .bind(&actor)
+    .bind(&actor)
+    .bind(&action)
+    .bind(&action)
+    .bind(i64::from(f.limit.max(1)));
+    let rows = q.fetch_all(db.pool()).await?;
+    rows.iter()
+        .map(|r| {
+            let details: String = r.try_get("details")?;
+            Ok(Event {
+                at_ms: r.try_get::<i64, _>("at")?.max(0) as u64,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                target: r.try_get("target")?,
+                ip: r.try_get("ip")?,
+                outcome: r.try_get("outcome")?,
+                details: serde_json::from_str(&details).unwrap_or_default(),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::from)
+}
+
+/// Deletes rows from before `before_ms`.
+async fn purge(db: &Db, before_ms: u64) -> Result<u64, DbError> {
+    Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+        .bind(before_ms as i64)
+        .execute(db.pool())
+        .await?
+        .rows_affected())
 }
 
 #[cfg(test)]

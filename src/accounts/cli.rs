@@ -683,15 +683,17 @@ pub async fn audit(command: AuditCommand) -> Result<(), Failure> {
         }),
         None => None,
     };
-    let events = db
-        .audit(&super::audit::Filter {
+    let events = super::audit::list(
+        &db,
+        &super::audit::Filter {
             since_ms,
             actor,
             action,
             limit,
-        })
-        .await
-        .map_err(other)?;
+        },
+    )
+    .await
+    .map_err(other)?;
     let mut out = std::io::stdout().lock();
     for e in &events {
         if common.json {

@@ -468,8 +468,6 @@ impl Db {
         for f in opened {
             f(&db);
         }
-        // This process's audit lines become rows of this database.
-        super::audit::attach(&db);
         Ok(db)
     }
 
@@ -1352,78 +1350,6 @@ impl Db {
                 .await?
                 .rows_affected(),
         )
-    }
-
-    /// Writes audit rows, all or none.
-    pub async fn insert_audit(&self, rows: &[super::audit::Event]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        for e in rows {
-            sqlx::query(
-                "INSERT INTO audit_events (id, at, actor, action, target, ip, outcome, details)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(random_token(12))
-            .bind(e.at_ms as i64)
-            .bind(&e.actor)
-            .bind(&e.action)
-            .bind(&e.target)
-            .bind(&e.ip)
-            .bind(&e.outcome)
-            .bind(serde_json::Value::Object(e.details.clone()).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Audit rows, newest first.
-    pub async fn audit(
-        &self,
-        f: &super::audit::Filter,
-    ) -> Result<Vec<super::audit::Event>, DbError> {
-        // One statement: an empty filter matches everything (each placeholder once, in
-        // order, as both backends read them through Any).
-        let actor = f.actor.clone().unwrap_or_default();
-        let action = f.action.clone().unwrap_or_default();
-        let q = sqlx::query(
-            "SELECT * FROM audit_events WHERE at >= $1
-               AND ($2 = '' OR actor = $3 OR target = $4)
-               AND ($5 = '' OR action = $6)
-             ORDER BY at DESC, id LIMIT $7",
-        )
-        .bind(f.since_ms.unwrap_or(0) as i64)
-        .bind(&actor)
-        .bind(&actor)
-        .bind(&actor)
-        .bind(&action)
-        .bind(&action)
-        .bind(i64::from(f.limit.max(1)));
-        let rows = q.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                let details: String = r.try_get("details")?;
-                Ok(super::audit::Event {
-                    at_ms: r.try_get::<i64, _>("at")?.max(0) as u64,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    ip: r.try_get("ip")?,
-                    outcome: r.try_get("outcome")?,
-                    details: serde_json::from_str(&details).unwrap_or_default(),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
-    }
-
-    /// Deletes audit rows from before `before_ms`.
-    pub async fn purge_audit(&self, before_ms: u64) -> Result<u64, DbError> {
-        Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
-            .bind(before_ms as i64)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
     }
 
     /// Every user's sealed, confirmed TOTP secret (`user export --include-secrets`).

@@ -218,6 +218,7 @@ impl Accounts {
         secret: Arc<crate::secret::ServerSecret>,
     ) -> Result<Arc<Accounts>, ConfigError> {
         a.validate()?;
+        audit::install();
         let data_dir = &host.data_dir;
         let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
         let roles = Roles::load(a.database.roles.as_deref())?;
