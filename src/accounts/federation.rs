@@ -378,11 +378,10 @@ async fn callback(
             return ending(&app, upstream_failed(&app, &ctx, &p, &e));
         }
     };
-    let r = match &flow.link {
+    match &flow.link {
         Some(user_id) => finish_link(&app, &ctx, &p, user_id, &up).await,
         None => arrive(&app, &ctx, &p, flow, up).await,
-    };
-    r
+    }
 }
 
 /// Back from the provider to link its identity to the signed-in user.
