@@ -233,6 +233,13 @@ async fn leave_for(
     Ok((flow, url))
 }
 
+/// The browser sent to the provider's `url`, carrying `flow`.
+fn off_to(app: &Accounts, flow: &Flow, url: &str) -> Response {
+    let mut r = web::see_other(url);
+    set_flow(app, r.headers_mut(), Some(flow));
+    r
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct StartQuery {
@@ -254,11 +261,7 @@ async fn start(
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
     let invite: String = q.invite.chars().take(128).collect();
     match leave_for(&app, &ctx, &p, rd, None, invite).await {
-        Ok((flow, url)) => {
-            let mut r = web::see_other(&url);
-            set_flow(&app, r.headers_mut(), Some(&flow));
-            r
-        }
+        Ok((flow, url)) => off_to(&app, &flow, &url),
         Err(r) => r,
     }
 }
@@ -818,11 +821,7 @@ async fn link(
         return unknown(&app, &ctx);
     };
     match leave_for(&app, &ctx, &p, String::new(), Some(user.id), String::new()).await {
-        Ok((flow, url)) => {
-            let mut r = web::see_other(&url);
-            set_flow(&app, r.headers_mut(), Some(&flow));
-            r
-        }
+        Ok((flow, url)) => off_to(&app, &flow, &url),
         Err(r) => r,
     }
 }

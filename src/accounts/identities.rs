@@ -25,6 +25,14 @@ pub enum Unlinked {
     LastWay,
 }
 
+/// A provider `id`: what `--identity-providers` allows in a URL path.
+pub fn valid_provider_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 pub async fn link(db: &Db, user: &User, provider: &str, subject: &str) -> Result<Linked, DbError> {
     if db.link_identity(provider, subject, &user.id).await? {
         return Ok(Linked::Done);

@@ -164,7 +164,7 @@ pub async fn import(
         };
         for i in &parsed.identities {
             let pair = (i.provider.clone(), i.subject.clone());
-            if !valid_provider_id(&i.provider) || i.subject.is_empty() {
+            if !super::identities::valid_provider_id(&i.provider) || i.subject.is_empty() {
                 why.push(format!(
                     "identities: {:?} needs a provider id (letters, digits, - and _) and a subject",
                     i.provider
@@ -311,14 +311,6 @@ pub fn password_scheme(u: &User) -> &'static str {
         None => "none",
         Some(h) => hashes::scheme(h.expose()).map_or("unknown", hashes::Scheme::name),
     }
-}
-
-/// A provider `id`: what `--identity-providers` allows in a URL path.
-pub fn valid_provider_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn parse_time(s: &str) -> Result<u64, String> {

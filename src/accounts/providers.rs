@@ -173,7 +173,7 @@ pub fn load(path: Option<&Path>) -> Result<Vec<Arc<Provider>>, ConfigError> {
         let bad =
             |why: String| ConfigError::new(FLAG, format!("{} line {line}: {why}", path.display()));
         let def = spanned.into_inner();
-        if !super::import::valid_provider_id(&def.id) {
+        if !super::identities::valid_provider_id(&def.id) {
             return Err(bad(format!(
                 "id {:?}: letters, digits, - and _ only (it is part of the callback URL)",
                 def.id
