@@ -24,6 +24,16 @@ impl Fault {
     }
 }
 
+/// The line (from 1) of byte `offset` in a configuration file's `text`: where a TOML error's
+/// span, or a `[[table]]`'s, begins.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
 /// Bad configuration: exit code 64, one line naming the flag.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {reason}")]

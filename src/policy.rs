@@ -200,9 +200,7 @@ impl Policy {
 
     pub fn parse(text: &str) -> Result<Policy, String> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| {
-                text[..s.start.min(text.len())].matches('\n').count() + 1
-            });
+            let line = e.span().map_or(0, |s| crate::error::line_at(text, s.start));
             format!("line {line}: {}", e.message().trim())
         })?;
         let mut rules = Vec::with_capacity(raw.rule.len());

@@ -122,7 +122,7 @@ fn row(mut f: Map<String, Value>) -> Event {
         (user, String::new(), ip)
     };
     Event {
-        at_ms: now_ms(),
+        at_ms: crate::store::counters::now_ms(),
         outcome: outcome(&event).into(),
         action: action(&event),
         actor,
@@ -130,12 +130,6 @@ fn row(mut f: Map<String, Value>) -> Event {
         ip,
         details: f,
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The dotted name of an event: its subject, then what happened (`user_deactivated` →

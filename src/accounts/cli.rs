@@ -287,11 +287,7 @@ async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Fai
 
 pub async fn user(command: UserCommand) -> Result<(), Failure> {
     let common = command.common();
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
+    let db = common.database.open(&common.store.data_dir).await?;
     let roles = Roles::load(common.database.roles.as_deref())?;
     let json_out = common.json;
     let store = common.store.clone();
@@ -669,11 +665,7 @@ pub async fn audit(command: AuditCommand) -> Result<(), Failure> {
         action,
         limit,
     } = command;
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
+    let db = common.database.open(&common.store.data_dir).await?;
     let since_ms = since.as_deref().map(since_ms).transpose()?;
     // A user named by username or email is their id; anything else is taken as it is.
     let actor = match actor {
@@ -739,11 +731,7 @@ pub async fn outbox(command: OutboxCommand) -> Result<(), Failure> {
     let common = match &command {
         OutboxCommand::List { common, .. } | OutboxCommand::Retry { common, .. } => common,
     };
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
+    let db = common.database.open(&common.store.data_dir).await?;
     match &command {
         OutboxCommand::List { status, .. } => {
             if let Some(s) = status.as_deref() {

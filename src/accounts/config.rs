@@ -22,6 +22,20 @@ pub struct DatabaseArgs {
     /// scope and `admin` grants `admin`.
     #[arg(long, env = "GATEHOUSE_ROLES")]
     pub roles: Option<PathBuf>,
+    /// Webhooks (TOML, `[[webhook]]` with url, events, secret_file holding `whsec_…`): other
+    /// systems hear of registrations, deactivations, sessions … signed per Standard Webhooks
+    /// (README, "Webhooks"). Read by the command line too, which reports what it changes.
+    #[arg(long, env = "GATEHOUSE_WEBHOOKS")]
+    pub webhooks: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The database, with `--webhooks` read first: every change made through it reports to
+    /// them.
+    pub async fn open(&self, data_dir: &Path) -> Result<super::db::Db, ConfigError> {
+        super::webhooks::load(self.webhooks.as_deref())?;
+        super::db::Db::open(self.database_url.as_ref(), data_dir).await
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::error::{ConfigError, Fault};
 use crate::secret::Secret;
@@ -55,6 +55,61 @@ pub fn on_open(name: &'static str, f: fn(&Db)) {
     if !all.iter().any(|(n, _)| *n == name) {
         all.push((name, f));
     }
+}
+
+/// A change other systems may hear of (`user.deactivated`: a webhook's event type), with the
+/// ids and changed fields it reports, never a secret. Every hook registered with [`on_event`]
+/// writes it in the transaction of the change itself: it is stored exactly when the change is.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(kind: &'static str, data: serde_json::Value) -> Event {
+        Event { kind, data }
+    }
+}
+
+/// Writes an event on the change's connection (inside its transaction).
+pub type EventWriter = for<'c> fn(
+    &'c mut AnyConnection,
+    &'c Event,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>,
+>;
+/// What hears of events: a writer, and what to do once they are committed (wake a worker).
+type OnEvent = (&'static str, EventWriter, fn());
+static EVENTS: std::sync::RwLock<Vec<OnEvent>> = std::sync::RwLock::new(Vec::new());
+
+/// Makes every change from now on that reports an event call `write` in its transaction,
+/// and `committed` after it (once per name).
+pub fn on_event(name: &'static str, write: EventWriter, committed: fn()) {
+    let mut all = EVENTS.write().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(n, _, _)| *n != name);
+    all.push((name, write, committed));
+}
+
+fn event_hooks() -> Vec<OnEvent> {
+    EVENTS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Commits `tx` with `events` written in it.
+pub async fn commit_with(mut tx: Transaction<'_, Any>, events: &[Event]) -> Result<(), DbError> {
+    let hooks = event_hooks();
+    for event in events {
+        for (_, write, _) in &hooks {
+            write(&mut tx, event).await?;
+        }
+    }
+    tx.commit().await?;
+    if !events.is_empty() {
+        for (_, _, committed) in &hooks {
+            committed();
+        }
+    }
+    Ok(())
 }
 
 /// Before schemas were per module, one global sequence numbered every migration: what each of
@@ -418,6 +473,14 @@ pub struct ImportedUser {
     pub sealed_totp: Option<String>,
 }
 
+/// `second_factor.changed`: which factor, `added` or `removed`.
+fn second_factor(user: &str, factor: &str, change: &str) -> Event {
+    Event::new(
+        "second_factor.changed",
+        serde_json::json!({"user": user, "factor": factor, "change": change}),
+    )
+}
+
 /// A random identifier or token: `bytes` random bytes, base64url.
 pub fn random_token(bytes: usize) -> String {
     use base64::Engine;
@@ -646,6 +709,7 @@ impl Db {
     pub async fn create_user(&self, new: &NewUser<'_>) -> Result<User, DbError> {
         let now = unix_now() as i64;
         let id = random_token(12);
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO users (id, username, username_key, email, email_key, name, affiliation,
                 country, password_hash, active, email_confirmed_at, roles, created_at, updated_at,
@@ -664,8 +728,14 @@ impl Db {
         .bind(new.roles.join(" "))
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let event = Event::new(
+            "user.registered",
+            serde_json::json!({"user": id, "username": new.username.trim(),
+                "email": new.email.trim(), "email_confirmed": new.confirmed, "roles": new.roles}),
+        );
+        commit_with(tx, &[event]).await?;
         self.user(&id)
             .await?
             .ok_or_else(|| DbError::Unavailable("a new user vanished".into()))
@@ -697,24 +767,45 @@ impl Db {
         Ok(rows.iter().map(user_of).collect::<Result<_, _>>()?)
     }
 
+    /// A new password (`password.changed`).
     pub async fn set_password(&self, id: &str, hash: &str) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
             .bind(unix_now() as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let event = Event::new("password.changed", serde_json::json!({"user": id}));
+        commit_with(tx, &[event]).await
+    }
+
+    /// The same password stored in a newer hash (a sign-in upgrading an old scheme): no
+    /// change anyone hears of.
+    pub async fn rehash_password(&self, id: &str, hash: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
+    /// Activates or deactivates (`user.activated`, `user.deactivated`).
     pub async fn set_active(&self, id: &str, active: bool) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE users SET active = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::from(active))
             .bind(unix_now() as i64)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let kind = if active {
+            "user.activated"
+        } else {
+            "user.deactivated"
+        };
+        commit_with(tx, &[Event::new(kind, serde_json::json!({"user": id}))]).await
     }
 
     /// The scopes of each role (space-separated) as last recorded by `set_role_scopes`.
@@ -744,14 +835,20 @@ impl Db {
         Ok(())
     }
 
+    /// The user's roles beyond `user` (`user.updated` with `roles`).
     pub async fn set_roles(&self, id: &str, roles: &[String]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE users SET roles = $1, updated_at = $2 WHERE id = $3")
             .bind(roles.join(" "))
             .bind(unix_now() as i64)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let event = Event::new(
+            "user.updated",
+            serde_json::json!({"user": id, "changed": {"roles": roles}}),
+        );
+        commit_with(tx, &[event]).await
     }
 
     pub async fn set_profile(
@@ -761,6 +858,7 @@ impl Db {
         affiliation: &str,
         country: &str,
     ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE users SET name = $1, affiliation = $2, country = $3, updated_at = $4 WHERE id = $5",
         )
@@ -769,9 +867,14 @@ impl Db {
         .bind(country.trim())
         .bind(unix_now() as i64)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let event = Event::new(
+            "user.updated",
+            serde_json::json!({"user": id, "changed": {"name": name.trim(),
+                "affiliation": affiliation.trim(), "country": country.trim()}}),
+        );
+        commit_with(tx, &[event]).await
     }
 
     /// Records a successful login: the previous one moves down.
@@ -883,6 +986,7 @@ impl Db {
     /// Confirms `email` for the user: it becomes their address if it is not taken meanwhile.
     pub async fn confirm_email(&self, id: &str, email: &str) -> Result<(), DbError> {
         let now = unix_now() as i64;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE users SET email = $1, email_key = $2, email_confirmed_at = $3, updated_at = $4 WHERE id = $5",
         )
@@ -891,9 +995,13 @@ impl Db {
         .bind(now)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let event = Event::new(
+            "user.confirmed",
+            serde_json::json!({"user": id, "email": email.trim()}),
+        );
+        commit_with(tx, &[event]).await
     }
 
     /// Whether an address belongs to someone already.
@@ -1039,6 +1147,7 @@ impl Db {
     /// user or another), else its id.
     pub async fn add_passkey(&self, new: &NewPasskey<'_>) -> Result<Option<String>, DbError> {
         let id = random_token(12);
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO user_passkeys (id, user_id, credential_id, user_handle, name, passkey,
                 counter, backup_eligible, backup_state, created_at, last_used_at)
@@ -1056,10 +1165,14 @@ impl Db {
         .bind(i64::from(new.backup_state))
         .bind(unix_now() as i64)
         .bind(new.credential_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(r) if r.rows_affected() == 1 => Ok(Some(id)),
+            Ok(r) if r.rows_affected() == 1 => {
+                let event = second_factor(new.user_id, "passkey", "added");
+                commit_with(tx, &[event]).await?;
+                Ok(Some(id))
+            }
             Ok(_) => Ok(None),
             // Two registrations of one credential racing: the unique index refused the second.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
@@ -1121,7 +1234,15 @@ impl Db {
                 .bind(id),
             None => sqlx::query("DELETE FROM user_passkeys WHERE user_id = $1").bind(user_id),
         };
-        Ok(q.execute(&self.pool).await?.rows_affected())
+        let mut tx = self.pool.begin().await?;
+        let n = q.execute(&mut *tx).await?.rows_affected();
+        let events = if n > 0 {
+            vec![second_factor(user_id, "passkey", "removed")]
+        } else {
+            vec![]
+        };
+        commit_with(tx, &events).await?;
+        Ok(n)
     }
 
     /// Keeps the state of a WebAuthn ceremony of `kind` for `user_id` (empty: a sign-in that
@@ -1368,6 +1489,7 @@ impl Db {
     pub async fn import_users(&self, users: &[ImportedUser]) -> Result<(u64, u64), DbError> {
         let now = unix_now() as i64;
         let (mut created, mut updated) = (0, 0);
+        let mut events = Vec::new();
         let mut tx = self.pool.begin().await?;
         for u in users {
             let confirmed_at = u.email_confirmed.then_some(now);
@@ -1397,6 +1519,12 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
                     created += 1;
+                    events.push(Event::new(
+                        "user.registered",
+                        serde_json::json!({"user": id, "username": u.username, "email": u.email,
+                            "email_confirmed": u.email_confirmed, "roles": u.roles,
+                            "imported": true}),
+                    ));
                     id
                 }
                 Some(id) => {
@@ -1428,6 +1556,12 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
                     updated += 1;
+                    events.push(Event::new(
+                        "user.updated",
+                        serde_json::json!({"user": id, "changed": {"email": u.email,
+                            "name": u.name, "affiliation": u.affiliation, "country": u.country,
+                            "active": u.active, "roles": u.roles}, "imported": true}),
+                    ));
                     id.clone()
                 }
             };
@@ -1461,7 +1595,7 @@ impl Db {
                 .await?;
             }
         }
-        tx.commit().await?;
+        commit_with(tx, &events).await?;
         Ok((created, updated))
     }
 
@@ -1526,22 +1660,36 @@ impl Db {
             )
             .bind(step as i64)
         };
+        let mut tx = self.pool.begin().await?;
         let n = query
             .bind(user_id)
             .bind(step as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        let events = if confirm && n == 1 {
+            vec![second_factor(user_id, "totp", "added")]
+        } else {
+            vec![]
+        };
+        commit_with(tx, &events).await?;
         Ok(n == 1)
     }
 
     /// Removes the user's authenticator app; whether there was one.
     pub async fn remove_totp(&self, user_id: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
         let n = sqlx::query("DELETE FROM user_totp WHERE user_id = $1")
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        let events = if n > 0 {
+            vec![second_factor(user_id, "totp", "removed")]
+        } else {
+            vec![]
+        };
+        commit_with(tx, &events).await?;
         Ok(n > 0)
     }
 

@@ -31,6 +31,7 @@ pub mod providers;
 mod second;
 mod security;
 pub(crate) mod web;
+pub mod webhooks;
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -220,7 +221,7 @@ impl Accounts {
         a.validate()?;
         audit::install();
         let data_dir = &host.data_dir;
-        let db = db::Db::open(a.database.database_url.as_ref(), data_dir).await?;
+        let db = a.database.open(data_dir).await?;
         let roles = Roles::load(a.database.roles.as_deref())?;
         let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
         mailer.use_outbox(&db, secret.clone());
@@ -228,6 +229,7 @@ impl Accounts {
             a.outbound_ca.as_deref(),
             a.outbound_allow_private,
         )?);
+        webhooks::deliver_with(outbound.clone());
         let providers = providers::load(a.identity_providers.as_deref())?;
         let legacy_hook = legacy::LegacyHook::from_flags(
             a.legacy_password_hook.as_deref(),

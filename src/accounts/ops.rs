@@ -269,7 +269,7 @@ pub async fn login(
     may_sign_in(app, caller, &user).await?;
     if verified.rehash {
         if let Ok(h) = app.passwords.hash(&password).await {
-            if let Err(e) = app.db.set_password(&user.id, &h).await {
+            if let Err(e) = app.db.rehash_password(&user.id, &h).await {
                 tracing::warn!(user = user.id, error = %e, "password rehash not stored");
             }
         }
@@ -505,6 +505,7 @@ async fn issue_session_via(
         ..crate::sessions::Sessions::draft(user.id.clone(), app.settings.session_ttl)
     };
     let issued = sessions.issue(&session).await?;
+    super::webhooks::session_created(&app.db, &user.id, &issued.sid, amr).await;
     if let Some(v) = via {
         app.db
             .record_federated_session(

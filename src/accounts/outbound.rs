@@ -137,10 +137,31 @@ impl Outbound {
         } else {
             Method::GET
         };
-        let auth = Some(authorization.expose().as_str());
+        let headers = [("authorization", authorization.expose().as_str())];
         tokio::time::timeout(
             TIME_CAP,
-            self.exchange(method, &target, trust, auth, body, MAX_BODY),
+            self.exchange(method, &target, trust, &headers, body, MAX_BODY),
+        )
+        .await
+        .map_err(|_| OutboundError::TimedOut)?
+    }
+
+    /// POSTs `body` (of `content_type`) to `url` with these extra headers (a webhook's
+    /// signature).
+    pub async fn post_with(
+        &self,
+        url: &str,
+        trust: Trust,
+        headers: &[(&str, String)],
+        content_type: &str,
+        body: String,
+    ) -> Result<Answer, OutboundError> {
+        let target = Target::parse(url, trust)?;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = Some((content_type, body));
+        tokio::time::timeout(
+            TIME_CAP,
+            self.exchange(Method::POST, &target, trust, &headers, body, MAX_BODY),
         )
         .await
         .map_err(|_| OutboundError::TimedOut)?
@@ -157,7 +178,7 @@ impl Outbound {
         let target = Target::parse(url, trust)?;
         tokio::time::timeout(
             TIME_CAP,
-            self.exchange(method, &target, trust, None, body, cap),
+            self.exchange(method, &target, trust, &[], body, cap),
         )
         .await
         .map_err(|_| OutboundError::TimedOut)?
@@ -168,7 +189,7 @@ impl Outbound {
         method: Method,
         target: &Target,
         trust: Trust,
-        authorization: Option<&str>,
+        headers: &[(&str, &str)],
         body: Option<(&str, String)>,
         cap: usize,
     ) -> Result<Answer, OutboundError> {
@@ -183,8 +204,8 @@ impl Outbound {
             .header(hyper::header::HOST, target.authority.as_str())
             .header(hyper::header::USER_AGENT, "gatehouse")
             .header(hyper::header::ACCEPT, "application/json");
-        if let Some(value) = authorization {
-            request = request.header(hyper::header::AUTHORIZATION, value);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let body = match body {
             Some((content_type, body)) => {

@@ -99,7 +99,7 @@ struct Metrics {
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
-const KINDS: [&str; 2] = ["backchannel_logout", "mail"];
+const KINDS: [&str; 3] = ["backchannel_logout", "mail", "webhook"];
 const RESULTS: [&str; 3] = ["delivered", "retry", "failed"];
 
 /// Registers `gatehouse_outbox_pending` and `gatehouse_outbox_delivered_total{kind,result}`.
@@ -118,7 +118,7 @@ pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
     }
     registry.register(
         "outbox_pending",
-        "Outbox items waiting for delivery (mail, back-channel logouts), counted every round",
+        "Outbox items waiting for delivery (mail, webhooks, back-channel logouts), counted every round",
         m.pending.clone(),
     );
     registry.register(
@@ -139,6 +139,11 @@ fn count_attempt(kind: &str, result: &'static str) {
 /// Wakes this process's worker when an item is written, so delivery starts at once.
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Starts this process's worker's next round now: an item was just committed.
+pub fn wake() {
+    WAKE.notify_one();
+}
+
 /// Writes an item of `kind` for `target`; its id.
 pub async fn enqueue(
     db: &Db,
@@ -146,6 +151,20 @@ pub async fn enqueue(
     target: &str,
     payload: &serde_json::Value,
 ) -> Result<String, DbError> {
+    let mut conn = db.pool().acquire().await?;
+    let id = enqueue_on(&mut conn, kind, target, payload).await?;
+    wake();
+    Ok(id)
+}
+
+/// Writes an item on `conn`, in the transaction of the change it reports (the caller wakes
+/// the worker once that is committed); its id.
+pub async fn enqueue_on(
+    conn: &mut sqlx::AnyConnection,
+    kind: &str,
+    target: &str,
+    payload: &serde_json::Value,
+) -> Result<String, sqlx::Error> {
     let id = random_token(16);
     let now = unix_now() as i64;
     sqlx::query(
@@ -158,9 +177,8 @@ pub async fn enqueue(
     .bind(target)
     .bind(payload.to_string())
     .bind(now)
-    .execute(db.pool())
+    .execute(conn)
     .await?;
-    WAKE.notify_one();
     Ok(id)
 }
 

@@ -159,7 +159,7 @@ pub fn load(path: Option<&Path>) -> Result<Vec<Arc<Provider>>, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(FLAG, format!("{}: {e}", path.display())))?;
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let line_of = |offset: usize| crate::error::line_at(&text, offset);
     let file: File = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(s.start));
         ConfigError::new(

@@ -258,11 +258,7 @@ async fn end_tokens(store: &StoreArgs, db: &Db, client_id: &str) -> Result<u64, 
 
 pub async fn client(command: ClientCommand) -> Result<(), Failure> {
     let common = command.common();
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
+    let db = common.database.open(&common.store.data_dir).await?;
     let json_out = common.json;
     let store = common.store.clone();
     match command {
@@ -494,11 +490,7 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
     let (TokenCommand::Create { common, user, .. }
     | TokenCommand::List { common, user }
     | TokenCommand::Revoke { common, user, .. }) = &command;
-    let db = Db::open(
-        common.database.database_url.as_ref(),
-        &common.store.data_dir,
-    )
-    .await?;
+    let db = common.database.open(&common.store.data_dir).await?;
     let roles = crate::accounts::Roles::load(common.database.roles.as_deref())?;
     let user = find(&db, user).await?;
     let store = crate::store::Store::open_for_command(&common.store).await?;

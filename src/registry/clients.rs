@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::accounts::db::{random_token, token_hash, Db, DbError};
+use crate::accounts::db::{commit_with, random_token, token_hash, Db, DbError, Event};
 use crate::secret::Secret;
 use crate::session::unix_now;
 
@@ -340,6 +340,7 @@ pub async fn create(
     let id = client_id();
     let secret = new.confidential.then(new_secret);
     let now = unix_now() as i64;
+    let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO oauth_clients (id, secret_hash, name, description, homepage, owner,
             confidential, redirect_uris, grants, scopes, disabled, created_at, updated_at,
@@ -365,8 +366,14 @@ pub async fn create(
     .bind(new.oidc.access_token_format.name())
     .bind(new.oidc.audience.as_deref().unwrap_or(""))
     .bind(i64::from(new.self_registered))
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    let event = Event::new(
+        "client.created",
+        serde_json::json!({"client_id": id, "name": new.name, "owner": new.owner,
+            "self_registered": new.self_registered}),
+    );
+    commit_with(tx, &[event]).await?;
     let client = find(db, &id).await?.ok_or(DbError::Taken("client_id"))?;
     Ok((client, secret))
 }
@@ -397,14 +404,26 @@ pub async fn list_clients(db: &Db, owner: Option<&str>) -> Result<Vec<Client>, D
     Ok(rows.iter().map(client_of).collect::<Result<_, _>>()?)
 }
 
+/// Disables (`client.disabled`) or enables a client; whether there was one.
 pub async fn set_disabled(db: &Db, id: &str, disabled: bool) -> Result<bool, DbError> {
+    let mut tx = db.pool().begin().await?;
     let done = sqlx::query("UPDATE oauth_clients SET disabled = $1, updated_at = $2 WHERE id = $3")
         .bind(i64::from(disabled))
         .bind(unix_now() as i64)
         .bind(id)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected() == 1)
+    let found = done.rows_affected() == 1;
+    let events = if found && disabled {
+        vec![Event::new(
+            "client.disabled",
+            serde_json::json!({"client_id": id}),
+        )]
+    } else {
+        vec![]
+    };
+    commit_with(tx, &events).await?;
+    Ok(found)
 }
 
 /// Replaces a client's OpenID Connect settings (`client update`, the owner's page).

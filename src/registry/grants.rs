@@ -8,7 +8,7 @@
 
 use sqlx::Row;
 
-use crate::accounts::db::{random_token, token_hash, Db, DbError};
+use crate::accounts::db::{commit_with, random_token, token_hash, Db, DbError, Event};
 use crate::secret::Secret;
 use crate::session::unix_now;
 use crate::sessions::{Sessions, SessionsError};
@@ -346,16 +346,29 @@ pub async fn revoke_grant(
     sessions: &Sessions<'_>,
     grant_id: &str,
 ) -> Result<u64, RevokeError> {
-    sqlx::query("UPDATE oauth_grants SET revoked = 1 WHERE id = $1")
-        .bind(grant_id)
-        .execute(db.pool())
-        .await
-        .map_err(DbError::from)?;
+    let mut tx = db.pool().begin().await.map_err(DbError::from)?;
+    let newly = sqlx::query(
+        "UPDATE oauth_grants SET revoked = 1 WHERE id = $1 AND revoked = 0
+         RETURNING user_id, client_id",
+    )
+    .bind(grant_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
     sqlx::query("UPDATE oauth_refresh SET used = 1 WHERE grant_id = $1")
         .bind(grant_id)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(DbError::from)?;
+    let events = match newly {
+        Some(r) => vec![revoked(
+            grant_id,
+            &r.try_get::<String, _>("user_id").map_err(DbError::from)?,
+            &r.try_get::<String, _>("client_id").map_err(DbError::from)?,
+        )],
+        None => vec![],
+    };
+    commit_with(tx, &events).await?;
     let rows = sqlx::query("SELECT sid, sub FROM oauth_access WHERE grant_id = $1")
         .bind(grant_id)
         .fetch_all(db.pool())
@@ -378,6 +391,14 @@ pub async fn revoke_grant(
         .await
         .map_err(DbError::from)?;
     Ok(ended)
+}
+
+/// `grant.revoked`.
+fn revoked(grant: &str, user: &str, client_id: &str) -> Event {
+    Event::new(
+        "grant.revoked",
+        serde_json::json!({"grant": grant, "user": user, "client_id": client_id}),
+    )
 }
 
 /// Revokes every live grant of `client_id` (disabled, or its secret rotated), or only those
@@ -462,18 +483,29 @@ pub async fn end_user_grants(db: &Db, user_id: &str) -> Result<u64, DbError> {
     .bind(user_id)
     .execute(&mut *tx)
     .await?;
-    let ended =
-        sqlx::query("UPDATE oauth_grants SET revoked = 1 WHERE user_id = $1 AND revoked = 0")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    let rows = sqlx::query(
+        "UPDATE oauth_grants SET revoked = 1 WHERE user_id = $1 AND revoked = 0
+         RETURNING id, client_id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events = rows
+        .iter()
+        .map(|r| {
+            Ok(revoked(
+                &r.try_get::<String, _>("id")?,
+                user_id,
+                &r.try_get::<String, _>("client_id")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     sqlx::query("DELETE FROM oauth_consents WHERE user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(ended)
+    commit_with(tx, &events).await?;
+    Ok(events.len() as u64)
 }
 
 /// The scopes `user_id` already consented to for `client_id`; None when they never consented

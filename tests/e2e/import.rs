@@ -19,18 +19,6 @@ const HOOK_SECRET: &str = "hook-bearer-secret-for-tests";
 
 on_both_backends!(every_scheme_signs_in_once_then_is_argon2id);
 
-/// The Python of the tests' virtual environment (.ci/run installs passlib, bcrypt and
-/// argon2-cffi into it).
-fn python() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python3");
-    assert!(
-        venv.exists(),
-        "no {}: python3 -m venv target/ci-venv && target/ci-venv/bin/pip install passlib==1.7.4 bcrypt==4.2.1 argon2-cffi==23.1.0",
-        venv.display()
-    );
-    venv
-}
-
 /// One hash per scheme of `PW`, as `{"scheme name": password_hash}`, made by Python.
 fn reference_hashes() -> Value {
     const SCRIPT: &str = r#"
@@ -60,7 +48,7 @@ print(json.dumps({
   "legacy-hook": {"scheme": "legacy-hook"},
 }))
 "#;
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(venv_python())
         .args(["-c", SCRIPT])
         .env("PW", PW)
         .output()

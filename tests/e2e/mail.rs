@@ -10,24 +10,12 @@ use serde_json::json;
 use crate::accounts::{Backend, Site, PW};
 use crate::support::*;
 
-fn venv(program: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/ci-venv/bin")
-        .join(program);
-    assert!(
-        path.exists(),
-        "no {}: python3 -m venv target/ci-venv && target/ci-venv/bin/pip install aiosmtpd==1.4.6",
-        path.display()
-    );
-    path
-}
-
 /// aiosmtpd on `port`, keeping each message as a file in the maildir `dir`; killed on drop.
 struct Smtp(Child);
 
 impl Smtp {
     fn start(port: u16, dir: &str) -> Smtp {
-        let child = Command::new(venv("python3"))
+        let child = Command::new(venv_python())
             .args([
                 "-m",
                 "aiosmtpd",
@@ -73,7 +61,7 @@ fn delivered(dir: &str, timeout: Duration) -> Vec<String> {
 
 /// Rows in the SQLite outbox of `data`.
 fn outbox_rows(data: &str) -> i64 {
-    let out = Command::new(venv("python3"))
+    let out = Command::new(venv_python())
         .args([
             "-c",
             "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from outbox').fetchone()[0])",

@@ -44,3 +44,5 @@ mod registry;
 mod second_factor;
 #[cfg(feature = "registry")]
 mod upgrade;
+#[cfg(feature = "accounts")]
+mod webhooks;

@@ -157,3 +157,15 @@ pub(crate) fn read_tail(path: &Path, max: usize) -> String {
     let start = bytes.len().saturating_sub(max);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
+
+/// The Python of the tests' virtual environment, `target/ci-venv`, where `.ci/run` installs the
+/// reference libraries (passlib, bcrypt, argon2-cffi, aiosmtpd, standardwebhooks).
+pub fn venv_python() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python3");
+    assert!(
+        path.exists(),
+        "no {}: run bash .ci/run once (it makes target/ci-venv and installs the pinned tools)",
+        path.display()
+    );
+    path
+}
