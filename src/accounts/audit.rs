@@ -104,8 +104,9 @@ impl Visit for Fields {
     }
 }
 
-/// A line's fields as a row. A line without `ip` came from the command line: its `user` is
-/// what the operator acted on.
+/// A line's fields as a row: `user` is the actor and `target` what they acted on (an admin's
+/// action). A line without `ip` came from the command line: its `target`, or else its
+/// `user`, is what the operator acted on.
 fn row(mut f: Map<String, Value>) -> Event {
     let mut text = |k: &str| match f.remove(k) {
         Some(Value::String(s)) => s,
@@ -115,11 +116,13 @@ fn row(mut f: Map<String, Value>) -> Event {
     let event = text("event");
     let user = text("user");
     let ip = text("ip");
+    let target = text("target");
     f.remove("message");
     let (actor, target, ip) = if ip.is_empty() {
-        ("cli".to_owned(), user, "-".to_owned())
+        let target = if target.is_empty() { user } else { target };
+        ("cli".to_owned(), target, "-".to_owned())
     } else {
-        (user, String::new(), ip)
+        (user, target, ip)
     };
     Event {
         at_ms: crate::store::counters::now_ms(),
@@ -320,6 +323,33 @@ pub async fn list(db: &Db, f: &Filter) -> Result<Vec<Event>, DbError> {
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(DbError::from)
+}
+
+/// Replaces the deleted user `id` by `pseudonym` in every row (actor, target, and the
+/// details' text), on the deletion's connection: the trail keeps what happened, not to whom.
+pub async fn pseudonymise(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+    pseudonym: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE audit_events SET actor = CASE WHEN actor = $1 THEN $2 ELSE actor END,
+            target = CASE WHEN target = $3 THEN $4 ELSE target END,
+            details = REPLACE(details, $5, $6)
+         WHERE actor = $7 OR target = $8 OR details LIKE $9",
+    )
+    .bind(id)
+    .bind(pseudonym)
+    .bind(id)
+    .bind(pseudonym)
+    .bind(id)
+    .bind(pseudonym)
+    .bind(id)
+    .bind(id)
+    .bind(format!("%{id}%"))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Deletes rows from before `before_ms`.

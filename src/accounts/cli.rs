@@ -70,6 +70,14 @@ pub enum UserCommand {
         common: Common,
         user: String,
     },
+    /// Delete the user and everything stored about them: sessions, tokens and grants end,
+    /// their rows go (the audit trail keeps a pseudonym), `user.deleted` is sent, and the id
+    /// is never given again. No mail (the pages' and the admin console's deletion send one).
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
     /// Remove the user's second factors (a lost device) and end all their sessions: the
     /// password alone signs in again, and the user sets up a new factor.
     ResetSecondFactors {
@@ -184,6 +192,7 @@ impl UserCommand {
             | UserCommand::Show { common, .. }
             | UserCommand::Activate { common, .. }
             | UserCommand::Deactivate { common, .. }
+            | UserCommand::Delete { common, .. }
             | UserCommand::ResetSecondFactors { common, .. }
             | UserCommand::SetPassword { common, .. }
             | UserCommand::Invite { common, .. }
@@ -264,10 +273,14 @@ async fn end_user(
     let store = crate::store::Store::open_for_command(store).await?;
     end_credentials(db, &Sessions::new(&store, None), user_id, None, reason)
         .await
-        .map_err(|e| match e {
-            EndError::Sessions(s) => sessions_failure(s),
-            EndError::Db(d) => other(d),
-        })
+        .map_err(end_failure)
+}
+
+fn end_failure(e: EndError) -> Failure {
+    match e {
+        EndError::Sessions(s) => sessions_failure(s),
+        EndError::Db(d) => other(d),
+    }
 }
 
 async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Failure> {
@@ -382,6 +395,20 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{} is deactivated; {} session(s) and {} grant(s) ended",
+                u.username, n.sessions, n.grants
+            );
+            Ok(())
+        }
+        UserCommand::Delete { user, .. } => {
+            let u = find(&db, &user).await?;
+            let store = crate::store::Store::open_for_command(&store).await?;
+            let name = super::userdata::pseudonym();
+            let n = super::userdata::delete(&db, &Sessions::new(&store, None), &u, &name)
+                .await
+                .map_err(end_failure)?;
+            tracing::info!(target: "gatehouse::audit", event = "user_deleted", user = %name, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
+            eprintln!(
+                "{} is deleted (audit trail: {name}); {} session(s) and {} grant(s) ended",
                 u.username, n.sessions, n.grants
             );
             Ok(())

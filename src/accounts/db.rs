@@ -291,6 +291,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX audit_events_target ON audit_events (target, at)",
         ],
     ),
+    (
+        8,
+        // Deleted users' ids, never given to anyone again (their rows are gone).
+        &["CREATE TABLE user_tombstones (id TEXT PRIMARY KEY, deleted_at BIGINT NOT NULL)"],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -471,6 +476,51 @@ pub struct ImportedUser {
     pub identities: Vec<(String, String)>,
     /// The TOTP secret sealed with the server secret, confirmed.
     pub sealed_totp: Option<String>,
+}
+
+/// A new user's id: random, and never a deleted user's.
+async fn new_user_id(conn: &mut AnyConnection) -> Result<String, sqlx::Error> {
+    loop {
+        let id = random_token(12);
+        let dead = sqlx::query("SELECT 1 AS x FROM user_tombstones WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if dead.is_none() {
+            return Ok(id);
+        }
+    }
+}
+
+/// Deletes the user `id` and every row accounts keeps about them (tokens, second factors,
+/// identities, pending mail), leaving a tombstone so the id is never given again; whether
+/// there was such a user. On the deletion's connection: its transaction.
+pub async fn erase_user_rows(conn: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
+    for sql in [
+        "DELETE FROM user_tokens WHERE user_id = $1",
+        "DELETE FROM user_totp WHERE user_id = $1",
+        "DELETE FROM user_recovery_codes WHERE user_id = $1",
+        "DELETE FROM user_passkeys WHERE user_id = $1",
+        "DELETE FROM webauthn_ceremonies WHERE user_id = $1",
+        "DELETE FROM passkey_offers_declined WHERE user_id = $1",
+        "DELETE FROM user_identities WHERE user_id = $1",
+        "DELETE FROM federated_sessions WHERE user_id = $1",
+        // Mail not yet sent to them (it holds their address).
+        "DELETE FROM outbox WHERE kind = 'mail' AND target = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
+    let gone = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query("INSERT INTO user_tombstones (id, deleted_at) VALUES ($1, $2)")
+        .bind(id)
+        .bind(unix_now() as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(gone == 1)
 }
 
 /// `second_factor.changed`: which factor, `added` or `removed`.
@@ -708,8 +758,8 @@ impl Db {
 
     pub async fn create_user(&self, new: &NewUser<'_>) -> Result<User, DbError> {
         let now = unix_now() as i64;
-        let id = random_token(12);
         let mut tx = self.pool.begin().await?;
+        let id = new_user_id(&mut tx).await?;
         sqlx::query(
             "INSERT INTO users (id, username, username_key, email, email_key, name, affiliation,
                 country, password_hash, active, email_confirmed_at, roles, created_at, updated_at,
@@ -1495,7 +1545,7 @@ impl Db {
             let confirmed_at = u.email_confirmed.then_some(now);
             let id = match &u.existing {
                 None => {
-                    let id = random_token(12);
+                    let id = new_user_id(&mut tx).await?;
                     sqlx::query(
                         "INSERT INTO users (id, username, username_key, email, email_key, name,
                             affiliation, country, password_hash, active, email_confirmed_at,
@@ -1789,6 +1839,7 @@ mod tests {
                 "user_passkeys",
                 "user_recovery_codes",
                 "user_tokens",
+                "user_tombstones",
                 "user_totp",
                 "users",
                 "webauthn_ceremonies"
@@ -1815,6 +1866,7 @@ mod tests {
                 ("accounts".to_owned(), 5),
                 ("accounts".to_owned(), 6),
                 ("accounts".to_owned(), 7),
+                ("accounts".to_owned(), 8),
                 ("extra".to_owned(), 1)
             ]
         );

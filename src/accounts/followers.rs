@@ -3,6 +3,9 @@
 //! each registers a follower once ([`follow`]) and [`end_credentials`] calls every one, so a
 //! page, the API and the CLI end the same things in the same order (the registry: the user's
 //! grants and consents, and on deactivation the clients they own).
+//!
+//! A module also says what it keeps about a user ([`keeps`]): its part of `/account/export`,
+//! and what it deletes, in the deletion's transaction, when the user is deleted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +23,8 @@ pub enum Reason {
     Deactivated,
     /// `user reset-second-factors`: a lost device, which may be in other hands.
     SecondFactorsReset,
+    /// The user is deleted (their own choice, or an operator's).
+    Deleted,
 }
 
 /// A boxed future borrowing its arguments.
@@ -77,4 +82,55 @@ pub async fn end_credentials(
     }
     ended.sessions = sessions.revoke_user(user_id, keep).await?;
     Ok(ended)
+}
+
+/// A module's part of a user's export: a section name and what it keeps, as JSON.
+pub type Exporter = for<'a> fn(
+    &'a Db,
+    &'a str,
+) -> Pin<
+    Box<dyn Future<Output = Result<serde_json::Value, DbError>> + Send + 'a>,
+>;
+
+/// Deletes what a module keeps about a user, on the deletion's connection (its transaction).
+pub type Forgetter =
+    for<'a> fn(
+        &'a mut sqlx::AnyConnection,
+        &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
+
+type Keeper = (&'static str, Exporter, Forgetter);
+static KEEPERS: RwLock<Vec<Keeper>> = RwLock::new(Vec::new());
+
+/// Registers what the module `name` keeps about users (once per name): `name` is its section
+/// of the export.
+pub fn keeps(name: &'static str, export: Exporter, forget: Forgetter) {
+    let mut all = KEEPERS.write().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|(n, _, _)| *n == name) {
+        all.push((name, export, forget));
+    }
+}
+
+fn keepers() -> Vec<Keeper> {
+    KEEPERS.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Every module's part of `user_id`'s export, by section.
+pub async fn export(
+    db: &Db,
+    user_id: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, DbError> {
+    let mut all = serde_json::Map::new();
+    for (name, export, _) in keepers() {
+        all.insert(name.to_owned(), export(db, user_id).await?);
+    }
+    Ok(all)
+}
+
+/// Deletes every module's rows about `user_id` on `conn`.
+pub async fn forget(conn: &mut sqlx::AnyConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    for (_, _, forget) in keepers() {
+        forget(conn, user_id).await?;
+    }
+    Ok(())
 }

@@ -30,6 +30,7 @@ pub mod password;
 pub mod providers;
 mod second;
 mod security;
+pub mod userdata;
 pub(crate) mod web;
 pub mod webhooks;
 
@@ -343,6 +344,7 @@ impl Accounts {
             .merge(security::routes())
             .merge(api::routes())
             .merge(federation::routes())
+            .merge(userdata::routes())
             .fallback(web::not_found)
             .with_state(self.clone());
         Arc::new(Routes(own.merge(extra)))

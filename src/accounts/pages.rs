@@ -295,3 +295,13 @@ pub struct RecoveryCodes {
     pub next: String,
     pub notice: String,
 }
+
+/// `/account/delete`: what deletion does, and the username typed to confirm it.
+#[derive(Template)]
+#[template(path = "account_delete.html")]
+pub struct AccountDelete {
+    pub page: Page,
+    pub username: String,
+    pub email: String,
+    pub error: String,
+}

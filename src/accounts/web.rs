@@ -137,6 +137,14 @@ impl<S: WithAccounts> FromRequestParts<S> for Ctx {
 }
 
 impl Ctx {
+    /// The same request, as the pages see it once its session ended.
+    pub(crate) fn signed_out(self) -> Ctx {
+        Ctx {
+            session: None,
+            ..self
+        }
+    }
+
     pub(super) fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -646,10 +654,7 @@ pub(crate) async fn sign_out(app: &Accounts, ctx: Ctx, then: Option<&str>) -> Re
         Some(to) => see_other(to),
         None => login_form(
             app,
-            &Ctx {
-                session: None,
-                ..ctx
-            },
+            &ctx.signed_out(),
             StatusCode::OK,
             "",
             "",
@@ -931,10 +936,7 @@ async fn reset(State(app): App, ctx: Ctx, Form(f): Form<ResetForm>) -> Response 
     match ops::reset(&app, &ctx.caller(), &f.token, &f.password).await {
         Ok(user) => login_form(
             &app,
-            &Ctx {
-                session: None,
-                ..ctx
-            },
+            &ctx.signed_out(),
             StatusCode::OK,
             &user.username,
             "",

@@ -456,7 +456,8 @@ pub async fn user_ended(
     reason: crate::accounts::followers::Reason,
 ) -> Result<u64, crate::accounts::followers::EndError> {
     let mut ended = end_user_grants(db, user_id).await?;
-    if reason == crate::accounts::followers::Reason::Deactivated {
+    use crate::accounts::followers::Reason;
+    if matches!(reason, Reason::Deactivated | Reason::Deleted) {
         for c in super::clients::list_clients(db, Some(user_id)).await? {
             if c.disabled {
                 continue;
@@ -602,6 +603,61 @@ pub async fn end_client_tokens(
 ) -> Result<u64, RevokeError> {
     let own = sessions.revoke_user(client_id, None).await?;
     Ok(own + revoke_grants(db, sessions, client_id, None).await?)
+}
+
+/// The registry's part of a user's export: the applications they authorized (with the
+/// scopes consented), their grants, and the clients they own. Never a secret or token hash.
+pub async fn export_user(db: &Db, user_id: &str) -> Result<serde_json::Value, DbError> {
+    let consents = consents_of(db, user_id).await?;
+    let rows = sqlx::query(
+        "SELECT g.id, g.client_id, c.name, g.scopes, g.created_at, g.revoked FROM oauth_grants g
+         LEFT JOIN oauth_clients c ON c.id = g.client_id WHERE g.user_id = $1
+         ORDER BY g.created_at, g.id",
+    )
+    .bind(user_id)
+    .fetch_all(db.pool())
+    .await?;
+    let grants = rows
+        .iter()
+        .map(|r| {
+            Ok(serde_json::json!({
+                "id": r.try_get::<String, _>("id")?,
+                "client_id": r.try_get::<String, _>("client_id")?,
+                "client_name": r.try_get::<Option<String>, _>("name")?,
+                "scopes": words(&r.try_get::<String, _>("scopes")?),
+                "created_at": r.try_get::<i64, _>("created_at")?,
+                "revoked": r.try_get::<i64, _>("revoked")? != 0,
+            }))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let owned = super::clients::list_clients(db, Some(user_id)).await?;
+    Ok(serde_json::json!({
+        "authorized_applications": consents.iter().map(|(client, scopes, at)| serde_json::json!({
+            "client_id": client, "scopes": scopes, "consented_at": at,
+        })).collect::<Vec<_>>(),
+        "grants": grants,
+        "clients_owned": owned.iter().map(|c| serde_json::json!({
+            "client_id": c.client_id, "name": c.name, "disabled": c.disabled,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Deletes what the registry keeps about a deleted user, in the deletion's transaction: their
+/// codes, grants with their refresh and access records, consents. The clients they owned
+/// (disabled with their tokens as the deletion began) stay, owned by no one.
+pub async fn forget_user(conn: &mut sqlx::AnyConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    for sql in [
+        "DELETE FROM oauth_refresh WHERE grant_id IN (SELECT id FROM oauth_grants WHERE user_id = $1)",
+        "DELETE FROM oauth_access WHERE sub = $1",
+        "DELETE FROM oauth_grants WHERE user_id = $1",
+        "DELETE FROM oauth_codes WHERE user_id = $1",
+        "DELETE FROM oauth_device_codes WHERE user_id = $1",
+        "DELETE FROM oauth_consents WHERE user_id = $1",
+        "UPDATE oauth_clients SET owner = NULL WHERE owner = $1",
+    ] {
+        sqlx::query(sql).bind(user_id).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

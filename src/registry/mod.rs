@@ -86,6 +86,11 @@ pub fn install() {
     crate::accounts::followers::follow("registry", |db, sessions, user, reason| {
         Box::pin(grants::user_ended(db, sessions, user, reason))
     });
+    crate::accounts::followers::keeps(
+        "registry",
+        |db, user| Box::pin(grants::export_user(db, user)),
+        |conn, user| Box::pin(grants::forget_user(conn, user)),
+    );
     crate::accounts::db::on_open("registry", logout::listen);
 }
 

@@ -88,6 +88,27 @@ impl Site {
         gatehouse_cli_with(&all, &env, stdin)
     }
 
+    /// One SQL statement on the users' database, its rows one per line, columns joined by
+    /// `|` (psql's unaligned form, and the same from SQLite).
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        match &self.pg {
+            Some(pg) => pg.psql(sql),
+            None => {
+                let out = std::process::Command::new(venv_python())
+                    .args([
+                        "-c",
+                        "import sqlite3, sys\nfor r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2]): print('|'.join('' if v is None else str(v) for v in r))",
+                        &format!("{}/accounts.db", self.data()),
+                        sql,
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{sql}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+        }
+    }
+
     pub(crate) fn create_user(&self, username: &str, email: &str, password: &str) {
         let out = self.cli(
             &["user", "create", "--username", username, "--email", email],

@@ -59,19 +59,6 @@ fn delivered(dir: &str, timeout: Duration) -> Vec<String> {
     }
 }
 
-/// Rows in the SQLite outbox of `data`.
-fn outbox_rows(data: &str) -> i64 {
-    let out = Command::new(venv_python())
-        .args([
-            "-c",
-            "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from outbox').fetchone()[0])",
-            &format!("{data}/accounts.db"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 #[test]
 fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
     let port = free_port();
@@ -96,7 +83,12 @@ fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(outbox_rows(&site.data()), 1);
+    assert_eq!(
+        site.sql("SELECT COUNT(*) FROM outbox")
+            .parse::<i64>()
+            .unwrap(),
+        1
+    );
     // The operator sees it waiting, never its message; the metrics count the retries.
     let listed = cli_stdout(&site.cli(&["outbox", "list", "--json", "--status", "pending"], None));
     let item: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
@@ -134,7 +126,12 @@ fn a_confirmation_written_while_smtp_is_down_goes_out_when_it_is_back() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while outbox_rows(&site.data()) != 0 {
+    while site
+        .sql("SELECT COUNT(*) FROM outbox")
+        .parse::<i64>()
+        .unwrap()
+        != 0
+    {
         assert!(
             Instant::now() < deadline,
             "the delivered message stayed in the outbox"

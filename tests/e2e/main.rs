@@ -44,5 +44,7 @@ mod registry;
 mod second_factor;
 #[cfg(feature = "registry")]
 mod upgrade;
+#[cfg(feature = "registry")]
+mod userdata;
 #[cfg(feature = "accounts")]
 mod webhooks;

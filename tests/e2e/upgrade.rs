@@ -64,6 +64,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=5",
         "module=\"accounts\" version=6",
         "module=\"accounts\" version=7",
+        "module=\"accounts\" version=8",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -85,6 +86,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 5",
         "accounts 6",
         "accounts 7",
+        "accounts 8",
         "registry 1",
         "registry 2",
         "registry 3",
