@@ -44,6 +44,10 @@ pub enum Command {
     #[cfg(feature = "accounts")]
     #[command(subcommand)]
     User(crate::accounts::cli::UserCommand),
+    /// Roles and the scopes they grant (accounts).
+    #[cfg(feature = "accounts")]
+    #[command(subcommand)]
+    Role(crate::accounts::cli::RolesCommand),
     /// The audit trail (accounts).
     #[cfg(feature = "accounts")]
     #[command(subcommand)]

@@ -106,6 +106,8 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         #[cfg(feature = "accounts")]
         Command::Audit(args) => accounts::cli::audit(args).await,
         #[cfg(feature = "accounts")]
+        Command::Role(args) => accounts::cli::roles(args).await,
+        #[cfg(feature = "accounts")]
         Command::Outbox(args) => accounts::cli::outbox(args).await,
         #[cfg(feature = "registry")]
         Command::Client(args) => registry::cli::client(args).await,

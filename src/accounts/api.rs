@@ -137,15 +137,20 @@ pub(super) fn problem(p: Problem) -> Response {
     error(p)
 }
 
-fn user_json(app: &Accounts, u: &User) -> Value {
-    let (roles, scopes) = app.roles.of(&u.roles);
-    json!({
+/// The user as the API shows them, with the scopes their roles grant now.
+async fn user_json(app: &Accounts, u: &User) -> Result<Value, Response> {
+    let (roles, scopes) = app
+        .roles()
+        .await
+        .map_err(|e| error(Problem::unavailable(&e)))?
+        .of(&u.roles);
+    Ok(json!({
         "id": u.id, "username": u.username, "email": u.email, "name": u.name,
         "affiliation": u.affiliation, "country": u.country,
         "email_confirmed": u.email_confirmed_at.is_some(), "roles": roles, "scopes": scopes,
         "created_at": u.created_at, "previous_login_at": u.previous_login_at,
         "previous_login_ip": u.previous_login_ip,
-    })
+    }))
 }
 
 #[derive(Deserialize)]
@@ -160,7 +165,7 @@ async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejecti
         Err(r) => return r,
     };
     match ops::login(&app, &ctx.caller(), &b.username, Secret::new(b.password)).await {
-        Ok(ops::LoginOutcome::Done(done)) => logged_in(&app, *done),
+        Ok(ops::LoginOutcome::Done(done)) => logged_in(&app, *done).await,
         Ok(ops::LoginOutcome::SecondStep { pending, methods }) => {
             let mut r = answer(
                 StatusCode::OK,
@@ -174,8 +179,12 @@ async fn login(State(app): App, ctx: Ctx, b: Result<Json<LoginBody>, JsonRejecti
 }
 
 /// A finished sign-in: the user, and the cookies (the pending one cleared).
-fn logged_in(app: &Accounts, done: ops::LoggedIn) -> Response {
-    let mut body = json!({ "user": user_json(app, &done.user), "sid": done.issued.sid });
+async fn logged_in(app: &Accounts, done: ops::LoggedIn) -> Response {
+    let user = match user_json(app, &done.user).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let mut body = json!({ "user": user, "sid": done.issued.sid });
     if done.must_enrol {
         // --require-second-factor covers this user, who has none yet.
         body["second_factor_setup_required"] = json!(true);
@@ -215,7 +224,7 @@ async fn finish_step(app: &Accounts, ctx: &Ctx, proof: Proof<'_>) -> Response {
     let caller = ctx.caller();
     if let Some(pending) = ctx.pending() {
         return match second::second_step(app, &caller, pending, proof).await {
-            Ok(done) => logged_in(app, done),
+            Ok(done) => logged_in(app, done).await,
             Err(p) => error(p),
         };
     }
@@ -225,10 +234,11 @@ async fn finish_step(app: &Accounts, ctx: &Ctx, proof: Proof<'_>) -> Response {
     };
     match second::step_up(app, &caller, &user, proof).await {
         Ok(issued) => {
-            let mut r = answer(
-                StatusCode::OK,
-                json!({ "user": user_json(app, &user), "sid": issued.sid }),
-            );
+            let shown = match user_json(app, &user).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let mut r = answer(StatusCode::OK, json!({ "user": shown, "sid": issued.sid }));
             web::set_session_cookie(
                 app,
                 r.headers_mut(),
@@ -364,7 +374,7 @@ async fn passkey_login(
         finish_step(&app, &ctx, proof).await
     } else {
         match second::passkey_sign_in(&app, &ctx.caller(), ceremony, &credential).await {
-            Ok(done) => logged_in(&app, done),
+            Ok(done) => logged_in(&app, done).await,
             Err(p) => error(p),
         }
     };
@@ -661,7 +671,10 @@ async fn change(State(app): App, ctx: Ctx, b: Result<Json<ChangeBody>, JsonRejec
 
 async fn me(State(app): App, ctx: Ctx) -> Response {
     match user(&app, &ctx).await {
-        Ok(u) => answer(StatusCode::OK, user_json(&app, &u)),
+        Ok(u) => match user_json(&app, &u).await {
+            Ok(shown) => answer(StatusCode::OK, shown),
+            Err(r) => r,
+        },
         Err(r) => r,
     }
 }

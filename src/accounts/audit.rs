@@ -140,7 +140,7 @@ fn row(mut f: Map<String, Value>) -> Event {
 /// `client.created`).
 pub fn action(event: &str) -> String {
     for subject in [
-        "user", "client", "grant", "session", "token", "users", "identity",
+        "user", "client", "grant", "session", "token", "users", "identity", "role",
     ] {
         if let Some(rest) = event
             .strip_prefix(subject)

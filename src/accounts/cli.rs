@@ -276,6 +276,18 @@ async fn end_user(
         .map_err(end_failure)
 }
 
+/// A role rule's refusal names what was refused (exit 64); the store's and database's
+/// failures are theirs.
+pub(crate) fn role_failure(e: super::roles::RoleError) -> Failure {
+    use super::roles::RoleError;
+    match e {
+        RoleError::Refused(why) => ConfigError::new("ROLE", why).into(),
+        RoleError::Unknown(name) => ConfigError::new("ROLE", format!("no role {name:?}")).into(),
+        RoleError::Db(d) => other(d),
+        RoleError::Sessions(s) => sessions_failure(s),
+    }
+}
+
 fn end_failure(e: EndError) -> Failure {
     match e {
         EndError::Sessions(s) => sessions_failure(s),
@@ -301,7 +313,7 @@ async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Fai
 pub async fn user(command: UserCommand) -> Result<(), Failure> {
     let common = command.common();
     let db = common.database.open(&common.store.data_dir).await?;
-    let roles = Roles::load(common.database.roles.as_deref())?;
+    let roles = super::roles::table(&db).await.map_err(other)?;
     let json_out = common.json;
     let store = common.store.clone();
     match command {
@@ -390,6 +402,9 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         }
         UserCommand::Deactivate { user, .. } => {
             let u = find(&db, &user).await?;
+            super::roles::keep_an_admin(&db, &u, true, false)
+                .await
+                .map_err(role_failure)?;
             db.set_active(&u.id, false).await.map_err(other)?;
             let n = end_user(&store, &db, &u.id, Reason::Deactivated).await?;
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
@@ -405,7 +420,7 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             let name = super::userdata::pseudonym();
             let n = super::userdata::delete(&db, &Sessions::new(&store, None), &u, &name)
                 .await
-                .map_err(end_failure)?;
+                .map_err(role_failure)?;
             tracing::info!(target: "gatehouse::audit", event = "user_deleted", user = %name, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{} is deleted (audit trail: {name}); {} session(s) and {} grant(s) ended",
@@ -544,19 +559,16 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
             if role == "user" {
                 return Err(ConfigError::new("ROLE", "every user has the role user").into());
             }
-            if add && !roles.exists(&role) {
-                return Err(
-                    ConfigError::new("ROLE", format!("no role {role:?} in the role file")).into(),
-                );
-            }
             let u = find(&db, &login).await?;
             let mut now: Vec<String> = u.roles.iter().filter(|r| **r != role).cloned().collect();
             if add {
                 now.push(role.clone());
             }
-            db.set_roles(&u.id, &now).await.map_err(other)?;
-            let n = end_sessions(&store, &u.id).await?;
-            tracing::info!(target: "gatehouse::audit", event = if add { "role_added" } else { "role_removed" }, user = %u.id, role = role.as_str(), sessions_ended = n, "audit");
+            let store = crate::store::Store::open_for_command(&store).await?;
+            let n = super::roles::set_user_roles(&db, &Sessions::new(&store, None), &u, &now)
+                .await
+                .map_err(role_failure)?;
+            tracing::info!(target: "gatehouse::audit", event = if add { "user_role_added" } else { "user_role_removed" }, user = %u.id, role = role.as_str(), sessions_ended = n, "audit");
             eprintln!(
                 "{}: roles {}; {n} session(s) ended",
                 u.username,
@@ -795,4 +807,135 @@ pub async fn outbox(command: OutboxCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RolesCommand {
+    /// Every role: name, scopes, users holding it, and whether --roles owns it.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One role.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// A new role (not one --roles names: those change in that file).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// A scope it grants (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Change a role's scopes (all of them, as given) or description; a change of scopes
+    /// ends the sessions of the users holding it.
+    Update {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        /// The scopes it grants from now on (repeat for more).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Grant no scope at all.
+        #[arg(long, conflicts_with = "scopes")]
+        no_scopes: bool,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a role: its holders lose it, and their sessions end. `user` and `admin` stay.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+}
+
+pub async fn roles(command: RolesCommand) -> Result<(), Failure> {
+    use super::roles;
+    let common = match &command {
+        RolesCommand::List { common }
+        | RolesCommand::Show { common, .. }
+        | RolesCommand::Create { common, .. }
+        | RolesCommand::Update { common, .. }
+        | RolesCommand::Delete { common, .. } => common.clone(),
+    };
+    let db = common.database.open(&common.store.data_dir).await?;
+    let line = |r: &roles::Role| {
+        format!(
+            "{}\t{}\t{} user(s)\t{}\t{}",
+            r.name,
+            if r.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                r.scopes.join(" ")
+            },
+            r.users,
+            if r.from_file { "--roles" } else { "database" },
+            r.description
+        )
+    };
+    let show = |r: &roles::Role| -> Result<(), Failure> {
+        let json = serde_json::to_string(r).map_err(other)?;
+        println!("{}", if common.json { json } else { line(r) });
+        Ok(())
+    };
+    match command {
+        RolesCommand::List { .. } => {
+            for r in roles::list(&db).await.map_err(other)? {
+                show(&r)?;
+            }
+        }
+        RolesCommand::Show { name, .. } => {
+            show(&roles::get(&db, &name).await.map_err(role_failure)?)?
+        }
+        RolesCommand::Create {
+            name,
+            scopes,
+            description,
+            ..
+        } => {
+            roles::create(&db, &name, &description, &scopes)
+                .await
+                .map_err(role_failure)?;
+            tracing::info!(target: "gatehouse::audit", event = "role_created", user = %name, scopes = scopes.join(" "), "audit");
+            show(&roles::get(&db, &name).await.map_err(role_failure)?)?;
+        }
+        RolesCommand::Update {
+            name,
+            scopes,
+            no_scopes,
+            description,
+            ..
+        } => {
+            let store = crate::store::Store::open_for_command(&common.store).await?;
+            let new_scopes = (no_scopes || !scopes.is_empty()).then_some(scopes.as_slice());
+            let n = roles::update(
+                &db,
+                &Sessions::new(&store, None),
+                &name,
+                description.as_deref(),
+                new_scopes,
+            )
+            .await
+            .map_err(role_failure)?;
+            tracing::info!(target: "gatehouse::audit", event = "role_updated", user = %name, sessions_ended = n, "audit");
+            show(&roles::get(&db, &name).await.map_err(role_failure)?)?;
+            eprintln!("{n} session(s) ended");
+        }
+        RolesCommand::Delete { name, .. } => {
+            let store = crate::store::Store::open_for_command(&common.store).await?;
+            let n = roles::delete(&db, &Sessions::new(&store, None), &name)
+                .await
+                .map_err(role_failure)?;
+            tracing::info!(target: "gatehouse::audit", event = "role_deleted", user = %name, users = n, "audit");
+            eprintln!("role {name} deleted; {n} user(s) lost it and were signed out");
+        }
+    }
+    Ok(())
 }

@@ -214,19 +214,28 @@ struct RoleFile {
 struct RoleDef {
     #[serde(default)]
     scopes: Vec<String>,
+    #[serde(default)]
+    description: String,
 }
 
-/// Which scopes each role grants.
-#[derive(Debug, Clone)]
-pub struct Roles(BTreeMap<String, Vec<String>>);
+/// A role: the scopes it grants and what it is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleSpec {
+    /// Sorted, each once.
+    pub scopes: Vec<String>,
+    pub description: String,
+}
+
+/// Which scopes each role grants: the roles table as read at one moment (`roles::table`),
+/// or a role file's.
+#[derive(Debug, Clone, Default)]
+pub struct Roles(BTreeMap<String, RoleSpec>);
 
 impl Roles {
-    pub fn load(path: Option<&Path>) -> Result<Roles, ConfigError> {
+    /// The roles of `--roles FILE` (`None` without the flag); `user` always among them.
+    pub fn load(path: Option<&Path>) -> Result<Option<Roles>, ConfigError> {
         let Some(path) = path else {
-            return Ok(Roles(BTreeMap::from([
-                ("user".to_string(), vec![]),
-                ("admin".to_string(), vec!["admin".to_string()]),
-            ])));
+            return Ok(None);
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("--roles", format!("cannot read {}: {e}", path.display()))
@@ -234,59 +243,81 @@ impl Roles {
         let file: RoleFile = toml::from_str(&text).map_err(|e| {
             ConfigError::new("--roles", format!("{}: {}", path.display(), e.message()))
         })?;
-        let mut roles: BTreeMap<String, Vec<String>> =
-            file.roles.into_iter().map(|(k, v)| (k, v.scopes)).collect();
-        roles.entry("user".into()).or_default();
-        for (name, scopes) in &roles {
-            if !valid_name(name)
-                || !scopes
-                    .iter()
-                    .all(|s| !s.is_empty() && !s.contains(char::is_whitespace))
-            {
+        let mut roles = Roles::default();
+        for (name, def) in file.roles {
+            if !valid_role_name(&name) || !def.scopes.iter().all(|s| valid_scope(s)) {
                 return Err(ConfigError::new(
                     "--roles",
                     format!("role {name:?}: names and scopes are words without spaces"),
                 ));
             }
+            roles.insert(name, def.scopes, def.description);
         }
-        Ok(Roles(roles))
+        if !roles.exists("user") {
+            roles.insert("user".into(), vec![], String::new());
+        }
+        Ok(Some(roles))
+    }
+
+    /// Adds (or replaces) a role.
+    pub fn insert(&mut self, name: String, scopes: Vec<String>, description: String) {
+        let scopes: BTreeSet<String> = scopes.into_iter().collect();
+        self.0.insert(
+            name,
+            RoleSpec {
+                scopes: scopes.into_iter().collect(),
+                description,
+            },
+        );
     }
 
     pub fn exists(&self, role: &str) -> bool {
         self.0.contains_key(role)
     }
 
-    /// Each role with its scopes, space-separated: what `Db::set_role_scopes` records.
-    pub fn table(&self) -> BTreeMap<String, String> {
-        self.0
-            .iter()
-            .map(|(role, scopes)| {
-                let sorted: BTreeSet<&str> = scopes.iter().map(String::as_str).collect();
-                (
-                    role.clone(),
-                    sorted.into_iter().collect::<Vec<_>>().join(" "),
-                )
-            })
-            .collect()
+    pub fn get(&self, role: &str) -> Option<&RoleSpec> {
+        self.0.get(role)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &RoleSpec)> {
+        self.0.iter()
+    }
+
+    /// The role names.
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
     }
 
     /// The roles a user has (always `user` first) and the scopes they grant, sorted.
     pub fn of(&self, extra: &[String]) -> (Vec<String>, Vec<String>) {
-        let mut roles = vec!["user".to_string()];
-        roles.extend(extra.iter().filter(|r| *r != "user").cloned());
+        let roles = role_names(extra);
         let scopes: BTreeSet<&String> = roles
             .iter()
             .filter_map(|r| self.0.get(r))
-            .flatten()
+            .flat_map(|r| &r.scopes)
             .collect();
         (roles, scopes.into_iter().cloned().collect())
     }
 }
 
-fn valid_name(s: &str) -> bool {
+/// The roles of a user holding `extra`: `user` first, then the others.
+pub fn role_names(extra: &[String]) -> Vec<String> {
+    let mut roles = vec!["user".to_string()];
+    roles.extend(extra.iter().filter(|r| *r != "user").cloned());
+    roles
+}
+
+/// A role's name: letters, digits and `-_:.`.
+pub fn valid_role_name(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+}
+
+/// A scope: a word without spaces.
+pub fn valid_scope(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && !s.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -294,25 +325,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roles_default_and_from_a_file() {
-        let r = Roles::load(None).unwrap();
-        assert_eq!(r.of(&[]), (vec!["user".into()], vec![]));
-        assert_eq!(
-            r.of(&["admin".into()]),
-            (vec!["user".into(), "admin".into()], vec!["admin".into()])
-        );
+    fn roles_from_a_file() {
+        assert!(Roles::load(None).unwrap().is_none());
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("roles.toml");
         std::fs::write(
             &p,
-            "[roles.user]\nscopes = [\"public:read\"]\n[roles.editor]\nscopes = [\"public:read\", \"papers:write\"]\n",
+            "[roles.user]\nscopes = [\"public:read\"]\n[roles.editor]\nscopes = [\"public:read\", \"papers:write\"]\ndescription = \"Edits papers\"\n",
         )
         .unwrap();
-        let r = Roles::load(Some(&p)).unwrap();
+        let r = Roles::load(Some(&p)).unwrap().unwrap();
         assert_eq!(
             r.of(&["editor".into()]).1,
             vec!["papers:write".to_string(), "public:read".to_string()]
         );
+        assert_eq!(r.get("editor").unwrap().description, "Edits papers");
         assert!(!r.exists("admin"));
         std::fs::write(&p, "[roles.user]\nscope = []\n").unwrap();
         assert_eq!(Roles::load(Some(&p)).unwrap_err().flag, "--roles");

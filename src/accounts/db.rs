@@ -296,6 +296,31 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // Deleted users' ids, never given to anyone again (their rows are gone).
         &["CREATE TABLE user_tombstones (id TEXT PRIMARY KEY, deleted_at BIGINT NOT NULL)"],
     ),
+    (
+        9,
+        // Roles in the database (accounts::roles): each with a description and its scopes;
+        // `from_file`: named by --roles, read-only elsewhere. The scopes recorded at the last
+        // start become the roles; `user` and `admin` always exist.
+        &[
+            "CREATE TABLE roles (
+                name TEXT PRIMARY KEY,
+                description TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                from_file BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )",
+            "INSERT INTO roles (name, description, scopes, from_file, created_at, updated_at)
+                SELECT role, '', scopes, 0, 0, 0 FROM role_scopes",
+            "INSERT INTO roles (name, description, scopes, from_file, created_at, updated_at)
+                SELECT 'user', 'Every user', '', 0, 0, 0
+                WHERE NOT EXISTS (SELECT 1 FROM roles WHERE name = 'user')",
+            "INSERT INTO roles (name, description, scopes, from_file, created_at, updated_at)
+                SELECT 'admin', 'Administrators: the admin console', 'admin', 0, 0, 0
+                WHERE NOT EXISTS (SELECT 1 FROM roles WHERE name = 'admin')",
+            "DROP TABLE role_scopes",
+        ],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -856,33 +881,6 @@ impl Db {
             "user.deactivated"
         };
         commit_with(tx, &[Event::new(kind, serde_json::json!({"user": id}))]).await
-    }
-
-    /// The scopes of each role (space-separated) as last recorded by `set_role_scopes`.
-    pub async fn role_scopes(&self) -> Result<BTreeMap<String, String>, DbError> {
-        let rows = sqlx::query("SELECT role, scopes FROM role_scopes")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("role")?, r.try_get("scopes")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
-    }
-
-    pub async fn set_role_scopes(&self, table: &BTreeMap<String, String>) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM role_scopes")
-            .execute(&mut *tx)
-            .await?;
-        for (role, scopes) in table {
-            sqlx::query("INSERT INTO role_scopes (role, scopes) VALUES ($1, $2)")
-                .bind(role)
-                .bind(scopes)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The user's roles beyond `user` (`user.updated` with `roles`).
@@ -1834,7 +1832,7 @@ mod tests {
                 "gatehouse_schema",
                 "outbox",
                 "passkey_offers_declined",
-                "role_scopes",
+                "roles",
                 "user_identities",
                 "user_passkeys",
                 "user_recovery_codes",
@@ -1867,6 +1865,7 @@ mod tests {
                 ("accounts".to_owned(), 6),
                 ("accounts".to_owned(), 7),
                 ("accounts".to_owned(), 8),
+                ("accounts".to_owned(), 9),
                 ("extra".to_owned(), 1)
             ]
         );

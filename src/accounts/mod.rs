@@ -28,6 +28,7 @@ pub mod pages;
 pub mod passkeys;
 pub mod password;
 pub mod providers;
+pub mod roles;
 mod second;
 mod security;
 pub mod userdata;
@@ -179,7 +180,6 @@ pub struct Accounts {
     pub db: db::Db,
     pub passwords: password::Passwords,
     pub mailer: mail::Mailer,
-    pub roles: Roles,
     pub settings: Settings,
     /// Failed logins per account and per IP.
     pub throttle: guard::Throttle,
@@ -212,6 +212,11 @@ macro_rules! audit {
 }
 
 impl Accounts {
+    /// The roles as they are now (`accounts::roles`): what a sign-in or a grant carries.
+    pub async fn roles(&self) -> Result<Roles, db::DbError> {
+        roles::table(&self.db).await
+    }
+
     /// Opens the database and builds the module from `serve`'s flags.
     pub async fn open(
         a: &AccountsArgs,
@@ -223,7 +228,7 @@ impl Accounts {
         audit::install();
         let data_dir = &host.data_dir;
         let db = a.database.open(data_dir).await?;
-        let roles = Roles::load(a.database.roles.as_deref())?;
+        let role_file = Roles::load(a.database.roles.as_deref())?;
         let mailer = mail::Mailer::new(a.smtp_url.as_ref(), &a.mail_from, data_dir)?;
         mailer.use_outbox(&db, secret.clone());
         let outbound = Arc::new(outbound::Outbound::new(
@@ -299,7 +304,6 @@ impl Accounts {
                 a.password_min_length,
             ),
             mailer,
-            roles,
             settings,
             throttle: guard::Throttle::new(3, Duration::from_secs(60), counters.clone()),
             rate: guard::RateLimit::new(
@@ -323,7 +327,7 @@ impl Accounts {
             providers,
         });
         outbox::start(&app.db, a.outbox_retention);
-        tokio::spawn(end_sessions_of_changed_roles(app.clone()));
+        tokio::spawn(seed_roles(app.clone(), role_file));
         hourly("expired one-time tokens", &app.db, |db, now| async move {
             db.purge_expired_tokens(now).await
         });
@@ -375,16 +379,26 @@ where
     });
 }
 
-/// A role file edited between two starts reaches live sessions at once: the sessions of every
-/// user holding a role whose scopes changed (or that appeared or went) are revoked, and the
-/// next login carries the new scopes, as `user role add|remove` does. Retried until the
-/// session store answers (Redis may come up after gatehouse); the new table is recorded only
-/// once every affected user's sessions are gone.
-async fn end_sessions_of_changed_roles(app: Arc<Accounts>) {
-    let now = app.roles.table();
+/// `--roles` at start: the file's roles are stored (read-only elsewhere), and the sessions
+/// of every user holding a role whose scopes changed (or that appeared or went) end first, so
+/// the next sign-in carries the new scopes. Retried until the session store answers (Redis may
+/// come up after gatehouse).
+async fn seed_roles(app: Arc<Accounts>, file: Option<Roles>) {
     let mut wait = Duration::from_secs(1);
     loop {
-        match revoke_for_changed_roles(&app, &now).await {
+        let done = async {
+            let plan = roles::plan(&app.db, file.as_ref()).await?;
+            let users = roles::seed(&app.db, &app.gateway.sessions(), &plan).await?;
+            if users > 0 {
+                tracing::info!(
+                    roles = ?plan.changed,
+                    users,
+                    "role scopes changed since the last start: their users' sessions ended"
+                );
+            }
+            Ok::<(), roles::RoleError>(())
+        };
+        match done.await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "role change: sessions not yet ended");
@@ -393,39 +407,6 @@ async fn end_sessions_of_changed_roles(app: Arc<Accounts>) {
             }
         }
     }
-}
-
-async fn revoke_for_changed_roles(
-    app: &Accounts,
-    now: &std::collections::BTreeMap<String, String>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let before = app.db.role_scopes().await?;
-    let changed: std::collections::BTreeSet<&String> = now
-        .keys()
-        .chain(before.keys())
-        .filter(|role| now.get(*role) != before.get(*role))
-        .collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let (mut users, mut sessions) = (0, 0);
-    for user in app.db.list().await? {
-        let (roles, _) = app.roles.of(&user.roles);
-        if roles.iter().any(|r| changed.contains(&r)) {
-            sessions += app.gateway.sessions().revoke_user(&user.id, None).await?;
-            users += 1;
-        }
-    }
-    app.db.set_role_scopes(now).await?;
-    if users > 0 {
-        tracing::info!(
-            roles = ?changed,
-            users,
-            sessions,
-            "role scopes changed since the last start: their users' sessions ended"
-        );
-    }
-    Ok(())
 }
 
 fn domains(list: &[String]) -> Vec<String> {

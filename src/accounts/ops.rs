@@ -490,7 +490,7 @@ async fn issue_session_via(
     if let Some(old) = caller.token {
         let _ = sessions.revoke(old).await;
     }
-    let (roles, scopes) = app.roles.of(&user.roles);
+    let (roles, scopes) = app.roles().await?.of(&user.roles);
     let session = crate::session::Session {
         username: Some(user.username.clone()),
         email: Some(user.email.clone()),

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::audit;
 use super::db::{self, commit_with, Db, DbError, Event, User};
 use super::followers::{self, EndError, Ended, Reason};
+use super::roles::RoleError;
 use crate::session::SessionKind;
 use crate::sessions::Sessions;
 
@@ -92,14 +93,15 @@ pub async fn export(db: &Db, sessions: &Sessions<'_>, user: &User) -> Result<Val
     Ok(doc)
 }
 
-/// Deletes `user` and what is stored about them; what was ended. The caller audits it, with
-/// [`pseudonym`]'s answer as the target.
+/// Deletes `user` and what is stored about them (never the last active admin); what was
+/// ended. The caller audits it, with [`pseudonym`]'s answer as the target.
 pub async fn delete(
     db: &Db,
     sessions: &Sessions<'_>,
     user: &User,
     pseudonym: &str,
-) -> Result<Ended, EndError> {
+) -> Result<Ended, RoleError> {
+    super::roles::keep_an_admin(db, user, false, false).await?;
     let mut ended =
         followers::end_credentials(db, sessions, &user.id, None, Reason::Deleted).await?;
     // Audit rows still on their way to the table are written before the ids are replaced.
@@ -252,8 +254,12 @@ async fn delete_account(State(app): App, ctx: Ctx, Form(f): Form<DeleteForm>) ->
             "Type your username exactly as shown above.",
         );
     }
-    if let Err(e) = delete_account_of(&app, ctx.ip(), None, &user).await {
-        return web::unavailable(&app, &ctx, &e);
+    match delete_account_of(&app, ctx.ip(), None, &user).await {
+        Ok(_) => {}
+        Err(RoleError::Refused(why)) => {
+            return delete_form(&app, &ctx, StatusCode::CONFLICT, &user, &why)
+        }
+        Err(e) => return web::unavailable(&app, &ctx, &e),
     }
     let mut r = web::message(
         &app,
@@ -277,7 +283,7 @@ pub(crate) async fn delete_account_of(
     ip: std::net::IpAddr,
     by: Option<&User>,
     user: &User,
-) -> Result<Ended, EndError> {
+) -> Result<Ended, RoleError> {
     let name = pseudonym();
     let ended = delete(&app.db, &app.gateway.sessions(), user, &name).await?;
     let actor = by.map_or(name.as_str(), |a| a.id.as_str());

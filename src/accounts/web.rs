@@ -970,7 +970,7 @@ fn account_form(
     notice: &str,
     errors: Errors,
 ) -> Response {
-    let (roles, _) = app.roles.of(&user.roles);
+    let roles = super::config::role_names(&user.roles);
     html(
         app,
         ctx,

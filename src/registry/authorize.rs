@@ -363,7 +363,10 @@ pub async fn authorize_page(
         }
         Err(r) => return r,
     };
-    let granted = reg.grantable(&valid, &user);
+    let granted = match reg.grantable(&valid, &user).await {
+        Ok(g) => g,
+        Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+    };
     // Only a recorded consent that covers the request skips the page: an empty set of
     // scopes needs one as much as any other (it still hands the client the user's identity).
     match grants::consent(&reg.accounts.db, &user.id, &valid.client.client_id).await {
@@ -471,7 +474,10 @@ pub async fn authorize(
             },
         );
     }
-    let granted = reg.grantable(&valid, &user);
+    let granted = match reg.grantable(&valid, &user).await {
+        Ok(g) => g,
+        Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+    };
     if let Err(e) = grants::remember_consent(
         &reg.accounts.db,
         &user.id,
@@ -533,15 +539,19 @@ async fn issue(
 impl Registry {
     /// What a grant may hold: the scopes asked for (or all the client's), narrowed to the
     /// user's own.
-    fn grantable(&self, valid: &Valid, user: &crate::accounts::db::User) -> Vec<String> {
-        let (_, mine) = self.accounts.roles.of(&user.roles);
-        valid
+    async fn grantable(
+        &self,
+        valid: &Valid,
+        user: &crate::accounts::db::User,
+    ) -> Result<Vec<String>, crate::accounts::db::DbError> {
+        let (_, mine) = self.accounts.roles().await?.of(&user.roles);
+        Ok(valid
             .asked
             .as_ref()
             .unwrap_or(&valid.client.scopes)
             .iter()
             .filter(|s| mine.contains(s) || oidc::is_oidc_scope(s))
             .cloned()
-            .collect()
+            .collect())
     }
 }

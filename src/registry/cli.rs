@@ -491,7 +491,9 @@ pub async fn token(command: TokenCommand) -> Result<(), Failure> {
     | TokenCommand::List { common, user }
     | TokenCommand::Revoke { common, user, .. }) = &command;
     let db = common.database.open(&common.store.data_dir).await?;
-    let roles = crate::accounts::Roles::load(common.database.roles.as_deref())?;
+    let roles = crate::accounts::roles::table(&db)
+        .await
+        .map_err(crate::accounts::cli::other)?;
     let user = find(&db, user).await?;
     let store = crate::store::Store::open_for_command(&common.store).await?;
     let sessions = Sessions::new(&store, None);

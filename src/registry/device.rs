@@ -244,7 +244,10 @@ pub async fn submit(
         Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
     };
     // What the user can grant: the scopes asked, narrowed to theirs (OIDC scopes always).
-    let (_, mine) = reg.accounts.roles.of(&user.roles);
+    let (_, mine) = match reg.accounts.roles().await {
+        Ok(r) => r.of(&user.roles),
+        Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+    };
     let granted: Vec<String> = found
         .scopes
         .iter()

@@ -472,7 +472,12 @@ pub(super) async fn user_tokens(
     (scopes, grant_scopes): (&[String], &[String]),
     nonce: &str,
 ) -> Result<Response, OAuthError> {
-    let (_, mine) = reg.accounts.roles.of(&user.roles);
+    let (_, mine) = reg
+        .accounts
+        .roles()
+        .await
+        .map_err(OAuthError::unavailable)?
+        .of(&user.roles);
     let scopes: Vec<String> = scopes
         .iter()
         .filter(|s| mine.contains(s) || super::oidc::is_oidc_scope(s))
@@ -745,7 +750,11 @@ async fn introspect(State(reg): State<Arc<Registry>>, headers: HeaderMap, body: 
 /// RFC 8414 and OpenID Connect Discovery: what this server offers, at the issuer's
 /// well-known addresses.
 async fn metadata(State(reg): State<Arc<Registry>>) -> Response {
-    let mut r = axum::Json(super::oidc::metadata(&reg)).into_response();
+    let roles = match reg.accounts.roles().await {
+        Ok(r) => r,
+        Err(e) => return OAuthError::unavailable(e).into_response(),
+    };
+    let mut r = axum::Json(super::oidc::metadata(&reg, &roles)).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

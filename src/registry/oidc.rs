@@ -418,12 +418,11 @@ fn web_unavailable(e: impl std::fmt::Display) -> Response {
 
 /// The server's metadata: RFC 8414's, which OpenID Connect Discovery 1.0 extends; one
 /// document at both well-known addresses.
-pub fn metadata(reg: &Registry) -> Value {
+pub fn metadata(reg: &Registry, roles: &crate::accounts::Roles) -> Value {
     let base = reg.issuer();
     let auth_methods = json!(["client_secret_basic", "client_secret_post", "none"]);
     let mut scopes: Vec<String> = OIDC_SCOPES.iter().map(|s| s.to_string()).collect();
-    let roles: Vec<String> = reg.accounts.roles.table().into_keys().collect();
-    scopes.extend(reg.accounts.roles.of(&roles).1);
+    scopes.extend(roles.of(&roles.names()).1);
     let mut claims: Vec<&str> = CLAIMS.to_vec();
     claims.extend(["email", "email_verified"]);
     let mut doc = json!({

@@ -135,7 +135,10 @@ async fn render_tokens(
             }
         })
         .collect();
-    let (_, scopes) = reg.accounts.roles.of(&user.roles);
+    let (_, scopes) = match reg.accounts.roles().await {
+        Ok(r) => r.of(&user.roles),
+        Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
+    };
     web::html(
         &reg.accounts,
         ctx,
@@ -194,7 +197,11 @@ async fn tokens(
     };
     let scopes = form.all("scope");
     let name = field("name").to_owned();
-    match personal::create(&sessions, &reg.accounts.roles, &user, &name, &scopes, ttl).await {
+    let roles = match reg.accounts.roles().await {
+        Ok(r) => r,
+        Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+    };
+    match personal::create(&sessions, &roles, &user, &name, &scopes, ttl).await {
         Ok(issued) => {
             let view = TokensView {
                 created: Some(issued.token.expose().clone()),
@@ -324,13 +331,8 @@ struct ClientsView {
     errors: Errors,
 }
 
-fn is_admin(reg: &Registry, user: &User) -> bool {
-    reg.accounts
-        .roles
-        .of(&user.roles)
-        .0
-        .iter()
-        .any(|r| r == "admin")
+fn is_admin(user: &User) -> bool {
+    user.roles.iter().any(|r| r == "admin")
 }
 
 async fn render_clients(
@@ -340,8 +342,12 @@ async fn render_clients(
     status: StatusCode,
     view: ClientsView,
 ) -> Response {
-    let admin = is_admin(reg, user);
+    let admin = is_admin(user);
     let owner = (!admin).then_some(user.id.as_str());
+    let scopes = match reg.accounts.roles().await {
+        Ok(r) => r.of(&user.roles).1,
+        Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
+    };
     let list = match clients::list_clients(&reg.accounts.db, owner).await {
         Ok(l) => l,
         Err(e) => return web::unavailable(&reg.accounts, ctx, &e),
@@ -358,7 +364,7 @@ async fn render_clients(
             notice: view.notice,
             form: view.form,
             errors: view.errors,
-            scopes: reg.accounts.roles.of(&user.roles).1,
+            scopes,
             algs: reg.id_token_algs(),
         },
     )
@@ -386,11 +392,7 @@ async fn clients_post(
     let db = &reg.accounts.db;
     if field("action") != "create" {
         let client = match clients::find(db, field("client_id")).await {
-            Ok(Some(c))
-                if is_admin(&reg, &user) || c.owner.as_deref() == Some(user.id.as_str()) =>
-            {
-                c
-            }
+            Ok(Some(c)) if is_admin(&user) || c.owner.as_deref() == Some(user.id.as_str()) => c,
             Ok(_) => return web::forbidden(&reg.accounts, &ctx),
             Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
         };
@@ -487,7 +489,10 @@ async fn clients_post(
         },
         audience: None,
     };
-    let mine = reg.accounts.roles.of(&user.roles).1;
+    let mine = match reg.accounts.roles().await {
+        Ok(r) => r.of(&user.roles).1,
+        Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
+    };
     let scopes: Vec<String> = posted
         .all("scope")
         .into_iter()

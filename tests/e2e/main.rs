@@ -41,6 +41,8 @@ mod passkeys;
 #[cfg(feature = "registry")]
 mod registry;
 #[cfg(feature = "accounts")]
+mod roles;
+#[cfg(feature = "accounts")]
 mod second_factor;
 #[cfg(feature = "registry")]
 mod upgrade;

@@ -65,6 +65,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=6",
         "module=\"accounts\" version=7",
         "module=\"accounts\" version=8",
+        "module=\"accounts\" version=9",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -87,6 +88,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 6",
         "accounts 7",
         "accounts 8",
+        "accounts 9",
         "registry 1",
         "registry 2",
         "registry 3",
