@@ -395,18 +395,19 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         }
         UserCommand::Activate { user, .. } => {
             let u = find(&db, &user).await?;
-            db.set_active(&u.id, true).await.map_err(other)?;
+            super::manage::activate(&db, &u)
+                .await
+                .map_err(role_failure)?;
             tracing::info!(target: "gatehouse::audit", event = "user_activated", user = %u.id, "audit");
             eprintln!("{} is active", u.username);
             Ok(())
         }
         UserCommand::Deactivate { user, .. } => {
             let u = find(&db, &user).await?;
-            super::roles::keep_an_admin(&db, &u, true, false)
+            let store = crate::store::Store::open_for_command(&store).await?;
+            let n = super::manage::deactivate(&db, &Sessions::new(&store, None), &u)
                 .await
                 .map_err(role_failure)?;
-            db.set_active(&u.id, false).await.map_err(other)?;
-            let n = end_user(&store, &db, &u.id, Reason::Deactivated).await?;
             tracing::info!(target: "gatehouse::audit", event = "user_deactivated", user = %u.id, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{} is deactivated; {} session(s) and {} grant(s) ended",
@@ -430,10 +431,11 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
         }
         UserCommand::ResetSecondFactors { user, .. } => {
             let u = find(&db, &user).await?;
-            let totp = db.remove_totp(&u.id).await.map_err(other)?;
-            let passkeys = db.remove_passkeys(&u.id, None).await.map_err(other)?;
-            db.replace_recovery_codes(&u.id, &[]).await.map_err(other)?;
-            let n = end_user(&store, &db, &u.id, Reason::SecondFactorsReset).await?;
+            let store = crate::store::Store::open_for_command(&store).await?;
+            let reset = super::manage::reset_second_factors(&db, &Sessions::new(&store, None), &u)
+                .await
+                .map_err(role_failure)?;
+            let (totp, passkeys, n) = (reset.authenticator_app, reset.passkeys, reset.ended);
             tracing::info!(target: "gatehouse::audit", event = "second_factors_reset", user = %u.id, authenticator_app = totp, passkeys, sessions_ended = n.sessions, grants_ended = n.grants, "audit");
             eprintln!(
                 "{}: second factors removed; {} session(s) and {} grant(s) ended",
@@ -680,7 +682,7 @@ pub enum AuditCommand {
 }
 
 /// `--since`: RFC 3339, or a duration before now; Unix milliseconds.
-fn since_ms(text: &str) -> Result<u64, Failure> {
+pub(crate) fn since_ms(text: &str) -> Result<u64, Failure> {
     let now = crate::session::unix_now();
     if let Ok(d) = crate::duration::parse_duration(text) {
         return Ok(now.saturating_sub(d.as_secs()) * 1000);

@@ -503,6 +503,21 @@ pub struct ImportedUser {
     pub sealed_totp: Option<String>,
 }
 
+/// What the admin console's user list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Part of a username, email or name ("" for everyone).
+    pub text: String,
+    /// `active`, `inactive`, `unconfirmed`, or "".
+    pub status: String,
+    /// Holders of this role (beyond `user`), or "".
+    pub role: String,
+    /// Newest sign-in first, else newest account first.
+    pub by_login: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
 /// A new user's id: random, and never a deleted user's.
 async fn new_user_id(conn: &mut AnyConnection) -> Result<String, sqlx::Error> {
     loop {
@@ -833,6 +848,56 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(user_of).transpose()?)
+    }
+
+    /// A page of users matching `q` (the admin console's list), and how many match.
+    pub async fn search_users(&self, q: &UserQuery) -> Result<(Vec<User>, i64), DbError> {
+        macro_rules! matching {
+            () => {
+                "FROM users WHERE ($1 = '' OR username_key LIKE $2 OR email_key LIKE $3
+                    OR LOWER(name) LIKE $4)
+                  AND ($5 = '' OR ($6 = 'active' AND active = 1 AND email_confirmed_at IS NOT NULL)
+                    OR ($7 = 'inactive' AND active = 0)
+                    OR ($8 = 'unconfirmed' AND email_confirmed_at IS NULL))
+                  AND ($9 = '' OR (' ' || roles || ' ') LIKE $10)"
+            };
+        }
+        const BY_CREATED: &str = concat!(
+            "SELECT * ",
+            matching!(),
+            " ORDER BY created_at DESC, id LIMIT $11 OFFSET $12"
+        );
+        const BY_LOGIN: &str = concat!(
+            "SELECT * ",
+            matching!(),
+            " ORDER BY COALESCE(login_at, 0) DESC, id LIMIT $11 OFFSET $12"
+        );
+        const COUNT: &str = concat!("SELECT COUNT(*) AS n ", matching!());
+        let text = q.text.trim().to_lowercase();
+        let like = format!("%{text}%");
+        let role = format!("% {} %", q.role);
+        let bind = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(text.clone())
+                .bind(like.clone())
+                .bind(like.clone())
+                .bind(like.clone())
+                .bind(q.status.clone())
+                .bind(q.status.clone())
+                .bind(q.status.clone())
+                .bind(q.status.clone())
+                .bind(q.role.clone())
+                .bind(role.clone())
+        };
+        let total: i64 = bind(COUNT).fetch_one(&self.pool).await?.try_get("n")?;
+        let sql = if q.by_login { BY_LOGIN } else { BY_CREATED };
+        let rows = bind(sql)
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let users = rows.iter().map(user_of).collect::<Result<_, _>>()?;
+        Ok((users, total))
     }
 
     pub async fn list(&self) -> Result<Vec<User>, DbError> {

@@ -7,6 +7,7 @@
 //! seam between "password accepted" and "session issued" ([`web::Step`]), where a second
 //! factor will sit.
 
+pub mod admin;
 mod api;
 pub mod audit;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod identities;
 pub mod import;
 pub mod legacy;
 pub mod mail;
+pub mod manage;
 mod ops;
 pub mod outbound;
 pub mod outbox;
@@ -349,6 +351,7 @@ impl Accounts {
             .merge(api::routes())
             .merge(federation::routes())
             .merge(userdata::routes())
+            .merge(admin::routes())
             .fallback(web::not_found)
             .with_state(self.clone());
         Arc::new(Routes(own.merge(extra)))

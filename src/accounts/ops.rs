@@ -793,29 +793,32 @@ pub async fn forgot(
                 return;
             }
         }
-        match worker
-            .db
-            .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
-            .await
-        {
-            Ok(token) => {
-                audit!("password_reset_requested", user.id, ip);
-                worker.mailer.send(
-                    &user.id,
-                    &user.email,
-                    "Reset your password",
-                    format!(
-                        "Hello {},\n\nopen this link to choose a new password:\n\n{}/password/reset?token={}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
-                        user.username,
-                        worker.settings.public_url,
-                        token.expose()
-                    ),
-                );
-            }
-            Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
-        }
+        audit!("password_reset_requested", user.id, ip);
+        send_reset_link(&worker, &user).await;
     });
     Ok(())
+}
+
+/// Mails `user` a link to choose a new password (`/password/forgot`, and an admin's).
+pub async fn send_reset_link(app: &Accounts, user: &User) {
+    match app
+        .db
+        .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
+        .await
+    {
+        Ok(token) => app.mailer.send(
+            &user.id,
+            &user.email,
+            "Reset your password",
+            format!(
+                "Hello {},\n\nopen this link to choose a new password:\n\n{}/password/reset?token={}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
+                user.username,
+                app.settings.public_url,
+                token.expose()
+            ),
+        ),
+        Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
+    }
 }
 
 /// The user a live reset token belongs to, without using it.

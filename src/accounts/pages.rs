@@ -16,6 +16,8 @@ pub struct Page {
     pub registry: bool,
     /// Passkeys are on: the page loads the one script (`/login/passkeys.js`).
     pub passkeys: bool,
+    /// The signed-in user is an admin: the navigation links the console.
+    pub admin: bool,
 }
 
 /// Field errors of a form, by field name.
@@ -304,4 +306,139 @@ pub struct AccountDelete {
     pub username: String,
     pub email: String,
     pub error: String,
+}
+
+/// The admin console's navigation: its own tabs, the modules' panels (path, title), and a
+/// notice or error after an action.
+pub struct AdminNav {
+    pub section: String,
+    pub panels: Vec<(String, String)>,
+    pub notice: String,
+    pub error: String,
+}
+
+pub struct AdminUserRow {
+    pub id: String,
+    pub username: String,
+    pub name: String,
+    pub email: String,
+    pub roles: String,
+    pub status: &'static str,
+    pub status_class: &'static str,
+    pub created: String,
+    pub last_login: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_users.html")]
+pub struct AdminUsers {
+    pub page: Page,
+    pub nav: AdminNav,
+    pub q: String,
+    pub status: String,
+    pub role: String,
+    pub sort: String,
+    pub roles: Vec<String>,
+    pub users: Vec<AdminUserRow>,
+    pub total: i64,
+    pub page_no: i64,
+    pub pages: i64,
+    pub prev: Option<String>,
+    pub next: Option<String>,
+}
+
+pub struct AdminSessionRow {
+    pub sid: String,
+    pub kind: &'static str,
+    pub device: String,
+    pub ip: String,
+    pub created: String,
+    pub last_seen: String,
+}
+
+/// A module's part of a user's admin page (the registry: authorized applications).
+pub struct AdminSection {
+    pub title: String,
+    pub rows: Vec<AdminSectionRow>,
+}
+
+pub struct AdminSectionRow {
+    pub text: String,
+    pub detail: String,
+    /// Where the row's button posts ("" for none), and its label.
+    pub action: String,
+    pub label: String,
+}
+
+pub struct AuditRow {
+    pub at: String,
+    pub action: String,
+    pub outcome: String,
+    pub actor: String,
+    pub target: String,
+    pub ip: String,
+    pub details: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_user.html")]
+pub struct AdminUser {
+    pub page: Page,
+    pub nav: AdminNav,
+    pub user: User,
+    pub status: &'static str,
+    pub status_class: &'static str,
+    pub created: String,
+    pub last_login: String,
+    pub factors: String,
+    /// Every role: name, held.
+    pub roles: Vec<(String, bool)>,
+    pub sessions: Vec<AdminSessionRow>,
+    /// Provider, subject, linked on.
+    pub identities: Vec<(String, String, String)>,
+    pub sections: Vec<AdminSection>,
+    pub events: Vec<AuditRow>,
+}
+
+#[derive(Template)]
+#[template(path = "admin_roles.html")]
+pub struct AdminRoles {
+    pub page: Page,
+    pub nav: AdminNav,
+    pub roles: Vec<super::roles::Role>,
+    pub form_name: String,
+    pub form_scopes: String,
+    pub form_description: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_audit.html")]
+pub struct AdminAudit {
+    pub page: Page,
+    pub nav: AdminNav,
+    pub actor: String,
+    pub action: String,
+    pub since: String,
+    /// The filter as a query string, for the export links.
+    pub query: String,
+    pub rows: Vec<AuditRow>,
+}
+
+pub struct OutboxRow {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i64,
+    pub created: String,
+    pub last_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_outbox.html")]
+pub struct AdminOutbox {
+    pub page: Page,
+    pub nav: AdminNav,
+    pub status: String,
+    pub items: Vec<OutboxRow>,
 }

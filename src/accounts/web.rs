@@ -184,6 +184,10 @@ impl Ctx {
             csrf: self.csrf.clone(),
             registry: cfg!(feature = "registry"),
             passkeys: false,
+            admin: self
+                .session
+                .as_ref()
+                .is_some_and(|l| l.session.roles.iter().any(|r| r == "admin")),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::accounts::Accounts;
 use crate::duration::parse_duration;
 use crate::error::ConfigError;
 
+mod admin;
 mod authorize;
 pub mod catalog;
 mod cimd;
@@ -92,6 +93,7 @@ pub fn install() {
         |conn, user| Box::pin(grants::forget_user(conn, user)),
     );
     crate::accounts::db::on_open("registry", logout::listen);
+    admin::install();
 }
 
 /// The module's state: the accounts module it stands on (database, gateway, public URL).
@@ -228,6 +230,7 @@ impl Registry {
                 axum::routing::get(logout::logout_page).post(logout::logout),
             )
             .merge(pages::routes())
+            .merge(admin::routes())
             .with_state(self.clone())
     }
 }

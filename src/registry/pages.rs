@@ -377,6 +377,46 @@ async fn clients_page(State(reg): State<Arc<Registry>>, ctx: Ctx) -> Response {
     }
 }
 
+/// Enables, disables (its tokens end) or re-keys (its tokens end) `client`: the new secret
+/// if any, and what happened in words; `None` for an unknown action. The owner's page and
+/// the admin console's.
+pub(super) async fn client_action(
+    reg: &Registry,
+    client: &clients::Client,
+    action: &str,
+) -> Option<Result<(Option<crate::secret::Secret<String>>, String), String>> {
+    let db = &reg.accounts.db;
+    let sessions = reg.accounts.gateway.sessions();
+    let id = client.client_id.as_str();
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    Some(match action {
+        "enable" => clients::set_disabled(db, id, false)
+            .await
+            .map(|_| (None, "enabled".to_string()))
+            .map_err(|e| fail(&e)),
+        "disable" => match clients::set_disabled(db, id, true).await {
+            Ok(_) => grants::end_client_tokens(db, &sessions, id)
+                .await
+                .map(|n| (None, format!("disabled; {n} tokens ended")))
+                .map_err(|e| fail(&e)),
+            Err(e) => Err(fail(&e)),
+        },
+        "rotate" if client.confidential => match clients::rotate_secret(db, id).await {
+            Ok(secret) => grants::end_client_tokens(db, &sessions, id)
+                .await
+                .map(|n| {
+                    (
+                        Some(secret),
+                        format!("has a new secret; the old one is refused and {n} tokens ended"),
+                    )
+                })
+                .map_err(|e| fail(&e)),
+            Err(e) => Err(fail(&e)),
+        },
+        _ => return None,
+    })
+}
+
 /// Registers, disables, enables or re-keys a client.
 async fn clients_post(
     State(reg): State<Arc<Registry>>,
@@ -396,30 +436,9 @@ async fn clients_post(
             Ok(_) => return web::forbidden(&reg.accounts, &ctx),
             Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
         };
-        let sessions = reg.accounts.gateway.sessions();
         let id = client.client_id.as_str();
-        let outcome = match field("action") {
-            "enable" => clients::set_disabled(db, id, false)
-                .await
-                .map(|_| (None, "enabled".to_string())),
-            "disable" => match clients::set_disabled(db, id, true).await {
-                Ok(_) => match grants::end_client_tokens(db, &sessions, id).await {
-                    Ok(n) => Ok((None, format!("disabled; {n} tokens ended"))),
-                    Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
-                },
-                Err(e) => Err(e),
-            },
-            "rotate" if client.confidential => match clients::rotate_secret(db, id).await {
-                Ok(secret) => match grants::end_client_tokens(db, &sessions, id).await {
-                    Ok(n) => Ok((
-                        Some(secret),
-                        format!("has a new secret; the old one is refused and {n} tokens ended"),
-                    )),
-                    Err(e) => return web::unavailable(&reg.accounts, &ctx, &e),
-                },
-                Err(e) => Err(e),
-            },
-            _ => return web::forbidden(&reg.accounts, &ctx),
+        let Some(outcome) = client_action(&reg, &client, field("action")).await else {
+            return web::forbidden(&reg.accounts, &ctx);
         };
         return match outcome {
             Ok((secret, what)) => {

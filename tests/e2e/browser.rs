@@ -1020,3 +1020,261 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
         c.close().await.unwrap();
     }
 }
+
+/// The admin console through nginx: an admin finds a user and deactivates them (their session
+/// ends at `/auth`), creates a role and gives it, revokes a session, exports the audit trail;
+/// a signed-in non-admin gets 403 everywhere under `/admin`. Screenshots of every admin page.
+#[cfg(feature = "registry")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_through_nginx() {
+    let dir = TempDir::new("browser-admin");
+    let data = dir.join("data");
+    let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
+    let cli = |a: &[&str], stdin: Option<&str>| {
+        let mut all = a.to_vec();
+        all.extend(["--data-dir", &data]);
+        gatehouse_cli_with(&all, &[], stdin)
+    };
+    for (user, extra) in [("root", Some("admin")), ("olga", None), ("nina", None)] {
+        let email = format!("{user}@example.org");
+        let mut a = vec![
+            "user",
+            "create",
+            "--username",
+            user,
+            "--email",
+            &email,
+            "--name",
+        ];
+        let name = format!("{} Example", user[..1].to_uppercase() + &user[1..]);
+        a.push(&name);
+        if let Some(role) = extra {
+            a.extend(["--role", role]);
+        }
+        let out = cli(&a, Some(PW));
+        assert!(out.status.success(), "{out:?}");
+    }
+    let id_of = |user: &str| -> String {
+        let out = cli(&["user", "show", user, "--json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let (olga_id, nina_id) = (id_of("olga"), id_of("nina"));
+    let app = EchoServer::start();
+    let nginx = signin_site(gh.addr().port(), app.port());
+    let site = format!("http://{}", nginx.addr());
+    let driver = ChromeDriver::start();
+    // Signed-in sessions of olga and nina, straight at gatehouse (as any device would be).
+    let session_of = |user: &str| {
+        let mut b = Browser::new(gh.addr());
+        let (r, _) = b.json(
+            "POST",
+            "/api/login",
+            &serde_json::json!({"username": user, "password": PW}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        b
+    };
+    let olga = session_of("olga");
+    let olga_token = olga.cookie("gatehouse_session").unwrap().to_owned();
+    let nina = session_of("nina");
+    let nina_token = nina.cookie("gatehouse_session").unwrap().to_owned();
+    let auth_status = |token: &str| {
+        let mut b = Browser::new(gh.addr());
+        b.set_cookie("gatehouse_session", token);
+        b.get("/auth").status
+    };
+    let ends_soon = |token: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while auth_status(token) != 401 {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
+    };
+    assert_eq!(auth_status(&olga_token), 200);
+
+    // The admin signs in on the way to /admin and finds olga.
+    let c = browser(&driver).await;
+    c.goto(&format!("{site}/admin")).await.unwrap();
+    wait_path(&c, "/login").await;
+    sign_in(&c, "root", PW).await;
+    wait_path(&c, "/admin/users").await;
+    shoot(&c, "admin-users").await;
+    fill(&c, "q", "olg").await;
+    click(&c, "form.toolbar button[type=submit]").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.current_url().await.unwrap().as_str().contains("q=olg") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the search did not run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let found = c.find_all(Locator::Css("tbody tr")).await.unwrap();
+    assert_eq!(found.len(), 1, "the search found more than olga");
+    shoot(&c, "admin-users-search").await;
+    c.find(Locator::LinkText("olga"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_path(&c, &format!("/admin/users/{olga_id}")).await;
+    shoot(&c, "admin-user").await;
+    // Deactivated: her session ends at /auth at once.
+    click(&c, "form[action$='/action'] button.danger").await;
+    c.wait()
+        .for_element(Locator::Css("[role=status]"))
+        .await
+        .unwrap();
+    let page = c.source().await.unwrap();
+    assert!(page.contains("olga is deactivated"), "{page}");
+    assert!(
+        ends_soon(&olga_token),
+        "a deactivated user's session lived on"
+    );
+
+    // A new role, given to nina.
+    c.goto(&format!("{site}/admin/roles")).await.unwrap();
+    fill(&c, "name", "curator").await;
+    fill(&c, "scopes", "papers:curate").await;
+    fill(&c, "description", "Curates the collection").await;
+    click(&c, "form[action='/admin/roles'] button[type=submit]").await;
+    c.wait()
+        .for_element(Locator::Css("[role=status]"))
+        .await
+        .unwrap();
+    assert!(c.source().await.unwrap().contains("Role curator created"));
+    shoot(&c, "admin-roles").await;
+    c.goto(&format!("{site}/admin/users/{nina_id}"))
+        .await
+        .unwrap();
+    click(&c, "input[name=role][value=curator]").await;
+    click(&c, "form[action$='/roles'] button[type=submit]").await;
+    c.wait()
+        .for_element(Locator::Css("[role=status]"))
+        .await
+        .unwrap();
+    assert!(c
+        .source()
+        .await
+        .unwrap()
+        .contains("nina now has the roles user, curator"));
+    let shown = cli(&["user", "show", "nina", "--json"], None);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["scopes"], serde_json::json!(["papers:curate"]));
+    // Giving a role ended nina's session; she signs in again and the admin revokes it.
+    assert!(ends_soon(&nina_token));
+    let nina = session_of("nina");
+    let nina_token = nina.cookie("gatehouse_session").unwrap().to_owned();
+    c.goto(&format!("{site}/admin/users/{nina_id}"))
+        .await
+        .unwrap();
+    click(
+        &c,
+        "form[action$='/sessions'] input[name=sid]:not([value=all]) + button",
+    )
+    .await;
+    c.wait()
+        .for_element(Locator::Css("[role=status]"))
+        .await
+        .unwrap();
+    assert!(c.source().await.unwrap().contains("Session revoked"));
+    assert!(ends_soon(&nina_token), "a revoked session lived on");
+
+    // The audit trail, and its export.
+    c.goto(&format!("{site}/admin/audit")).await.unwrap();
+    shoot(&c, "admin-audit").await;
+    let csv = c
+        .execute(
+            "return fetch('/admin/audit?format=csv').then(r => r.text())",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap().to_owned();
+    assert!(
+        csv.starts_with("at,action,outcome,actor,target,ip,details"),
+        "{csv}"
+    );
+    for action in [
+        "user.deactivated",
+        "role.created",
+        "user.roles_set",
+        "session.revoked_by_admin",
+    ] {
+        assert!(csv.contains(action), "{action} not exported:\n{csv}");
+    }
+    let json = c
+        .execute(
+            "return fetch('/admin/audit?format=json&action=user.deactivated').then(r => r.json())",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["target"], olga_id.as_str());
+    c.goto(&format!("{site}/admin/outbox")).await.unwrap();
+    shoot(&c, "admin-outbox").await;
+    c.goto(&format!("{site}/admin/clients")).await.unwrap();
+    shoot(&c, "admin-clients").await;
+
+    // nina is signed in but no admin: 403 everywhere under /admin.
+    let mut nina_web = Browser::new(nginx.addr());
+    let fresh = session_of("nina");
+    nina_web.set_cookie(
+        "gatehouse_session",
+        fresh.cookie("gatehouse_session").unwrap(),
+    );
+    for path in [
+        "/admin".to_owned(),
+        "/admin/users".to_owned(),
+        format!("/admin/users/{olga_id}"),
+        "/admin/roles".to_owned(),
+        "/admin/audit?format=csv".to_owned(),
+        "/admin/outbox".to_owned(),
+        "/admin/clients".to_owned(),
+        "/admin/no-such-page".to_owned(),
+        "/api/admin/users".to_owned(),
+        "/api/admin/audit".to_owned(),
+    ] {
+        let r = nina_web.get(&path);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    let form = nina_web.get("/account");
+    let csrf = hidden(&form.body, "csrf").unwrap();
+    for path in [
+        format!("/admin/users/{olga_id}/action"),
+        format!("/admin/users/{olga_id}/delete"),
+        "/admin/roles".to_owned(),
+    ] {
+        let r = nina_web.post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("action", "activate"),
+                ("confirm", "olga"),
+                ("name", "x"),
+            ],
+        );
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    let n = browser(&driver).await;
+    n.goto(&format!("{site}/login")).await.unwrap();
+    sign_in(&n, "nina", PW).await;
+    wait_path(&n, "/account").await;
+    n.goto(&format!("{site}/admin/users")).await.unwrap();
+    assert!(n.source().await.unwrap().contains("Administrators only"));
+    shoot(&n, "admin-forbidden").await;
+    // olga is still there, deactivated: the forbidden posts changed nothing.
+    let shown = cli(&["user", "show", "olga", "--json"], None);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["active"], false);
+    for c in [c, n] {
+        c.close().await.unwrap();
+    }
+}
