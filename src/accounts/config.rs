@@ -162,6 +162,17 @@ pub struct AccountsArgs {
     /// How long audit events are kept in the database (the log keeps its own).
     #[arg(long, env = "GATEHOUSE_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
     pub audit_retention: Duration,
+    /// The name people see: page titles, the header, mail (`site_name` in templates).
+    #[arg(long, env = "GATEHOUSE_SITE_NAME", default_value = "gatehouse")]
+    pub site_name: String,
+    /// A directory holding `style.css` (loaded after the built-in styles: set `--accent` and
+    /// friends, or any rule) and/or `logo.svg` (the header's logo), served at /_theme/.
+    #[arg(long, env = "GATEHOUSE_THEME")]
+    pub theme: Option<PathBuf>,
+    /// A directory of mail templates, `<message>.subject.txt` and `<message>.txt` (minijinja):
+    /// they replace the built-in texts of those messages (README, "Mail").
+    #[arg(long, env = "GATEHOUSE_MAIL_TEMPLATES")]
+    pub mail_templates: Option<PathBuf>,
     /// The From of every mail.
     #[arg(
         long,

@@ -21,6 +21,7 @@ pub mod hashes;
 pub mod identities;
 pub mod import;
 pub mod legacy;
+pub mod look;
 pub mod mail;
 pub mod manage;
 mod ops;
@@ -227,6 +228,12 @@ impl Accounts {
         secret: Arc<crate::secret::ServerSecret>,
     ) -> Result<Arc<Accounts>, ConfigError> {
         a.validate()?;
+        look::Look::load(
+            &a.site_name,
+            a.theme.as_deref(),
+            a.mail_templates.as_deref(),
+        )?
+        .install();
         audit::install();
         let data_dir = &host.data_dir;
         let db = a.database.open(data_dir).await?;
@@ -352,6 +359,7 @@ impl Accounts {
             .merge(federation::routes())
             .merge(userdata::routes())
             .merge(admin::routes())
+            .merge(look::routes())
             .fallback(web::not_found)
             .with_state(self.clone());
         Arc::new(Routes(own.merge(extra)))

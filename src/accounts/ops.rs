@@ -335,15 +335,40 @@ pub(super) fn notify(app: &Accounts, user: &User, subject: &str, what: &str) {
     } else {
         format!("review the ways you sign in at {url}/account/security")
     };
-    app.mailer.send(
-        &user.id,
-        &user.email,
-        subject,
-        format!(
-            "Hello {},\n\n{what}.\n\nIf this wasn't you, {advice} and tell the administrators.\n",
-            user.username
-        ),
+    let body = format!(
+        "Hello {},\n\n{what}.\n\nIf this wasn't you, {advice} and tell the administrators.\n",
+        user.username
     );
+    let vars = serde_json::json!({"subject": subject, "what": what, "advice": advice});
+    mail(
+        app,
+        user,
+        &user.email,
+        "security_notice",
+        vars,
+        (subject.to_owned(), body),
+    );
+}
+
+/// Mails message `name` (one of [`super::look::MESSAGES`]) to `to`: the operator's
+/// template with `vars` (and the user's name) when `--mail-templates` has one, else
+/// `default`'s subject and body.
+pub(super) fn mail(
+    app: &Accounts,
+    user: &User,
+    to: &str,
+    name: &str,
+    vars: serde_json::Value,
+    default: (String, String),
+) {
+    let mut vars = match vars {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    vars.insert("username".into(), user.username.clone().into());
+    let (subject, body) =
+        super::look::get().message(name, &vars, &app.settings.public_url, default);
+    app.mailer.send(&user.id, to, &subject, body);
 }
 
 /// Whether a user whose credential was right may have a session: active, and with a
@@ -664,14 +689,19 @@ pub async fn register(
             // The same answer as a new registration: whether an address has an account is
             // told only to its owner, by mail.
             if let Ok(Some(owner)) = app.db.find(r.email).await {
-                app.mailer.send(
-                    &owner.id,
-                    &owner.email,
-                    "Someone tried to register with your address",
-                    format!(
-                        "Hello {},\n\nsomeone tried to create an account with this email address, which already has one (username {}).\nIf it was you, sign in or reset your password at {}/password/forgot.\nIf not, you can ignore this message.\n",
-                        owner.username, owner.username, app.settings.public_url
-                    ),
+                let body = format!(
+                    "Hello {},\n\nsomeone tried to create an account with this email address, which already has one (username {}).\nIf it was you, sign in or reset your password at {}/password/forgot.\nIf not, you can ignore this message.\n",
+                    owner.username, owner.username, app.settings.public_url
+                );
+                let subject = "Someone tried to register with your address".to_owned();
+                let to = owner.email.clone();
+                mail(
+                    app,
+                    &owner,
+                    &to,
+                    "registered_again",
+                    serde_json::json!({}),
+                    (subject, body),
                 );
             }
             Ok(Registered::CheckMail)
@@ -733,18 +763,31 @@ pub(super) fn domain_allowed(app: &Accounts, email: &str) -> bool {
 }
 
 pub async fn send_confirmation(app: &Accounts, user: &User, email: &str) {
-    match app.db.issue_token(&user.id, Purpose::Confirm, email, super::TOKEN_TTL).await {
-        Ok(token) => app.mailer.send(
-            &user.id,
-            email,
-            "Confirm your email address",
-            format!(
-                "Hello {},\n\nopen this link to confirm your email address:\n\n{}/email/confirm?token={}\n\nThe link works for 30 minutes. If you did not ask for it, ignore this message.\n",
-                user.username,
+    match app
+        .db
+        .issue_token(&user.id, Purpose::Confirm, email, super::TOKEN_TTL)
+        .await
+    {
+        Ok(token) => {
+            let link = format!(
+                "{}/email/confirm?token={}",
                 app.settings.public_url,
                 token.expose()
-            ),
-        ),
+            );
+            let body = format!(
+                "Hello {},\n\nopen this link to confirm your email address:\n\n{link}\n\nThe link works for 30 minutes. If you did not ask for it, ignore this message.\n",
+                user.username,
+            );
+            let subject = "Confirm your email address".to_owned();
+            mail(
+                app,
+                user,
+                email,
+                "confirm",
+                serde_json::json!({"link": link}),
+                (subject, body),
+            );
+        }
         Err(e) => tracing::warn!(user = user.id, error = %e, "confirmation not sent"),
     }
 }
@@ -806,17 +849,27 @@ pub async fn send_reset_link(app: &Accounts, user: &User) {
         .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
         .await
     {
-        Ok(token) => app.mailer.send(
-            &user.id,
-            &user.email,
-            "Reset your password",
-            format!(
-                "Hello {},\n\nopen this link to choose a new password:\n\n{}/password/reset?token={}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
-                user.username,
+        Ok(token) => {
+            let link = format!(
+                "{}/password/reset?token={}",
                 app.settings.public_url,
                 token.expose()
-            ),
-        ),
+            );
+            let body = format!(
+                "Hello {},\n\nopen this link to choose a new password:\n\n{link}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
+                user.username,
+            );
+            let subject = "Reset your password".to_owned();
+            let to = user.email.clone();
+            mail(
+                app,
+                user,
+                &to,
+                "reset",
+                serde_json::json!({"link": link}),
+                (subject, body),
+            );
+        }
         Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
     }
 }
@@ -976,14 +1029,18 @@ pub async fn change_password(
 }
 
 fn password_changed_mail(app: &Accounts, user: &User) {
-    app.mailer.send(
-        &user.id,
+    let body = format!(
+        "Hello {},\n\nthe password of your account was just changed, and your other devices were signed out.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
+        user.username, app.settings.public_url
+    );
+    let subject = "Your password was changed".to_owned();
+    mail(
+        app,
+        user,
         &user.email,
-        "Your password was changed",
-        format!(
-            "Hello {},\n\nthe password of your account was just changed, and your other devices were signed out.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
-            user.username, app.settings.public_url
-        ),
+        "password_changed",
+        serde_json::json!({}),
+        (subject, body),
     );
 }
 

@@ -18,6 +18,11 @@ pub struct Page {
     pub passkeys: bool,
     /// The signed-in user is an admin: the navigation links the console.
     pub admin: bool,
+    /// `--site-name`.
+    pub site_name: String,
+    /// `--theme` has a style.css (linked after the built-in styles) and a logo.svg.
+    pub theme_style: bool,
+    pub theme_logo: bool,
 }
 
 /// Field errors of a form, by field name.

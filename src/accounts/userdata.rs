@@ -295,22 +295,19 @@ pub(crate) async fn delete_account_of(
         sessions_ended = ended.sessions,
         grants_ended = ended.grants
     );
-    app.mailer.send(
-        &user.id,
-        &user.email,
-        "Your account is deleted",
-        format!(
-            "Hello {},\n\nyour account at {} is deleted, as {} asked: your profile and the ways \
-             you signed in are gone, and every session and token has ended.\n\nIf you did not \
-             ask for this, reply to this message.\n",
-            user.username,
-            app.settings.public_url,
-            if by.is_some() {
-                "an administrator"
-            } else {
-                "you"
-            },
-        ),
+    let who = if by.is_some() {
+        "an administrator"
+    } else {
+        "you"
+    };
+    let body = format!(
+        "Hello {},\n\nyour account at {} is deleted, as {who} asked: your profile and the ways \
+         you signed in are gone, and every session and token has ended.\n\nIf you did not \
+         ask for this, reply to this message.\n",
+        user.username, app.settings.public_url,
     );
+    let subject = "Your account is deleted".to_owned();
+    let vars = serde_json::json!({"by": who});
+    super::ops::mail(app, user, &user.email, "goodbye", vars, (subject, body));
     Ok(ended)
 }

@@ -173,7 +173,11 @@ impl Ctx {
     }
 
     pub(crate) fn page(&self, section: &'static str) -> Page {
+        let look = super::look::get();
         Page {
+            site_name: look.site_name.clone(),
+            theme_style: look.has_style(),
+            theme_logo: look.has_logo(),
             signed_in: self.session.as_ref().map(|l| {
                 l.session
                     .username
@@ -305,7 +309,7 @@ fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
 }
@@ -818,14 +822,19 @@ async fn confirm_email(State(app): App, ctx: Ctx, Query(q): Query<TokenQuery>) -
     if let Some(old) =
         old.filter(|o| o.email_confirmed_at.is_some() && db::key(&o.email) != db::key(&email))
     {
-        app.mailer.send(
-            &old.id,
+        let body = format!(
+            "Hello {},\n\nthe email address of your account is now {email}.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
+            old.username, app.settings.public_url
+        );
+        let subject = "Your email address was changed".to_owned();
+        let vars = serde_json::json!({"email": email});
+        ops::mail(
+            &app,
+            &old,
             &old.email,
-            "Your email address was changed",
-            format!(
-                "Hello {},\n\nthe email address of your account is now {email}.\nIf you did not do this, reset your password at {}/password/forgot and contact the administrators.\n",
-                old.username, app.settings.public_url
-            ),
+            "email_changed",
+            vars,
+            (subject, body),
         );
     }
     let mut r = message(

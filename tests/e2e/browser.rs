@@ -1029,7 +1029,17 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
 async fn admin_console_through_nginx() {
     let dir = TempDir::new("browser-admin");
     let data = dir.join("data");
-    let gh = Gatehouse::spawn(&args(&["--insecure-cookies", "--data-dir", &data]));
+    // Themed, so that the screenshots show a deployment's own look.
+    let (theme, _) = crate::look::theme_and_templates(&dir);
+    let gh = Gatehouse::spawn(&args(&[
+        "--insecure-cookies",
+        "--data-dir",
+        &data,
+        "--site-name",
+        "Example Archive",
+        "--theme",
+        &theme,
+    ]));
     let cli = |a: &[&str], stdin: Option<&str>| {
         let mut all = a.to_vec();
         all.extend(["--data-dir", &data]);

@@ -33,6 +33,8 @@ mod federation;
 #[cfg(feature = "accounts")]
 mod import;
 #[cfg(feature = "accounts")]
+mod look;
+#[cfg(feature = "accounts")]
 mod mail;
 #[cfg(feature = "registry")]
 mod oidc;
