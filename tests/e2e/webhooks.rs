@@ -23,11 +23,16 @@ struct Receiver(Child);
 
 impl Receiver {
     fn start(port: u16, secret: &str, out: &str) -> Receiver {
+        Receiver::slow(port, secret, out, 0)
+    }
+
+    /// One that answers each delivery after `delay_ms`.
+    fn slow(port: u16, secret: &str, out: &str, delay_ms: u64) -> Receiver {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/e2e/fixtures/webhook-receiver.py");
         let child = Command::new(venv_python())
             .arg(script)
-            .args([&port.to_string(), secret, out])
+            .args([&port.to_string(), secret, out, &delay_ms.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -193,4 +198,70 @@ fn a_bad_webhooks_file_exits_64_naming_the_flag_and_the_line() {
         assert_eq!(out.status.code(), Some(64), "{text}: {err}");
         assert!(err.contains("--webhooks") && err.contains(says), "{text}: {err}");
     }
+}
+
+/// Two servers on one PostgreSQL share the outbox: every event reaches the receiver exactly
+/// once, and both servers deliver (a slow receiver keeps one server busy past the other's
+/// first look at the outbox).
+#[test]
+fn two_servers_on_one_postgres_deliver_each_event_once() {
+    const USERS: usize = 240;
+    let dir = TempDir::new("webhooks-two");
+    let port = free_port();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let hooks = dir.join("webhooks.toml");
+    std::fs::write(
+        &hooks,
+        format!(
+            "[[webhook]]\nurl = \"http://127.0.0.1:{port}/hooks\"\nevents = [\"user.registered\"]\nsecret_file = \"{secret_file}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join("received.jsonl");
+    let _receiver = Receiver::slow(port, SECRET, &out, 400);
+    let site = Site::start("webhooks-two", Backend::Postgres, &["--webhooks", &hooks]);
+    let other_data = dir.join("other-data");
+    let url = site.database_url().unwrap();
+    let other = Gatehouse::spawn(&args(&[
+        "--insecure-cookies",
+        "--data-dir",
+        &other_data,
+        "--database-url",
+        &url,
+        "--webhooks",
+        &hooks,
+    ]));
+    // One import: every user.registered written in one transaction, by the command line.
+    let lines: String = (0..USERS)
+        .map(|i| {
+            format!("{{\"username\": \"bulk{i:04}\", \"email\": \"bulk{i:04}@example.org\"}}\n")
+        })
+        .collect();
+    let file = dir.join("users.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let imported = site.cli(&["user", "import", &file, "--webhooks", &hooks], None);
+    assert!(imported.status.success(), "{imported:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted(&out).len() < USERS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {USERS} delivered",
+            accepted(&out).len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Anything delivered twice would have landed by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let got = accepted(&out);
+    let ids: BTreeSet<&str> = got.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!((got.len(), ids.len()), (USERS, USERS), "each event once");
+    let delivered = |gh: &Gatehouse| gh.logs().matches("outbox item delivered").count();
+    let (a, b) = (delivered(&site.gh), delivered(&other));
+    eprintln!("delivered by the first server: {a}, by the second: {b}");
+    assert_eq!(a + b, USERS);
+    assert!(
+        a > 0 && b > 0,
+        "one server delivered everything: {a} and {b}"
+    );
 }
