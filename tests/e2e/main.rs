@@ -25,6 +25,8 @@ mod shutdown;
 #[cfg(feature = "accounts")]
 mod accounts;
 #[cfg(feature = "accounts")]
+mod admin;
+#[cfg(feature = "accounts")]
 mod audit;
 #[cfg(feature = "accounts")]
 mod browser;

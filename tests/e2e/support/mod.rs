@@ -10,8 +10,8 @@
 //! Ports stay below 55535 because a Redis Cluster node also listens on port + 10000.
 //! Helpers never touch the process environment: tests run in parallel threads.
 
-// The companion modules' tests alone drive a browser, PostgreSQL, pages and Node; the
-// registry's alone a TLS document host and a back-channel receiver.
+// The companion modules' tests alone drive a browser, PostgreSQL, pages, Node and a receiver
+// of POSTs (back-channel logouts, webhooks); the registry's alone a TLS document host.
 #[cfg(feature = "accounts")]
 mod chrome;
 mod echo;
@@ -25,7 +25,9 @@ mod ports;
 mod postgres;
 mod process;
 pub mod proxy;
-#[cfg(feature = "registry")]
+// (Only the registry's tests and the logins bench use it.)
+#[cfg(feature = "accounts")]
+#[cfg_attr(not(feature = "registry"), allow(dead_code))]
 mod receiver;
 mod redis;
 #[cfg(feature = "registry")]
@@ -45,7 +47,8 @@ pub use ports::*;
 #[cfg(feature = "accounts")]
 pub use postgres::*;
 pub use process::*;
-#[cfg(feature = "registry")]
+#[cfg(feature = "accounts")]
+#[cfg_attr(not(feature = "registry"), allow(unused_imports))]
 pub use receiver::*;
 pub use redis::*;
 #[cfg(feature = "registry")]

@@ -158,6 +158,7 @@ pub(crate) fn read_tail(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+#[cfg(feature = "accounts")]
 /// The Python of the tests' virtual environment, `target/ci-venv`, where `.ci/run` installs the
 /// reference libraries (passlib, bcrypt, argon2-cffi, aiosmtpd, standardwebhooks).
 pub fn venv_python() -> PathBuf {

@@ -7,6 +7,8 @@ use super::*;
 pub struct Receiver {
     port: u16,
     bodies: Arc<Mutex<Vec<String>>>,
+    /// When each body arrived (Unix ms), in the same order (the outbox bench's lag).
+    arrivals: Arc<Mutex<Vec<u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -24,23 +26,32 @@ impl Receiver {
     pub fn start_on(port: u16) -> Option<Receiver> {
         let listener = TcpListener::bind(("127.0.0.1", port)).ok()?;
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopping) = (bodies.clone(), stop.clone());
+        let (seen, when, stopping) = (bodies.clone(), arrivals.clone(), stop.clone());
         let thread = thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                receive_one(stream, &seen);
+                receive_one(stream, &seen, &when);
             }
         });
         Some(Receiver {
             port,
             bodies,
+            arrivals,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// When each body arrived, Unix milliseconds, in the order of [`Receiver::wait_bodies`]
+    /// (the outbox bench's lag; no test reads it).
+    #[allow(dead_code)]
+    pub fn arrivals_ms(&self) -> Vec<u64> {
+        self.arrivals.lock().unwrap().clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -74,7 +85,7 @@ impl Drop for Receiver {
     }
 }
 
-fn receive_one(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
+fn receive_one(mut stream: TcpStream, seen: &Mutex<Vec<String>>, when: &Mutex<Vec<u64>>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
@@ -100,9 +111,14 @@ fn receive_one(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
             Ok(n) => body.extend_from_slice(&buf[..n]),
         }
     }
-    seen.lock()
-        .unwrap()
-        .push(String::from_utf8_lossy(&body).into_owned());
+    let mut seen = seen.lock().unwrap();
+    seen.push(String::from_utf8_lossy(&body).into_owned());
+    when.lock().unwrap().push(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    );
+    drop(seen);
     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let _ = stream.shutdown(Shutdown::Write);
 }
