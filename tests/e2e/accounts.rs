@@ -109,6 +109,25 @@ impl Site {
         }
     }
 
+    /// `username` (`<username>@example.org`, password [`PW`]) with the role `admin`.
+    pub(crate) fn create_admin(&self, username: &str) {
+        let email = format!("{username}@example.org");
+        let out = self.cli(
+            &[
+                "user",
+                "create",
+                "--username",
+                username,
+                "--email",
+                &email,
+                "--role",
+                "admin",
+            ],
+            Some(PW),
+        );
+        assert!(out.status.success(), "user create {username}: {out:?}");
+    }
+
     pub(crate) fn create_user(&self, username: &str, email: &str, password: &str) {
         let out = self.cli(
             &["user", "create", "--username", username, "--email", email],

@@ -21,20 +21,7 @@ fn signed_in(site: &Site, user: &str) -> Browser {
 #[test]
 fn the_admin_api_answers_admins_only_and_keeps_the_rules() {
     let site = Site::start("admin-api", Backend::Sqlite, &[]);
-    let out = site.cli(
-        &[
-            "user",
-            "create",
-            "--username",
-            "root",
-            "--email",
-            "root@example.org",
-            "--role",
-            "admin",
-        ],
-        Some(PW),
-    );
-    assert!(out.status.success(), "{out:?}");
+    site.create_admin("root");
     site.create_user("nina", "nina@example.org", PW);
 
     // Signed out: 401. Signed in without the role: 403, for reads and writes alike.

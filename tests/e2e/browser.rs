@@ -1255,6 +1255,12 @@ async fn admin_console_through_nginx() {
         let r = nina_web.get(&path);
         assert_eq!(r.status, 403, "{path}: {}", r.body);
     }
+    // Her own data comes through nginx too.
+    let export = nina_web.get("/account/export");
+    assert_eq!(export.status, 200, "{}", export.body);
+    let doc: serde_json::Value = serde_json::from_str(&export.body).unwrap();
+    assert_eq!(doc["profile"]["username"], "nina");
+    assert_eq!(nina_web.get("/account/delete").status, 200);
     let form = nina_web.get("/account");
     let csrf = hidden(&form.body, "csrf").unwrap();
     for path in [

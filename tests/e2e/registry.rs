@@ -1788,7 +1788,13 @@ fn a_role_lost_after_consent_narrows_the_tokens() {
     let page = b.get(&path);
     assert!(page.body.contains("(admin)"), "{}", page.body);
     let back = callback(&answer_consent(&mut b, &page, "allow"));
-    // Consented with the admin role; the role goes before the code is redeemed.
+    // Consented with the admin role; the role goes before the code is redeemed (another
+    // admin stays: the last one keeps the role).
+    site.create_user("ada");
+    assert!(site
+        .cli(&["user", "role", "add", "ada", "admin"])
+        .status
+        .success());
     assert!(site
         .cli(&["user", "role", "remove", "ivo", "admin"])
         .status

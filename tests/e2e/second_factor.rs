@@ -276,20 +276,7 @@ fn a_required_second_factor_comes_before_anything_else() {
         &["--require-second-factor", "admins"],
     );
     let gh = &site.gh;
-    let out = site.cli(
-        &[
-            "user",
-            "create",
-            "--username",
-            "root",
-            "--email",
-            "root@example.org",
-            "--role",
-            "admin",
-        ],
-        Some(PW),
-    );
-    assert!(out.status.success(), "{out:?}");
+    site.create_admin("root");
     site.create_user("plain", "plain@example.org", PW);
 
     // Not covered: straight in.
