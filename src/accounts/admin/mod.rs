@@ -1,5 +1,5 @@
-//! The admin console (`/admin`, role `admin`) and its JSON API (`/api/admin/…`): users,
-//! roles, the audit trail and the outbox, on the same operations as the command line
+//! The admin console (`/admin`, role `admin`) and its JSON API (`/api/admin/…`, [`api`]):
+//! users, roles, the audit trail and the outbox, on the same operations as the command line
 //! ([`super::manage`], [`super::roles`], [`super::userdata`]).
 //!
 //! - **Access.** Signed in, holding `admin`, within the last [`REAUTH_SECS`] (else off to
@@ -20,9 +20,9 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::db::{DbError, User, UserQuery};
 use super::pages::{self, AdminNav, AuditRow};
@@ -32,10 +32,12 @@ use super::web::{self, Ctx};
 use super::{audit, manage, outbox, Accounts};
 use crate::session::SessionKind;
 
+mod api;
+
 type App = State<Arc<Accounts>>;
 
 /// Users per page of the list.
-const PAGE: i64 = 25;
+pub(super) const PAGE: i64 = 25;
 
 // ---------------------------------------------------------------------------------------
 // The modules' parts
@@ -87,7 +89,7 @@ pub fn nav(section: &str, notice: &str, error: &str) -> AdminNav {
 // Access
 
 /// Why the console is closed to this request, as a page.
-enum Closed {
+pub(super) enum Closed {
     /// Not signed in, or signed in too long ago, or without the second factor: go there.
     SignIn(String),
     /// Not an admin.
@@ -96,7 +98,7 @@ enum Closed {
     Page(Response),
 }
 
-async fn check(app: &Accounts, ctx: &Ctx, here: &str) -> Result<User, Closed> {
+pub(super) async fn check(app: &Accounts, ctx: &Ctx, here: &str) -> Result<User, Closed> {
     let Some(listed) = ctx.session() else {
         return Err(Closed::SignIn(format!(
             "/login?rd={}",
@@ -172,19 +174,7 @@ pub fn routes() -> Router<Arc<Accounts>> {
         .route("/admin/outbox", get(outbox_page))
         .route("/admin/outbox/{id}/retry", post(outbox_retry))
         .route("/admin/{*rest}", get(unknown).post(unknown))
-        .route("/api/admin/users", get(api_users))
-        .route(
-            "/api/admin/users/{id}",
-            get(api_user).patch(api_user_patch).delete(api_user_delete),
-        )
-        .route("/api/admin/roles", get(api_roles).post(api_role_create))
-        .route(
-            "/api/admin/roles/{name}",
-            axum::routing::patch(api_role_patch).delete(api_role_delete),
-        )
-        .route("/api/admin/audit", get(api_audit))
-        .route("/api/admin/outbox", get(api_outbox))
-        .route("/api/admin/outbox/{id}/retry", post(api_outbox_retry))
+        .merge(api::routes())
 }
 
 async fn home(State(app): App, ctx: Ctx) -> Response {
@@ -223,7 +213,7 @@ pub struct UsersQuery {
 }
 
 impl UsersQuery {
-    fn to_db(&self) -> UserQuery {
+    pub(super) fn to_db(&self) -> UserQuery {
         UserQuery {
             text: self.q.chars().take(200).collect(),
             status: match self.status.as_str() {
@@ -249,7 +239,7 @@ impl UsersQuery {
     }
 }
 
-fn status_of(u: &User) -> (&'static str, &'static str) {
+pub(super) fn status_of(u: &User) -> (&'static str, &'static str) {
     if !u.active {
         ("deactivated", "bad")
     } else if u.email_confirmed_at.is_none() {
@@ -259,7 +249,7 @@ fn status_of(u: &User) -> (&'static str, &'static str) {
     }
 }
 
-fn kind_name(kind: SessionKind) -> &'static str {
+pub(super) fn kind_name(kind: SessionKind) -> &'static str {
     match kind {
         SessionKind::User => "browser",
         SessionKind::Client => "application",
@@ -519,7 +509,7 @@ pub struct ActionForm {
 }
 
 /// What an admin's action on a user said: the notice, or the refusal.
-type Outcome = Result<String, RoleError>;
+pub(super) type Outcome = Result<String, RoleError>;
 
 /// Runs `action` on `user` for `by`, audited; the user page answers with its notice.
 async fn act(
@@ -547,7 +537,7 @@ async fn act(
 }
 
 /// What the actions do, for the pages and the API alike.
-async fn user_do(app: &Accounts, user: &User, action: &str) -> Option<Outcome> {
+pub(super) async fn user_do(app: &Accounts, user: &User, action: &str) -> Option<Outcome> {
     let sessions = app.gateway.sessions();
     Some(match action {
         "deactivate" => manage::deactivate(&app.db, &sessions, user).await.map(|n| {
@@ -589,7 +579,7 @@ async fn user_do(app: &Accounts, user: &User, action: &str) -> Option<Outcome> {
 }
 
 /// The audit event of an action.
-fn event_of(action: &str) -> &'static str {
+pub(super) fn event_of(action: &str) -> &'static str {
     match action {
         "deactivate" => "user_deactivated",
         "activate" => "user_activated",
@@ -650,7 +640,7 @@ async fn user_roles(
     act(&app, &ctx, &by, user, "user_roles_set", outcome).await
 }
 
-async fn set_roles(app: &Accounts, user: &User, wanted: &[String]) -> Outcome {
+pub(super) async fn set_roles(app: &Accounts, user: &User, wanted: &[String]) -> Outcome {
     roles::set_user_roles(&app.db, &app.gateway.sessions(), user, wanted)
         .await
         .map(|n| {
@@ -865,7 +855,7 @@ pub struct AuditQuery {
 }
 
 /// The filter of `q`, with a username or email read as the user's id; or why not.
-async fn audit_filter(app: &Accounts, q: &AuditQuery) -> Result<audit::Filter, String> {
+pub(super) async fn audit_filter(app: &Accounts, q: &AuditQuery) -> Result<audit::Filter, String> {
     let since_ms = match q.since.trim() {
         "" => None,
         s => Some(super::cli::since_ms(s).map_err(|_| {
@@ -1018,7 +1008,7 @@ pub struct OutboxQuery {
     status: String,
 }
 
-fn outbox_status(s: &str) -> Option<&str> {
+pub(super) fn outbox_status(s: &str) -> Option<&str> {
     matches!(s, "pending" | "failed" | "delivered").then_some(s)
 }
 
@@ -1085,404 +1075,5 @@ async fn outbox_retry(
             render_outbox(&app, &ctx, "", notice).await
         }
         Err(e) => web::unavailable(&app, &ctx, &e),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The JSON API: the same checks, answers as JSON (401 signed out, 403 not an admin or not
-// signed in recently enough, 404 unknown, 409 refused by a rule, 503 the store).
-
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut r = (status, Json(json!({"error": code, "message": message}))).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn json_ok(body: Value) -> Response {
-    let mut r = Json(body).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-fn json_unavailable(e: &dyn std::fmt::Display) -> Response {
-    tracing::warn!(error = %e, "admin API: the store did not answer");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "Try again in a moment.",
-    )
-}
-
-fn json_role_error(e: RoleError) -> Response {
-    match e {
-        RoleError::Refused(why) => json_error(StatusCode::CONFLICT, "refused", &why),
-        RoleError::Unknown(n) => json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no role {n:?}"),
-        ),
-        e => json_unavailable(&e),
-    }
-}
-
-/// The admin of an API request (a write also from this site: the Origin check the JSON API
-/// makes).
-async fn api_admin(app: &Accounts, ctx: &Ctx, write: bool) -> Result<User, Response> {
-    if write && super::guard::cross_site(ctx.headers(), &app.settings.allowed_redirect_hosts) {
-        return Err(json_error(
-            StatusCode::FORBIDDEN,
-            "cross_site",
-            "Requests must come from this site.",
-        ));
-    }
-    check(app, ctx, "/admin").await.map_err(|c| match c {
-        Closed::SignIn(to) if ctx.session().is_none() => {
-            let _ = to;
-            json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Sign in first.",
-            )
-        }
-        Closed::SignIn(_) => json_error(
-            StatusCode::FORBIDDEN,
-            "reauthenticate",
-            "Sign in again (within the last 15 minutes, with your second factor when required).",
-        ),
-        Closed::Forbidden => json_error(StatusCode::FORBIDDEN, "forbidden", "Administrators only."),
-        Closed::Page(_) => json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "Sign in first.",
-        ),
-    })
-}
-
-fn user_json(u: &User) -> Value {
-    let (status, _) = status_of(u);
-    json!({
-        "id": u.id, "username": u.username, "email": u.email, "name": u.name,
-        "affiliation": u.affiliation, "country": u.country, "status": status,
-        "active": u.active, "email_confirmed": u.email_confirmed_at.is_some(),
-        "roles": super::config::role_names(&u.roles), "created_at": u.created_at,
-        "login_at": u.login_at, "login_count": u.login_count,
-    })
-}
-
-async fn api_users(
-    State(app): App,
-    ctx: Ctx,
-    q: Result<Query<UsersQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    if let Err(r) = api_admin(&app, &ctx, false).await {
-        return r;
-    }
-    match app.db.search_users(&q.to_db()).await {
-        Ok((users, total)) => json_ok(json!({
-            "total": total, "page": q.page.max(1), "per_page": PAGE,
-            "users": users.iter().map(user_json).collect::<Vec<_>>(),
-        })),
-        Err(e) => json_unavailable(&e),
-    }
-}
-
-async fn api_user_of(app: &Accounts, id: &str) -> Result<User, Response> {
-    match app.db.user(id).await {
-        Ok(Some(u)) => Ok(u),
-        Ok(None) => Err(json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "No such user.",
-        )),
-        Err(e) => Err(json_unavailable(&e)),
-    }
-}
-
-async fn api_user(State(app): App, ctx: Ctx, Path(id): Path<String>) -> Response {
-    if let Err(r) = api_admin(&app, &ctx, false).await {
-        return r;
-    }
-    let user = match api_user_of(&app, &id).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let sessions = match app.gateway.sessions().list(&user.id).await {
-        Ok(l) => l,
-        Err(e) => return json_unavailable(&e),
-    };
-    let mut body = user_json(&user);
-    body["sessions"] = sessions
-        .iter()
-        .map(|l| {
-            json!({"sid": l.sid, "kind": kind_name(l.session.kind), "ip": l.session.ip,
-                "user_agent": l.session.user_agent, "created_at": l.session.created_at,
-                "last_seen": l.session.last_seen, "name": l.session.label})
-        })
-        .collect();
-    json_ok(body)
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct UserPatch {
-    active: Option<bool>,
-    roles: Option<Vec<String>>,
-    /// `reset_link`, `resend_confirmation`, `reset_second_factors`, `revoke_sessions`.
-    action: Option<String>,
-}
-
-async fn api_user_patch(
-    State(app): App,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    body: Result<Json<UserPatch>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let Ok(Json(patch)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"active\", \"roles\", \"action\"}.",
-        );
-    };
-    let mut user = match api_user_of(&app, &id).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let mut steps: Vec<(&str, Outcome)> = Vec::new();
-    if let Some(active) = patch.active {
-        let action = if active { "activate" } else { "deactivate" };
-        if let Some(o) = user_do(&app, &user, action).await {
-            steps.push((event_of(action), o));
-        }
-    }
-    if let Some(roles) = &patch.roles {
-        user = match api_user_of(&app, &id).await {
-            Ok(u) => u,
-            Err(r) => return r,
-        };
-        steps.push(("user_roles_set", set_roles(&app, &user, roles).await));
-    }
-    if let Some(action) = &patch.action {
-        let outcome = if action == "revoke_sessions" {
-            app.gateway
-                .sessions()
-                .revoke_user(&user.id, None)
-                .await
-                .map(|n| format!("{n} session(s) revoked."))
-                .map_err(RoleError::from)
-        } else {
-            match user_do(&app, &user, action).await {
-                Some(o) => o,
-                None => {
-                    return json_error(StatusCode::BAD_REQUEST, "invalid_action", "Unknown action.")
-                }
-            }
-        };
-        steps.push((event_of(action), outcome));
-    }
-    let mut done = Vec::new();
-    for (event, outcome) in steps {
-        match outcome {
-            Ok(what) => {
-                crate::audit!(event, by.id, ctx.ip(), target = user.id.as_str());
-                done.push(what);
-            }
-            Err(e) => return json_role_error(e),
-        }
-    }
-    match api_user_of(&app, &id).await {
-        Ok(u) => json_ok(json!({"user": user_json(&u), "done": done})),
-        Err(r) => r,
-    }
-}
-
-async fn api_user_delete(State(app): App, ctx: Ctx, Path(id): Path<String>) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let user = match api_user_of(&app, &id).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    match userdata::delete_account_of(&app, ctx.ip(), Some(&by), &user).await {
-        Ok(n) => json_ok(
-            json!({"deleted": user.id, "sessions_ended": n.sessions, "grants_ended": n.grants}),
-        ),
-        Err(e) => json_role_error(e),
-    }
-}
-
-async fn api_roles(State(app): App, ctx: Ctx) -> Response {
-    if let Err(r) = api_admin(&app, &ctx, false).await {
-        return r;
-    }
-    match roles::list(&app.db).await {
-        Ok(list) => json_ok(json!({"roles": list})),
-        Err(e) => json_unavailable(&e),
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct RoleBody {
-    name: String,
-    scopes: Option<Vec<String>>,
-    description: Option<String>,
-}
-
-async fn api_role_create(
-    State(app): App,
-    ctx: Ctx,
-    body: Result<Json<RoleBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let Ok(Json(b)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"name\", \"scopes\", \"description\"}.",
-        );
-    };
-    let scopes = b.scopes.unwrap_or_default();
-    let description = b.description.unwrap_or_default();
-    match roles::create(&app.db, &b.name, &description, &scopes).await {
-        Ok(()) => {
-            crate::audit!("role_created", by.id, ctx.ip(), target = b.name.as_str());
-            match roles::get(&app.db, &b.name).await {
-                Ok(r) => {
-                    let mut resp = json_ok(json!(r));
-                    *resp.status_mut() = StatusCode::CREATED;
-                    resp
-                }
-                Err(e) => json_role_error(e),
-            }
-        }
-        Err(e) => json_role_error(e),
-    }
-}
-
-async fn api_role_patch(
-    State(app): App,
-    ctx: Ctx,
-    Path(name): Path<String>,
-    body: Result<Json<RoleBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let Ok(Json(b)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"scopes\", \"description\"}.",
-        );
-    };
-    let sessions = app.gateway.sessions();
-    match roles::update(
-        &app.db,
-        &sessions,
-        &name,
-        b.description.as_deref(),
-        b.scopes.as_deref(),
-    )
-    .await
-    {
-        Ok(n) => {
-            crate::audit!(
-                "role_updated",
-                by.id,
-                ctx.ip(),
-                target = name.as_str(),
-                sessions_ended = n
-            );
-            match roles::get(&app.db, &name).await {
-                Ok(r) => json_ok(json!({"role": r, "sessions_ended": n})),
-                Err(e) => json_role_error(e),
-            }
-        }
-        Err(e) => json_role_error(e),
-    }
-}
-
-async fn api_role_delete(State(app): App, ctx: Ctx, Path(name): Path<String>) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    match roles::delete(&app.db, &app.gateway.sessions(), &name).await {
-        Ok(n) => {
-            crate::audit!(
-                "role_deleted",
-                by.id,
-                ctx.ip(),
-                target = name.as_str(),
-                users = n
-            );
-            json_ok(json!({"deleted": name, "users": n}))
-        }
-        Err(e) => json_role_error(e),
-    }
-}
-
-async fn api_audit(
-    State(app): App,
-    ctx: Ctx,
-    q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    if let Err(r) = api_admin(&app, &ctx, false).await {
-        return r;
-    }
-    let filter = match audit_filter(&app, &q).await {
-        Ok(f) => f,
-        Err(why) => return json_error(StatusCode::BAD_REQUEST, "invalid_since", &why),
-    };
-    match audit::list(&app.db, &filter).await {
-        Ok(events) => {
-            json_ok(json!({"events": events.iter().map(audit::json).collect::<Vec<_>>()}))
-        }
-        Err(e) => json_unavailable(&e),
-    }
-}
-
-async fn api_outbox(
-    State(app): App,
-    ctx: Ctx,
-    q: Result<Query<OutboxQuery>, QueryRejection>,
-) -> Response {
-    let q = q.map(|Query(q)| q).unwrap_or_default();
-    if let Err(r) = api_admin(&app, &ctx, false).await {
-        return r;
-    }
-    match outbox::list(&app.db, outbox_status(&q.status)).await {
-        Ok(items) => json_ok(json!({"items": items})),
-        Err(e) => json_unavailable(&e),
-    }
-}
-
-async fn api_outbox_retry(State(app): App, ctx: Ctx, Path(id): Path<String>) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    match outbox::retry(&app.db, &id).await {
-        Ok(true) => {
-            crate::audit!("outbox_retried", by.id, ctx.ip(), target = id.as_str());
-            json_ok(json!({"retried": id}))
-        }
-        Ok(false) => json_error(StatusCode::NOT_FOUND, "not_found", "No such item waiting."),
-        Err(e) => json_unavailable(&e),
     }
 }
