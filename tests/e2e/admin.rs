@@ -186,6 +186,36 @@ fn the_admin_api_answers_admins_only_and_keeps_the_rules() {
     let (r, _) = root.json("POST", "/api/admin/outbox/no-such-item/retry", &Value::Null);
     assert_eq!(r.status, 404);
 
+    // Linked sign-ins: unlinked from the user's page, never the last way in.
+    let file = format!("{}/ivy.jsonl", site.data());
+    std::fs::write(
+        &file,
+        "{\"username\": \"ivy\", \"email\": \"ivy@example.org\", \"identities\": [{\"provider\": \"orcid\", \"subject\": \"0000-0001\"}, {\"provider\": \"github\", \"subject\": \"42\"}]}\n",
+    )
+    .unwrap();
+    let out = site.cli(&["user", "import", &file], None);
+    assert!(out.status.success(), "{out:?}");
+    let (_, v) = root.json("GET", "/api/admin/users?q=ivy", &Value::Null);
+    let ivy_id = v["users"][0]["id"].as_str().unwrap().to_owned();
+    let page = format!("/admin/users/{ivy_id}");
+    let action = format!("{page}/action");
+    let r = root.submit(
+        &page,
+        &action,
+        &[("action", "unlink"), ("provider", "orcid")],
+    );
+    assert!(r.body.contains("orcid unlinked from ivy"), "{}", r.body);
+    let r = root.submit(
+        &page,
+        &action,
+        &[("action", "unlink"), ("provider", "github")],
+    );
+    assert!(r.body.contains("last way to sign in"), "{}", r.body);
+    let linked = site.sql(&format!(
+        "SELECT provider FROM user_identities WHERE user_id = '{ivy_id}'"
+    ));
+    assert_eq!(linked, "github");
+
     // Deleted by the admin: gone.
     let (r, _) = root.json(
         "DELETE",

@@ -504,6 +504,8 @@ async fn user_page(State(app): App, ctx: Ctx, Path(id): Path<String>) -> Respons
 pub struct ActionForm {
     csrf: String,
     action: String,
+    /// The provider an `unlink` is about.
+    provider: String,
     sid: String,
     confirm: String,
 }
@@ -578,6 +580,31 @@ pub(super) async fn user_do(app: &Accounts, user: &User, action: &str) -> Option
     })
 }
 
+/// Unlinks the user's identity at `provider` (never their last way to sign in), and tells
+/// them, as the pages do.
+async fn unlink(app: &Accounts, user: &User, provider: &str) -> Outcome {
+    use super::identities::{self, Unlinked};
+    match identities::unlink(&app.db, user, provider).await? {
+        Unlinked::Done => {
+            super::ops::notify(
+                app,
+                user,
+                "A sign-in was unlinked from your account",
+                &format!("an administrator unlinked your {provider} sign-in from your account"),
+            );
+            Ok(format!("{provider} unlinked from {}.", user.username))
+        }
+        Unlinked::NotLinked => Err(RoleError::Refused(format!(
+            "{} has no {provider} sign-in.",
+            user.username
+        ))),
+        Unlinked::LastWay => Err(RoleError::Refused(format!(
+            "{provider} is {}'s last way to sign in: it stays.",
+            user.username
+        ))),
+    }
+}
+
 /// The audit event of an action.
 pub(super) fn event_of(action: &str) -> &'static str {
     match action {
@@ -607,6 +634,10 @@ async fn user_action(
         Ok(u) => u,
         Err(r) => return r,
     };
+    if f.action == "unlink" {
+        let outcome = unlink(&app, &user, &f.provider).await;
+        return act(&app, &ctx, &by, user, "identity_unlinked_by_admin", outcome).await;
+    }
     let Some(outcome) = user_do(&app, &user, &f.action).await else {
         return web::forbidden(&app, &ctx);
     };
