@@ -295,6 +295,23 @@ fn end_failure(e: EndError) -> Failure {
     }
 }
 
+/// `--roles` given to the command line seeds its roles as `serve` does (a first user can hold
+/// a file's role before any server ran), ending the sessions of changed roles' holders.
+async fn seed_roles(common: &Common, db: &Db) -> Result<(), Failure> {
+    let Some(file) = Roles::load(common.database.roles.as_deref())? else {
+        return Ok(());
+    };
+    let plan = super::roles::plan(db, Some(&file)).await.map_err(other)?;
+    if plan.changed.is_empty() {
+        return Ok(());
+    }
+    let store = crate::store::Store::open_for_command(&common.store).await?;
+    super::roles::seed(db, &Sessions::new(&store, None), &plan)
+        .await
+        .map_err(role_failure)?;
+    Ok(())
+}
+
 async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Failure> {
     let password =
         crate::secret::read_secret("PASSWORD", "password:", "give the password on stdin")?;
@@ -313,6 +330,7 @@ async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Fai
 pub async fn user(command: UserCommand) -> Result<(), Failure> {
     let common = command.common();
     let db = common.database.open(&common.store.data_dir).await?;
+    seed_roles(&common, &db).await?;
     let roles = super::roles::table(&db).await.map_err(other)?;
     let json_out = common.json;
     let store = common.store.clone();

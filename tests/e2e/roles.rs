@@ -132,3 +132,37 @@ fn roles_change_at_run_time_and_reach_live_sessions(backend: Backend) {
         "last active admin",
     );
 }
+
+/// Before any server ran, the command line given `--roles` seeds the file's roles: a first
+/// user can hold one.
+#[test]
+fn the_command_line_seeds_the_role_file_before_any_server() {
+    let dir = TempDir::new("roles-cli");
+    let roles = dir.join("roles.toml");
+    std::fs::write(&roles, "[roles.editor]\nscopes = [\"papers:write\"]\n").unwrap();
+    let data = dir.join("data");
+    let out = gatehouse_cli_stdin(
+        &[
+            "user",
+            "create",
+            "--username",
+            "eve",
+            "--email",
+            "eve@example.org",
+            "--role",
+            "editor",
+            "--roles",
+            &roles,
+            "--data-dir",
+            &data,
+        ],
+        PW,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = gatehouse_cli(&["role", "list", "--data-dir", &data]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("editor\tpapers:write\t1 user(s)\t--roles"),
+        "{list}"
+    );
+}
