@@ -330,7 +330,7 @@ async fn new_password(user: &str, email: &str, min: usize) -> Result<String, Fai
 pub async fn user(command: UserCommand) -> Result<(), Failure> {
     let common = command.common();
     let db = common.database.open(&common.store.data_dir).await?;
-    seed_roles(&common, &db).await?;
+    seed_roles(common, &db).await?;
     let roles = super::roles::table(&db).await.map_err(other)?;
     let json_out = common.json;
     let store = common.store.clone();
