@@ -35,14 +35,12 @@ pub struct Look {
     mail: minijinja::Environment<'static>,
 }
 
-static LOOK: RwLock<Option<Arc<Look>>> = RwLock::new(None);
+/// The look of this process: the built-in one until the server installs its own.
+static LOOK: std::sync::LazyLock<RwLock<Arc<Look>>> =
+    std::sync::LazyLock::new(|| RwLock::new(Arc::new(Look::default())));
 
-/// The look of this process (the built-in one until the server set its own).
 pub fn get() -> Arc<Look> {
-    if let Some(l) = LOOK.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        return l.clone();
-    }
-    Arc::new(Look::default())
+    LOOK.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Default for Look {
@@ -106,7 +104,7 @@ impl Look {
 
     /// Makes this the look of the process's pages and mail.
     pub fn install(self) {
-        *LOOK.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(self));
+        *LOOK.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(self);
     }
 
     pub fn has_style(&self) -> bool {

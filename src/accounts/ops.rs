@@ -763,32 +763,36 @@ pub(super) fn domain_allowed(app: &Accounts, email: &str) -> bool {
 }
 
 pub async fn send_confirmation(app: &Accounts, user: &User, email: &str) {
+    let subject = "Confirm your email address";
+    let what = "open this link to confirm your email address";
+    let after = "The link works for 30 minutes. If you did not ask for it, ignore this message.";
+    let link = ("confirm", Purpose::Confirm, "/email/confirm");
+    mail_link(app, user, email, link, subject, what, after).await;
+}
+
+/// Mails `to` a new one-time link of `purpose` at `path` as message `name`: `what` to do with
+/// it, then the link, then `after`.
+async fn mail_link(
+    app: &Accounts,
+    user: &User,
+    to: &str,
+    (name, purpose, path): (&str, Purpose, &str),
+    subject: &str,
+    what: &str,
+    after: &str,
+) {
     match app
         .db
-        .issue_token(&user.id, Purpose::Confirm, email, super::TOKEN_TTL)
+        .issue_token(&user.id, purpose, to, super::TOKEN_TTL)
         .await
     {
         Ok(token) => {
-            let link = format!(
-                "{}/email/confirm?token={}",
-                app.settings.public_url,
-                token.expose()
-            );
-            let body = format!(
-                "Hello {},\n\nopen this link to confirm your email address:\n\n{link}\n\nThe link works for 30 minutes. If you did not ask for it, ignore this message.\n",
-                user.username,
-            );
-            let subject = "Confirm your email address".to_owned();
-            mail(
-                app,
-                user,
-                email,
-                "confirm",
-                serde_json::json!({"link": link}),
-                (subject, body),
-            );
+            let link = format!("{}{path}?token={}", app.settings.public_url, token.expose());
+            let body = format!("Hello {},\n\n{what}:\n\n{link}\n\n{after}\n", user.username);
+            let vars = serde_json::json!({ "link": link });
+            mail(app, user, to, name, vars, (subject.to_owned(), body));
         }
-        Err(e) => tracing::warn!(user = user.id, error = %e, "confirmation not sent"),
+        Err(e) => tracing::warn!(user = user.id, error = %e, message = name, "mail not sent"),
     }
 }
 
@@ -844,34 +848,19 @@ pub async fn forgot(
 
 /// Mails `user` a link to choose a new password (`/password/forgot`, and an admin's).
 pub async fn send_reset_link(app: &Accounts, user: &User) {
-    match app
-        .db
-        .issue_token(&user.id, Purpose::Reset, &user.email, super::TOKEN_TTL)
-        .await
-    {
-        Ok(token) => {
-            let link = format!(
-                "{}/password/reset?token={}",
-                app.settings.public_url,
-                token.expose()
-            );
-            let body = format!(
-                "Hello {},\n\nopen this link to choose a new password:\n\n{link}\n\nThe link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.\n",
-                user.username,
-            );
-            let subject = "Reset your password".to_owned();
-            let to = user.email.clone();
-            mail(
-                app,
-                user,
-                &to,
-                "reset",
-                serde_json::json!({"link": link}),
-                (subject, body),
-            );
-        }
-        Err(e) => tracing::warn!(user = user.id, error = %e, "password reset not sent"),
-    }
+    let what = "open this link to choose a new password";
+    let after = "The link works once, for 30 minutes. Every device signed in to your account will be signed out.\nIf you did not ask for this, ignore this message: your password stays as it is.";
+    let link = ("reset", Purpose::Reset, "/password/reset");
+    mail_link(
+        app,
+        user,
+        &user.email,
+        link,
+        "Reset your password",
+        what,
+        after,
+    )
+    .await;
 }
 
 /// The user a live reset token belongs to, without using it.

@@ -111,6 +111,24 @@ async fn api_admin(app: &Accounts, ctx: &Ctx, write: bool) -> Result<User, Respo
     })
 }
 
+/// A write's admin and its JSON body (`shape` says what to send when it does not parse).
+async fn api_write<T>(
+    app: &Accounts,
+    ctx: &Ctx,
+    body: Result<Json<T>, JsonRejection>,
+    shape: &str,
+) -> Result<(User, T), Response> {
+    let by = api_admin(app, ctx, true).await?;
+    match body {
+        Ok(Json(b)) => Ok((by, b)),
+        Err(_) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            &format!("Send JSON: {shape}."),
+        )),
+    }
+}
+
 fn user_json(u: &User) -> Value {
     let (status, _) = status_of(u);
     json!({
@@ -191,16 +209,10 @@ async fn api_user_patch(
     Path(id): Path<String>,
     body: Result<Json<UserPatch>, JsonRejection>,
 ) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
+    let (by, patch) = match api_write(&app, &ctx, body, "{\"active\", \"roles\", \"action\"}").await
+    {
+        Ok(both) => both,
         Err(r) => return r,
-    };
-    let Ok(Json(patch)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"active\", \"roles\", \"action\"}.",
-        );
     };
     let mut user = match api_user_of(&app, &id).await {
         Ok(u) => u,
@@ -221,20 +233,8 @@ async fn api_user_patch(
         steps.push(("user_roles_set", set_roles(&app, &user, roles).await));
     }
     if let Some(action) = &patch.action {
-        let outcome = if action == "revoke_sessions" {
-            app.gateway
-                .sessions()
-                .revoke_user(&user.id, None)
-                .await
-                .map(|n| format!("{n} session(s) revoked."))
-                .map_err(RoleError::from)
-        } else {
-            match user_do(&app, &user, action).await {
-                Some(o) => o,
-                None => {
-                    return json_error(StatusCode::BAD_REQUEST, "invalid_action", "Unknown action.")
-                }
-            }
+        let Some(outcome) = user_do(&app, &user, action).await else {
+            return json_error(StatusCode::BAD_REQUEST, "invalid_action", "Unknown action.");
         };
         steps.push((event_of(action), outcome));
     }
@@ -294,16 +294,10 @@ async fn api_role_create(
     ctx: Ctx,
     body: Result<Json<RoleBody>, JsonRejection>,
 ) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
+    let (by, b) = match api_write(&app, &ctx, body, "{\"name\", \"scopes\", \"description\"}").await
+    {
+        Ok(both) => both,
         Err(r) => return r,
-    };
-    let Ok(Json(b)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"name\", \"scopes\", \"description\"}.",
-        );
     };
     let scopes = b.scopes.unwrap_or_default();
     let description = b.description.unwrap_or_default();
@@ -329,16 +323,9 @@ async fn api_role_patch(
     Path(name): Path<String>,
     body: Result<Json<RoleBody>, JsonRejection>,
 ) -> Response {
-    let by = match api_admin(&app, &ctx, true).await {
-        Ok(u) => u,
+    let (by, b) = match api_write(&app, &ctx, body, "{\"scopes\", \"description\"}").await {
+        Ok(both) => both,
         Err(r) => return r,
-    };
-    let Ok(Json(b)) = body else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "Send JSON: {\"scopes\", \"description\"}.",
-        );
     };
     let sessions = app.gateway.sessions();
     match roles::update(

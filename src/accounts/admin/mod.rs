@@ -473,6 +473,18 @@ async fn render_user(app: &Accounts, ctx: &Ctx, user: User, nav: AdminNav) -> Re
     )
 }
 
+/// A form about the user `id`: the admin posting it and the user, or the answer that turns
+/// it away (403, sign in again, 404).
+async fn posted_on(
+    app: &Accounts,
+    ctx: &Ctx,
+    csrf: &str,
+    id: &str,
+) -> Result<(User, User), Response> {
+    let by = admin_post(app, ctx, csrf, &format!("/admin/users/{id}")).await?;
+    Ok((by, user_or_404(app, ctx, id).await?))
+}
+
 /// The user `id`, or the 404 page.
 async fn user_or_404(app: &Accounts, ctx: &Ctx, id: &str) -> Result<User, Response> {
     match app.db.user(id).await {
@@ -569,6 +581,7 @@ pub(super) async fn user_do(app: &Accounts, user: &User, action: &str) -> Option
             super::ops::send_reset_link(app, user).await;
             Ok(format!("A reset link is on its way to {}.", user.email))
         }
+        "revoke_sessions" => revoke_all(app, user).await,
         "resend_confirmation" => {
             super::ops::send_confirmation(app, user, &user.email).await;
             Ok(format!(
@@ -605,6 +618,12 @@ async fn unlink(app: &Accounts, user: &User, provider: &str) -> Outcome {
     }
 }
 
+/// Ends every session and token of `user`.
+async fn revoke_all(app: &Accounts, user: &User) -> Outcome {
+    let n = app.gateway.sessions().revoke_user(&user.id, None).await?;
+    Ok(format!("{n} session(s) revoked."))
+}
+
 /// The audit event of an action.
 pub(super) fn event_of(action: &str) -> &'static str {
     match action {
@@ -614,7 +633,7 @@ pub(super) fn event_of(action: &str) -> &'static str {
         "reset_link" => "user_reset_link_sent",
         "resend_confirmation" => "user_confirmation_sent",
         "roles" => "user_roles_set",
-        "revoke_session" => "session_revoked_by_admin",
+        "revoke_sessions" => "session_revoked_by_admin",
         _ => "user_changed",
     }
 }
@@ -625,13 +644,8 @@ async fn user_action(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let here = format!("/admin/users/{id}");
-    let by = match admin_post(&app, &ctx, &f.csrf, &here).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let user = match user_or_404(&app, &ctx, &id).await {
-        Ok(u) => u,
+    let (by, user) = match posted_on(&app, &ctx, &f.csrf, &id).await {
+        Ok(both) => both,
         Err(r) => return r,
     };
     if f.action == "unlink" {
@@ -658,12 +672,8 @@ async fn user_roles(
             .collect::<Vec<_>>()
     };
     let csrf = field("csrf").pop().unwrap_or_default();
-    let by = match admin_post(&app, &ctx, &csrf, &format!("/admin/users/{id}")).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let user = match user_or_404(&app, &ctx, &id).await {
-        Ok(u) => u,
+    let (by, user) = match posted_on(&app, &ctx, &csrf, &id).await {
+        Ok(both) => both,
         Err(r) => return r,
     };
     let wanted = field("role");
@@ -689,33 +699,27 @@ async fn user_sessions(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let by = match admin_post(&app, &ctx, &f.csrf, &format!("/admin/users/{id}")).await {
-        Ok(u) => u,
+    let (by, user) = match posted_on(&app, &ctx, &f.csrf, &id).await {
+        Ok(both) => both,
         Err(r) => return r,
     };
-    let user = match user_or_404(&app, &ctx, &id).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let sessions = app.gateway.sessions();
     let outcome = if f.sid == "all" {
-        sessions
-            .revoke_user(&user.id, None)
-            .await
-            .map(|n| format!("{n} session(s) revoked."))
+        revoke_all(&app, &user).await
     } else {
-        sessions.revoke_sid(&user.id, &f.sid).await.map(|found| {
-            if found {
-                "Session revoked.".into()
-            } else {
-                "That session had already ended.".into()
-            }
-        })
+        app.gateway
+            .sessions()
+            .revoke_sid(&user.id, &f.sid)
+            .await
+            .map(|found| {
+                if found {
+                    "Session revoked.".into()
+                } else {
+                    "That session had already ended.".into()
+                }
+            })
+            .map_err(RoleError::from)
     };
-    match outcome {
-        Ok(n) => act(&app, &ctx, &by, user, "session_revoked_by_admin", Ok(n)).await,
-        Err(e) => web::unavailable(&app, &ctx, &e),
-    }
+    act(&app, &ctx, &by, user, "session_revoked_by_admin", outcome).await
 }
 
 async fn user_delete(
@@ -724,12 +728,8 @@ async fn user_delete(
     Path(id): Path<String>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let by = match admin_post(&app, &ctx, &f.csrf, &format!("/admin/users/{id}")).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let user = match user_or_404(&app, &ctx, &id).await {
-        Ok(u) => u,
+    let (by, user) = match posted_on(&app, &ctx, &f.csrf, &id).await {
+        Ok(both) => both,
         Err(r) => return r,
     };
     if !f.confirm.trim().eq_ignore_ascii_case(&user.username) {
