@@ -176,6 +176,8 @@ pub struct Settings {
     pub public_url: String,
     pub min_password: usize,
     pub require_second_factor: config::RequireSecondFactor,
+    /// `--outbox-retention`: how long an item is tried, and kept once finished.
+    pub outbox_retention: Duration,
 }
 
 pub struct Accounts {
@@ -282,6 +284,7 @@ impl Accounts {
             secure: !a.insecure_cookies,
             cookie_domain: a.cookie_domain.clone(),
             session_ttl: a.session_ttl,
+            outbox_retention: a.outbox_retention,
             registration: a.registration,
             registration_domains: domains(&a.registration_domains),
             blocked_domains: domains(&a.blocked_domains),
@@ -335,7 +338,6 @@ impl Accounts {
             legacy_hook,
             providers,
         });
-        outbox::start(&app.db, a.outbox_retention);
         tokio::spawn(seed_roles(app.clone(), role_file));
         hourly("expired one-time tokens", &app.db, |db, now| async move {
             db.purge_expired_tokens(now).await
@@ -352,7 +354,11 @@ impl Accounts {
 
     /// The module as the main listener calls it, with `extra` routes (the registry's) beside
     /// the pages.
+    /// The pages and APIs, with `extra` (the other modules' routes), once every module is
+    /// open: the outbox's worker starts here, when every kind has its deliverer (a round
+    /// before the registry's would hold a back-channel logout for a claim's length).
     pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
+        outbox::start(&self.db, self.settings.outbox_retention);
         let own = web::routes()
             .merge(security::routes())
             .merge(api::routes())

@@ -260,6 +260,25 @@ async fn settle(
             _ => "retry",
         },
     );
+    if status == "delivered" && forgotten(&item.kind) {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(&item.id)
+            .execute(db.pool())
+            .await?;
+    } else {
+        sqlx::query(
+            "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, locked_until = 0,
+                last_error = $4 WHERE id = $5",
+        )
+        .bind(status)
+        .bind(i64::from(attempts))
+        .bind(next_at as i64)
+        .bind(&error)
+        .bind(&item.id)
+        .execute(db.pool())
+        .await?;
+    }
+    // Logged once recorded: a line saying "tried again" is true of the database.
     match status {
         "delivered" => {
             tracing::info!(id = %item.id, kind = %item.kind, attempts, "outbox item delivered")
@@ -271,24 +290,6 @@ async fn settle(
             tracing::warn!(id = %item.id, kind = %item.kind, attempts, retry_in_secs = next_at - now, error = %error, "outbox item not delivered; it will be tried again")
         }
     }
-    if status == "delivered" && forgotten(&item.kind) {
-        sqlx::query("DELETE FROM outbox WHERE id = $1")
-            .bind(&item.id)
-            .execute(db.pool())
-            .await?;
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE outbox SET status = $1, attempts = $2, next_at = $3, locked_until = 0,
-            last_error = $4 WHERE id = $5",
-    )
-    .bind(status)
-    .bind(i64::from(attempts))
-    .bind(next_at as i64)
-    .bind(error)
-    .bind(&item.id)
-    .execute(db.pool())
-    .await?;
     Ok(())
 }
 
