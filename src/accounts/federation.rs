@@ -74,6 +74,10 @@ struct Flow {
     link: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     invite: String,
+    /// A sign-in asked for again (`prompt=login`, `max_age`): the provider is asked too,
+    /// and must have signed the person in after `at`.
+    #[serde(default)]
+    again: bool,
     /// Back from the provider, a new account waits for a username (or an email address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     new: Option<NewAccount>,
@@ -203,6 +207,7 @@ async fn leave_for(
     rd: String,
     link: Option<String>,
     invite: String,
+    again: bool,
 ) -> Result<(Flow, String), Response> {
     let verifier = db::random_token(32);
     let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
@@ -217,6 +222,7 @@ async fn leave_for(
         rd,
         link,
         invite,
+        again,
         new: None,
         at: crate::session::unix_now(),
     };
@@ -227,6 +233,7 @@ async fn leave_for(
             &flow.state,
             &flow.nonce,
             &challenge,
+            again,
         )
         .await
         .map_err(|e| upstream_failed(app, ctx, p, &e))?;
@@ -245,6 +252,8 @@ fn off_to(app: &Accounts, flow: &Flow, url: &str) -> Response {
 struct StartQuery {
     rd: String,
     invite: String,
+    /// `1` from the sign-in page that asks for a sign-in again.
+    again: String,
 }
 
 /// `/login/with/{id}`: off to the provider.
@@ -260,7 +269,8 @@ async fn start(
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let rd = web::redirect_target(&app, &ctx, &q.rd).unwrap_or_default();
     let invite: String = q.invite.chars().take(128).collect();
-    match leave_for(&app, &ctx, &p, rd, None, invite).await {
+    let again = q.again == "1";
+    match leave_for(&app, &ctx, &p, rd, None, invite, again).await {
         Ok((flow, url)) => off_to(&app, &flow, &url),
         Err(r) => r,
     }
@@ -364,6 +374,7 @@ async fn callback(
             &flow.verifier,
             &flow.nonce,
             q.iss.as_deref(),
+            flow.again.then_some(flow.at),
         )
         .await
     {
@@ -820,7 +831,17 @@ async fn link(
     let Some(p) = provider(&app, &id) else {
         return unknown(&app, &ctx);
     };
-    match leave_for(&app, &ctx, &p, String::new(), Some(user.id), String::new()).await {
+    match leave_for(
+        &app,
+        &ctx,
+        &p,
+        String::new(),
+        Some(user.id),
+        String::new(),
+        false,
+    )
+    .await
+    {
         Ok((flow, url)) => off_to(&app, &flow, &url),
         Err(r) => r,
     }
@@ -893,7 +914,17 @@ async fn api_link(
             "There is no such provider.",
         ));
     };
-    match leave_for(&app, &ctx, &p, String::new(), Some(user.id), String::new()).await {
+    match leave_for(
+        &app,
+        &ctx,
+        &p,
+        String::new(),
+        Some(user.id),
+        String::new(),
+        false,
+    )
+    .await
+    {
         Ok((flow, url)) => {
             let mut r = Json(json!({ "location": url })).into_response();
             set_flow(&app, r.headers_mut(), Some(&flow));

@@ -55,6 +55,8 @@ pub struct Login {
     pub registration_open: bool,
     /// A button per `--identity-providers` provider.
     pub providers: Vec<ProviderButton>,
+    /// A sign-in asked for again: the providers are asked to sign the person in again too.
+    pub again: bool,
 }
 
 /// A provider to sign in with: `/login/with/{id}`.

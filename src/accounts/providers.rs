@@ -105,6 +105,18 @@ struct Metadata {
     authorization_response_iss_parameter_supported: bool,
 }
 
+/// How far a provider's clock may be behind ours when it says when someone signed in.
+const AUTH_TIME_SKEW_SECS: u64 = 60;
+
+/// Whether a provider's `auth_time` says the person signed in at `since` or later.
+fn signed_in_since(auth_time: Option<u64>, since: u64) -> Result<(), &'static str> {
+    match auth_time {
+        Some(t) if t + AUTH_TIME_SKEW_SECS >= since => Ok(()),
+        Some(_) => Err("asked to sign in again, the provider reused an earlier sign-in"),
+        None => Err("asked to sign in again, the provider sent no auth_time"),
+    }
+}
+
 /// What a provider said about the person who signed in there.
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
@@ -401,6 +413,7 @@ impl Provider {
         state: &str,
         nonce: &str,
         challenge: &str,
+        again: bool,
     ) -> Result<String, UpstreamError> {
         let scope = self.scopes.join(" ");
         let mut fields = vec![
@@ -416,6 +429,11 @@ impl Provider {
             Some(g) => g.authorize.clone(),
             None => {
                 fields.push(("nonce", nonce));
+                // A sign-in asked for again here is asked for again there (OIDC Core
+                // 3.1.2.1); GitHub has no such request.
+                if again {
+                    fields.extend([("prompt", "login"), ("max_age", "0")]);
+                }
                 self.metadata(outbound)
                     .await?
                     .authorization_endpoint
@@ -427,7 +445,9 @@ impl Provider {
     }
 
     /// Finishes a sign-in: checks the response's `iss` (RFC 9207), exchanges `code`, checks
-    /// the id_token (signature, `iss`, `aud`, `exp`, `nonce`) and reads who it is.
+    /// the id_token (signature, `iss`, `aud`, `exp`, `nonce`, and `auth_time` no earlier than
+    /// `fresh_since` when the sign-in was asked for again) and reads who it is.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         &self,
         outbound: &Outbound,
@@ -436,6 +456,7 @@ impl Provider {
         verifier: &str,
         nonce: &str,
         iss: Option<&str>,
+        fresh_since: Option<u64>,
     ) -> Result<Upstream, UpstreamError> {
         if let Some(g) = &self.github {
             if iss.is_some() {
@@ -475,6 +496,11 @@ impl Provider {
         let claims = self.verify_jwt(outbound, &meta, id_token, None).await?;
         if claims["nonce"].as_str() != Some(nonce) {
             return Err(refused("the id_token's nonce is not the one sent"));
+        }
+        // Asked with max_age=0, the provider must say when the person signed in (OIDC Core
+        // 3.1.2.1), and that must be now: an old session there is no sign-in again here.
+        if let Some(since) = fresh_since {
+            signed_in_since(claims["auth_time"].as_u64(), since).map_err(refused)?;
         }
         // Several audiences: the authorized party must be this client (OIDC Core 3.1.3.7).
         if claims["aud"].is_array() && claims["azp"].as_str() != Some(self.client_id.as_str()) {
@@ -718,6 +744,19 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sign_in_asked_for_again_must_be_new_at_the_provider() {
+        let since = 1_800_000_000;
+        assert!(signed_in_since(Some(since), since).is_ok());
+        assert!(signed_in_since(Some(since + 5), since).is_ok());
+        // A provider's clock a little behind ours.
+        assert!(signed_in_since(Some(since - AUTH_TIME_SKEW_SECS), since).is_ok());
+        // An earlier session reused, or no word of when.
+        assert!(signed_in_since(Some(since - AUTH_TIME_SKEW_SECS - 1), since).is_err());
+        assert!(signed_in_since(Some(since - 3600), since).is_err());
+        assert!(signed_in_since(None, since).is_err());
+    }
 
     #[test]
     fn mfa_is_reported_by_mfa_or_a_second_method_beside_another() {

@@ -94,15 +94,7 @@ async fn login_page(
     let again = q.prompt == "login";
     if again || max_age.is_some_and(|max| !session.authenticated_within(max, now)) {
         let username = session.username.clone().unwrap_or_default();
-        return web::login_form(
-            &app,
-            &ctx,
-            StatusCode::OK,
-            &username,
-            &rd,
-            "",
-            "This page asks you to have signed in recently. Please sign in again.",
-        );
+        return web::login_again(&app, &ctx, &username, &rd);
     }
     if q.acr_values.contains(crate::session::ACR_TWO_FACTORS) && !session.has_second_factor() {
         return step_up_page(&app, &ctx, &rd, "").await;

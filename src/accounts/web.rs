@@ -468,16 +468,44 @@ pub(super) fn login_form(
         app,
         ctx,
         status,
+        login_view(app, ctx, username, rd, error, notice),
+    )
+}
+
+/// The sign-in form for a signed-in user asked to sign in again (`prompt=login`, a
+/// `max_age` passed): their strongest way, whichever they have (a password, a passkey, or a
+/// provider, which is asked to sign them in again too).
+pub(super) fn login_again(app: &Accounts, ctx: &Ctx, username: &str, rd: &str) -> Response {
+    let notice = "This page asks you to have signed in recently. Please sign in again.";
+    html(
+        app,
+        ctx,
+        StatusCode::OK,
         pages::Login {
-            page: passkey_page(app, ctx, "login"),
-            username: username.into(),
-            rd: rd.into(),
-            error: error.into(),
-            notice: notice.into(),
-            registration_open: app.settings.registration == Registration::Open,
-            providers: provider_buttons(app),
+            again: true,
+            ..login_view(app, ctx, username, rd, "", notice)
         },
     )
+}
+
+fn login_view(
+    app: &Accounts,
+    ctx: &Ctx,
+    username: &str,
+    rd: &str,
+    error: &str,
+    notice: &str,
+) -> pages::Login {
+    pages::Login {
+        page: passkey_page(app, ctx, "login"),
+        username: username.into(),
+        rd: rd.into(),
+        error: error.into(),
+        notice: notice.into(),
+        registration_open: app.settings.registration == Registration::Open,
+        providers: provider_buttons(app),
+        again: false,
+    }
 }
 
 /// A button per `--identity-providers` provider, for the login and registration pages.

@@ -307,6 +307,33 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
         1
     );
 
+    // Asked to sign in again (an application's prompt=login, the console's max_age), a
+    // federated user signs in again at the provider: it is asked to (prompt=login, max_age=0)
+    // though its session there is fresh, and must answer with a new auth_time.
+    let (mut r3, _) = sign_in_upstream(gh, "carol");
+    let page = r3.go("/login?prompt=login&rd=%2Faccount%2Fsecurity");
+    assert!(
+        page.body.contains("Please sign in again")
+            && page
+                .body
+                .contains("href=\"/login/with/up?again=1&amp;rd=/account/security\""),
+        "{}",
+        page.body
+    );
+    let to = r3.location("/login/with/up?again=1&rd=%2Faccount%2Fsecurity");
+    assert_eq!(
+        (param(&to, "prompt"), param(&to, "max_age")),
+        ("login".into(), "0".into())
+    );
+    let page = r3.go(&to);
+    let r = r3.upstream_sign_in(page, "carol");
+    assert_eq!(
+        (r.status, r3.at.as_str()),
+        (200, "/account/security"),
+        "{}",
+        r.body
+    );
+
     // Tampered state: the callback refuses a state this browser did not leave with, and an
     // answer for one provider at another's callback.
     let mut t = Journey::new(gh);
