@@ -31,6 +31,9 @@ on_both_backends!(
     device_grant_polls_until_the_user_allows_and_works_once,
     jwt_access_tokens_and_resource_indicators,
     clients_register_themselves_only_as_the_operator_allows,
+    prompt_max_age_and_login_hint_are_honoured,
+    a_certified_relying_party_runs_every_flow,
+    client_metadata_documents_sign_in_without_registration,
 );
 
 /// A confidential OpenID Connect client with refresh, returning to CALLBACK, allowed to send
@@ -283,9 +286,8 @@ fn an_independent_relying_party_signs_in_with_the_code_flow(backend: Backend) {
 }
 
 /// `prompt`, `max_age` and `login_hint`: what a client may ask of the sign-in.
-#[test]
-fn prompt_max_age_and_login_hint_are_honoured() {
-    let site = Site::start("oidc-prompt", Backend::Sqlite);
+fn prompt_max_age_and_login_hint_are_honoured(backend: Backend) {
+    let site = Site::start("oidc-prompt", backend);
     site.create_user("jon");
     let (id, _) = oidc_client(&site, "Board", &[]);
     let path = |extra: &[(&str, &str)]| {
@@ -939,9 +941,8 @@ fn the_snippets_route_every_oidc_path_and_protected_resource_metadata() {
 /// the code flow with nonce and PKCE and its id_token checks, UserInfo, refresh,
 /// RP-initiated logout and the device grant, all over real HTTP; the browser's part is
 /// played here.
-#[test]
-fn a_certified_relying_party_runs_every_flow() {
-    let site = Site::start("oidc-node", Backend::Sqlite);
+fn a_certified_relying_party_runs_every_flow(backend: Backend) {
+    let site = Site::start("oidc-node", backend);
     site.create_user("pia");
     let (id, secret) = oidc_client(&site, "Node app", &["--grant", "device_code"]);
     let script = node_tools("oidc_rp.mjs");
@@ -1154,8 +1155,7 @@ fn clients_register_themselves_only_as_the_operator_allows(backend: Backend) {
 /// Client ID Metadata Documents: with open registration, an https `client_id` names its own
 /// metadata, fetched with the outbound client's caps; a document that redirects, is too
 /// large, lies about itself or sits on a private address is refused.
-#[test]
-fn client_metadata_documents_sign_in_without_registration() {
+fn client_metadata_documents_sign_in_without_registration(backend: Backend) {
     let docs = TlsServer::start();
     let json = |v: serde_json::Value| {
         (
@@ -1200,7 +1200,7 @@ fn client_metadata_documents_sign_in_without_registration() {
         })),
     );
     let ca = docs.ca_file();
-    let site = Site::start_with("oidc-cimd", Backend::Sqlite, |_| {
+    let site = Site::start_with("oidc-cimd", backend, |_| {
         args(&[
             "--client-registration",
             "open",
