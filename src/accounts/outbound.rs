@@ -328,8 +328,8 @@ impl Target {
 }
 
 /// Whether `ip` is an address on the public internet (not loopback, private, link-local,
-/// shared, multicast, documentation or unspecified; an IPv4 address inside IPv6 is judged as
-/// IPv4).
+/// shared, multicast, documentation or unspecified; an IPv4 address inside IPv6, mapped,
+/// compatible or 6to4, is judged as IPv4).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -350,12 +350,27 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            // IPv4-compatible (::a.b.c.d, deprecated) and 6to4 (2002:a.b.c.d::/48) carry an
+            // IPv4 address that is judged as itself.
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return embedded(seg[6], seg[7]);
+            }
+            if seg[0] == 0x2002 {
+                return embedded(seg[1], seg[2]);
+            }
+            let first = seg[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
                 || first == 0x2001 && v6.segments()[1] == 0x0db8
                 || first == 0x0064 && v6.segments()[1] == 0xff9b)
         }
@@ -383,10 +398,20 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "fec0::1",
         ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad} passed");
         }
-        for good in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+        for good in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "2002:5db8:d822::1",
+        ] {
             assert!(is_public(good.parse().unwrap()), "{good} refused");
         }
     }
