@@ -64,6 +64,13 @@ pub enum UserCommand {
         common: Common,
         user: String,
     },
+    /// End all the user's sessions now, as "sign out everywhere" does: the applications they
+    /// signed in to are told (back-channel logout). They may sign in again.
+    SignOut {
+        #[command(flatten)]
+        common: Common,
+        user: String,
+    },
     /// Stop the user signing in, and end all their sessions now.
     Deactivate {
         #[command(flatten)]
@@ -191,6 +198,7 @@ impl UserCommand {
             | UserCommand::List { common }
             | UserCommand::Show { common, .. }
             | UserCommand::Activate { common, .. }
+            | UserCommand::SignOut { common, .. }
             | UserCommand::Deactivate { common, .. }
             | UserCommand::Delete { common, .. }
             | UserCommand::ResetSecondFactors { common, .. }
@@ -418,6 +426,13 @@ pub async fn user(command: UserCommand) -> Result<(), Failure> {
                 .map_err(role_failure)?;
             tracing::info!(target: "gatehouse::audit", event = "user_activated", user = %u.id, "audit");
             eprintln!("{} is active", u.username);
+            Ok(())
+        }
+        UserCommand::SignOut { user, .. } => {
+            let u = find(&db, &user).await?;
+            let n = end_sessions(&store, &u.id).await?;
+            tracing::info!(target: "gatehouse::audit", event = "user_signed_out", user = %u.id, sessions_ended = n, "audit");
+            eprintln!("{} is signed out; {n} session(s) ended", u.username);
             Ok(())
         }
         UserCommand::Deactivate { user, .. } => {

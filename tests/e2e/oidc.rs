@@ -583,6 +583,20 @@ fn backchannel_logout_reaches_every_client_and_survives_a_restart(backend: Backe
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(v["id_token"].is_string());
 
+    // `gatehouse user sign-out` ends every session from the command line, and the client
+    // hears of it as from a sign-out in the browser.
+    let mut b = signed_in(&site, "lea");
+    sign_in(&mut b, "openid");
+    let jwt = claims(&b.get("/auth"));
+    let out = site.cli(&["user", "sign-out", "lea"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(b.get("/auth").status, 401);
+    let got = receiver.wait_bodies(3, Duration::from_secs(10));
+    assert_eq!(
+        logout_tokens(&site, got.get(2..).unwrap_or(&[]), &id),
+        vec![(sub.clone(), jwt["sid"].as_str().unwrap().to_string())]
+    );
+
     // The receiver is down when the session ends, and gatehouse restarts before it is back:
     // the logout waits in the outbox and arrives once the receiver listens again.
     let mut b = signed_in(&site, "lea");
