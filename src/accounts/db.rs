@@ -321,6 +321,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "DROP TABLE role_scopes",
         ],
     ),
+    (
+        10,
+        // When an outbox item was written, in microseconds: the items for one target are
+        // delivered in that order (`created_at`, in seconds, ties within a second).
+        &["ALTER TABLE outbox ADD COLUMN written_us BIGINT NOT NULL DEFAULT 0"],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -1931,6 +1937,7 @@ mod tests {
                 ("accounts".to_owned(), 7),
                 ("accounts".to_owned(), 8),
                 ("accounts".to_owned(), 9),
+                ("accounts".to_owned(), 10),
                 ("extra".to_owned(), 1)
             ]
         );

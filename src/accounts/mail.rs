@@ -174,12 +174,14 @@ async fn deliver(
             .map_err(|e| e.to_string())?;
         match transport {
             Transport::Files(dir) => {
+                // Named by the time written, to the nanosecond: a folder listed by name is
+                // in the order the mail went out.
                 let name = format!(
                     "{}-{}.eml",
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap_or_default()
-                        .as_millis(),
+                        .as_nanos(),
                     super::db::random_token(6)
                 );
                 let tmp = dir.join(format!(".{name}.tmp"));

@@ -166,34 +166,37 @@ pub async fn enqueue_on(
     payload: &serde_json::Value,
 ) -> Result<String, sqlx::Error> {
     let id = random_token(16);
-    let now = unix_now() as i64;
+    let written = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     sqlx::query(
         "INSERT INTO outbox (id, kind, target, payload, status, attempts, created_at, next_at,
-            locked_until, last_error)
-         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, 0, '')",
+            locked_until, last_error, written_us)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, 0, '', $6)",
     )
     .bind(&id)
     .bind(kind)
     .bind(target)
     .bind(payload.to_string())
-    .bind(now)
+    .bind(written.as_secs() as i64)
+    .bind(written.as_micros() as i64)
     .execute(conn)
     .await?;
     Ok(id)
 }
 
-/// Takes up to [`BATCH`] due items for this worker.
+/// Takes up to [`BATCH`] due items for this worker, oldest written first.
 async fn claim(db: &Db, now: u64) -> Result<Vec<(Item, u64)>, DbError> {
     const CLAIM: &str = "UPDATE outbox SET locked_until = $1 WHERE id IN (
             SELECT id FROM outbox
             WHERE status = 'pending' AND next_at <= $2 AND locked_until <= $2
             ORDER BY next_at LIMIT $3)
-         RETURNING id, kind, target, payload, attempts, created_at";
+         RETURNING id, kind, target, payload, attempts, created_at, written_us";
     const CLAIM_SKIP_LOCKED: &str = "UPDATE outbox SET locked_until = $1 WHERE id IN (
             SELECT id FROM outbox
             WHERE status = 'pending' AND next_at <= $2 AND locked_until <= $2
             ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING id, kind, target, payload, attempts, created_at";
+         RETURNING id, kind, target, payload, attempts, created_at, written_us";
     let sql = if db.backend() == "postgres" {
         CLAIM_SKIP_LOCKED
     } else {
@@ -205,10 +208,12 @@ async fn claim(db: &Db, now: u64) -> Result<Vec<(Item, u64)>, DbError> {
         .bind(BATCH)
         .fetch_all(db.pool())
         .await?;
-    rows.iter()
+    let mut items = rows
+        .iter()
         .map(|r| {
             let payload: String = r.try_get("payload")?;
             Ok((
+                r.try_get::<i64, _>("written_us")?,
                 Item {
                     id: r.try_get("id")?,
                     kind: r.try_get("kind")?,
@@ -219,8 +224,13 @@ async fn claim(db: &Db, now: u64) -> Result<Vec<(Item, u64)>, DbError> {
                 r.try_get::<i64, _>("created_at")?.max(0) as u64,
             ))
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(DbError::from)
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // RETURNING keeps no order: oldest written first.
+    items.sort_by_key(|(written, ..)| *written);
+    Ok(items
+        .into_iter()
+        .map(|(_, item, created_at)| (item, created_at))
+        .collect())
 }
 
 /// The wait after the `attempts`-th failed attempt: 1 s, doubling, at most an hour.
@@ -293,26 +303,41 @@ async fn settle(
     Ok(())
 }
 
-/// One round: claims what is due and delivers it, the items of one claim side by side. How
-/// many were claimed (items of a kind nothing here delivers are claimed and left alone, to
-/// be taken by another replica once the claim lapses).
+/// One round: claims what is due and delivers it. Items for different targets go side by
+/// side; those for one target (one recipient, one webhook, one client) go one after another,
+/// oldest first, so that the last mail a person gets is the newest (two confirmation links:
+/// the one that arrives last is the one that works). How many were claimed (items of a kind
+/// nothing here delivers are claimed and left alone, to be taken by another replica once the
+/// claim lapses).
 pub async fn run_once(db: &Db, retention: Duration) -> Result<usize, DbError> {
     let claimed = claim(db, unix_now()).await?;
     let n = claimed.len();
+    let mut lines: Vec<Vec<(Item, u64)>> = Vec::new();
+    for entry in claimed {
+        let same = |line: &&mut Vec<(Item, u64)>| {
+            let first = &line[0].0;
+            first.kind == entry.0.kind && first.target == entry.0.target
+        };
+        match lines.iter_mut().find(same) {
+            Some(line) => line.push(entry),
+            None => lines.push(vec![entry]),
+        }
+    }
     let mut rounds = tokio::task::JoinSet::new();
-    for (item, created_at) in claimed {
+    for line in lines {
         let db = db.clone();
         rounds.spawn(async move {
-            match deliverer(&item.kind) {
-                Some(deliver) => {
-                    let outcome = deliver(item.clone()).await;
-                    settle(&db, &item, created_at, outcome, retention).await
-                }
+            for (item, created_at) in line {
                 // A kind another replica delivers (one that runs the module this one does
                 // not): left to it, the claim held so this worker does not take it again at
                 // once, and no attempt counted.
-                None => Ok(()),
+                let Some(deliver) = deliverer(&item.kind) else {
+                    return Ok(());
+                };
+                let outcome = deliver(item.clone()).await;
+                settle(&db, &item, created_at, outcome, retention).await?;
             }
+            Ok::<(), DbError>(())
         });
     }
     while let Some(r) = rounds.join_next().await {
@@ -489,5 +514,39 @@ mod tests {
             .unwrap();
         assert_eq!(status, "delivered");
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn items_for_one_target_arrive_in_the_order_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = order.clone();
+        deliver_with(
+            "test-ordered",
+            Arc::new(move |item: Item| {
+                let seen = seen.clone();
+                Box::pin(async move {
+                    // The first written is the slowest to deliver: side by side, it would
+                    // arrive last.
+                    let n = item.payload["n"].as_u64().unwrap();
+                    tokio::time::sleep(Duration::from_millis(60 - 10 * n)).await;
+                    seen.lock().unwrap().push(n);
+                    Ok(())
+                })
+            }),
+        );
+        for n in 0..5 {
+            enqueue(
+                &db,
+                "test-ordered",
+                "ana@example.org",
+                &serde_json::json!({"n": n}),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(run_once(&db, Duration::from_secs(60)).await.unwrap(), 5);
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
     }
 }

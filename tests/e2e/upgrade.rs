@@ -66,6 +66,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=7",
         "module=\"accounts\" version=8",
         "module=\"accounts\" version=9",
+        "module=\"accounts\" version=10",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -89,6 +90,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 7",
         "accounts 8",
         "accounts 9",
+        "accounts 10",
         "registry 1",
         "registry 2",
         "registry 3",
