@@ -240,6 +240,16 @@ async fn leave_for(
     Ok((flow, url))
 }
 
+/// A new flow for `p` that links its identity to the signed-in `user`.
+async fn leave_to_link(
+    app: &Accounts,
+    ctx: &Ctx,
+    p: &Provider,
+    user: String,
+) -> Result<(Flow, String), Response> {
+    leave_for(app, ctx, p, String::new(), Some(user), String::new(), false).await
+}
+
 /// The browser sent to the provider's `url`, carrying `flow`.
 fn off_to(app: &Accounts, flow: &Flow, url: &str) -> Response {
     let mut r = web::see_other(url);
@@ -831,17 +841,7 @@ async fn link(
     let Some(p) = provider(&app, &id) else {
         return unknown(&app, &ctx);
     };
-    match leave_for(
-        &app,
-        &ctx,
-        &p,
-        String::new(),
-        Some(user.id),
-        String::new(),
-        false,
-    )
-    .await
-    {
+    match leave_to_link(&app, &ctx, &p, user.id).await {
         Ok((flow, url)) => off_to(&app, &flow, &url),
         Err(r) => r,
     }
@@ -914,17 +914,7 @@ async fn api_link(
             "There is no such provider.",
         ));
     };
-    match leave_for(
-        &app,
-        &ctx,
-        &p,
-        String::new(),
-        Some(user.id),
-        String::new(),
-        false,
-    )
-    .await
-    {
+    match leave_to_link(&app, &ctx, &p, user.id).await {
         Ok((flow, url)) => {
             let mut r = Json(json!({ "location": url })).into_response();
             set_flow(&app, r.headers_mut(), Some(&flow));
