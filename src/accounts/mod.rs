@@ -353,10 +353,9 @@ impl Accounts {
     }
 
     /// The module as the main listener calls it, with `extra` routes (the registry's) beside
-    /// the pages.
-    /// The pages and APIs, with `extra` (the other modules' routes), once every module is
-    /// open: the outbox's worker starts here, when every kind has its deliverer (a round
-    /// before the registry's would hold a back-channel logout for a claim's length).
+    /// the pages, once every module is open: the outbox's worker starts here, when every kind
+    /// has its deliverer (a round before the registry's would hold a back-channel logout for
+    /// a claim's length).
     pub fn modules(self: &Arc<Self>, extra: axum::Router) -> Arc<dyn Modules> {
         outbox::start(&self.db, self.settings.outbox_retention);
         let own = web::routes()
