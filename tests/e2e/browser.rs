@@ -85,6 +85,23 @@ async fn wait_path(c: &Client, path: &str) {
     }
 }
 
+/// Waits (at most 10 s) until the page holds `text`. After a click, the page a test reads may
+/// still be the one clicked on: an element both pages have (an `h1`) proves nothing.
+async fn wait_text(c: &Client, text: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page = c.source().await.unwrap_or_default();
+        if page.contains(text) {
+            return page;
+        }
+        if std::time::Instant::now() > deadline {
+            let url = c.current_url().await.unwrap();
+            panic!("no {text:?} on {url}:\n{page}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_through_nginx_and_revoke_from_another_browser() {
     let dir = TempDir::new("browser");
@@ -839,9 +856,7 @@ async fn openid_connect_consent_logout_and_device_pages() {
         .unwrap();
     shoot(&c, "oidc-device-confirm").await;
     click(&c, "button[value=allow]").await;
-    c.wait().for_element(Locator::Css("h1")).await.unwrap();
-    let page = c.source().await.unwrap();
-    assert!(page.contains("Device connected"), "{page}");
+    wait_text(&c, "Device connected").await;
     shoot(&c, "oidc-device-done").await;
     c.goto(&format!("{site}/account/clients")).await.unwrap();
     c.execute(
@@ -936,19 +951,24 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
                 .await
                 .unwrap();
             click(&c, "button[type=submit]").await;
-            // Consent, once per browser.
+            // Consent, once per browser, clicked once: until the browser has left it, the
+            // consent page may still be the one read, and a second click would send its form
+            // again.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut consented = false;
             loop {
                 let url = c.current_url().await.unwrap();
                 if url.port() != Some(upstream_port) {
                     break;
                 }
-                if c.source()
-                    .await
-                    .unwrap_or_default()
-                    .contains("value=\"consent\"")
+                if !consented
+                    && c.source()
+                        .await
+                        .unwrap_or_default()
+                        .contains("value=\"consent\"")
                 {
                     click(&c, "button[type=submit]").await;
+                    consented = true;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
@@ -969,6 +989,8 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
         .await
         .unwrap();
     click(&c, "button[name=logout]").await;
+    // (Its page says so once the back channel has been called.)
+    wait_path(&c, "/session/end/success").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         c.goto(&format!("{site}/papers/7")).await.unwrap();
@@ -1136,12 +1158,7 @@ async fn admin_console_through_nginx() {
     shoot(&c, "admin-user").await;
     // Deactivated: her session ends at /auth at once.
     click(&c, "form[action$='/action'] button.danger").await;
-    c.wait()
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .unwrap();
-    let page = c.source().await.unwrap();
-    assert!(page.contains("olga is deactivated"), "{page}");
+    wait_text(&c, "olga is deactivated").await;
     assert!(
         ends_soon(&olga_token),
         "a deactivated user's session lived on"
@@ -1153,26 +1170,14 @@ async fn admin_console_through_nginx() {
     fill(&c, "scopes", "papers:curate").await;
     fill(&c, "description", "Curates the collection").await;
     click(&c, "form[action='/admin/roles'] button[type=submit]").await;
-    c.wait()
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .unwrap();
-    assert!(c.source().await.unwrap().contains("Role curator created"));
+    wait_text(&c, "Role curator created").await;
     shoot(&c, "admin-roles").await;
     c.goto(&format!("{site}/admin/users/{nina_id}"))
         .await
         .unwrap();
     click(&c, "input[name=role][value=curator]").await;
     click(&c, "form[action$='/roles'] button[type=submit]").await;
-    c.wait()
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .unwrap();
-    assert!(c
-        .source()
-        .await
-        .unwrap()
-        .contains("nina now has the roles user, curator"));
+    wait_text(&c, "nina now has the roles user, curator").await;
     let shown = cli(&["user", "show", "nina", "--json"], None);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["scopes"], serde_json::json!(["papers:curate"]));
@@ -1188,11 +1193,7 @@ async fn admin_console_through_nginx() {
         "form[action$='/sessions'] input[name=sid]:not([value=all]) + button",
     )
     .await;
-    c.wait()
-        .for_element(Locator::Css("[role=status]"))
-        .await
-        .unwrap();
-    assert!(c.source().await.unwrap().contains("Session revoked"));
+    wait_text(&c, "Session revoked").await;
     assert!(ends_soon(&nina_token), "a revoked session lived on");
 
     // The audit trail, and its export.
