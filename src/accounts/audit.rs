@@ -10,7 +10,7 @@
 //! fields as JSON. Names of events keep their meaning: a log reader and a row reader see one
 //! event.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,8 +44,11 @@ pub struct Event {
 
 /// Where rows go: the writer of the last database opened in this process.
 static SINK: Mutex<Option<mpsc::Sender<Event>>> = Mutex::new(None);
-/// Rows sent and not yet written (for [`settle`]).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Rows sent to a writer, and rows done with (written, lost or dropped): a row sent when
+/// `SENT` was n is done once `DONE` reaches n + 1 (one writer takes rows in order). For
+/// [`settle`].
+static SENT: AtomicU64 = AtomicU64::new(0);
+static DONE: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// The layer that turns audit lines into rows, filtered to the audit target alone (so that no
@@ -72,9 +75,9 @@ impl<S: tracing::Subscriber> Layer<S> for Rows {
         };
         let mut fields = Fields::default();
         event.record(&mut fields);
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        SENT.fetch_add(1, Ordering::SeqCst);
         if tx.try_send(row(fields.0)).is_err() {
-            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            DONE.fetch_add(1, Ordering::SeqCst);
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -203,7 +206,7 @@ fn attach(db: &Db) {
                 }
             }
             batch.clear();
-            IN_FLIGHT.fetch_sub(n, Ordering::SeqCst);
+            DONE.fetch_add(n as u64, Ordering::SeqCst);
             let dropped = DROPPED.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 tracing::error!(
@@ -215,10 +218,13 @@ fn attach(db: &Db) {
     });
 }
 
-/// Waits (at most 5 s) until every row sent so far is written: a command's last step.
+/// Waits (at most 5 s) until every row sent so far is written (rows sent meanwhile are not
+/// waited for): a command's last step, and the first of every read, so that an admin sees
+/// what they have just done.
 pub async fn settle() {
+    let sent = SENT.load(Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    while DONE.load(Ordering::SeqCst) < sent && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -290,6 +296,7 @@ async fn insert(db: &Db, rows: &[Event]) -> Result<(), DbError> {
 
 /// Rows, newest first.
 pub async fn list(db: &Db, f: &Filter) -> Result<Vec<Event>, DbError> {
+    settle().await;
     // One statement: an empty filter matches everything (each placeholder once, in
     // order, as both backends read them through Any).
     let actor = f.actor.clone().unwrap_or_default();
