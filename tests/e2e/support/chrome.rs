@@ -1,5 +1,6 @@
-//! Debian's `chromedriver` on a loopback port, for WebDriver tests; killed on drop. The
-//! browser runs headless, with `--no-sandbox` (Chromium's sandbox refuses root).
+//! Debian's `chromedriver` on a loopback port, for WebDriver tests; killed on drop with the
+//! browsers it started. The browser runs headless, with `--no-sandbox` (Chromium's sandbox
+//! refuses root).
 
 use super::*;
 
@@ -15,7 +16,10 @@ impl ChromeDriver {
         for attempt in 1..=3 {
             let port = free_port();
             let log = File::create(dir.path().join("chromedriver.log")).expect("log file");
+            // A process group of its own, which its browsers join: a test that panics never
+            // closes its sessions, and chromedriver leaves their browsers running when it ends.
             let mut child = Command::new(find_program("chromedriver"))
+                .process_group(0)
                 .arg(format!("--port={port}"))
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log)
@@ -63,11 +67,13 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
-        // chromedriver ends its browsers when it ends; SIGTERM lets it.
+        // SIGTERM lets chromedriver end the sessions it can; then the group goes, with any
+        // browser left over (the group's id is chromedriver's pid).
+        let group = self.child.id();
         signal_child(&mut self.child, libc::SIGTERM);
-        if wait_child(&mut self.child, Duration::from_secs(5)).is_none() {
-            kill_and_reap(&mut self.child);
-        }
+        wait_child(&mut self.child, Duration::from_secs(5));
+        send_signal_to_group(group, libc::SIGKILL);
+        kill_and_reap(&mut self.child);
         let _ = &self.dir;
     }
 }

@@ -47,12 +47,23 @@ impl Drop for TempDir {
     }
 }
 
-/// Sends `sig` to `pid`. The only `unsafe` in the harness: kill(2) takes two integers and
-/// touches none of our memory. Callers only signal children they have not yet reaped, so the
-/// pid cannot have been recycled for another process.
-pub fn send_signal(pid: u32, sig: i32) -> bool {
+/// kill(2): the only `unsafe` in the harness. It takes two integers and touches none of our
+/// memory.
+fn kill(pid: libc::pid_t, sig: i32) -> bool {
     // SAFETY: plain syscall on integers; no pointers are involved.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Sends `sig` to `pid`. Callers only signal children they have not yet reaped, so the pid
+/// cannot have been recycled for another process.
+pub fn send_signal(pid: u32, sig: i32) -> bool {
+    kill(pid as libc::pid_t, sig)
+}
+
+/// Sends `sig` to every process of group `pgid` (a child started with `process_group(0)`).
+/// A group's id is not given to another process while the group has members.
+pub fn send_signal_to_group(pgid: u32, sig: i32) -> bool {
+    kill(-(pgid as libc::pid_t), sig)
 }
 
 /// Signals `child` only if it has not exited and been reaped (see `send_signal`).
