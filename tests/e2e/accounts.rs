@@ -167,16 +167,7 @@ on_both_backends!(
 /// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s): a
 /// revocation made by another process reaches the server through the store.
 pub(crate) fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if auth(gh, token).status == 401 {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    soon(|| auth(gh, token).status == 401)
 }
 
 pub(crate) fn auth(gh: &Gatehouse, token: &str) -> Response {

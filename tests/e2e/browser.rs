@@ -87,6 +87,7 @@ async fn wait_path(c: &Client, path: &str) {
 
 /// Waits (at most 10 s) until the page holds `text`. After a click, the page a test reads may
 /// still be the one clicked on: an element both pages have (an `h1`) proves nothing.
+#[cfg_attr(not(feature = "registry"), allow(dead_code))]
 async fn wait_text(c: &Client, text: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -1116,16 +1117,7 @@ async fn admin_console_through_nginx() {
         b.set_cookie("gatehouse_session", token);
         b.get("/auth").status
     };
-    let ends_soon = |token: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while auth_status(token) != 401 {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        true
-    };
+    let ends_soon = |token: &str| soon(|| auth_status(token) == 401);
     assert_eq!(auth_status(&olga_token), 200);
 
     // The admin signs in on the way to /admin and finds olga.

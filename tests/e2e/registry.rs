@@ -3,7 +3,7 @@
 //! HTTP, tokens checked where they are used: at `/auth`. On SQLite with the embedded session
 //! store, and on a real PostgreSQL with sessions in a real Redis.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 use base64::Engine;
@@ -241,14 +241,7 @@ pub(crate) fn bearer(gh: &Gatehouse, token: &str) -> Response {
 
 /// `/auth` until it refuses `token`, for at most 2 s (the revocation bound is 1 s).
 fn refused_soon(gh: &Gatehouse, token: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if bearer(gh, token).status == 401 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    soon(|| bearer(gh, token).status == 401)
 }
 
 /// The claims of the JWT in an `/auth` answer.

@@ -3,6 +3,7 @@
 //! refuses root).
 
 use super::*;
+use std::os::unix::process::CommandExt;
 
 pub struct ChromeDriver {
     port: u16,

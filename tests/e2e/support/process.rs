@@ -62,6 +62,7 @@ pub fn send_signal(pid: u32, sig: i32) -> bool {
 
 /// Sends `sig` to every process of group `pgid` (a child started with `process_group(0)`).
 /// A group's id is not given to another process while the group has members.
+#[cfg(feature = "accounts")]
 pub fn send_signal_to_group(pgid: u32, sig: i32) -> bool {
     kill(-(pgid as libc::pid_t), sig)
 }
@@ -84,6 +85,22 @@ pub(crate) fn exit_code(status: ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Whether `ok` comes true within 2 s, asked every 20 ms: how a test checks a bound of the
+/// contract (a revocation reaches every server within 1 s) with a margin for a busy machine.
+#[cfg(feature = "accounts")]
+pub fn soon(mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if ok() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits up to `timeout` for `child` to exit; returns its exit code (128 + signal if killed).
