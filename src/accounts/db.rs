@@ -906,6 +906,37 @@ impl Db {
         Ok((users, total))
     }
 
+    /// The users holding `role` (beyond `user`), without reading the others.
+    pub async fn holding(&self, role: &str) -> Result<Vec<User>, DbError> {
+        // LIKE narrows (`_` in a name matches any one character there); the words decide.
+        let rows = sqlx::query("SELECT * FROM users WHERE (' ' || roles || ' ') LIKE $1")
+            .bind(format!("% {role} %"))
+            .fetch_all(&self.pool)
+            .await?;
+        let users: Vec<User> = rows.iter().map(user_of).collect::<Result<_, _>>()?;
+        Ok(users
+            .into_iter()
+            .filter(|u| u.roles.iter().any(|r| r == role))
+            .collect())
+    }
+
+    /// How many users there are, and how many hold each role beyond `user`: one row per
+    /// distinct set of roles, however many users.
+    pub async fn role_counts(&self) -> Result<(i64, BTreeMap<String, i64>), DbError> {
+        let rows = sqlx::query("SELECT roles, COUNT(*) AS n FROM users GROUP BY roles")
+            .fetch_all(&self.pool)
+            .await?;
+        let (mut all, mut held) = (0, BTreeMap::new());
+        for r in rows {
+            let n: i64 = r.try_get("n")?;
+            all += n;
+            for role in roles_of(&r.try_get::<String, _>("roles")?) {
+                *held.entry(role).or_default() += n;
+            }
+        }
+        Ok((all, held))
+    }
+
     pub async fn list(&self) -> Result<Vec<User>, DbError> {
         let rows = sqlx::query("SELECT * FROM users ORDER BY created_at, username_key")
             .fetch_all(&self.pool)
@@ -1939,6 +1970,51 @@ mod tests {
                 ("accounts".to_owned(), 9),
                 ("accounts".to_owned(), 10),
                 ("extra".to_owned(), 1)
+            ]
+        );
+    }
+
+    /// Holders of a role and the counts of the roles page come from the database, exactly:
+    /// a role whose name LIKE would also match (`_`) counts no one else.
+    #[tokio::test]
+    async fn role_holders_and_counts_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        for (name, roles) in [
+            ("ann", vec!["admin", "a_b"]),
+            ("bob", vec!["axb"]),
+            ("cy", vec![]),
+            ("di", vec!["a_b"]),
+        ] {
+            let roles: Vec<String> = roles.into_iter().map(String::from).collect();
+            db.create_user(&NewUser {
+                username: name,
+                email: &format!("{name}@example.org"),
+                name,
+                password_hash: None,
+                active: true,
+                confirmed: true,
+                roles: &roles,
+            })
+            .await
+            .unwrap();
+        }
+        let names = |users: Vec<User>| {
+            let mut n: Vec<String> = users.into_iter().map(|u| u.username).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(db.holding("a_b").await.unwrap()), ["ann", "di"]);
+        assert_eq!(names(db.holding("admin").await.unwrap()), ["ann"]);
+        assert!(db.holding("a").await.unwrap().is_empty());
+        let (all, held) = db.role_counts().await.unwrap();
+        assert_eq!(all, 4);
+        assert_eq!(
+            held.into_iter().collect::<Vec<_>>(),
+            [
+                ("a_b".to_owned(), 2),
+                ("admin".to_owned(), 1),
+                ("axb".to_owned(), 1)
             ]
         );
     }

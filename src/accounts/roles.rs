@@ -8,7 +8,7 @@
 //! - A change that alters what a role grants ends the sessions of the users holding it: the
 //!   next sign-in carries the new scopes. Sessions read the table at sign-in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use sqlx::Row;
 
@@ -81,21 +81,15 @@ pub async fn list(db: &Db) -> Result<Vec<Role>, DbError> {
     let rows = sqlx::query("SELECT name, description, scopes, from_file FROM roles ORDER BY name")
         .fetch_all(db.pool())
         .await?;
-    let users = db.list().await?;
-    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
-    for u in &users {
-        for r in &u.roles {
-            *held.entry(r.as_str()).or_default() += 1;
-        }
-    }
+    let (all, held) = db.role_counts().await?;
     rows.iter()
         .map(|r| {
             let name: String = r.try_get("name")?;
             Ok(Role {
                 users: if name == "user" {
-                    users.len() as i64
+                    all
                 } else {
-                    held.get(name.as_str()).copied().unwrap_or(0)
+                    held.get(&name).copied().unwrap_or(0)
                 },
                 builtin: BUILTIN.contains(&name.as_str()),
                 description: r.try_get("description")?,
@@ -133,30 +127,26 @@ pub async fn table(db: &Db) -> Result<Roles, DbError> {
     Ok(roles)
 }
 
-/// Users holding `role` beyond `user`.
-async fn holders(db: &Db, role: &str) -> Result<Vec<User>, DbError> {
-    Ok(db
-        .list()
-        .await?
-        .into_iter()
-        .filter(|u| u.roles.iter().any(|r| r == role))
-        .collect())
-}
-
 /// Ends the sessions of every user holding one of `roles` (`user`: everyone); how many.
 async fn end_sessions_of(
     db: &Db,
     sessions: &Sessions<'_>,
     roles: &BTreeSet<String>,
 ) -> Result<(u64, u64), RoleError> {
-    let (mut users, mut ended) = (0, 0);
-    for u in db.list().await? {
-        if roles.contains("user") || u.roles.iter().any(|r| roles.contains(r)) {
-            ended += sessions.revoke_user(&u.id, None).await?;
-            users += 1;
+    let ids: BTreeSet<String> = if roles.contains("user") {
+        db.list().await?.into_iter().map(|u| u.id).collect()
+    } else {
+        let mut ids = BTreeSet::new();
+        for role in roles {
+            ids.extend(db.holding(role).await?.into_iter().map(|u| u.id));
         }
+        ids
+    };
+    let mut ended = 0;
+    for id in &ids {
+        ended += sessions.revoke_user(id, None).await?;
     }
-    Ok((users, ended))
+    Ok((ids.len() as u64, ended))
 }
 
 fn writable(role: &Role) -> Result<(), RoleError> {
@@ -239,7 +229,7 @@ pub async fn delete(db: &Db, sessions: &Sessions<'_>, name: &str) -> Result<u64,
         )));
     }
     writable(&role)?;
-    let users = holders(db, name).await?;
+    let users = db.holding(name).await?;
     for u in &users {
         let rest: Vec<String> = u.roles.iter().filter(|r| *r != name).cloned().collect();
         db.set_roles(&u.id, &rest).await?;
@@ -264,7 +254,8 @@ pub async fn keep_an_admin(
     if !is_admin || (keeps_role && stays_active) {
         return Ok(());
     }
-    let others = holders(db, "admin")
+    let others = db
+        .holding("admin")
         .await?
         .into_iter()
         .any(|u| u.active && u.id != user.id);
@@ -378,7 +369,7 @@ pub async fn seed(db: &Db, sessions: &Sessions<'_>, seed: &Seed) -> Result<u64, 
     tx.commit().await?;
     // Users holding a role that went lose it.
     for name in &seed.gone {
-        for u in holders(db, name).await? {
+        for u in db.holding(name).await? {
             let rest: Vec<String> = u.roles.iter().filter(|r| *r != name).cloned().collect();
             db.set_roles(&u.id, &rest).await?;
         }
