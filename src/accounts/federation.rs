@@ -143,15 +143,14 @@ fn ending(app: &Accounts, mut r: Response) -> Response {
     r
 }
 
+/// A page that ends a flow with a message, and a way on: to the sign-in page, or for someone
+/// signed in (linking, or signing in again), back to where linked sign-ins are.
 fn page(app: &Accounts, ctx: &Ctx, status: StatusCode, heading: &str, line: &str) -> Response {
-    web::message(
-        app,
-        ctx,
-        status,
-        heading,
-        &[line],
-        Some(("/login", "Go to sign in")),
-    )
+    let link = match ctx.session() {
+        Some(_) => ("/account/security", "Back to Security"),
+        None => ("/login", "Go to sign in"),
+    };
+    web::message(app, ctx, status, heading, &[line], Some(link))
 }
 
 fn unknown(app: &Accounts, ctx: &Ctx) -> Response {

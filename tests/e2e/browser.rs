@@ -1038,6 +1038,8 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
     c3.goto(&format!("{site}/login/with/orcid")).await.unwrap();
     let page = c3.source().await.unwrap();
     assert!(page.contains("ORCID is not answering"), "{page}");
+    // (Signed in: the way on is the account's, not the sign-in page.)
+    assert!(page.contains("Back to Security"), "{page}");
     shoot(&c3, "federation-provider-down").await;
     for c in [c, c2, c3] {
         c.close().await.unwrap();
