@@ -327,6 +327,15 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // delivered in that order (`created_at`, in seconds, ties within a second).
         &["ALTER TABLE outbox ADD COLUMN written_us BIGINT NOT NULL DEFAULT 0"],
     ),
+    (
+        11,
+        // The logout tokens a provider has sent (`<provider> <jti>`), until they expire: one
+        // sent again is refused (OpenID Back-Channel Logout 1.0, 2.6).
+        &["CREATE TABLE logout_tokens_seen (
+            id TEXT PRIMARY KEY,
+            until_at BIGINT NOT NULL
+        )"],
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -904,6 +913,38 @@ impl Db {
             .await?;
         let users = rows.iter().map(user_of).collect::<Result<_, _>>()?;
         Ok((users, total))
+    }
+
+    /// Whether logout token `jti` from `provider` was taken before.
+    pub async fn logout_token_seen(&self, provider: &str, jti: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT until_at FROM logout_tokens_seen WHERE id = $1")
+            .bind(format!("{provider} {jti}"))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Remembers logout token `jti` from `provider` until `until` (Unix seconds); those past
+    /// their time are forgotten.
+    pub async fn remember_logout_token(
+        &self,
+        provider: &str,
+        jti: &str,
+        until: u64,
+    ) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM logout_tokens_seen WHERE until_at < $1")
+            .bind(unix_now() as i64)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO logout_tokens_seen (id, until_at) VALUES ($1, $2)
+               ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(format!("{provider} {jti}"))
+        .bind(until as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The users holding `role` (beyond `user`), without reading the others.
@@ -1932,6 +1973,7 @@ mod tests {
                 "audit_events",
                 "federated_sessions",
                 "gatehouse_schema",
+                "logout_tokens_seen",
                 "outbox",
                 "passkey_offers_declined",
                 "roles",
@@ -1969,6 +2011,7 @@ mod tests {
                 ("accounts".to_owned(), 8),
                 ("accounts".to_owned(), 9),
                 ("accounts".to_owned(), 10),
+                ("accounts".to_owned(), 11),
                 ("extra".to_owned(), 1)
             ]
         );

@@ -972,8 +972,8 @@ async fn backchannel_logout(
     let Some(p) = provider(&app, &id) else {
         return bad("unknown provider");
     };
-    let (sub, sid) = match p.verify_logout_token(&app.outbound, &f.logout_token).await {
-        Ok(claims) => claims,
+    let token = match p.verify_logout_token(&app.outbound, &f.logout_token).await {
+        Ok(token) => token,
         Err(UpstreamError::Down(why)) => {
             tracing::warn!(provider = id, error = %why, "back-channel logout: identity provider not answering");
             return answer(
@@ -986,56 +986,81 @@ async fn backchannel_logout(
             return bad("invalid logout token");
         }
     };
+    // Sent before (a replay, or a provider's retry of what was done): refused, nothing ends.
+    // Remembered once done, so that a provider retrying after a failure here is heard.
+    let unavailable = |e: String| {
+        answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "temporarily_unavailable", "error_description": e}),
+        )
+    };
+    match app.db.logout_token_seen(&p.id, &token.jti).await {
+        Ok(false) => {}
+        Ok(true) => {
+            tracing::warn!(
+                provider = id,
+                "back-channel logout token sent again: refused"
+            );
+            return bad("invalid logout token");
+        }
+        Err(e) => return unavailable(e.to_string()),
+    }
+    if let Err(e) = end_upstream_sessions(&app, &p, token.sub, token.sid).await {
+        return unavailable(e);
+    }
+    if let Err(e) = app
+        .db
+        .remember_logout_token(&p.id, &token.jti, token.until)
+        .await
+    {
+        tracing::warn!(provider = id, error = %e, "back-channel logout token not remembered: it could be sent again");
+    }
+    answer(StatusCode::OK, json!({}))
+}
+
+/// Ends the sessions that began with the provider's session `sid`, or with any session of
+/// its user `sub`; why not, if not.
+async fn end_upstream_sessions(
+    app: &Accounts,
+    p: &Provider,
+    sub: Option<String>,
+    sid: Option<String>,
+) -> Result<(), String> {
     let user = match &sub {
-        Some(s) => match app.db.identity(&p.id, s).await {
-            Ok(i) => i.map(|i| i.user_id),
-            Err(e) => {
-                return answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                )
-            }
-        },
+        Some(s) => app
+            .db
+            .identity(&p.id, s)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|i| i.user_id),
         None => None,
     };
     if sub.is_some() && user.is_none() {
         // Nobody here has this identity: nothing to end.
-        return answer(StatusCode::OK, json!({}));
+        return Ok(());
     }
-    let found = match app
+    let found = app
         .db
         .federated_sessions(&p.id, sid.as_deref(), user.as_deref())
         .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": e.to_string()}),
-            )
-        }
-    };
+        .map_err(|e| e.to_string())?;
     let mut by_user: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (user, sid) in found {
         by_user.entry(user).or_default().push(sid);
     }
     let sessions = app.gateway.sessions();
     for (user, sids) in by_user {
-        match sessions.revoke_sids(&user, &sids).await {
-            Ok(n) => audit!(
-                "backchannel_logout",
-                user,
-                "-",
-                idp = p.id.as_str(),
-                sessions_ended = n
-            ),
-            Err(e) => {
-                return answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                )
-            }
-        }
+        let n = sessions
+            .revoke_sids(&user, &sids)
+            .await
+            .map_err(|e| e.to_string())?;
+        audit!(
+            "backchannel_logout",
+            user,
+            "-",
+            idp = p.id.as_str(),
+            sessions_ended = n
+        );
     }
-    answer(StatusCode::OK, json!({}))
+    Ok(())
 }

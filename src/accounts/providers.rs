@@ -105,13 +105,36 @@ struct Metadata {
     authorization_response_iss_parameter_supported: bool,
 }
 
-/// How far a provider's clock may be behind ours when it says when someone signed in.
-const AUTH_TIME_SKEW_SECS: u64 = 60;
+/// How far a provider's clock may be from ours: in its tokens' times, and when it says when
+/// someone signed in.
+const SKEW_SECS: u64 = 60;
+
+/// How long after it was issued a logout token is taken, at most, whatever its `exp` (which is
+/// optional) says: and so how long its `jti` is remembered.
+pub const LOGOUT_TOKEN_AGE: Duration = Duration::from_secs(300);
+
+/// Until when a logout token issued at `iat` is taken, seen at `now`; none if no longer. (An
+/// `exp` can only make it sooner, and is checked with the signature.)
+fn logout_token_until(iat: u64, now: u64) -> Option<u64> {
+    let until = iat + LOGOUT_TOKEN_AGE.as_secs() + SKEW_SECS;
+    (now <= until).then_some(until)
+}
+
+/// A logout token that passed [`Provider::verify_logout_token`].
+#[derive(Debug)]
+pub struct LogoutToken {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    /// Unix seconds after which the token is refused anyway: its `jti` is remembered until
+    /// then.
+    pub until: u64,
+}
 
 /// Whether a provider's `auth_time` says the person signed in at `since` or later.
 fn signed_in_since(auth_time: Option<u64>, since: u64) -> Result<(), &'static str> {
     match auth_time {
-        Some(t) if t + AUTH_TIME_SKEW_SECS >= since => Ok(()),
+        Some(t) if t + SKEW_SECS >= since => Ok(()),
         Some(_) => Err("asked to sign in again, the provider reused an earlier sign-in"),
         None => Err("asked to sign in again, the provider sent no auth_time"),
     }
@@ -399,7 +422,7 @@ impl Provider {
         }
         // `exp` checked whenever present (a logout token may predate its requirement).
         v.validate_exp = true;
-        v.leeway = 60;
+        v.leeway = SKEW_SECS;
         jsonwebtoken::decode::<Value>(token, &key, &v)
             .map(|d| d.claims)
             .map_err(|e| refused(format!("its token failed a check: {e}")))
@@ -704,13 +727,14 @@ impl Provider {
         })
     }
 
-    /// Checks a back-channel `logout_token` (OpenID Back-Channel Logout 1.0, 2.6): its
-    /// (sub, sid), at least one of them.
+    /// Checks a back-channel `logout_token` (OpenID Back-Channel Logout 1.0, 2.6): signed by
+    /// the provider for us, a logout event, a `jti`, issued at most [`LOGOUT_TOKEN_AGE`] ago,
+    /// and `sub` or `sid`. Whether it was sent before is the caller's to ask.
     pub async fn verify_logout_token(
         &self,
         outbound: &Outbound,
         token: &str,
-    ) -> Result<(Option<String>, Option<String>), UpstreamError> {
+    ) -> Result<LogoutToken, UpstreamError> {
         if self.github.is_some() {
             return Err(refused("GitHub sends no logout tokens"));
         }
@@ -737,7 +761,18 @@ impl Provider {
         if sub.is_none() && sid.is_none() {
             return Err(refused("a logout token with neither sub nor sid"));
         }
-        Ok((sub, sid))
+        let jti = text("jti").ok_or_else(|| refused("a logout token without jti"))?;
+        let until = logout_token_until(
+            claims["iat"].as_u64().unwrap_or(0),
+            crate::session::unix_now(),
+        )
+        .ok_or_else(|| refused("a logout token issued too long ago"))?;
+        Ok(LogoutToken {
+            sub,
+            sid,
+            jti,
+            until,
+        })
     }
 }
 
@@ -751,11 +786,20 @@ mod tests {
         assert!(signed_in_since(Some(since), since).is_ok());
         assert!(signed_in_since(Some(since + 5), since).is_ok());
         // A provider's clock a little behind ours.
-        assert!(signed_in_since(Some(since - AUTH_TIME_SKEW_SECS), since).is_ok());
+        assert!(signed_in_since(Some(since - SKEW_SECS), since).is_ok());
         // An earlier session reused, or no word of when.
-        assert!(signed_in_since(Some(since - AUTH_TIME_SKEW_SECS - 1), since).is_err());
+        assert!(signed_in_since(Some(since - SKEW_SECS - 1), since).is_err());
         assert!(signed_in_since(Some(since - 3600), since).is_err());
         assert!(signed_in_since(None, since).is_err());
+    }
+
+    #[test]
+    fn a_logout_token_is_taken_for_a_few_minutes_from_when_it_was_issued() {
+        let iat = 1_800_000_000;
+        let last = iat + LOGOUT_TOKEN_AGE.as_secs() + SKEW_SECS;
+        assert_eq!(logout_token_until(iat, iat), Some(last));
+        assert_eq!(logout_token_until(iat, last), Some(last));
+        assert_eq!(logout_token_until(iat, last + 1), None);
     }
 
     #[test]

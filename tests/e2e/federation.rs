@@ -266,7 +266,7 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
     let file = providers_file(&dir, port, free_port(), free_port());
     let site = Site::start("federation", backend, &["--identity-providers", &file]);
     let gh = &site.gh;
-    let _op = upstream(port, gh);
+    let mut op = upstream(port, gh);
 
     // The login page offers each provider.
     let mut b = Browser::new(gh.addr());
@@ -504,6 +504,23 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
     );
     assert_eq!(auth(gh, &other).status, 200);
     assert!(gh.logs().contains("backchannel_logout"));
+    // The same logout token sent again (a replay) is refused: once carol signs in again, it
+    // must not end her new session.
+    let sent = op.expect("logout_token", Duration::from_secs(5))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut back, _) = sign_in_upstream(gh, "carol");
+    let back = back.gh().cookie(COOKIE).unwrap().to_owned();
+    let r = http_request(
+        "POST",
+        gh.addr(),
+        "/login/with/up/backchannel-logout",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form_encode(&[("logout_token", &sent)]).as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(auth(gh, &back).status, 200);
     // A forged logout token is refused, with no CSRF or Origin check in the way.
     let r = http_request(
         "POST",

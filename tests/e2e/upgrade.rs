@@ -67,6 +67,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "module=\"accounts\" version=8",
         "module=\"accounts\" version=9",
         "module=\"accounts\" version=10",
+        "module=\"accounts\" version=11",
         "module=\"registry\" version=5",
         "module=\"registry\" version=6",
     ];
@@ -91,6 +92,7 @@ fn upgrades_in_place(url: &str, extra: &[&str]) {
         "accounts 8",
         "accounts 9",
         "accounts 10",
+        "accounts 11",
         "registry 1",
         "registry 2",
         "registry 3",

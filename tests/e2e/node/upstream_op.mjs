@@ -1,7 +1,8 @@
 // An upstream OpenID provider for tests/e2e/federation.rs: panva's oidc-provider (OpenID
 // Certified) on loopback, with its development sign-in pages (any login, any password), one
 // client (gatehouse), back-channel logout and RP-initiated logout on. It prints one JSON
-// line when it listens: {"step": "ready", "issuer": …}.
+// line when it listens: {"step": "ready", "issuer": …}, and one for each back-channel logout
+// token it sends: {"step": "logout_token", "token": …} (for a test to send it again).
 //
 // node upstream_op.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI BACKCHANNEL_LOGOUT_URI
 //
@@ -39,6 +40,9 @@ const provider = new Provider(issuer, {
   // Its SSRF guard refuses loopback, where the test's gatehouse listens: lifted here alone.
   fetch: (url, options) => {
     delete options.dispatcher
+    if (options.body instanceof URLSearchParams && options.body.has('logout_token')) {
+      console.log(JSON.stringify({ step: 'logout_token', token: options.body.get('logout_token') }))
+    }
     return globalThis.fetch(url, options)
   },
   async findAccount (ctx, id) {

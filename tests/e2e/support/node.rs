@@ -70,18 +70,26 @@ impl NodeScript {
         }
     }
 
-    /// The next JSON line, which must be step `step` (at most `timeout`).
+    /// The next JSON line, which must be step `step` (at most `timeout`). Other lines (the
+    /// packages' own notices) are passed on to stderr.
     pub fn expect(&mut self, step: &str, timeout: Duration) -> serde_json::Value {
-        let line = self.lines.recv_timeout(timeout).unwrap_or_else(|_| {
-            let status = self.child.try_wait();
-            panic!(
-                "no {step:?} from node within {timeout:?} (exit: {status:?}; its stderr is above)"
-            )
-        });
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON from node: {line}"));
-        assert_eq!(v["step"], step, "{v}");
-        v
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                let status = self.child.try_wait();
+                panic!(
+                    "no {step:?} from node within {timeout:?} (exit: {status:?}; its stderr is above)"
+                )
+            });
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) if v.is_object() => {
+                    assert_eq!(v["step"], step, "{v}");
+                    return v;
+                }
+                _ => eprintln!("{line}"),
+            }
+        }
     }
 
     #[cfg_attr(not(feature = "registry"), allow(dead_code))]
