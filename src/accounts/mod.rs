@@ -162,7 +162,8 @@ pub struct Host {
     pub listen: std::net::SocketAddr,
 }
 
-/// Settings the pages read on every request.
+/// The module's settings: what the pages read on every request, and what its background
+/// work reads when it starts (`outbox_retention`).
 pub struct Settings {
     pub cookie_name: String,
     pub csrf_cookie: String,
