@@ -54,6 +54,7 @@ kind = "oidc"
 issuer = "http://127.0.0.1:{up}"
 client_id = "gatehouse"
 client_secret_file = "{secret}"
+trust_mfa = true
 
 [[provider]]
 id = "down"
@@ -534,8 +535,10 @@ fn sign_in_creates_finds_links_and_logs_out_with_the_upstream_provider(backend: 
     assert!(!gh.logs().contains(SECRET), "the client secret in the logs");
 }
 
+/// Registration closed: a page says so. A known identity signs in, and its user's own second
+/// factor is asked for, unless the provider (with `trust_mfa`) reports one of its own.
 #[test]
-fn registration_closed_gives_a_clear_page_and_second_factors_still_apply() {
+fn registration_closed_and_second_factors_with_and_without_trust_mfa() {
     let dir = TempDir::new("federation-closed");
     let port = free_port();
     let file = providers_file(&dir, port, free_port(), free_port());
@@ -574,6 +577,17 @@ fn registration_closed_gives_a_clear_page_and_second_factors_still_apply() {
         (json!(["fed", "otp", "mfa"]), json!("up")),
         "{c}"
     );
+
+    // The provider reports a second factor (`amr` pwd otp), and `up` has `trust_mfa`: no
+    // second step here, and the session says mfa.
+    let line = json!({"username": "zoe", "email": "zoe@example.org", "email_confirmed": true,
+        "totp_secret": key, "identities": [{"provider": "up", "subject": "mfa-zoe"}]});
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    assert!(site.cli(&["user", "import", &file], None).status.success());
+    let (mut j, r) = sign_in_upstream(&site.gh, "mfa-zoe");
+    assert_eq!(j.at, "/account", "{}", r.body);
+    let c = claims(&auth(&site.gh, j.gh().cookie(COOKIE).unwrap()));
+    assert_eq!(c["amr"], json!(["fed", "mfa"]), "{c}");
 }
 
 #[test]

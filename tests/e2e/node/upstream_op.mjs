@@ -8,6 +8,7 @@
 //
 // The account is the login typed: `sub` is it, `email` is `<login>@example.org` (verified),
 // except that `nomail-…` logins have no email and `unverified-…` ones an unverified one.
+// `mfa-…` logins signed in with a second factor there: their id_token's `amr` says so.
 
 import Provider from 'oidc-provider'
 
@@ -32,7 +33,8 @@ const provider = new Provider(issuer, {
   },
   pkce: { required: () => true },
   claims: {
-    openid: ['sub'],
+    // (`amr` under openid: the id_token carries it whenever the sign-in set one.)
+    openid: ['sub', 'amr'],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username'],
   },
@@ -59,6 +61,14 @@ const provider = new Provider(issuer, {
     }
   },
 })
+// The development sign-in page reports no `amr`: an `mfa-…` login gets one.
+const finished = provider.interactionFinished.bind(provider)
+provider.interactionFinished = (req, res, result, options) => {
+  if (result?.login?.accountId?.startsWith('mfa-')) {
+    result.login.amr = ['pwd', 'otp']
+  }
+  return finished(req, res, result, options)
+}
 // What the test cannot see otherwise: back-channel deliveries, on stderr.
 provider.on('backchannel.success', (ctx, client, accountId, sid) => {
   console.error(`upstream: back-channel logout delivered to ${client.clientId} (${accountId}, sid ${sid})`)
