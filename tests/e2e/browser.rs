@@ -990,7 +990,7 @@ async fn sign_in_with_an_upstream_provider_and_link_it_through_nginx() {
         .await
         .unwrap();
     click(&c, "button[name=logout]").await;
-    // (Its page says so once the back channel has been called.)
+    // (The provider shows its success page once it has called the back channel.)
     wait_path(&c, "/session/end/success").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
