@@ -917,7 +917,7 @@ impl Db {
 
     /// Whether logout token `jti` from `provider` was taken before.
     pub async fn logout_token_seen(&self, provider: &str, jti: &str) -> Result<bool, DbError> {
-        let row = sqlx::query("SELECT until_at FROM logout_tokens_seen WHERE id = $1")
+        let row = sqlx::query("SELECT 1 FROM logout_tokens_seen WHERE id = $1")
             .bind(format!("{provider} {jti}"))
             .fetch_optional(&self.pool)
             .await?;

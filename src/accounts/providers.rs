@@ -111,7 +111,7 @@ const SKEW_SECS: u64 = 60;
 
 /// How long after it was issued a logout token is taken, at most, whatever its `exp` (which is
 /// optional) says: and so how long its `jti` is remembered.
-pub const LOGOUT_TOKEN_AGE: Duration = Duration::from_secs(300);
+const LOGOUT_TOKEN_AGE: Duration = Duration::from_secs(300);
 
 /// Until when a logout token issued at `iat` is taken, seen at `now`; none if no longer. (An
 /// `exp` can only make it sooner, and is checked with the signature.)

@@ -88,12 +88,12 @@ async fn wait_path(c: &Client, path: &str) {
 /// Waits (at most 10 s) until the page holds `text`. After a click, the page a test reads may
 /// still be the one clicked on: an element both pages have (an `h1`) proves nothing.
 #[cfg_attr(not(feature = "registry"), allow(dead_code))]
-async fn wait_text(c: &Client, text: &str) -> String {
+async fn wait_text(c: &Client, text: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let page = c.source().await.unwrap_or_default();
         if page.contains(text) {
-            return page;
+            return;
         }
         if std::time::Instant::now() > deadline {
             let url = c.current_url().await.unwrap();
